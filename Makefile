@@ -1,0 +1,157 @@
+# mpfleet — `make help` lists the targets.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+GO        ?= go
+TOOLS     := $(CURDIR)/.tools/bin
+BIN       := $(CURDIR)/bin
+CACHE     := $(CURDIR)/.cache
+export PATH := $(TOOLS):$(PATH)
+
+# Pinned tool versions, installed from the Go module proxy into .tools/bin.
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+BUF_VERSION                := v1.75.0
+GRPCURL_VERSION            := v1.9.4
+GOLANGCI_LINT_VERSION      := v2.15.0
+
+# Debian packages the tests and the lab need (ip, tc, sysctl).
+APT_PACKAGES := iproute2 procps
+
+PKGS := ./...
+TEST_TIMEOUT ?= 15m
+
+.PHONY: help
+help: ## show this help
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# ---------------------------------------------------------------- tools
+
+$(TOOLS)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION):
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	@touch $@
+$(TOOLS)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION):
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	@touch $@
+$(TOOLS)/.buf-$(BUF_VERSION):
+	GOBIN=$(TOOLS) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	@touch $@
+$(TOOLS)/.grpcurl-$(GRPCURL_VERSION):
+	GOBIN=$(TOOLS) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+	@touch $@
+$(TOOLS)/.golangci-lint-$(GOLANGCI_LINT_VERSION):
+	GOBIN=$(TOOLS) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	@touch $@
+# A real etcd server binary for the external-etcd tests, built from the same
+# go.etcd.io/etcd/server/v3 module version go.mod pins.
+$(TOOLS)/etcd: go.mod go.sum
+	@mkdir -p $(TOOLS)
+	$(GO) build -o $@ go.etcd.io/etcd/server/v3
+
+PROTO_TOOLS := $(TOOLS)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
+	$(TOOLS)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION) $(TOOLS)/.buf-$(BUF_VERSION)
+TEST_TOOLS := $(PROTO_TOOLS) $(TOOLS)/.grpcurl-$(GRPCURL_VERSION) $(TOOLS)/etcd
+
+.PHONY: tools
+tools: $(TEST_TOOLS) $(TOOLS)/.golangci-lint-$(GOLANGCI_LINT_VERSION) ## install pinned tools into .tools/bin
+
+.PHONY: deps
+deps: ## install Debian packages the tests need (as root, with apt-get)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "deps: need root to install:$$missing" >&2; exit 1; fi; \
+		echo "deps: installing$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	$(GO) mod download
+
+# ---------------------------------------------------------------- build
+
+.PHONY: build
+build: ## build bin/mpfleet-controller, bin/mpfleet-agent, bin/mpfleetctl
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/mpfleet-controller ./controller/cmd/mpfleet-controller
+	$(GO) build -o $(BIN)/mpfleet-agent ./agent/cmd/mpfleet-agent
+	$(GO) build -o $(BIN)/mpfleetctl ./cli/cmd/mpfleetctl
+
+.PHONY: proto
+proto: $(PROTO_TOOLS) ## regenerate Go code from proto/
+	buf format -w
+	buf generate
+
+.PHONY: check-proto
+check-proto: $(PROTO_TOOLS) ## fail if proto/ is unformatted, unlinted or its generated code stale
+	buf format --diff --exit-code
+	buf lint
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	buf generate -o $$tmp; \
+	for f in $$(cd $$tmp && find . -name '*.go'); do \
+		cmp -s $$tmp/$$f $$f || { echo "check-proto: $$f is stale; run 'make proto'" >&2; exit 1; }; \
+	done; \
+	for f in $$(find proto -name '*.pb.go'); do \
+		[ -f $$tmp/$$f ] || { echo "check-proto: $$f has no .proto; remove it" >&2; exit 1; }; \
+	done
+
+# ---------------------------------------------------------------- checks
+
+.PHONY: fmt
+fmt: ## gofmt the tree
+	gofmt -w $$(git ls-files '*.go' | grep -v '\.pb\.go$$')
+
+.PHONY: check-fmt
+check-fmt:
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go' | grep -v '\.pb\.go$$')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+.PHONY: vet
+vet:
+	$(GO) vet $(PKGS)
+
+.PHONY: lint
+lint: $(TOOLS)/.golangci-lint-$(GOLANGCI_LINT_VERSION) check-fmt vet check-proto ## gofmt, go vet, golangci-lint, buf lint
+	golangci-lint run $(PKGS)
+
+# ---------------------------------------------------------------- tests
+
+# Every test runs with -race. Tests needing root or a kernel feature skip
+# elsewhere; with CI=true a skip is a failure (checked here and in the tests).
+.PHONY: test
+test: deps tools lint ## install what is needed, run all checks and every test (root for the kernel tests)
+	@mkdir -p $(CACHE)
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v $(PKGS) 2>&1 | tee $(CACHE)/test.log | \
+		grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|panic:|\s+\S+_test\.go:[0-9]+:)' | grep -v '^=== RUN' || true; \
+	status=$${PIPESTATUS[0]}; \
+	skips=$$(grep -cE '^\s*--- SKIP' $(CACHE)/test.log || true); \
+	echo "test: $$(grep -cE '^\s*--- PASS' $(CACHE)/test.log || true) passed, $$skips skipped, $$(grep -cE '^\s*--- FAIL' $(CACHE)/test.log || true) failed (full log: .cache/test.log)"; \
+	if [ "$$status" != 0 ]; then exit $$status; fi; \
+	if [ "$${CI:-}" = true ] && [ "$$skips" != 0 ]; then \
+		echo "test: CI=true forbids skipped tests:"; grep -E '^\s*--- SKIP' -A1 $(CACHE)/test.log; exit 1; fi
+
+.PHONY: test-short
+test-short: ## unit tests only, no root needed
+	$(GO) test -race -short $(PKGS)
+
+.PHONY: bench
+bench: ## run the benchmarks (root for the kernel ones)
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+# ---------------------------------------------------------------- lab and demo
+
+.PHONY: lab-up
+lab-up: ## build the network lab (namespaces prefixed mpfl)
+	$(GO) run ./test/lab/cmd/mpfleet-lab up
+
+.PHONY: lab-down
+lab-down: ## remove the network lab and any leftovers
+	$(GO) run ./test/lab/cmd/mpfleet-lab cleanup
+
+.PHONY: demo
+demo: build ## build, start a controller, apply a policy through mpfleetctl, show the result
+	./test/demo.sh
+
+.PHONY: clean
+clean: ## remove build output and caches (not tools)
+	rm -rf $(BIN) $(CACHE)

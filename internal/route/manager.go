@@ -1,0 +1,43 @@
+package route
+
+import "fmt"
+
+// Options configure Open.
+type Options struct {
+	// NetNS is a file descriptor of the network namespace to work in (as from
+	// netns.GetFromName); 0 means the caller's current one.
+	NetNS int
+	// Range is the owned range; the zero Range means DefaultRange.
+	Range Range
+}
+
+// OpError is a kernel (or range) error with the operation that caused it.
+// It unwraps to the cause, so errors.Is(err, os.ErrExist),
+// errors.Is(err, os.ErrNotExist) and errors.Is(err, ErrOutOfRange) work.
+type OpError struct {
+	Op  string // e.g. "add rule 7100: from 198.18.1.2 lookup 7100"
+	Err error
+}
+
+func (e *OpError) Error() string { return fmt.Sprintf("route: %s: %v", e.Op, e.Err) }
+
+// Unwrap returns the cause.
+func (e *OpError) Unwrap() error { return e.Err }
+
+func opErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &OpError{Op: op, Err: err}
+}
+
+func (o *Options) rangeOrDefault() (Range, error) {
+	r := DefaultRange
+	if o != nil && o.Range != (Range{}) {
+		r = o.Range
+	}
+	if err := r.Validate(); err != nil {
+		return Range{}, err
+	}
+	return r, nil
+}
