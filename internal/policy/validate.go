@@ -1,0 +1,312 @@
+// Package policy holds the multipath policy model: validation of groups and
+// policies as the API receives them, defaults, and rendering of a policy against
+// a host's interfaces into the kernel configuration the agent applies.
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"path"
+	"regexp"
+	"strings"
+
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+)
+
+// Kernel and range limits enforced by validation.
+const (
+	// MaxLimit is the largest subflows / add_addr_accepted the kernel accepts.
+	MaxLimit = 8
+	// MaxEndpointRules bounds the endpoint rules of one policy.
+	MaxEndpointRules = 32
+	// MaxGatewayOverrides bounds routing.gateways.
+	MaxGatewayOverrides = 32
+	// MaxDescription bounds a group's description, in bytes.
+	MaxDescription = 1024
+	// MaxLabels bounds a selector's labels.
+	MaxLabels = 32
+
+	// DefaultTableMin .. DefaultPriorityMax are mpfleet's default routing
+	// table-id and rule-priority ranges.
+	DefaultTableMin    = 7100
+	DefaultTableMax    = 7199
+	DefaultPriorityMin = 7100
+	DefaultPriorityMax = 7199
+	// minRangeWidth is one table and one priority per possible endpoint.
+	minRangeWidth = 8
+	// maxSeconds bounds the jiffies-based sysctls (INT_MAX milliseconds).
+	maxSeconds = 2147483
+)
+
+// FieldViolation names one invalid field of a request and says what is wrong.
+type FieldViolation struct {
+	Field       string // path from the request root, e.g. "group.policy.limits.subflows"
+	Description string
+}
+
+func (v FieldViolation) String() string { return v.Field + ": " + v.Description }
+
+// Violations collects field violations.
+type Violations []FieldViolation
+
+func (vs *Violations) add(field, format string, args ...any) {
+	*vs = append(*vs, FieldViolation{Field: field, Description: fmt.Sprintf(format, args...)})
+}
+
+// Err returns nil when there are no violations, else an *InvalidError.
+func (vs Violations) Err() error {
+	if len(vs) == 0 {
+		return nil
+	}
+	return &InvalidError{Violations: vs}
+}
+
+// InvalidError reports invalid input, field by field.
+type InvalidError struct {
+	Violations Violations
+}
+
+func (e *InvalidError) Error() string {
+	parts := make([]string, len(e.Violations))
+	for i, v := range e.Violations {
+		parts[i] = v.String()
+	}
+	return "invalid argument: " + strings.Join(parts, "; ")
+}
+
+var (
+	groupIDRe    = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	labelKeyRe   = regexp.MustCompile(`^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
+	labelValueRe = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$`)
+	sysctlNameRe = regexp.MustCompile(`^[a-z0-9_]{1,32}$`)
+)
+
+// ValidateGroupID checks a group id ("web", not "groups/web").
+func ValidateGroupID(vs *Violations, field, id string) {
+	if id == "" {
+		vs.add(field, "is required")
+		return
+	}
+	if !groupIDRe.MatchString(id) {
+		vs.add(field, "%q is not a valid group id: use 1-63 lower-case letters, digits and '-', starting with a letter and not ending with '-'", id)
+	}
+}
+
+// GroupIDFromName returns the id of "groups/{id}", recording a violation on
+// field if name is not of that form.
+func GroupIDFromName(vs *Violations, field, name string) string {
+	id, ok := strings.CutPrefix(name, "groups/")
+	if !ok || strings.Contains(id, "/") {
+		if name == "" {
+			vs.add(field, "is required")
+		} else {
+			vs.add(field, "%q is not a group name of the form groups/{group}", name)
+		}
+		return ""
+	}
+	ValidateGroupID(vs, field, id)
+	return id
+}
+
+// ValidateLabels checks label keys and values (Kubernetes label syntax).
+func ValidateLabels(vs *Violations, field string, labels map[string]string) {
+	if len(labels) > MaxLabels {
+		vs.add(field, "has %d labels; at most %d are allowed", len(labels), MaxLabels)
+	}
+	for _, k := range sortedKeys(labels) {
+		if !labelKeyRe.MatchString(k) {
+			vs.add(field+"["+quote(k)+"]", "%q is not a valid label key", k)
+		}
+		if v := labels[k]; !labelValueRe.MatchString(v) {
+			vs.add(field+"["+quote(k)+"]", "%q is not a valid label value: at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric", v)
+		}
+	}
+}
+
+// ValidateGroup checks the mutable fields of a group; field is the path of
+// the group in the request (e.g. "group").
+func ValidateGroup(vs *Violations, field string, g *pb.Group) {
+	if g == nil {
+		vs.add(field, "is required")
+		return
+	}
+	if len(g.GetDescription()) > MaxDescription {
+		vs.add(field+".description", "is %d bytes; at most %d are allowed", len(g.GetDescription()), MaxDescription)
+	}
+	ValidateLabels(vs, field+".selector.match_labels", g.GetSelector().GetMatchLabels())
+	ValidatePolicy(vs, field+".policy", g.GetPolicy())
+}
+
+// ValidatePolicy checks a multipath policy against what the kernel accepts.
+// A nil policy is valid (it manages nothing but endpoints and limits, which
+// it leaves empty at the kernel defaults).
+func ValidatePolicy(vs *Violations, field string, p *pb.MultipathPolicy) {
+	if p == nil {
+		return
+	}
+	if l := p.GetLimits(); l != nil {
+		if l.Subflows != nil && l.GetSubflows() > MaxLimit {
+			vs.add(field+".limits.subflows", "is %d; must be at most %d (kernel maximum)", l.GetSubflows(), MaxLimit)
+		}
+		if l.AddAddrAccepted != nil && l.GetAddAddrAccepted() > MaxLimit {
+			vs.add(field+".limits.add_addr_accepted", "is %d; must be at most %d (kernel maximum)", l.GetAddAddrAccepted(), MaxLimit)
+		}
+	}
+	if n := len(p.GetEndpoints()); n > MaxEndpointRules {
+		vs.add(field+".endpoints", "has %d rules; at most %d are allowed", n, MaxEndpointRules)
+	}
+	for i, r := range p.GetEndpoints() {
+		validateEndpointRule(vs, fmt.Sprintf("%s.endpoints[%d]", field, i), r)
+	}
+	validateRouting(vs, field+".routing", p.GetRouting())
+	validateSysctls(vs, field+".sysctls", p.GetSysctls())
+}
+
+func validateEndpointRule(vs *Violations, field string, r *pb.EndpointRule) {
+	if r.GetInterface() == "" && r.GetCidr() == "" {
+		vs.add(field, "must select addresses by interface, cidr or both")
+	}
+	if r.GetInterface() != "" {
+		validateGlob(vs, field+".interface", r.GetInterface())
+	}
+	if c := r.GetCidr(); c != "" {
+		pfx, err := netip.ParsePrefix(c)
+		switch {
+		case err != nil:
+			vs.add(field+".cidr", "%q is not a CIDR prefix (e.g. 198.18.0.0/15 or 2001:db8::/32)", c)
+		case pfx.Masked() != pfx:
+			vs.add(field+".cidr", "%q has host bits set; did you mean %s?", c, pfx.Masked())
+		case r.GetFamily() == pb.AddressFamily_ADDRESS_FAMILY_IPV4 && !pfx.Addr().Is4():
+			vs.add(field+".family", "is IPV4 but cidr %s is IPv6", pfx)
+		case r.GetFamily() == pb.AddressFamily_ADDRESS_FAMILY_IPV6 && pfx.Addr().Is4():
+			vs.add(field+".family", "is IPV6 but cidr %s is IPv4", pfx)
+		}
+	}
+	if _, ok := pb.AddressFamily_name[int32(r.GetFamily())]; !ok {
+		vs.add(field+".family", "unknown address family %d", int32(r.GetFamily()))
+	}
+	seen := map[pb.EndpointFlag]bool{}
+	for j, f := range r.GetFlags() {
+		ff := fmt.Sprintf("%s.flags[%d]", field, j)
+		switch {
+		case f == pb.EndpointFlag_ENDPOINT_FLAG_UNSPECIFIED:
+			vs.add(ff, "ENDPOINT_FLAG_UNSPECIFIED is not a flag")
+		case pb.EndpointFlag_name[int32(f)] == "":
+			vs.add(ff, "unknown endpoint flag %d", int32(f))
+		case seen[f]:
+			vs.add(ff, "%s is given twice", f)
+		}
+		seen[f] = true
+	}
+	if seen[pb.EndpointFlag_ENDPOINT_FLAG_FULLMESH] && seen[pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL] {
+		vs.add(field+".flags", "FULLMESH cannot be combined with SIGNAL (the kernel rejects it)")
+	}
+	if r.GetPort() > 65535 {
+		vs.add(field+".port", "is %d; must be at most 65535", r.GetPort())
+	}
+	if r.GetPort() != 0 && !seen[pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL] {
+		vs.add(field+".port", "is set but flags lack SIGNAL (the kernel only accepts a port on signal endpoints)")
+	}
+}
+
+func validateGlob(vs *Violations, field, pattern string) {
+	if len(pattern) > 64 {
+		vs.add(field, "is %d bytes; at most 64 are allowed", len(pattern))
+		return
+	}
+	if _, err := path.Match(pattern, ""); err != nil {
+		vs.add(field, "%q is not a valid interface pattern: %v", pattern, err)
+	}
+	if strings.ContainsAny(pattern, "/ \t\n") {
+		vs.add(field, "%q contains '/' or whitespace, which no interface name has", pattern)
+	}
+}
+
+func validateRouting(vs *Violations, field string, r *pb.Routing) {
+	if r == nil {
+		return
+	}
+	tmin, tmax := r.GetTableMin(), r.GetTableMax()
+	if (tmin == 0) != (tmax == 0) {
+		vs.add(field+".table_min", "table_min and table_max must be given together")
+	} else if tmin != 0 {
+		switch {
+		case tmin > tmax:
+			vs.add(field+".table_min", "is %d, above table_max %d", tmin, tmax)
+		case tmax-tmin+1 < minRangeWidth:
+			vs.add(field+".table_max", "range %d-%d holds %d tables; at least %d are needed (one per endpoint)", tmin, tmax, tmax-tmin+1, minRangeWidth)
+		case tmin <= 255 && tmax >= 253:
+			vs.add(field+".table_min", "range %d-%d includes a reserved table (253 default, 254 main, 255 local)", tmin, tmax)
+		case tmax == 0xFFFFFFFF:
+			vs.add(field+".table_max", "must be below 4294967295")
+		}
+	}
+	pmin, pmax := r.GetPriorityMin(), r.GetPriorityMax()
+	if (pmin == 0) != (pmax == 0) {
+		vs.add(field+".priority_min", "priority_min and priority_max must be given together")
+	} else if pmin != 0 {
+		switch {
+		case pmin > pmax:
+			vs.add(field+".priority_min", "is %d, above priority_max %d", pmin, pmax)
+		case pmax-pmin+1 < minRangeWidth:
+			vs.add(field+".priority_max", "range %d-%d holds %d priorities; at least %d are needed (one per endpoint)", pmin, pmax, pmax-pmin+1, minRangeWidth)
+		case pmax >= 32766:
+			vs.add(field+".priority_max", "is %d; must be below 32766 (the main table's rule)", pmax)
+		}
+	}
+	if n := len(r.GetGateways()); n > MaxGatewayOverrides {
+		vs.add(field+".gateways", "has %d entries; at most %d are allowed", n, MaxGatewayOverrides)
+	}
+	for i, g := range r.GetGateways() {
+		gf := fmt.Sprintf("%s.gateways[%d]", field, i)
+		if g.GetInterface() == "" {
+			vs.add(gf+".interface", "is required")
+		} else {
+			validateGlob(vs, gf+".interface", g.GetInterface())
+		}
+		if a, err := netip.ParseAddr(g.GetGateway()); err != nil || a.Zone() != "" {
+			vs.add(gf+".gateway", "%q is not an IP address", g.GetGateway())
+		} else if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+			vs.add(gf+".gateway", "%s cannot be a gateway", a)
+		}
+	}
+}
+
+func validateSysctls(vs *Violations, field string, s *pb.Sysctls) {
+	if s == nil {
+		return
+	}
+	if s.Scheduler != nil && !sysctlNameRe.MatchString(s.GetScheduler()) {
+		vs.add(field+".scheduler", "%q is not a scheduler name (lower-case letters, digits, '_')", s.GetScheduler())
+	}
+	if s.PathManager != nil && !sysctlNameRe.MatchString(s.GetPathManager()) {
+		vs.add(field+".path_manager", "%q is not a path manager name (lower-case letters, digits, '_')", s.GetPathManager())
+	}
+	for _, c := range []struct {
+		name string
+		v    *uint32
+	}{
+		{"add_addr_timeout", s.AddAddrTimeout},
+		{"blackhole_timeout", s.BlackholeTimeout},
+		{"close_timeout", s.CloseTimeout},
+		{"stale_loss_cnt", s.StaleLossCnt},
+	} {
+		if c.v != nil && *c.v > maxSeconds {
+			vs.add(field+"."+c.name, "is %d; must be at most %d", *c.v, maxSeconds)
+		}
+	}
+}
+
+// RoutingRange returns the routing table and rule-priority ranges of r, with
+// the defaults for unset ones.
+func RoutingRange(r *pb.Routing) (tableMin, tableMax, prioMin, prioMax uint32) {
+	tableMin, tableMax = DefaultTableMin, DefaultTableMax
+	prioMin, prioMax = DefaultPriorityMin, DefaultPriorityMax
+	if r.GetTableMin() != 0 {
+		tableMin, tableMax = r.GetTableMin(), r.GetTableMax()
+	}
+	if r.GetPriorityMin() != 0 {
+		prioMin, prioMax = r.GetPriorityMin(), r.GetPriorityMax()
+	}
+	return
+}

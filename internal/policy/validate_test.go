@@ -1,0 +1,163 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"google.golang.org/protobuf/proto"
+)
+
+func validGroup() *pb.Group {
+	return &pb.Group{
+		Description: "two uplinks",
+		Selector:    &pb.Selector{MatchLabels: map[string]string{"role": "web", "mpfleet.io/site": "fra-1"}},
+		Policy: &pb.MultipathPolicy{
+			Enabled: proto.Bool(true),
+			Limits:  &pb.Limits{Subflows: proto.Uint32(2), AddAddrAccepted: proto.Uint32(8)},
+			Endpoints: []*pb.EndpointRule{
+				{Interface: "eth*", Flags: []pb.EndpointFlag{pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW}},
+				{Cidr: "2001:db8::/32", Family: pb.AddressFamily_ADDRESS_FAMILY_IPV6, Flags: []pb.EndpointFlag{pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL}, Port: 4242},
+			},
+			Routing: &pb.Routing{Enabled: true, TableMin: 300, TableMax: 307, PriorityMin: 1000, PriorityMax: 1010,
+				Gateways: []*pb.GatewayOverride{{Interface: "eth1", Gateway: "198.18.1.1"}}},
+			Sysctls: &pb.Sysctls{Scheduler: proto.String("default"), AddAddrTimeout: proto.Uint32(120)},
+		},
+	}
+}
+
+func TestValidateGroup(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(g *pb.Group)
+		want   []string // violated fields
+	}{
+		{"valid", func(*pb.Group) {}, nil},
+		{"nil policy", func(g *pb.Group) { g.Policy = nil }, nil},
+		{"subflows above kernel max", func(g *pb.Group) { g.Policy.Limits.Subflows = proto.Uint32(9) },
+			[]string{"group.policy.limits.subflows"}},
+		{"add_addr_accepted above kernel max", func(g *pb.Group) { g.Policy.Limits.AddAddrAccepted = proto.Uint32(100) },
+			[]string{"group.policy.limits.add_addr_accepted"}},
+		{"fullmesh with signal", func(g *pb.Group) {
+			g.Policy.Endpoints[0].Flags = []pb.EndpointFlag{pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL, pb.EndpointFlag_ENDPOINT_FLAG_FULLMESH}
+		}, []string{"group.policy.endpoints[0].flags"}},
+		{"unspecified and duplicate flags", func(g *pb.Group) {
+			g.Policy.Endpoints[0].Flags = []pb.EndpointFlag{0, pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW, pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW}
+		}, []string{"group.policy.endpoints[0].flags[0]", "group.policy.endpoints[0].flags[2]"}},
+		{"bad cidr", func(g *pb.Group) { g.Policy.Endpoints[1].Cidr = "2001:db8::/129" },
+			[]string{"group.policy.endpoints[1].cidr"}},
+		{"cidr host bits", func(g *pb.Group) { g.Policy.Endpoints[1].Cidr = "2001:db8::1/32" },
+			[]string{"group.policy.endpoints[1].cidr"}},
+		{"family mismatch", func(g *pb.Group) { g.Policy.Endpoints[1].Cidr = "198.18.0.0/15" },
+			[]string{"group.policy.endpoints[1].family"}},
+		{"bad glob", func(g *pb.Group) { g.Policy.Endpoints[0].Interface = "eth[" },
+			[]string{"group.policy.endpoints[0].interface"}},
+		{"rule selects nothing", func(g *pb.Group) { g.Policy.Endpoints[0].Interface = "" },
+			[]string{"group.policy.endpoints[0]"}},
+		{"port without signal", func(g *pb.Group) { g.Policy.Endpoints[0].Port = 80 },
+			[]string{"group.policy.endpoints[0].port"}},
+		{"port too big", func(g *pb.Group) { g.Policy.Endpoints[1].Port = 70000 },
+			[]string{"group.policy.endpoints[1].port"}},
+		{"table range reversed", func(g *pb.Group) { g.Policy.Routing.TableMin = 400 },
+			[]string{"group.policy.routing.table_min"}},
+		{"table range includes main", func(g *pb.Group) { g.Policy.Routing.TableMin, g.Policy.Routing.TableMax = 250, 260 },
+			[]string{"group.policy.routing.table_min"}},
+		{"table range too narrow", func(g *pb.Group) { g.Policy.Routing.TableMax = 302 },
+			[]string{"group.policy.routing.table_max"}},
+		{"priority half given", func(g *pb.Group) { g.Policy.Routing.PriorityMax = 0 },
+			[]string{"group.policy.routing.priority_min"}},
+		{"priority covers main rule", func(g *pb.Group) { g.Policy.Routing.PriorityMax = 32766 },
+			[]string{"group.policy.routing.priority_max"}},
+		{"bad gateway", func(g *pb.Group) { g.Policy.Routing.Gateways[0].Gateway = "gw1" },
+			[]string{"group.policy.routing.gateways[0].gateway"}},
+		{"bad scheduler", func(g *pb.Group) { g.Policy.Sysctls.Scheduler = proto.String("../../etc") },
+			[]string{"group.policy.sysctls.scheduler"}},
+		{"bad label", func(g *pb.Group) { g.Selector.MatchLabels["bad key!"] = "x" },
+			[]string{`group.selector.match_labels["bad key!"]`}},
+		{"long description", func(g *pb.Group) { g.Description = strings.Repeat("x", 2000) },
+			[]string{"group.description"}},
+		{"many errors at once", func(g *pb.Group) {
+			g.Policy.Limits.Subflows = proto.Uint32(9)
+			g.Policy.Endpoints[0].Interface = "eth["
+		}, []string{"group.policy.limits.subflows", "group.policy.endpoints[0].interface"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := validGroup()
+			tt.mutate(g)
+			var vs Violations
+			ValidateGroup(&vs, "group", g)
+			var got []string
+			for _, v := range vs {
+				got = append(got, v.Field)
+				if v.Description == "" {
+					t.Errorf("violation of %s has no description", v.Field)
+				}
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("violated fields (-want +got):\n%s\nall: %v", diff, vs)
+			}
+		})
+	}
+}
+
+func TestGroupID(t *testing.T) {
+	for id, ok := range map[string]bool{
+		"web": true, "a": true, "web-1": true, "w" + strings.Repeat("x", 62): true,
+		"": false, "Web": false, "1web": false, "web-": false, "we_b": false, "w" + strings.Repeat("x", 63): false,
+	} {
+		var vs Violations
+		ValidateGroupID(&vs, "group_id", id)
+		if (len(vs) == 0) != ok {
+			t.Errorf("ValidateGroupID(%q) violations = %v, want ok=%v", id, vs, ok)
+		}
+	}
+	var vs Violations
+	if got := GroupIDFromName(&vs, "name", "groups/web"); got != "web" || len(vs) != 0 {
+		t.Errorf("GroupIDFromName(groups/web) = %q, %v", got, vs)
+	}
+	for _, bad := range []string{"", "web", "groups/", "groups/a/b", "hosts/web"} {
+		var vs Violations
+		GroupIDFromName(&vs, "name", bad)
+		if len(vs) == 0 {
+			t.Errorf("GroupIDFromName(%q) accepted", bad)
+		}
+	}
+}
+
+// FuzzValidateGroup feeds arbitrary wire bytes through validation: it must
+// never panic, and everything it accepts must stay inside the kernel's limits.
+func FuzzValidateGroup(f *testing.F) {
+	seed, _ := proto.Marshal(validGroup())
+	f.Add(seed)
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		g := &pb.Group{}
+		if err := proto.Unmarshal(b, g); err != nil {
+			return
+		}
+		var vs Violations
+		ValidateGroup(&vs, "group", g)
+		if len(vs) > 0 {
+			if vs.Err() == nil || !strings.Contains(vs.Err().Error(), vs[0].Field) {
+				t.Fatalf("error does not name the field: %v", vs.Err())
+			}
+			return
+		}
+		p := g.GetPolicy()
+		if p.GetLimits().GetSubflows() > MaxLimit || p.GetLimits().GetAddAddrAccepted() > MaxLimit {
+			t.Fatalf("accepted limits above kernel maximum: %v", p.GetLimits())
+		}
+		for _, r := range p.GetEndpoints() {
+			var sig, fm bool
+			for _, fl := range r.GetFlags() {
+				sig = sig || fl == pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL
+				fm = fm || fl == pb.EndpointFlag_ENDPOINT_FLAG_FULLMESH
+			}
+			if sig && fm {
+				t.Fatal("accepted FULLMESH with SIGNAL")
+			}
+		}
+	})
+}
