@@ -1,0 +1,121 @@
+package mptcp
+
+import (
+	"fmt"
+)
+
+// DialOptions configure Dial and DialEvents. A nil *DialOptions means the
+// defaults.
+type DialOptions struct {
+	// NetNS is a file descriptor of a network namespace (for example from
+	// /run/netns/NAME) to open the sockets in. 0 means the namespace of the
+	// calling thread.
+	NetNS int
+}
+
+// Client manages the MPTCP endpoints and limits of one network namespace
+// through the mptcp_pm generic netlink family, and lists its MPTCP
+// connections through sock_diag. A Client is safe for concurrent use.
+type Client struct {
+	c *client
+}
+
+// Dial opens a Client. On a kernel without MPTCP (no mptcp_pm family) it
+// returns one error that matches ErrUnsupported and os.ErrNotExist.
+func Dial(opts *DialOptions) (*Client, error) {
+	if opts == nil {
+		opts = &DialOptions{}
+	}
+	c, err := dial(opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{c: c}, nil
+}
+
+// Close releases the Client's sockets.
+func (c *Client) Close() error { return c.c.close() }
+
+// Endpoints returns all endpoints of the namespace (a GET_ADDR dump), sorted
+// by ID.
+func (c *Client) Endpoints() ([]Endpoint, error) { return c.c.endpoints() }
+
+// Endpoint returns the endpoint with the given ID; ErrEndpointNotFound
+// (os.ErrNotExist) if there is none.
+func (c *Client) Endpoint(id uint8) (Endpoint, error) { return c.c.endpoint(id) }
+
+// AddEndpoint adds e. With e.ID 0 the kernel chooses the ID; any other ID is
+// used as given. e is checked with Validate first. Errors: ErrEndpointExists
+// (os.ErrExist) for a duplicate address or ID, ErrTooManyEndpoints when the
+// namespace already holds MaxEndpoints, ErrInvalid for what the kernel refuses.
+func (c *Client) AddEndpoint(e Endpoint) error {
+	if err := e.Validate(); err != nil {
+		return &OpError{Op: addOp(e), Err: err}
+	}
+	return c.c.addEndpoint(e)
+}
+
+// DeleteEndpoint removes the endpoint with the given ID; the kernel closes
+// the subflows that use it. ErrEndpointNotFound if there is none.
+func (c *Client) DeleteEndpoint(id uint8) error {
+	if id == 0 {
+		return &OpError{Op: "mptcp delete endpoint id 0", Err: invalidf("id 0 is not an endpoint ID")}
+	}
+	return c.c.deleteEndpoint(id)
+}
+
+// FlushEndpoints removes every endpoint of the namespace.
+func (c *Client) FlushEndpoints() error { return c.c.flushEndpoints() }
+
+// SetEndpointFlags changes the flags of the endpoint with the given ID in
+// place. Only the flags in MutableFlags (backup, fullmesh) can change so; a
+// difference in any other flag is refused with ErrFlagsImmutable naming it,
+// and the caller must delete and re-add the endpoint. FlagImplicit is ignored
+// in the comparison. Fullmesh cannot be set on a signal or implicit endpoint.
+// The endpoint is read first, so a missing one gives ErrEndpointNotFound.
+func (c *Client) SetEndpointFlags(id uint8, f Flags) error {
+	if id == 0 {
+		return &OpError{Op: setFlagsOp(id, f), Err: invalidf("id 0 is not an endpoint ID")}
+	}
+	return c.c.setEndpointFlags(id, f)
+}
+
+// Limits returns the in-kernel path manager's limits.
+func (c *Client) Limits() (Limits, error) { return c.c.limits() }
+
+// SetLimits sets both limits. Values above MaxLimit are refused with
+// ErrInvalid before anything is sent.
+func (c *Client) SetLimits(l Limits) error {
+	op := fmt.Sprintf("mptcp set limits subflows %d add_addr_accepted %d", l.Subflows, l.AddAddrAccepted)
+	if l.Subflows > MaxLimit {
+		return &OpError{Op: op, Err: invalidf("subflows %d above the kernel maximum %d", l.Subflows, MaxLimit)}
+	}
+	if l.AddAddrAccepted > MaxLimit {
+		return &OpError{Op: op, Err: invalidf("add_addr_accepted %d above the kernel maximum %d", l.AddAddrAccepted, MaxLimit)}
+	}
+	return c.c.setLimits(l, op)
+}
+
+// Connections lists the namespace's MPTCP connections (every state but
+// LISTEN) through sock_diag, IPv4 and IPv6 sockets alike, sorted by local and
+// then remote address.
+func (c *Client) Connections() ([]Connection, error) { return c.c.connections() }
+
+func addOp(e Endpoint) string {
+	op := "mptcp add endpoint " + e.Addr.String()
+	if e.Port != 0 {
+		op += fmt.Sprintf(" port %d", e.Port)
+	}
+	if e.ID != 0 {
+		op += fmt.Sprintf(" id %d", e.ID)
+	}
+	return op
+}
+
+func setFlagsOp(id uint8, f Flags) string {
+	s := fmt.Sprintf("mptcp set endpoint id %d flags", id)
+	if f == 0 {
+		return s + " none"
+	}
+	return s + " " + f.String()
+}

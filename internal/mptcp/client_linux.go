@@ -1,0 +1,397 @@
+//go:build linux
+
+package mptcp
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/mdlayher/genetlink"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Netlink flags of the requests: mutations ask for an acknowledgement; the
+// GET do-requests do not, because the kernel would queue the ACK after the
+// reply, where the next request would find it.
+const (
+	flagsMutate = netlink.Request | netlink.Acknowledge
+	flagsGet    = netlink.Request
+	flagsDump   = netlink.Request | netlink.Dump
+)
+
+// client is the Linux implementation of Client.
+type client struct {
+	c      *genetlink.Conn
+	family genetlink.Family
+
+	// diag is a NETLINK_SOCK_DIAG socket opened with c, in the same
+	// namespace; diagErr is why it could not be opened.
+	diag    *netlink.Conn
+	diagErr error
+}
+
+func dial(opts *DialOptions) (*client, error) {
+	cfg := &netlink.Config{NetNS: opts.NetNS}
+	c, err := genetlink.Dial(cfg)
+	if err != nil {
+		return nil, &OpError{Op: "mptcp dial generic netlink", Err: err}
+	}
+	// Best effort: the kernel's extended acknowledgements explain errors.
+	_ = c.SetOption(netlink.ExtendedAcknowledge, true)
+	cl, err := initClient(c)
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	// Open the sock_diag socket now, while we are in the namespace the
+	// caller meant: a later Connections call may run on another thread.
+	cl.diag, cl.diagErr = netlink.Dial(unix.NETLINK_SOCK_DIAG, cfg)
+	if cl.diagErr == nil {
+		_ = cl.diag.SetOption(netlink.ExtendedAcknowledge, true)
+	}
+	return cl, nil
+}
+
+// initClient finishes a client on an open generic netlink connection: it
+// looks the mptcp_pm family up. Tests pass a genltest connection.
+func initClient(c *genetlink.Conn) (*client, error) {
+	f, err := getFamily(c)
+	if err != nil {
+		return nil, err
+	}
+	return &client{c: c, family: f}, nil
+}
+
+func getFamily(c *genetlink.Conn) (genetlink.Family, error) {
+	f, err := c.GetFamily(familyName)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return genetlink.Family{}, &OpError{
+				Op:  "mptcp dial",
+				Err: fmt.Errorf("%w: no generic netlink family %q (kernel without CONFIG_MPTCP?): %w", ErrUnsupported, familyName, err),
+			}
+		}
+		return genetlink.Family{}, kernelError("mptcp dial: get family "+familyName, err, nil)
+	}
+	return f, nil
+}
+
+func (c *client) close() error {
+	err := c.c.Close()
+	if c.diag != nil {
+		if derr := c.diag.Close(); err == nil {
+			err = derr
+		}
+	}
+	return err
+}
+
+// execute sends one mptcp_pm request and maps a kernel error with classify
+// (which may return nil to keep the default mapping).
+func (c *client) execute(op string, cmd uint8, flags netlink.HeaderFlags, attrs []byte, classify func(unix.Errno) error) ([]genetlink.Message, error) {
+	msgs, err := c.c.Execute(genetlink.Message{
+		Header: genetlink.Header{Command: cmd, Version: c.family.Version},
+		Data:   attrs,
+	}, c.family.ID, flags)
+	if err != nil {
+		return nil, kernelError(op, err, classify)
+	}
+	return msgs, nil
+}
+
+// kernelError turns an error of the netlink package into an *OpError whose
+// Err is the bare errno, joined with this package's class of it.
+func kernelError(op string, err error, classify func(unix.Errno) error) error {
+	oe := &OpError{Op: op, Err: err}
+	var ne *netlink.OpError
+	if errors.As(err, &ne) {
+		oe.Message = ne.Message
+		oe.Err = ne.Err
+	}
+	var errno unix.Errno
+	if !errors.As(oe.Err, &errno) {
+		return oe
+	}
+	if classify != nil {
+		if e := classify(errno); e != nil {
+			oe.Err = e
+			return oe
+		}
+	}
+	switch errno {
+	case unix.EINVAL:
+		oe.Err = classed(errno.Error(), errno, ErrInvalid)
+	default:
+		oe.Err = errno
+	}
+	return oe
+}
+
+// classedError is an error with a message of its own that matches several
+// errors (an errno and one of this package's classes).
+type classedError struct {
+	msg  string
+	errs []error
+}
+
+func classed(msg string, errs ...error) error { return &classedError{msg: msg, errs: errs} }
+
+func (e *classedError) Error() string   { return e.msg }
+func (e *classedError) Unwrap() []error { return e.errs }
+
+// notFoundOnEINVAL maps EINVAL to ErrEndpointNotFound: for the by-ID requests
+// this package sends (always well formed), "address not found" is the only
+// way the kernel answers EINVAL.
+func notFoundOnEINVAL(errno unix.Errno) error {
+	if errno == unix.EINVAL {
+		return classed(ErrEndpointNotFound.Error()+": "+errno.Error(), errno, ErrEndpointNotFound)
+	}
+	return nil
+}
+
+func (c *client) endpoints() ([]Endpoint, error) {
+	const op = "mptcp list endpoints"
+	msgs, err := c.execute(op, cmdGetAddr, flagsDump, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	eps := make([]Endpoint, 0, len(msgs))
+	for _, m := range msgs {
+		e, err := decodeEndpoint(m.Data)
+		if err != nil {
+			return nil, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+		}
+		eps = append(eps, e)
+	}
+	slices.SortFunc(eps, func(a, b Endpoint) int { return cmp.Compare(a.ID, b.ID) })
+	return eps, nil
+}
+
+func (c *client) endpoint(id uint8) (Endpoint, error) {
+	op := fmt.Sprintf("mptcp get endpoint id %d", id)
+	if id == 0 {
+		return Endpoint{}, &OpError{Op: op, Err: invalidf("id 0 is not an endpoint ID")}
+	}
+	attrs, err := encodeEndpoint(Endpoint{ID: id})
+	if err != nil {
+		return Endpoint{}, &OpError{Op: op, Err: err}
+	}
+	msgs, err := c.execute(op, cmdGetAddr, flagsGet, attrs, notFoundOnEINVAL)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	if len(msgs) != 1 {
+		return Endpoint{}, &OpError{Op: op, Err: fmt.Errorf("kernel sent %d replies, want 1", len(msgs))}
+	}
+	e, err := decodeEndpoint(msgs[0].Data)
+	if err != nil {
+		return Endpoint{}, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+	}
+	return e, nil
+}
+
+func (c *client) addEndpoint(e Endpoint) error {
+	op := addOp(e)
+	attrs, err := encodeEndpoint(e)
+	if err != nil {
+		return &OpError{Op: op, Err: err}
+	}
+	_, err = c.execute(op, cmdAddAddr, flagsMutate, attrs, func(errno unix.Errno) error {
+		switch errno {
+		case unix.ERANGE:
+			return classed(fmt.Sprintf("%v (at most %d): %v", ErrTooManyEndpoints, MaxEndpoints, errno), errno, ErrTooManyEndpoints)
+		case unix.EEXIST:
+			return classed(errno.Error(), errno, ErrEndpointExists)
+		case unix.EBUSY: // the ID is taken
+			return classed(fmt.Sprintf("id %d in use: %v", e.ID, errno), errno, ErrEndpointExists)
+		}
+		return nil
+	})
+	return err
+}
+
+func (c *client) deleteEndpoint(id uint8) error {
+	op := fmt.Sprintf("mptcp delete endpoint id %d", id)
+	attrs, err := encodeEndpoint(Endpoint{ID: id})
+	if err != nil {
+		return &OpError{Op: op, Err: err}
+	}
+	_, err = c.execute(op, cmdDelAddr, flagsMutate, attrs, notFoundOnEINVAL)
+	return err
+}
+
+func (c *client) flushEndpoints() error {
+	_, err := c.execute("mptcp flush endpoints", cmdFlushAddrs, flagsMutate, nil, nil)
+	return err
+}
+
+func (c *client) setEndpointFlags(id uint8, f Flags) error {
+	op := setFlagsOp(id, f)
+	cur, err := c.endpoint(id)
+	if err != nil {
+		var oe *OpError
+		if errors.As(err, &oe) {
+			oe.Op = op
+		}
+		return err
+	}
+	if f&^knownFlags != 0 {
+		return &OpError{Op: op, Err: invalidf("unknown flags %s", f&^knownFlags)}
+	}
+	if changed := (cur.Flags ^ f) &^ (MutableFlags | FlagImplicit); changed != 0 {
+		return &OpError{Op: op, Err: fmt.Errorf("%w: %s (endpoint has %q)", ErrFlagsImmutable, changed, cur.Flags.String())}
+	}
+	if f&FlagFullmesh != 0 && cur.Flags&(FlagSignal|FlagImplicit) != 0 {
+		return &OpError{Op: op, Err: invalidf("fullmesh cannot be set on a signal or implicit endpoint (endpoint has %q)", cur.Flags.String())}
+	}
+	if (cur.Flags^f)&MutableFlags == 0 {
+		return nil // nothing to change
+	}
+	attrs, err := encodeEndpoint(Endpoint{ID: id, Flags: f &^ FlagImplicit})
+	if err != nil {
+		return &OpError{Op: op, Err: err}
+	}
+	_, err = c.execute(op, cmdSetFlags, flagsMutate, attrs, notFoundOnEINVAL)
+	return err
+}
+
+func (c *client) limits() (Limits, error) {
+	const op = "mptcp get limits"
+	msgs, err := c.execute(op, cmdGetLimits, flagsGet, nil, nil)
+	if err != nil {
+		return Limits{}, err
+	}
+	if len(msgs) != 1 {
+		return Limits{}, &OpError{Op: op, Err: fmt.Errorf("kernel sent %d replies, want 1", len(msgs))}
+	}
+	l, err := decodeLimits(msgs[0].Data)
+	if err != nil {
+		return Limits{}, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+	}
+	return l, nil
+}
+
+func (c *client) setLimits(l Limits, op string) error {
+	attrs, err := encodeLimits(l)
+	if err != nil {
+		return &OpError{Op: op, Err: err}
+	}
+	_, err = c.execute(op, cmdSetLimits, flagsMutate, attrs, nil)
+	return err
+}
+
+func (c *client) connections() ([]Connection, error) {
+	const op = "mptcp list connections"
+	if c.diag == nil {
+		err := c.diagErr
+		if err == nil {
+			err = errors.New("no sock_diag socket")
+		}
+		return nil, &OpError{Op: op, Err: err}
+	}
+	var conns []Connection
+	for _, family := range []uint8{afInet, afInet6} {
+		msgs, err := c.diag.Execute(netlink.Message{
+			Header: netlink.Header{Type: sockDiagByFamily, Flags: flagsDump},
+			Data:   encodeDiagRequest(family),
+		})
+		if err != nil {
+			return nil, kernelError(op, err, func(errno unix.Errno) error {
+				if errno == unix.ENOENT { // no MPTCP inet_diag handler
+					return classed(fmt.Sprintf("%v: no MPTCP sock_diag handler (CONFIG_INET_MPTCP_DIAG): %v", ErrUnsupported, errno), errno, ErrUnsupported)
+				}
+				return nil
+			})
+		}
+		for _, m := range msgs {
+			if m.Header.Type != sockDiagByFamily {
+				continue
+			}
+			conn, err := decodeDiagMsg(m.Data)
+			if err != nil {
+				return nil, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+			}
+			conns = append(conns, conn)
+		}
+	}
+	slices.SortFunc(conns, func(a, b Connection) int {
+		if n := a.Local.Compare(b.Local); n != 0 {
+			return n
+		}
+		return a.Remote.Compare(b.Remote)
+	})
+	return conns, nil
+}
+
+// eventConn is the Linux implementation of EventConn.
+type eventConn struct {
+	c      *genetlink.Conn
+	family genetlink.Family
+	group  uint32
+}
+
+func dialEvents(opts *DialOptions) (*eventConn, error) {
+	c, err := genetlink.Dial(&netlink.Config{NetNS: opts.NetNS})
+	if err != nil {
+		return nil, &OpError{Op: "mptcp dial events", Err: err}
+	}
+	ec, err := initEventConn(c)
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	// A burst of connections makes a burst of events: give them room.
+	_ = c.SetReadBuffer(1 << 20)
+	if err := c.JoinGroup(ec.group); err != nil {
+		_ = c.Close()
+		return nil, kernelError("mptcp join multicast group "+eventsGroup, err, nil)
+	}
+	return ec, nil
+}
+
+// initEventConn looks the family and its events group up on c, without
+// joining the group (tests pass a genltest connection, which cannot).
+func initEventConn(c *genetlink.Conn) (*eventConn, error) {
+	f, err := getFamily(c)
+	if err != nil {
+		return nil, err
+	}
+	for _, g := range f.Groups {
+		if g.Name == eventsGroup {
+			return &eventConn{c: c, family: f, group: g.ID}, nil
+		}
+	}
+	return nil, &OpError{Op: "mptcp dial events", Err: fmt.Errorf("%w: family %s has no multicast group %q", ErrUnsupported, familyName, eventsGroup)}
+}
+
+func (e *eventConn) receive() ([]Event, error) {
+	const op = "mptcp receive events"
+	gmsgs, nmsgs, err := e.c.Receive()
+	if err != nil {
+		if errors.Is(err, unix.ENOBUFS) {
+			return nil, &OpError{Op: op, Err: classed(ErrEventsLost.Error(), ErrEventsLost, unix.ENOBUFS)}
+		}
+		return nil, kernelError(op, err, nil)
+	}
+	evs := make([]Event, 0, len(gmsgs))
+	for i, m := range gmsgs {
+		if i >= len(nmsgs) || nmsgs[i].Header.Type != netlink.HeaderType(e.family.ID) {
+			continue
+		}
+		ev, err := decodeEvent(EventType(m.Header.Command), m.Data)
+		if err != nil {
+			return nil, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+		}
+		evs = append(evs, ev)
+	}
+	return evs, nil
+}
+
+func (e *eventConn) setReadDeadline(t time.Time) error { return e.c.SetReadDeadline(t) }
+
+func (e *eventConn) close() error { return e.c.Close() }

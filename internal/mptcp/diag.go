@@ -1,0 +1,264 @@
+package mptcp
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"strconv"
+
+	"github.com/mdlayher/netlink"
+	"github.com/mdlayher/netlink/nlenc"
+)
+
+// sock_diag wire values (include/uapi/linux/sock_diag.h, inet_diag.h).
+const (
+	sockDiagByFamily    = 20  // SOCK_DIAG_BY_FAMILY
+	ipprotoTCP          = 6   // IPPROTO_TCP: what fits the u8 protocol field
+	ipprotoMPTCP        = 262 // IPPROTO_MPTCP, sent in INET_DIAG_REQ_PROTOCOL
+	inetDiagReqProtocol = 3   // INET_DIAG_REQ_PROTOCOL (u32)
+	inetDiagInfo        = 2   // INET_DIAG_INFO: request bit and reply attribute
+	inetDiagReqLen      = 56  // sizeof(struct inet_diag_req_v2)
+	inetDiagMsgLen      = 72  // sizeof(struct inet_diag_msg)
+)
+
+// State is a socket state as the kernel reports it (TCP_ESTABLISHED ...).
+type State uint8
+
+// Socket states (include/net/tcp_states.h).
+const (
+	StateEstablished State = 1
+	StateSynSent     State = 2
+	StateSynRecv     State = 3
+	StateFinWait1    State = 4
+	StateFinWait2    State = 5
+	StateTimeWait    State = 6
+	StateClose       State = 7
+	StateCloseWait   State = 8
+	StateLastAck     State = 9
+	StateListen      State = 10
+	StateClosing     State = 11
+	StateNewSynRecv  State = 12
+)
+
+var stateNames = [...]string{
+	StateEstablished: "ESTAB",
+	StateSynSent:     "SYN-SENT",
+	StateSynRecv:     "SYN-RECV",
+	StateFinWait1:    "FIN-WAIT-1",
+	StateFinWait2:    "FIN-WAIT-2",
+	StateTimeWait:    "TIME-WAIT",
+	StateClose:       "UNCONN",
+	StateCloseWait:   "CLOSE-WAIT",
+	StateLastAck:     "LAST-ACK",
+	StateListen:      "LISTEN",
+	StateClosing:     "CLOSING",
+	StateNewSynRecv:  "NEW-SYN-RECV",
+}
+
+// String returns the state as ss(8) prints it.
+func (s State) String() string {
+	if int(s) < len(stateNames) && stateNames[s] != "" {
+		return stateNames[s]
+	}
+	return "state(" + strconv.Itoa(int(s)) + ")"
+}
+
+// Connection is one MPTCP connection (the MPTCP-level socket, not a subflow)
+// as sock_diag reports it.
+type Connection struct {
+	// Family is the socket's address family: 2 (AF_INET) or 10 (AF_INET6).
+	// An AF_INET6 socket may carry IPv4 traffic; its addresses are then
+	// reported unmapped (198.18.1.1, not ::ffff:198.18.1.1).
+	Family uint8
+	State  State
+	Local  netip.AddrPort
+	Remote netip.AddrPort
+	// IfIndex is the device the socket is bound to, 0 for none.
+	IfIndex int
+	// Cookie is the kernel's socket cookie.
+	Cookie uint64
+	// RecvQueue and SendQueue are the bytes queued (rmem and wmem in use).
+	RecvQueue uint32
+	SendQueue uint32
+	UID       uint32
+	Inode     uint32
+	// Info is the kernel's struct mptcp_info for the connection.
+	Info Info
+}
+
+// Info is struct mptcp_info (include/uapi/linux/mptcp.h). It grows with
+// kernel versions; the fields a kernel does not send are zero.
+type Info struct {
+	// Subflows counts the subflows beyond the initial one
+	// (mptcpi_subflows; SubflowsTotal includes the initial one).
+	Subflows           uint8
+	AddAddrSignal      uint8 // ADD_ADDRs sent
+	AddAddrAccepted    uint8 // ADD_ADDRs accepted
+	SubflowsMax        uint8 // the subflows limit in force
+	AddAddrSignalMax   uint8 // signal endpoints
+	AddAddrAcceptedMax uint8 // the add_addr_accepted limit in force
+	// Flags is mptcpi_flags; Fallback and RemoteKeyReceived decode it.
+	Flags             uint32
+	Fallback          bool // the connection fell back to plain TCP
+	RemoteKeyReceived bool
+	Token             uint32
+	WriteSeq          uint64
+	SndUna            uint64
+	RcvNxt            uint64
+	LocalAddrUsed     uint8
+	LocalAddrMax      uint8 // subflow endpoints
+	CsumEnabled       bool
+	Retransmits       uint32
+	BytesRetrans      uint64
+	BytesSent         uint64
+	BytesReceived     uint64
+	BytesAcked        uint64
+	SubflowsTotal     uint8  // all subflows, the initial one included (6.10+)
+	EndpLaminarMax    uint8  // laminar endpoints (6.18+)
+	EndpFullmeshMax   uint8  // fullmesh endpoints (6.19+)
+	LastDataSent      uint32 // ms since data was last sent (6.11+)
+	LastDataRecv      uint32 // ms since data was last received
+	LastAckRecv       uint32 // ms since an ACK was last received
+}
+
+// mptcp_info flags.
+const (
+	infoFlagFallback          = 1 << 0
+	infoFlagRemoteKeyReceived = 1 << 1
+)
+
+// mptcpInfoLen is the size of struct mptcp_info this package knows.
+const mptcpInfoLen = 96
+
+// decodeMPTCPInfo decodes a struct mptcp_info of any length: a short one (an
+// older kernel) is zero-filled, a longer one (a newer kernel) truncated.
+func decodeMPTCPInfo(b []byte) Info {
+	var buf [mptcpInfoLen]byte
+	copy(buf[:], b)
+	ne := nlenc.NativeEndian()
+	i := Info{
+		Subflows:           buf[0],
+		AddAddrSignal:      buf[1],
+		AddAddrAccepted:    buf[2],
+		SubflowsMax:        buf[3],
+		AddAddrSignalMax:   buf[4],
+		AddAddrAcceptedMax: buf[5],
+		Flags:              ne.Uint32(buf[8:]),
+		Token:              ne.Uint32(buf[12:]),
+		WriteSeq:           ne.Uint64(buf[16:]),
+		SndUna:             ne.Uint64(buf[24:]),
+		RcvNxt:             ne.Uint64(buf[32:]),
+		LocalAddrUsed:      buf[40],
+		LocalAddrMax:       buf[41],
+		CsumEnabled:        buf[42] != 0,
+		Retransmits:        ne.Uint32(buf[44:]),
+		BytesRetrans:       ne.Uint64(buf[48:]),
+		BytesSent:          ne.Uint64(buf[56:]),
+		BytesReceived:      ne.Uint64(buf[64:]),
+		BytesAcked:         ne.Uint64(buf[72:]),
+		SubflowsTotal:      buf[80],
+		EndpLaminarMax:     buf[81],
+		EndpFullmeshMax:    buf[82],
+		LastDataSent:       ne.Uint32(buf[84:]),
+		LastDataRecv:       ne.Uint32(buf[88:]),
+		LastAckRecv:        ne.Uint32(buf[92:]),
+	}
+	i.Fallback = i.Flags&infoFlagFallback != 0
+	i.RemoteKeyReceived = i.Flags&infoFlagRemoteKeyReceived != 0
+	return i
+}
+
+// encodeMPTCPInfo is the inverse of decodeMPTCPInfo (Fallback and
+// RemoteKeyReceived are taken from Flags).
+func encodeMPTCPInfo(i Info) []byte {
+	b := make([]byte, mptcpInfoLen)
+	ne := nlenc.NativeEndian()
+	b[0], b[1], b[2], b[3], b[4], b[5] = i.Subflows, i.AddAddrSignal, i.AddAddrAccepted, i.SubflowsMax, i.AddAddrSignalMax, i.AddAddrAcceptedMax
+	ne.PutUint32(b[8:], i.Flags)
+	ne.PutUint32(b[12:], i.Token)
+	ne.PutUint64(b[16:], i.WriteSeq)
+	ne.PutUint64(b[24:], i.SndUna)
+	ne.PutUint64(b[32:], i.RcvNxt)
+	b[40], b[41] = i.LocalAddrUsed, i.LocalAddrMax
+	if i.CsumEnabled {
+		b[42] = 1
+	}
+	ne.PutUint32(b[44:], i.Retransmits)
+	ne.PutUint64(b[48:], i.BytesRetrans)
+	ne.PutUint64(b[56:], i.BytesSent)
+	ne.PutUint64(b[64:], i.BytesReceived)
+	ne.PutUint64(b[72:], i.BytesAcked)
+	b[80], b[81], b[82] = i.SubflowsTotal, i.EndpLaminarMax, i.EndpFullmeshMax
+	ne.PutUint32(b[84:], i.LastDataSent)
+	ne.PutUint32(b[88:], i.LastDataRecv)
+	ne.PutUint32(b[92:], i.LastAckRecv)
+	return b
+}
+
+// encodeDiagRequest returns the body of a SOCK_DIAG_BY_FAMILY dump request
+// for the MPTCP sockets of one address family: struct inet_diag_req_v2 asking
+// for INET_DIAG_INFO in every state but LISTEN, then the
+// INET_DIAG_REQ_PROTOCOL attribute carrying IPPROTO_MPTCP (262 does not fit
+// the u8 protocol field).
+func encodeDiagRequest(family uint8) []byte {
+	ne := nlenc.NativeEndian()
+	b := make([]byte, inetDiagReqLen, inetDiagReqLen+8)
+	b[0] = family
+	b[1] = ipprotoTCP
+	b[2] = 1 << (inetDiagInfo - 1)
+	ne.PutUint32(b[4:], ^uint32(0)&^(1<<uint32(StateListen)))
+	// The socket id (b[8:56]) stays zero: no filter; INET_DIAG_NOCOOKIE is not
+	// needed for dumps.
+	attr := make([]byte, 8)
+	ne.PutUint16(attr[0:], 8)
+	ne.PutUint16(attr[2:], inetDiagReqProtocol)
+	ne.PutUint32(attr[4:], ipprotoMPTCP)
+	return append(b, attr...)
+}
+
+// decodeDiagMsg decodes one struct inet_diag_msg and its attributes.
+func decodeDiagMsg(b []byte) (Connection, error) {
+	if len(b) < inetDiagMsgLen {
+		return Connection{}, fmt.Errorf("inet_diag_msg of %d bytes, want at least %d", len(b), inetDiagMsgLen)
+	}
+	ne := nlenc.NativeEndian()
+	c := Connection{
+		Family:    b[0],
+		State:     State(b[1]),
+		IfIndex:   int(ne.Uint32(b[40:])),
+		Cookie:    uint64(ne.Uint32(b[44:])) | uint64(ne.Uint32(b[48:]))<<32,
+		RecvQueue: ne.Uint32(b[56:]),
+		SendQueue: ne.Uint32(b[60:]),
+		UID:       ne.Uint32(b[64:]),
+		Inode:     ne.Uint32(b[68:]),
+	}
+	sport := binary.BigEndian.Uint16(b[4:])
+	dport := binary.BigEndian.Uint16(b[6:])
+	var src, dst netip.Addr
+	switch c.Family {
+	case afInet:
+		src = netip.AddrFrom4([4]byte(b[8:12]))
+		dst = netip.AddrFrom4([4]byte(b[24:28]))
+	case afInet6:
+		src = netip.AddrFrom16([16]byte(b[8:24])).Unmap()
+		dst = netip.AddrFrom16([16]byte(b[24:40])).Unmap()
+	default:
+		return Connection{}, fmt.Errorf("inet_diag_msg of unknown family %d", c.Family)
+	}
+	c.Local = netip.AddrPortFrom(src, sport)
+	c.Remote = netip.AddrPortFrom(dst, dport)
+
+	ad, err := netlink.NewAttributeDecoder(b[inetDiagMsgLen:])
+	if err != nil {
+		return Connection{}, err
+	}
+	for ad.Next() {
+		if ad.Type() == inetDiagInfo {
+			c.Info = decodeMPTCPInfo(ad.Bytes())
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return Connection{}, err
+	}
+	return c, nil
+}

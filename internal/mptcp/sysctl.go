@@ -1,0 +1,143 @@
+package mptcp
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+)
+
+// sysctlDir holds the net.mptcp sysctls. /proc/sys/net shows the namespace
+// of the thread that opens the file.
+var sysctlDir = "/proc/sys/net/mptcp"
+
+// knownSysctls are the net.mptcp sysctls mpfleet knows (DESIGN.md); which of
+// them a kernel has depends on its version.
+var knownSysctls = []string{
+	"enabled",
+	"add_addr_timeout",
+	"checksum_enabled",
+	"allow_join_initial_addr_port",
+	"stale_loss_cnt",
+	"pm_type",         // deprecated in 6.15
+	"path_manager",    // 6.15
+	"scheduler",       // 6.6
+	"close_timeout",   // 6.7
+	"blackhole_timeout",
+	"syn_retrans_before_tcp_fallback", // 6.14
+	"available_schedulers",
+	"available_path_managers", // 6.15
+}
+
+// KnownSysctls returns the names (without "net.mptcp.") of the sysctls
+// mpfleet knows. A kernel may lack some: ReadSysctl and WriteSysctl then
+// return ErrSysctlUnsupported.
+func KnownSysctls() []string { return slices.Clone(knownSysctls) }
+
+// sysctlPath checks name ("enabled" or "net.mptcp.enabled") and returns its
+// file and short name.
+func sysctlPath(name string) (string, string, error) {
+	short := strings.TrimPrefix(name, "net.mptcp.")
+	if short == "" || strings.ContainsAny(short, "./\x00") {
+		return "", short, invalidf("bad sysctl name %q", name)
+	}
+	return filepath.Join(sysctlDir, short), short, nil
+}
+
+// ReadSysctl returns net.mptcp.<name> of the calling thread's network
+// namespace, without its trailing newline. name may carry the "net.mptcp."
+// prefix. A sysctl this kernel lacks gives ErrSysctlUnsupported
+// (os.ErrNotExist).
+func ReadSysctl(name string) (string, error) {
+	p, short, err := sysctlPath(name)
+	if err != nil {
+		return "", fmt.Errorf("mptcp read sysctl: %w", err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", sysctlError("read", short, "", err)
+	}
+	return strings.TrimRight(string(b), "\n"), nil
+}
+
+// WriteSysctl sets net.mptcp.<name> of the calling thread's network
+// namespace. A sysctl this kernel lacks gives ErrSysctlUnsupported; a value
+// the kernel refuses, ErrInvalid.
+func WriteSysctl(name, value string) error {
+	p, short, err := sysctlPath(name)
+	if err != nil {
+		return fmt.Errorf("mptcp write sysctl: %w", err)
+	}
+	// O_WRONLY without O_CREAT: a missing sysctl must not be created (it
+	// cannot be in procfs, but the error should say "not exist").
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return sysctlError("write", short, value, err)
+	}
+	_, werr := f.WriteString(value)
+	cerr := f.Close()
+	if werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return sysctlError("write", short, value, werr)
+	}
+	return nil
+}
+
+func sysctlError(op, name, value string, err error) error {
+	subject := "net.mptcp." + name
+	if op == "write" {
+		subject += "=" + value
+	}
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("mptcp %s sysctl %s: %w", op, subject, ErrSysctlUnsupported)
+	case errors.Is(err, syscall.EINVAL):
+		return fmt.Errorf("mptcp %s sysctl %s: %w: %w", op, subject, ErrInvalid, err)
+	}
+	return fmt.Errorf("mptcp %s sysctl %s: %w", op, subject, err)
+}
+
+// Sysctls returns every net.mptcp sysctl present in the calling thread's
+// network namespace, by short name, values without trailing newline.
+func Sysctls() (map[string]string, error) {
+	ents, err := os.ReadDir(sysctlDir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("mptcp read sysctls: %w: %w", ErrUnsupported, err)
+		}
+		return nil, fmt.Errorf("mptcp read sysctls: %w", err)
+	}
+	m := make(map[string]string, len(ents))
+	for _, e := range ents {
+		if e.IsDir() {
+			continue
+		}
+		v, err := ReadSysctl(e.Name())
+		if err != nil {
+			return nil, err
+		}
+		m[e.Name()] = v
+	}
+	return m, nil
+}
+
+// MissingSysctls returns the KnownSysctls this kernel lacks, so that a
+// caller can report them instead of skipping them silently.
+func MissingSysctls() ([]string, error) {
+	present, err := Sysctls()
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, n := range knownSysctls {
+		if _, ok := present[n]; !ok {
+			missing = append(missing, n)
+		}
+	}
+	return missing, nil
+}
