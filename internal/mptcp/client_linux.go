@@ -371,7 +371,7 @@ func initEventConn(c *genetlink.Conn) (*eventConn, error) {
 
 func (e *eventConn) receive() ([]Event, error) {
 	const op = "mptcp receive events"
-	gmsgs, nmsgs, err := e.c.Receive()
+	gmsgs, _, err := e.c.Receive()
 	if err != nil {
 		if errors.Is(err, unix.ENOBUFS) {
 			return nil, &OpError{Op: op, Err: classed(ErrEventsLost.Error(), ErrEventsLost, unix.ENOBUFS)}
@@ -379,10 +379,9 @@ func (e *eventConn) receive() ([]Event, error) {
 		return nil, kernelError(op, err, nil)
 	}
 	evs := make([]Event, 0, len(gmsgs))
-	for i, m := range gmsgs {
-		if i >= len(nmsgs) || nmsgs[i].Header.Type != netlink.HeaderType(e.family.ID) {
-			continue
-		}
+	// Only the group this socket joined reaches it: every message is an
+	// mptcp_pm event.
+	for _, m := range gmsgs {
 		ev, err := decodeEvent(EventType(m.Header.Command), m.Data)
 		if err != nil {
 			return nil, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}

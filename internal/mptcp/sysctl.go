@@ -22,10 +22,10 @@ var knownSysctls = []string{
 	"checksum_enabled",
 	"allow_join_initial_addr_port",
 	"stale_loss_cnt",
-	"pm_type",         // deprecated in 6.15
-	"path_manager",    // 6.15
-	"scheduler",       // 6.6
-	"close_timeout",   // 6.7
+	"pm_type",       // deprecated in 6.15
+	"path_manager",  // 6.15
+	"scheduler",     // 6.6
+	"close_timeout", // 6.7
 	"blackhole_timeout",
 	"syn_retrans_before_tcp_fallback", // 6.14
 	"available_schedulers",
@@ -65,14 +65,15 @@ func ReadSysctl(name string) (string, error) {
 
 // WriteSysctl sets net.mptcp.<name> of the calling thread's network
 // namespace. A sysctl this kernel lacks gives ErrSysctlUnsupported; a value
-// the kernel refuses, ErrInvalid.
+// the kernel refuses (EINVAL, or ENOENT for an unknown scheduler or path
+// manager), ErrInvalid.
 func WriteSysctl(name, value string) error {
 	p, short, err := sysctlPath(name)
 	if err != nil {
 		return fmt.Errorf("mptcp write sysctl: %w", err)
 	}
-	// O_WRONLY without O_CREAT: a missing sysctl must not be created (it
-	// cannot be in procfs, but the error should say "not exist").
+	// No O_CREAT: procfs cannot create one, and a missing sysctl must read
+	// as "not supported".
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {
 		return sysctlError("write", short, value, err)
@@ -83,21 +84,23 @@ func WriteSysctl(name, value string) error {
 		werr = cerr
 	}
 	if werr != nil {
-		return sysctlError("write", short, value, werr)
+		subject := "net.mptcp." + short + "=" + value
+		if errors.Is(werr, syscall.EINVAL) || errors.Is(werr, syscall.ENOENT) || errors.Is(werr, syscall.ERANGE) {
+			return fmt.Errorf("mptcp write sysctl %s: %w: %w", subject, ErrInvalid, werr)
+		}
+		return fmt.Errorf("mptcp write sysctl %s: %w", subject, werr)
 	}
 	return nil
 }
 
+// sysctlError maps an error opening a sysctl file.
 func sysctlError(op, name, value string, err error) error {
 	subject := "net.mptcp." + name
 	if op == "write" {
 		subject += "=" + value
 	}
-	switch {
-	case errors.Is(err, os.ErrNotExist):
+	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("mptcp %s sysctl %s: %w", op, subject, ErrSysctlUnsupported)
-	case errors.Is(err, syscall.EINVAL):
-		return fmt.Errorf("mptcp %s sysctl %s: %w: %w", op, subject, ErrInvalid, err)
 	}
 	return fmt.Errorf("mptcp %s sysctl %s: %w", op, subject, err)
 }
