@@ -1,0 +1,328 @@
+package reconcile
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"sync"
+
+	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/route"
+)
+
+// FakeKernel is an in-memory Kernel for tests. It enforces the rules of the
+// real one that matter to a plan: at most mptcp.MaxEndpoints endpoints,
+// unique endpoint addresses and IDs, in-place flag changes for backup and
+// fullmesh only, limits up to mptcp.MaxLimit, no duplicate rules or routes,
+// nothing outside the owned range, and missing objects on delete. Errors
+// match the same classes as the real kernel's (os.ErrExist,
+// os.ErrNotExist, mptcp.ErrTooManyEndpoints, route.ErrOutOfRange...). A
+// failure can be injected at any op. It is safe for concurrent use.
+type FakeKernel struct {
+	mu        sync.Mutex
+	rng       route.Range
+	sysctls   map[string]string
+	limits    mptcp.Limits
+	endpoints map[uint8]mptcp.Endpoint
+	rules     map[route.Rule]bool
+	routes    map[route.Key]route.Route
+	links     map[int]string
+	calls     int
+	fail      func(n int, op Op) error
+}
+
+// FakeDefaultSysctls are the net.mptcp sysctls of a fresh Linux 6.18
+// namespace, which NewFakeKernel starts with.
+var FakeDefaultSysctls = map[string]string{
+	SysctlEnabled:                               "1",
+	"net.mptcp.add_addr_timeout":                "120",
+	"net.mptcp.allow_join_initial_addr_port":    "1",
+	"net.mptcp.blackhole_timeout":               "3600",
+	"net.mptcp.checksum_enabled":                "0",
+	"net.mptcp.close_timeout":                   "60",
+	"net.mptcp.path_manager":                    "kernel",
+	"net.mptcp.pm_type":                         "0",
+	"net.mptcp.scheduler":                       "default",
+	"net.mptcp.stale_loss_cnt":                  "4",
+	"net.mptcp.syn_retrans_before_tcp_fallback": "2",
+}
+
+// NewFakeKernel returns a fake namespace as a fresh one looks: MPTCP enabled
+// with the default sysctls, limits subflows 2 add_addr_accepted 0, no
+// endpoints, no owned rules or routes, and only "lo" (index 1). A zero rng
+// means route.DefaultRange.
+func NewFakeKernel(rng route.Range) *FakeKernel {
+	if rng == (route.Range{}) {
+		rng = route.DefaultRange
+	}
+	return &FakeKernel{
+		rng:       rng,
+		sysctls:   maps.Clone(FakeDefaultSysctls),
+		limits:    mptcp.Limits{Subflows: 2},
+		endpoints: map[uint8]mptcp.Endpoint{},
+		rules:     map[route.Rule]bool{},
+		routes:    map[route.Key]route.Route{},
+		links:     map[int]string{1: "lo"},
+	}
+}
+
+// SetLinks replaces the interface names the fake reports.
+func (f *FakeKernel) SetLinks(links map[int]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.links = maps.Clone(links)
+}
+
+// Load puts s into the fake as if someone had configured it by hand: its
+// endpoints, rules and routes are added, its limits, Enabled and sysctls set
+// (sysctls it does not name keep their values). It does not count as ops and
+// never fails by injection; it fails if s breaks the kernel's rules.
+func (f *FakeKernel) Load(s State) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s.Enabled != nil {
+		f.sysctls[SysctlEnabled] = boolValue(*s.Enabled)
+	}
+	for k, v := range s.Sysctls {
+		f.sysctls[k] = v
+	}
+	if s.Limits != nil {
+		if _, err := f.do(Op{Kind: SetLimits, Limits: s.Limits}); err != nil {
+			return err
+		}
+	}
+	for _, e := range s.Endpoints {
+		if _, err := f.do(Op{Kind: AddEndpoint, Endpoint: ptr(e)}); err != nil {
+			return err
+		}
+	}
+	for _, r := range s.Rules {
+		if _, err := f.do(Op{Kind: AddRule, Rule: ptr(r)}); err != nil {
+			return err
+		}
+	}
+	for _, r := range s.Routes {
+		if _, err := f.do(Op{Kind: AddRoute, Route: ptr(r)}); err != nil {
+			return err
+		}
+	}
+	if s.Links != nil {
+		f.links = maps.Clone(s.Links)
+	}
+	return nil
+}
+
+// FailOn makes Do call fn before each op, n counting Do calls from 1 (undo
+// ops included) since FailOn; a non-nil result fails the op unapplied.
+// FailOn(nil) stops the injection.
+func (f *FakeKernel) FailOn(fn func(n int, op Op) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail = fn
+	f.calls = 0
+}
+
+// FailAt makes the n-th Do call from now fail with err.
+func (f *FakeKernel) FailAt(n int, err error) {
+	f.FailOn(func(i int, _ Op) error {
+		if i == n {
+			return err
+		}
+		return nil
+	})
+}
+
+// Calls returns how many Do calls were made since NewFakeKernel or FailOn.
+func (f *FakeKernel) Calls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+// Snapshot returns the whole state, every sysctl included.
+func (f *FakeKernel) Snapshot() State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.read(slices.Collect(maps.Keys(f.sysctls)))
+}
+
+// Read implements Kernel.
+func (f *FakeKernel) Read(ctx context.Context, sysctls []string) (State, error) {
+	if err := ctx.Err(); err != nil {
+		return State{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.read(sysctls), nil
+}
+
+func (f *FakeKernel) read(sysctls []string) State {
+	s := State{
+		Enabled: ptr(f.sysctls[SysctlEnabled] == "1"),
+		Limits:  ptr(f.limits),
+		Sysctls: map[string]string{},
+		Links:   maps.Clone(f.links),
+	}
+	for _, id := range slices.Sorted(maps.Keys(f.endpoints)) {
+		s.Endpoints = append(s.Endpoints, f.endpoints[id])
+	}
+	for _, n := range sysctls {
+		if v, ok := f.sysctls[n]; ok {
+			s.Sysctls[n] = v
+		}
+	}
+	s.Rules = slices.Collect(maps.Keys(f.rules))
+	route.SortRules(s.Rules)
+	s.Routes = slices.Collect(maps.Values(f.routes))
+	route.SortRoutes(s.Routes)
+	return s
+}
+
+// Do implements Kernel.
+func (f *FakeKernel) Do(ctx context.Context, op Op) (Op, error) {
+	if err := ctx.Err(); err != nil {
+		return Op{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.fail != nil {
+		if err := f.fail(f.calls, op); err != nil {
+			return Op{}, fmt.Errorf("fake kernel: %s: %w", op, err)
+		}
+	}
+	undo, err := f.do(op)
+	if err != nil {
+		return Op{}, fmt.Errorf("fake kernel: %s: %w", op, err)
+	}
+	return undo, nil
+}
+
+func (f *FakeKernel) do(op Op) (Op, error) {
+	undo := op
+	switch op.Kind {
+	case SetSysctl:
+		old, ok := f.sysctls[op.Sysctl]
+		if !ok {
+			return Op{}, mptcp.ErrSysctlUnsupported
+		}
+		if op.Sysctl == SysctlEnabled && op.Value != "0" && op.Value != "1" {
+			return Op{}, mptcp.ErrInvalid
+		}
+		f.sysctls[op.Sysctl] = normValue(op.Value)
+		undo.Value, undo.Old = old, op.Value
+	case SetLimits:
+		if op.Limits == nil {
+			return Op{}, mptcp.ErrInvalid
+		}
+		if op.Limits.Subflows > mptcp.MaxLimit || op.Limits.AddAddrAccepted > mptcp.MaxLimit {
+			return Op{}, fmt.Errorf("limit greater than maximum: %w", mptcp.ErrInvalid)
+		}
+		undo.Limits, undo.OldLimits = ptr(f.limits), ptr(*op.Limits)
+		f.limits = *op.Limits
+	case AddEndpoint:
+		if op.Endpoint == nil {
+			return Op{}, mptcp.ErrInvalid
+		}
+		e := *op.Endpoint
+		if err := validateEndpoint(e); err != nil {
+			return Op{}, fmt.Errorf("%w: %w", mptcp.ErrInvalid, err)
+		}
+		for _, x := range f.endpoints {
+			if x.Addr == e.Addr {
+				return Op{}, mptcp.ErrEndpointExists
+			}
+		}
+		if len(f.endpoints) >= mptcp.MaxEndpoints {
+			return Op{}, mptcp.ErrTooManyEndpoints
+		}
+		if e.ID == 0 {
+			for e.ID = 1; f.endpoints[e.ID].Addr.IsValid(); e.ID++ {
+			}
+		} else if _, dup := f.endpoints[e.ID]; dup {
+			return Op{}, mptcp.ErrEndpointExists
+		}
+		f.endpoints[e.ID] = e
+		undo.Kind, undo.Endpoint = DelEndpoint, ptr(e)
+	case DelEndpoint:
+		if op.Endpoint == nil {
+			return Op{}, mptcp.ErrInvalid
+		}
+		e, ok := f.endpoints[op.Endpoint.ID]
+		if !ok {
+			return Op{}, mptcp.ErrEndpointNotFound
+		}
+		delete(f.endpoints, e.ID)
+		undo.Kind, undo.Endpoint = AddEndpoint, ptr(e)
+	case SetEndpointFlags:
+		if op.Endpoint == nil {
+			return Op{}, mptcp.ErrInvalid
+		}
+		e, ok := f.endpoints[op.Endpoint.ID]
+		if !ok {
+			return Op{}, mptcp.ErrEndpointNotFound
+		}
+		if (e.Flags^op.Flags)&^(mutableFlags|mptcp.FlagImplicit) != 0 {
+			return Op{}, mptcp.ErrFlagsImmutable
+		}
+		if op.Flags&mptcp.FlagFullmesh != 0 && e.Flags&(mptcp.FlagSignal|mptcp.FlagImplicit) != 0 {
+			return Op{}, mptcp.ErrInvalid
+		}
+		n := e
+		n.Flags = e.Flags&^mutableFlags | op.Flags&mutableFlags
+		f.endpoints[e.ID] = n
+		undo.Endpoint, undo.Flags = ptr(n), e.Flags
+	case AddRule, DelRule:
+		if op.Rule == nil {
+			return Op{}, route.ErrInvalid
+		}
+		if err := f.rng.CheckRule(*op.Rule); err != nil {
+			return Op{}, err
+		}
+		r := op.Rule.Canonical()
+		if op.Kind == AddRule {
+			if f.rules[r] {
+				return Op{}, os.ErrExist
+			}
+			f.rules[r] = true
+			undo.Kind = DelRule
+		} else {
+			if !f.rules[r] {
+				return Op{}, os.ErrNotExist
+			}
+			delete(f.rules, r)
+			undo.Kind = AddRule
+		}
+		undo.Rule = ptr(r)
+	case AddRoute, DelRoute:
+		if op.Route == nil {
+			return Op{}, route.ErrInvalid
+		}
+		if err := f.rng.CheckRoute(*op.Route); err != nil {
+			return Op{}, err
+		}
+		r := op.Route.Canonical()
+		cur, ok := f.routes[r.Key()]
+		if op.Kind == AddRoute {
+			if ok {
+				return Op{}, os.ErrExist
+			}
+			f.routes[r.Key()] = r
+			undo.Kind = DelRoute
+		} else {
+			if !ok || cur != r {
+				return Op{}, os.ErrNotExist
+			}
+			delete(f.routes, r.Key())
+			undo.Kind = AddRoute
+		}
+		undo.Route = ptr(r)
+	default:
+		return Op{}, fmt.Errorf("op kind %q: %w", op.Kind, ErrInvalid)
+	}
+	return undo, nil
+}
+
+var _ Kernel = (*FakeKernel)(nil)

@@ -1,0 +1,160 @@
+package reconcile
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/route"
+)
+
+// Kind is what an Op does.
+type Kind string
+
+// The kinds of Op.
+const (
+	SetSysctl        Kind = "set-sysctl"         // Sysctl, Value (Old: the value replaced)
+	SetLimits        Kind = "set-limits"         // Limits (OldLimits: those replaced)
+	DelEndpoint      Kind = "del-endpoint"       // Endpoint (deleted by its ID; the rest restores it)
+	AddEndpoint      Kind = "add-endpoint"       // Endpoint, with its ID
+	SetEndpointFlags Kind = "set-endpoint-flags" // Endpoint (with its current flags), Flags (the new ones)
+	AddRule          Kind = "add-rule"           // Rule
+	DelRule          Kind = "del-rule"           // Rule
+	AddRoute         Kind = "add-route"          // Route
+	DelRoute         Kind = "del-route"          // Route
+)
+
+// Op is one change to the kernel. It is a plain value: it marshals to JSON
+// for the API and its String is the dry-run view.
+type Op struct {
+	Kind Kind `json:"kind"`
+
+	Sysctl string `json:"sysctl,omitempty"`
+	Value  string `json:"value,omitempty"`
+	Old    string `json:"old,omitempty"`
+
+	Limits    *mptcp.Limits `json:"limits,omitempty"`
+	OldLimits *mptcp.Limits `json:"old_limits,omitempty"`
+
+	Endpoint *mptcp.Endpoint `json:"endpoint,omitempty"`
+	Flags    mptcp.Flags     `json:"flags,omitempty"`
+
+	Rule  *route.Rule  `json:"rule,omitempty"`
+	Route *route.Route `json:"route,omitempty"`
+
+	// Dev names the interface of an endpoint or route, for display only.
+	Dev string `json:"dev,omitempty"`
+}
+
+// String renders op for people: "+" adds, "-" deletes, "~" changes in place,
+// e.g. "+ endpoint 198.18.1.2 id 1 subflow dev veth1".
+func (op Op) String() string {
+	switch op.Kind {
+	case SetSysctl:
+		s := fmt.Sprintf("~ sysctl %s = %s", op.Sysctl, op.Value)
+		if op.Old != "" {
+			s += " (was " + op.Old + ")"
+		}
+		return s
+	case SetLimits:
+		if op.Limits == nil {
+			break
+		}
+		s := "~ " + limitsString(*op.Limits)
+		if op.OldLimits != nil {
+			s += " (was " + strings.TrimPrefix(limitsString(*op.OldLimits), "limits ") + ")"
+		}
+		return s
+	case AddEndpoint, DelEndpoint:
+		if op.Endpoint == nil {
+			break
+		}
+		return sign(op.Kind) + " endpoint " + endpointString(*op.Endpoint, op.Dev)
+	case SetEndpointFlags:
+		if op.Endpoint == nil {
+			break
+		}
+		e := *op.Endpoint
+		return fmt.Sprintf("~ endpoint %s id %d flags %s (was %s)", e.Addr, e.ID, flagsString(op.Flags), flagsString(e.Flags))
+	case AddRule, DelRule:
+		if op.Rule == nil {
+			break
+		}
+		return sign(op.Kind) + " rule " + op.Rule.String()
+	case AddRoute, DelRoute:
+		if op.Route == nil {
+			break
+		}
+		return sign(op.Kind) + " route " + op.Route.Format(op.Dev)
+	}
+	return fmt.Sprintf("? %s (malformed)", op.Kind)
+}
+
+func sign(k Kind) string {
+	if strings.HasPrefix(string(k), "add-") {
+		return "+"
+	}
+	return "-"
+}
+
+func flagsString(f mptcp.Flags) string {
+	if f == 0 {
+		return "none"
+	}
+	return f.String()
+}
+
+// Inverse returns the op that undoes op, from what op records of the state it
+// replaces (Old, OldLimits, the endpoint's current flags).
+func (op Op) Inverse() (Op, error) {
+	inv := op
+	switch op.Kind {
+	case SetSysctl:
+		if op.Old == "" {
+			return Op{}, fmt.Errorf("%v: the old value is unknown: %w", op, ErrInvalid)
+		}
+		inv.Value, inv.Old = op.Old, op.Value
+	case SetLimits:
+		if op.Limits == nil || op.OldLimits == nil {
+			return Op{}, fmt.Errorf("%v: the old limits are unknown: %w", op, ErrInvalid)
+		}
+		inv.Limits, inv.OldLimits = op.OldLimits, op.Limits
+	case SetEndpointFlags:
+		if op.Endpoint == nil {
+			return Op{}, fmt.Errorf("%v: no endpoint: %w", op, ErrInvalid)
+		}
+		e := *op.Endpoint
+		e.Flags, inv.Flags = op.Flags, op.Endpoint.Flags
+		inv.Endpoint = &e
+	case AddEndpoint:
+		inv.Kind = DelEndpoint
+	case DelEndpoint:
+		inv.Kind = AddEndpoint
+	case AddRule:
+		inv.Kind = DelRule
+	case DelRule:
+		inv.Kind = AddRule
+	case AddRoute:
+		inv.Kind = DelRoute
+	case DelRoute:
+		inv.Kind = AddRoute
+	default:
+		return Op{}, fmt.Errorf("op kind %q: %w", op.Kind, ErrInvalid)
+	}
+	return inv, nil
+}
+
+// Ops is an ordered plan: apply them in order.
+type Ops []Op
+
+// String renders the plan one op a line, or "no changes".
+func (ops Ops) String() string {
+	if len(ops) == 0 {
+		return "no changes\n"
+	}
+	var b strings.Builder
+	for _, op := range ops {
+		b.WriteString(op.String() + "\n")
+	}
+	return b.String()
+}
