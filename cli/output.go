@@ -1,0 +1,165 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"sigs.k8s.io/yaml"
+)
+
+// marshalJSON renders m in the API's JSON form (protojson, camelCase names)
+// with stable formatting: protojson's own spacing varies on purpose, so it
+// is compacted, and indented when indent is set.
+func marshalJSON(m proto.Message, indent bool) ([]byte, error) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	if indent {
+		err = json.Indent(&out, b, "", "  ")
+	} else {
+		err = json.Compact(&out, b)
+	}
+	return out.Bytes(), err
+}
+
+// marshalYAML renders m as YAML through its JSON form.
+func marshalYAML(m proto.Message) ([]byte, error) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return yaml.JSONToYAML(b)
+}
+
+// jsonToYAML converts JSON to YAML.
+func jsonToYAML(b []byte) ([]byte, error) { return yaml.JSONToYAML(b) }
+
+// printObject prints m as JSON or YAML, per --output. table is printed for
+// the table format.
+func (a *app) printObject(m proto.Message, table func(w io.Writer) error) error {
+	switch a.output {
+	case "json":
+		b, err := marshalJSON(m, true)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(a.io.out, "%s\n", b)
+		return err
+	case "yaml":
+		b, err := marshalYAML(m)
+		if err != nil {
+			return err
+		}
+		_, err = a.io.out.Write(b)
+		return err
+	}
+	return table(a.io.out)
+}
+
+// printJSONLine prints m as one line of JSON (JSON lines, for export and
+// streams).
+func (a *app) printJSONLine(m proto.Message) error {
+	b, err := marshalJSON(m, false)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(a.io.out, "%s\n", b)
+	return err
+}
+
+// table writes aligned columns.
+type table struct {
+	tw *tabwriter.Writer
+}
+
+func newTable(w io.Writer, header ...string) *table {
+	t := &table{tw: tabwriter.NewWriter(w, 0, 4, 3, ' ', 0)}
+	if len(header) > 0 {
+		t.row(header...)
+	}
+	return t
+}
+
+func (t *table) row(cells ...string) {
+	for i, c := range cells {
+		if c == "" {
+			c = "-"
+		}
+		// A tab or newline inside a cell would break the columns.
+		cells[i] = strings.NewReplacer("\t", " ", "\n", " ").Replace(c)
+	}
+	fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
+}
+
+func (t *table) flush() error { return t.tw.Flush() }
+
+// formatTime renders a timestamp in UTC, RFC 3339 to the second.
+func formatTime(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return ""
+	}
+	return ts.AsTime().UTC().Format(time.RFC3339)
+}
+
+// age renders how long ago ts was, kubectl style: 45s, 12m, 3h, 5d.
+func (a *app) age(ts *timestamppb.Timestamp) string {
+	if ts == nil {
+		return ""
+	}
+	return humanDuration(a.now().Sub(ts.AsTime()))
+}
+
+func humanDuration(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d/time.Second))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d/time.Hour))
+	default:
+		return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
+	}
+}
+
+// formatLabels renders labels as "k=v,k2=v2", sorted.
+func formatLabels(m map[string]string) string {
+	keys := sortedKeys(m)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + m[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+// trimName drops a resource name's collection prefix: "web" for
+// "groups/web".
+func trimName(name string) string {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		return name[i+1:]
+	}
+	return name
+}
+
+func joinTrimmed(names []string) string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = trimName(n)
+	}
+	slices.Sort(out)
+	return strings.Join(out, ",")
+}
