@@ -1,0 +1,395 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Errors that end a Subscription.
+var (
+	// ErrLagged: the subscriber did not keep up and was dropped.
+	ErrLagged = errors.New("subscriber fell behind and was dropped")
+	// ErrResync: the cache re-listed after a watch broke (e.g. compaction);
+	// subscribers must take a new snapshot.
+	ErrResync = errors.New("cache re-listed; take a new snapshot")
+	// ErrClosed: the cache stopped.
+	ErrClosed = errors.New("cache stopped")
+)
+
+// Event is one change seen by the cache's watch.
+type Event struct {
+	// Rev is the etcd revision of the change.
+	Rev int64
+	// GroupID is set for group changes; Group is nil when it was deleted.
+	GroupID string
+	Group   *pb.Group
+	// Audit is set for a new audit event.
+	Audit *pb.AuditEvent
+	// HostID is set for host status changes; Host is nil when it was deleted.
+	HostID string
+	Host   *pb.Host
+}
+
+// Cache keeps ONE etcd watch on the store's prefix and an in-memory copy of
+// groups and host status, and fans changes out to subscribers. A watch broken
+// by compaction re-lists at the current revision and re-watches from there.
+type Cache struct {
+	s   *Store
+	log *slog.Logger
+
+	mu      sync.RWMutex
+	rev     int64
+	ready   bool
+	groups  map[string]*pb.Group
+	hosts   map[string]*pb.Host
+	subs    map[*Subscription]struct{}
+	changed chan struct{} // closed and replaced on every revision change
+	stopped bool
+}
+
+// NewCache returns a cache of s; call Run to fill it.
+func NewCache(s *Store, log *slog.Logger) *Cache {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Cache{
+		s: s, log: log,
+		groups:  map[string]*pb.Group{},
+		hosts:   map[string]*pb.Host{},
+		subs:    map[*Subscription]struct{}{},
+		changed: make(chan struct{}),
+	}
+}
+
+// Run lists and watches until ctx ends.
+func (c *Cache) Run(ctx context.Context) error {
+	defer c.stop()
+	for {
+		rev, err := c.list(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			c.log.Warn("cache list failed; retrying", "err", err)
+			if !sleep(ctx, time.Second) {
+				return nil
+			}
+			continue
+		}
+		err = c.watch(ctx, rev+1)
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.log.Warn("cache watch ended; re-listing", "err", err)
+		if !sleep(ctx, 100*time.Millisecond) {
+			return nil
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (c *Cache) list(ctx context.Context) (int64, error) {
+	groups := map[string]*pb.Group{}
+	hosts := map[string]*pb.Host{}
+	resp, err := c.s.c.Get(ctx, c.s.groupsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return 0, fmt.Errorf("list groups: %w", err)
+	}
+	rev := resp.Header.Revision
+	for _, kv := range resp.Kvs {
+		id := strings.TrimPrefix(string(kv.Key), c.s.groupsPrefix())
+		g, err := decode(string(kv.Key), kv.Value, &pb.Group{})
+		if err != nil {
+			c.log.Error("skipping corrupt group", "key", string(kv.Key), "err", err)
+			continue
+		}
+		g.Etag = Etag(kv.ModRevision)
+		groups[id] = g
+	}
+	hresp, err := c.s.c.Get(ctx, c.s.hostsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil {
+		return 0, fmt.Errorf("list hosts: %w", err)
+	}
+	for _, kv := range hresp.Kvs {
+		id := strings.TrimPrefix(string(kv.Key), c.s.hostsPrefix())
+		h, err := decode(string(kv.Key), kv.Value, &pb.Host{})
+		if err != nil {
+			c.log.Error("skipping corrupt host", "key", string(kv.Key), "err", err)
+			continue
+		}
+		hosts[id] = h
+	}
+	c.mu.Lock()
+	wasReady := c.ready
+	c.groups, c.hosts, c.rev, c.ready = groups, hosts, rev, true
+	if wasReady {
+		// Subscribers may have missed changes: make them re-snapshot.
+		for s := range c.subs {
+			s.end(ErrResync)
+			delete(c.subs, s)
+		}
+	}
+	c.bumpLocked()
+	c.mu.Unlock()
+	return rev, nil
+}
+
+func (c *Cache) watch(ctx context.Context, from int64) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := c.s.c.Watch(wctx, c.s.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
+		clientv3.WithProgressNotify())
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				// Never resume from the compact revision: that silently skips
+				// events. Re-list at the current revision instead.
+				return fmt.Errorf("watch compacted at %d: %w", resp.CompactRevision, err)
+			}
+			return err
+		}
+		if resp.IsProgressNotify() {
+			c.mu.Lock()
+			if resp.Header.Revision > c.rev {
+				c.rev = resp.Header.Revision
+				c.bumpLocked()
+			}
+			c.mu.Unlock()
+			continue
+		}
+		c.apply(resp.Events, resp.Header.Revision)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return errors.New("watch channel closed")
+}
+
+func (c *Cache) apply(evs []*clientv3.Event, rev int64) {
+	var out []Event
+	c.mu.Lock()
+	for _, e := range evs {
+		key := string(e.Kv.Key)
+		del := e.Type == mvccpb.DELETE
+		switch {
+		case strings.HasPrefix(key, c.s.groupsPrefix()):
+			id := strings.TrimPrefix(key, c.s.groupsPrefix())
+			ev := Event{Rev: e.Kv.ModRevision, GroupID: id}
+			if del {
+				delete(c.groups, id)
+			} else {
+				g, err := decode(key, e.Kv.Value, &pb.Group{})
+				if err != nil {
+					c.log.Error("skipping corrupt group", "key", key, "err", err)
+					continue
+				}
+				g.Etag = Etag(e.Kv.ModRevision)
+				c.groups[id] = g
+				ev.Group = g
+			}
+			out = append(out, ev)
+		case strings.HasPrefix(key, c.s.hostsPrefix()):
+			id := strings.TrimPrefix(key, c.s.hostsPrefix())
+			ev := Event{Rev: e.Kv.ModRevision, HostID: id}
+			if del {
+				delete(c.hosts, id)
+			} else {
+				h, err := decode(key, e.Kv.Value, &pb.Host{})
+				if err != nil {
+					c.log.Error("skipping corrupt host", "key", key, "err", err)
+					continue
+				}
+				c.hosts[id] = h
+				ev.Host = h
+			}
+			out = append(out, ev)
+		case strings.HasPrefix(key, c.s.auditPrefix()) && !del:
+			a, err := decode(key, e.Kv.Value, &pb.AuditEvent{})
+			if err != nil {
+				c.log.Error("skipping corrupt audit event", "key", key, "err", err)
+				continue
+			}
+			out = append(out, Event{Rev: e.Kv.ModRevision, Audit: a})
+		}
+	}
+	if rev > c.rev {
+		c.rev = rev
+	}
+	for s := range c.subs {
+		for _, ev := range out {
+			if !s.offer(ev) {
+				delete(c.subs, s)
+				break
+			}
+		}
+	}
+	c.bumpLocked()
+	c.mu.Unlock()
+}
+
+func (c *Cache) bumpLocked() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+func (c *Cache) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stopped = true
+	for s := range c.subs {
+		s.end(ErrClosed)
+		delete(c.subs, s)
+	}
+	c.bumpLocked()
+}
+
+// Revision returns the etcd revision the cache reflects.
+func (c *Cache) Revision() int64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.rev
+}
+
+// WaitRevision waits until the cache reflects etcd revision rev, so that a
+// caller reads its own writes.
+func (c *Cache) WaitRevision(ctx context.Context, rev int64) error {
+	for {
+		c.mu.RLock()
+		ok, stopped, ch := c.ready && c.rev >= rev, c.stopped, c.changed
+		c.mu.RUnlock()
+		if ok {
+			return nil
+		}
+		if stopped {
+			return ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Groups returns the cached groups by id. The values must not be modified.
+func (c *Cache) Groups() map[string]*pb.Group {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string]*pb.Group, len(c.groups))
+	for k, v := range c.groups {
+		out[k] = v
+	}
+	return out
+}
+
+// Hosts returns the cached host status by id. The values must not be modified.
+func (c *Cache) Hosts() map[string]*pb.Host {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string]*pb.Host, len(c.hosts))
+	for k, v := range c.hosts {
+		out[k] = v
+	}
+	return out
+}
+
+// Host returns one cached host.
+func (c *Cache) Host(id string) (*pb.Host, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	h, ok := c.hosts[id]
+	return h, ok
+}
+
+// Subscribe returns a subscription to changes after the cache's current
+// state, together with snapshots of groups and hosts taken at the same
+// revision. buf bounds the events queued for a slow subscriber.
+func (c *Cache) Subscribe(buf int) (*Subscription, map[string]*pb.Group, map[string]*pb.Host, int64) {
+	s := &Subscription{ch: make(chan Event, buf), done: make(chan struct{})}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	groups := make(map[string]*pb.Group, len(c.groups))
+	for k, v := range c.groups {
+		groups[k] = v
+	}
+	hosts := make(map[string]*pb.Host, len(c.hosts))
+	for k, v := range c.hosts {
+		hosts[k] = v
+	}
+	if c.stopped {
+		s.end(ErrClosed)
+	} else {
+		c.subs[s] = struct{}{}
+	}
+	s.cancel = func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if _, ok := c.subs[s]; ok {
+			delete(c.subs, s)
+			s.end(context.Canceled)
+		}
+	}
+	return s, groups, hosts, c.rev
+}
+
+// Subscription receives cache events until it ends.
+type Subscription struct {
+	ch     chan Event
+	done   chan struct{}
+	err    error
+	cancel func()
+}
+
+// C delivers events.
+func (s *Subscription) C() <-chan Event { return s.ch }
+
+// Done is closed when the subscription ends; Err then says why.
+func (s *Subscription) Done() <-chan struct{} { return s.done }
+
+// Err says why the subscription ended.
+func (s *Subscription) Err() error {
+	select {
+	case <-s.done:
+		return s.err
+	default:
+		return nil
+	}
+}
+
+// Close ends the subscription.
+func (s *Subscription) Close() { s.cancel() }
+
+func (s *Subscription) offer(ev Event) bool {
+	select {
+	case s.ch <- ev:
+		return true
+	default:
+		s.end(ErrLagged)
+		return false
+	}
+}
+
+func (s *Subscription) end(err error) {
+	s.err = err
+	close(s.done)
+}

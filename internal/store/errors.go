@@ -1,0 +1,19 @@
+package store
+
+import "errors"
+
+// Error classes of the store. Callers wrap them with the identifier
+// (fmt.Errorf("group %q: %w", id, ErrNotFound)) and the API converts them to
+// gRPC status codes at its edge.
+var (
+	// ErrNotFound: the resource does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists: a resource with that name exists.
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrConflict: the resource changed since the etag the caller holds.
+	ErrConflict = errors.New("etag mismatch: the resource changed since it was read")
+	// ErrContention: too many concurrent writers; retry later.
+	ErrContention = errors.New("too much write contention")
+	// ErrCorrupt: a stored value does not decode.
+	ErrCorrupt = errors.New("stored value is corrupt")
+)

@@ -1,0 +1,603 @@
+// Package store keeps mpfleet's state in etcd under one key prefix: groups,
+// their immutable policy revisions, host status and the hash-chained audit log.
+//
+// Values are binary protobuf: compact, fast to decode on every watch event,
+// forward compatible when fields are added, and deterministic to encode, which
+// the audit hash chain relies on. (protojson would be readable with etcdctl,
+// but is several times larger and slower and not canonical.)
+//
+// A change, its policy revision and its audit event are written in one etcd
+// transaction. The audit chain head (its last sequence and hash) is one key
+// that every audited write compares, so events get gap-free sequences in
+// commit order.
+package store
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mpfleet/mpfleet/internal/audit"
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// DefaultPrefix is the etcd key prefix of everything mpfleet stores.
+const DefaultPrefix = "/mpfleet/v1/"
+
+// maxAttempts bounds retries of a transaction that lost a race for the audit
+// chain head.
+const maxAttempts = 64
+
+// Store reads and writes mpfleet state in etcd.
+type Store struct {
+	c      *clientv3.Client
+	prefix string
+	now    func() time.Time
+}
+
+// New returns a Store using prefix (DefaultPrefix if empty; a trailing "/" is
+// added if missing).
+func New(c *clientv3.Client, prefix string) *Store {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return &Store{c: c, prefix: prefix, now: time.Now}
+}
+
+// Client returns the etcd client.
+func (s *Store) Client() *clientv3.Client { return s.c }
+
+// Prefix returns the key prefix.
+func (s *Store) Prefix() string { return s.prefix }
+
+// Meta describes who makes a change, for the audit log.
+type Meta struct {
+	Actor     string
+	Reason    string
+	RequestID string
+	Peer      string
+}
+
+// Key layout under the prefix.
+func (s *Store) groupsPrefix() string      { return s.prefix + "groups/" }
+func (s *Store) groupKey(id string) string { return s.groupsPrefix() + id }
+func (s *Store) revisionsPrefix(id string) string {
+	return s.prefix + "revisions/" + id + "/"
+}
+func (s *Store) revisionKey(id string, n int64) string {
+	return fmt.Sprintf("%s%020d", s.revisionsPrefix(id), n)
+}
+func (s *Store) auditPrefix() string { return s.prefix + "audit/events/" }
+func (s *Store) auditKey(seq uint64) string {
+	return fmt.Sprintf("%s%020d", s.auditPrefix(), seq)
+}
+func (s *Store) auditHeadKey() string { return s.prefix + "audit/head" }
+
+// GroupsPrefix, AuditPrefix and HostsPrefix let the cache classify keys.
+func (s *Store) GroupsPrefix() string { return s.groupsPrefix() }
+
+// AuditPrefix is the prefix of audit event keys.
+func (s *Store) AuditPrefix() string { return s.auditPrefix() }
+
+// Etag renders an etcd mod revision as an etag.
+func Etag(modRev int64) string { return strconv.FormatInt(modRev, 10) }
+
+func decode[T proto.Message](key string, b []byte, m T) (T, error) {
+	if err := proto.Unmarshal(b, m); err != nil {
+		return m, fmt.Errorf("%s: %w: %v", key, ErrCorrupt, err)
+	}
+	return m, nil
+}
+
+func encode(m proto.Message) string {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		// Only invalid UTF-8 in a string field can fail; validation keeps it out.
+		panic(fmt.Sprintf("store: encode %T: %v", m, err))
+	}
+	return string(b)
+}
+
+// head is the audit chain head as stored.
+type head struct {
+	seq    uint64
+	hash   []byte
+	modRev int64 // 0 if no event yet
+}
+
+func (s *Store) readHead(ctx context.Context, opts ...clientv3.OpOption) (head, error) {
+	resp, err := s.c.Get(ctx, s.auditHeadKey(), opts...)
+	if err != nil {
+		return head{}, fmt.Errorf("read audit head: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return head{}, nil
+	}
+	kv := resp.Kvs[0]
+	ev, err := decode(string(kv.Key), kv.Value, &pb.AuditEvent{})
+	if err != nil {
+		return head{}, err
+	}
+	return head{seq: ev.GetSequence(), hash: ev.GetHash(), modRev: kv.ModRevision}, nil
+}
+
+// auditOps seals ev after h and returns the compare and puts that append it.
+func (s *Store) auditOps(ev *pb.AuditEvent, h head) (clientv3.Cmp, []clientv3.Op, error) {
+	if err := audit.Seal(ev, h.seq, h.hash); err != nil {
+		return clientv3.Cmp{}, nil, err
+	}
+	// The head stores a copy of the last event without before/after.
+	hd := &pb.AuditEvent{Name: ev.Name, Sequence: ev.Sequence, Hash: ev.Hash}
+	cmp := clientv3.Compare(clientv3.ModRevision(s.auditHeadKey()), "=", h.modRev)
+	return cmp, []clientv3.Op{
+		clientv3.OpPut(s.auditKey(ev.Sequence), encode(ev)),
+		clientv3.OpPut(s.auditHeadKey(), encode(hd)),
+	}, nil
+}
+
+func backoff(ctx context.Context, attempt int) error {
+	d := time.Duration(1+rand.IntN(1<<min(attempt, 6))) * time.Millisecond
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	if m == nil {
+		return nil
+	}
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("store: any %T: %v", m, err))
+	}
+	return a
+}
+
+func (s *Store) newEvent(m Meta, action, resource string, before, after proto.Message) *pb.AuditEvent {
+	ev := &pb.AuditEvent{
+		Time:        timestamppb.New(s.now()),
+		Actor:       m.Actor,
+		Action:      action,
+		Resource:    resource,
+		Result:      pb.AuditResult_AUDIT_RESULT_SUCCESS,
+		StatusCode:  "OK",
+		RequestId:   m.RequestID,
+		PeerAddress: m.Peer,
+		Reason:      m.Reason,
+	}
+	if before != nil {
+		ev.Before = mustAny(before)
+	}
+	if after != nil {
+		ev.After = mustAny(after)
+	}
+	return ev
+}
+
+// GroupName returns "groups/{id}".
+func GroupName(id string) string { return "groups/" + id }
+
+// RevisionName returns "groups/{id}/revisions/{n}".
+func RevisionName(id string, n int64) string {
+	return fmt.Sprintf("groups/%s/revisions/%d", id, n)
+}
+
+// CreateGroup stores a new group with policy revision 1 and its audit event.
+// It returns the stored group and the etcd revision of the write.
+func (s *Store) CreateGroup(ctx context.Context, id string, g *pb.Group, m Meta) (*pb.Group, int64, error) {
+	g = proto.Clone(g).(*pb.Group)
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		h, err := s.readHead(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		now := timestamppb.New(s.now())
+		g.Name = GroupName(id)
+		g.PolicyRevision = 1
+		g.Etag = ""
+		g.CreateTime, g.UpdateTime = now, now
+		rev := &pb.PolicyRevision{
+			Name: RevisionName(id, 1), Revision: 1, Policy: g.GetPolicy(),
+			CreateTime: now, Actor: m.Actor, Reason: m.Reason,
+		}
+		ev := s.newEvent(m, "groups.create", g.Name, nil, g)
+		hcmp, hops, err := s.auditOps(ev, h)
+		if err != nil {
+			return nil, 0, err
+		}
+		resp, err := s.c.Txn(ctx).If(
+			clientv3.Compare(clientv3.CreateRevision(s.groupKey(id)), "=", 0),
+			hcmp,
+		).Then(append([]clientv3.Op{
+			clientv3.OpPut(s.groupKey(id), encode(g)),
+			clientv3.OpPut(s.revisionKey(id, 1), encode(rev)),
+			// A re-created group starts a fresh history.
+		}, hops...)...).Else(
+			clientv3.OpGet(s.groupKey(id), clientv3.WithCountOnly()),
+		).Commit()
+		if err != nil {
+			return nil, 0, fmt.Errorf("create group %q: %w", id, err)
+		}
+		if resp.Succeeded {
+			g.Etag = Etag(resp.Header.Revision)
+			return g, resp.Header.Revision, nil
+		}
+		if resp.Responses[0].GetResponseRange().Count > 0 {
+			return nil, 0, fmt.Errorf("group %q: %w", id, ErrAlreadyExists)
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return nil, 0, err
+		}
+	}
+	return nil, 0, fmt.Errorf("create group %q: %w", id, ErrContention)
+}
+
+// GetGroup returns a group with its etag.
+func (s *Store) GetGroup(ctx context.Context, id string) (*pb.Group, error) {
+	g, _, err := s.getGroup(ctx, id)
+	return g, err
+}
+
+func (s *Store) getGroup(ctx context.Context, id string) (*pb.Group, int64, error) {
+	resp, err := s.c.Get(ctx, s.groupKey(id))
+	if err != nil {
+		return nil, 0, fmt.Errorf("get group %q: %w", id, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, fmt.Errorf("group %q: %w", id, ErrNotFound)
+	}
+	kv := resp.Kvs[0]
+	g, err := decode(string(kv.Key), kv.Value, &pb.Group{})
+	if err != nil {
+		return nil, 0, err
+	}
+	g.Etag = Etag(kv.ModRevision)
+	return g, kv.ModRevision, nil
+}
+
+// ListGroups returns up to limit groups with ids after `after`, in id order,
+// and whether more follow.
+func (s *Store) ListGroups(ctx context.Context, after string, limit int) ([]*pb.Group, bool, error) {
+	from := s.groupsPrefix()
+	if after != "" {
+		from = s.groupKey(after) + "\x00"
+	}
+	resp, err := s.c.Get(ctx, from,
+		clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.groupsPrefix())),
+		clientv3.WithLimit(int64(limit)+1))
+	if err != nil {
+		return nil, false, fmt.Errorf("list groups: %w", err)
+	}
+	var out []*pb.Group
+	for i, kv := range resp.Kvs {
+		if i == limit {
+			return out, true, nil
+		}
+		g, err := decode(string(kv.Key), kv.Value, &pb.Group{})
+		if err != nil {
+			return nil, false, err
+		}
+		g.Etag = Etag(kv.ModRevision)
+		out = append(out, g)
+	}
+	return out, false, nil
+}
+
+// UpdateFunc computes a group's new state from its current one. It must not
+// keep cur. Returning an error aborts the update and changes nothing.
+type UpdateFunc func(cur *pb.Group) (*pb.Group, error)
+
+// UpdateGroup changes a group. If etag is not empty it must match the stored
+// group's. A change of policy makes a new policy revision. An update that
+// changes nothing writes nothing and returns the stored group.
+func (s *Store) UpdateGroup(ctx context.Context, id, etag string, fn UpdateFunc, m Meta) (*pb.Group, int64, error) {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		cur, modRev, err := s.getGroup(ctx, id)
+		if err != nil {
+			return nil, 0, err
+		}
+		if etag != "" && etag != cur.Etag {
+			return nil, 0, fmt.Errorf("group %q (etag %s, stored %s): %w", id, etag, cur.Etag, ErrConflict)
+		}
+		next, err := fn(proto.Clone(cur).(*pb.Group))
+		if err != nil {
+			return nil, 0, err
+		}
+		// Output-only fields are the store's.
+		next.Name, next.CreateTime, next.PolicyRevision, next.UpdateTime, next.Etag =
+			cur.Name, cur.CreateTime, cur.PolicyRevision, cur.UpdateTime, cur.Etag
+		if proto.Equal(next, cur) {
+			return cur, modRev, nil
+		}
+		h, err := s.readHead(ctx)
+		if err != nil {
+			return nil, 0, err
+		}
+		now := timestamppb.New(s.now())
+		next.UpdateTime = now
+		next.Etag = ""
+		ops := []clientv3.Op{clientv3.OpPut(s.groupKey(id), encode(next))}
+		if !proto.Equal(next.GetPolicy(), cur.GetPolicy()) {
+			next.PolicyRevision = cur.PolicyRevision + 1
+			rev := &pb.PolicyRevision{
+				Name: RevisionName(id, next.PolicyRevision), Revision: next.PolicyRevision,
+				Policy: next.GetPolicy(), CreateTime: now, Actor: m.Actor, Reason: m.Reason,
+			}
+			ops = []clientv3.Op{
+				clientv3.OpPut(s.groupKey(id), encode(next)),
+				clientv3.OpPut(s.revisionKey(id, next.PolicyRevision), encode(rev)),
+			}
+		}
+		before := proto.Clone(cur).(*pb.Group)
+		before.Etag = ""
+		ev := s.newEvent(m, "groups.update", cur.Name, before, next)
+		hcmp, hops, err := s.auditOps(ev, h)
+		if err != nil {
+			return nil, 0, err
+		}
+		resp, err := s.c.Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(s.groupKey(id)), "=", modRev),
+			hcmp,
+		).Then(append(ops, hops...)...).Else(
+			clientv3.OpGet(s.groupKey(id), clientv3.WithKeysOnly()),
+		).Commit()
+		if err != nil {
+			return nil, 0, fmt.Errorf("update group %q: %w", id, err)
+		}
+		if resp.Succeeded {
+			next.Etag = Etag(resp.Header.Revision)
+			return next, resp.Header.Revision, nil
+		}
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return nil, 0, fmt.Errorf("group %q: %w", id, ErrNotFound)
+		}
+		if etag != "" && kvs[0].ModRevision != modRev {
+			return nil, 0, fmt.Errorf("group %q (etag %s, stored %s): %w", id, etag, Etag(kvs[0].ModRevision), ErrConflict)
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return nil, 0, err
+		}
+	}
+	return nil, 0, fmt.Errorf("update group %q: %w", id, ErrContention)
+}
+
+// DeleteGroup deletes a group and its policy revisions. If etag is not empty
+// it must match. The audit event keeps the deleted group.
+func (s *Store) DeleteGroup(ctx context.Context, id, etag string, m Meta) (int64, error) {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		cur, modRev, err := s.getGroup(ctx, id)
+		if err != nil {
+			return 0, err
+		}
+		if etag != "" && etag != cur.Etag {
+			return 0, fmt.Errorf("group %q (etag %s, stored %s): %w", id, etag, cur.Etag, ErrConflict)
+		}
+		h, err := s.readHead(ctx)
+		if err != nil {
+			return 0, err
+		}
+		before := proto.Clone(cur).(*pb.Group)
+		before.Etag = ""
+		ev := s.newEvent(m, "groups.delete", cur.Name, before, nil)
+		hcmp, hops, err := s.auditOps(ev, h)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := s.c.Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(s.groupKey(id)), "=", modRev),
+			hcmp,
+		).Then(append([]clientv3.Op{
+			clientv3.OpDelete(s.groupKey(id)),
+			clientv3.OpDelete(s.revisionsPrefix(id), clientv3.WithPrefix()),
+		}, hops...)...).Else(
+			clientv3.OpGet(s.groupKey(id), clientv3.WithKeysOnly()),
+		).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("delete group %q: %w", id, err)
+		}
+		if resp.Succeeded {
+			return resp.Header.Revision, nil
+		}
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return 0, fmt.Errorf("group %q: %w", id, ErrNotFound)
+		}
+		if etag != "" && kvs[0].ModRevision != modRev {
+			return 0, fmt.Errorf("group %q (etag %s): %w", id, etag, ErrConflict)
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return 0, err
+		}
+	}
+	return 0, fmt.Errorf("delete group %q: %w", id, ErrContention)
+}
+
+// ListRevisions returns up to limit policy revisions of a group, newest first,
+// older than `before` (0: from the newest), and whether more follow.
+func (s *Store) ListRevisions(ctx context.Context, id string, before int64, limit int) ([]*pb.PolicyRevision, bool, error) {
+	if _, _, err := s.getGroup(ctx, id); err != nil {
+		return nil, false, err
+	}
+	end := clientv3.GetPrefixRangeEnd(s.revisionsPrefix(id))
+	if before > 0 {
+		end = s.revisionKey(id, before)
+	}
+	resp, err := s.c.Get(ctx, s.revisionsPrefix(id), clientv3.WithRange(end),
+		clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(int64(limit)+1))
+	if err != nil {
+		return nil, false, fmt.Errorf("list revisions of group %q: %w", id, err)
+	}
+	var out []*pb.PolicyRevision
+	for i, kv := range resp.Kvs {
+		if i == limit {
+			return out, true, nil
+		}
+		r, err := decode(string(kv.Key), kv.Value, &pb.PolicyRevision{})
+		if err != nil {
+			return nil, false, err
+		}
+		out = append(out, r)
+	}
+	return out, false, nil
+}
+
+// GetRevision returns revision n of a group's policy.
+func (s *Store) GetRevision(ctx context.Context, id string, n int64) (*pb.PolicyRevision, error) {
+	resp, err := s.c.Get(ctx, s.revisionKey(id, n))
+	if err != nil {
+		return nil, fmt.Errorf("get revision %d of group %q: %w", n, id, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("revision %d of group %q: %w", n, id, ErrNotFound)
+	}
+	return decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, &pb.PolicyRevision{})
+}
+
+// AppendAudit appends an event that goes with no other change (a failed call,
+// an agent event). It fills sequence, name, hashes and, if unset, time.
+func (s *Store) AppendAudit(ctx context.Context, ev *pb.AuditEvent) (*pb.AuditEvent, error) {
+	ev = proto.Clone(ev).(*pb.AuditEvent)
+	if ev.Time == nil {
+		ev.Time = timestamppb.New(s.now())
+	}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		h, err := s.readHead(ctx)
+		if err != nil {
+			return nil, err
+		}
+		hcmp, hops, err := s.auditOps(ev, h)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := s.c.Txn(ctx).If(hcmp).Then(hops...).Commit()
+		if err != nil {
+			return nil, fmt.Errorf("append audit event: %w", err)
+		}
+		if resp.Succeeded {
+			return ev, nil
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("append audit event: %w", ErrContention)
+}
+
+// AuditQuery selects audit events.
+type AuditQuery struct {
+	Filter     audit.Filter
+	AfterSeq   uint64    // only events with a larger sequence
+	Start, End time.Time // zero: unbounded
+	Limit      int
+}
+
+// ListAudit returns up to q.Limit matching events, oldest first, and the
+// sequence to continue after (0 when there are no more).
+func (s *Store) ListAudit(ctx context.Context, q AuditQuery) ([]*pb.AuditEvent, uint64, error) {
+	const chunk = 512
+	var out []*pb.AuditEvent
+	after := q.AfterSeq
+	for {
+		resp, err := s.c.Get(ctx, s.auditKey(after+1),
+			clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.auditPrefix())), clientv3.WithLimit(chunk))
+		if err != nil {
+			return nil, 0, fmt.Errorf("list audit events: %w", err)
+		}
+		for _, kv := range resp.Kvs {
+			ev, err := decode(string(kv.Key), kv.Value, &pb.AuditEvent{})
+			if err != nil {
+				return nil, 0, err
+			}
+			after = ev.GetSequence()
+			t := ev.GetTime().AsTime()
+			if !q.Start.IsZero() && t.Before(q.Start) {
+				continue
+			}
+			if !q.End.IsZero() && !t.Before(q.End) {
+				continue
+			}
+			if !q.Filter.Match(ev) {
+				continue
+			}
+			out = append(out, ev)
+			if len(out) == q.Limit {
+				if more, err := s.auditAfter(ctx, after); err != nil || !more {
+					return out, 0, err
+				}
+				return out, after, nil
+			}
+		}
+		if !resp.More {
+			return out, 0, nil
+		}
+	}
+}
+
+func (s *Store) auditAfter(ctx context.Context, seq uint64) (bool, error) {
+	resp, err := s.c.Get(ctx, s.auditKey(seq+1),
+		clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.auditPrefix())), clientv3.WithCountOnly())
+	if err != nil {
+		return false, fmt.Errorf("list audit events: %w", err)
+	}
+	return resp.Count > 0, nil
+}
+
+// VerifyAudit recomputes the hash chain over every retained event, at one
+// consistent etcd revision, and checks it against the chain head.
+func (s *Store) VerifyAudit(ctx context.Context) (*pb.VerifyAuditLogResponse, error) {
+	// Read the head and every event at one revision.
+	hresp, err := s.c.Get(ctx, s.auditHeadKey(), clientv3.WithCountOnly())
+	if err != nil {
+		return nil, fmt.Errorf("verify audit log: %w", err)
+	}
+	atRev := hresp.Header.Revision
+	h, err := s.readHead(ctx, clientv3.WithRev(atRev))
+	if err != nil {
+		return nil, err
+	}
+	var v audit.Verifier
+	from := s.auditPrefix()
+	for {
+		resp, err := s.c.Get(ctx, from, clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.auditPrefix())),
+			clientv3.WithLimit(512), clientv3.WithRev(atRev))
+		if err != nil {
+			return nil, fmt.Errorf("verify audit log: %w", err)
+		}
+		for _, kv := range resp.Kvs {
+			ev, err := decode(string(kv.Key), kv.Value, &pb.AuditEvent{})
+			if err != nil {
+				// A value that no longer decodes was altered: verify an empty
+				// event in its place, which cannot match the chain.
+				seq, _ := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), s.auditPrefix()), 10, 64)
+				ev = &pb.AuditEvent{Sequence: seq, Name: fmt.Sprintf("auditEvents/%d", seq)}
+			}
+			if !v.Add(ev) {
+				return v.Result(), nil
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+	v.CheckHead(h.seq, h.hash)
+	return v.Result(), nil
+}
+
+func (s *Store) hostsPrefix() string { return s.prefix + "hosts/" }
