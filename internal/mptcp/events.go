@@ -49,6 +49,16 @@ func (t EventType) String() string {
 	return "EVENT(" + strconv.Itoa(int(t)) + ")"
 }
 
+// Event flags (MPTCP_PM_EV_FLAG_*), in Event.Flags of CREATED and
+// ESTABLISHED.
+const (
+	// EventFlagDenyJoinID0: the peer refuses MP_JOINs to its initial address.
+	EventFlagDenyJoinID0 uint16 = 1 << 0
+	// EventFlagServerSide: the connection was accepted here (6.18+; older
+	// kernels send only the deprecated server-side attribute).
+	EventFlagServerSide uint16 = 1 << 1
+)
+
 // MPTCP_ATTR_* (enum mptcp_event_attr).
 const (
 	evAttrToken       = 1  // u32
@@ -92,6 +102,7 @@ type Event struct {
 	Backup bool
 	// Error is the subflow's socket error (an errno), if any.
 	Error uint8
+	// Flags are the EventFlag* bits.
 	Flags uint16
 	// Timeout is the add_addr timeout, in seconds, when the kernel gives one.
 	Timeout uint32
@@ -100,7 +111,8 @@ type Event struct {
 	ResetReason uint32
 	ResetFlags  uint32
 	// ServerSide tells whether the connection was accepted rather than
-	// initiated here (CREATED, ESTABLISHED; 6.7+).
+	// initiated here (CREATED, ESTABLISHED), from the deprecated attribute
+	// or from EventFlagServerSide, whichever the kernel sent.
 	ServerSide bool
 }
 
@@ -150,6 +162,9 @@ func decodeEvent(t EventType, b []byte) (Event, error) {
 			e.Error = ad.Uint8()
 		case evAttrFlags:
 			e.Flags = ad.Uint16()
+			if e.Flags&EventFlagServerSide != 0 {
+				e.ServerSide = true
+			}
 		case evAttrTimeout:
 			e.Timeout = ad.Uint32()
 		case evAttrIfIdx:
@@ -159,7 +174,9 @@ func decodeEvent(t EventType, b []byte) (Event, error) {
 		case evAttrResetFlags:
 			e.ResetFlags = ad.Uint32()
 		case evAttrServerSide:
-			e.ServerSide = ad.Uint8() != 0
+			if ad.Uint8() != 0 {
+				e.ServerSide = true
+			}
 		}
 	}
 	if err := ad.Err(); err != nil {
