@@ -33,6 +33,18 @@ func gw(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
+// otherGW is a second gateway in p's subnet: .254 / ::fe.
+func otherGW(p netip.Prefix) netip.Addr {
+	if p.Addr().Is4() {
+		a := p.Masked().Addr().As4()
+		a[3] = 254
+		return netip.AddrFrom4(a)
+	}
+	a := p.Masked().Addr().As16()
+	a[15] = 0xfe
+	return netip.AddrFrom16(a)
+}
+
 // source is the policy routing of address p on link, in table/priority
 // 7100+n.
 func source(p netip.Prefix, link, n int) route.Source {

@@ -195,6 +195,9 @@ func (s State) String() string {
 		fmt.Fprintf(&b, "sysctl %s = %s\n", SysctlEnabled, boolValue(*s.Enabled))
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.Sysctls)) {
+		if name == SysctlEnabled && s.Enabled != nil {
+			continue
+		}
 		fmt.Fprintf(&b, "sysctl %s = %s\n", name, normValue(s.Sysctls[name]))
 	}
 	if s.Limits != nil {
