@@ -601,3 +601,9 @@ func (s *Store) VerifyAudit(ctx context.Context) (*pb.VerifyAuditLogResponse, er
 }
 
 func (s *Store) hostsPrefix() string { return s.prefix + "hosts/" }
+
+// AuditHead returns the sequence of the newest audit event (0 if none).
+func (s *Store) AuditHead(ctx context.Context) (uint64, error) {
+	h, err := s.readHead(ctx)
+	return h.seq, err
+}

@@ -1,0 +1,166 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"github.com/mpfleet/mpfleet/internal/audit"
+	"github.com/mpfleet/mpfleet/internal/store"
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+type auditService struct {
+	pb.UnimplementedAuditServiceServer
+	c *Controller
+}
+
+func (s *auditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEventsRequest) (*pb.ListAuditEventsResponse, error) {
+	n, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	pos, err := decodeToken(req.GetPageToken(), "a")
+	if err != nil {
+		return nil, err
+	}
+	q := store.AuditQuery{
+		Filter: audit.Filter{Actor: req.GetActor(), Resource: req.GetResource(), Action: req.GetAction(), Host: req.GetHost()},
+		Limit:  n,
+	}
+	if pos != "" {
+		if q.AfterSeq, err = strconv.ParseUint(pos, 10, 64); err != nil {
+			return nil, invalid("page_token", "is not a page token of this list")
+		}
+	}
+	if t := req.GetStartTime(); t != nil {
+		if err := t.CheckValid(); err != nil {
+			return nil, invalid("start_time", "%v", err)
+		}
+		q.Start = t.AsTime()
+	}
+	if t := req.GetEndTime(); t != nil {
+		if err := t.CheckValid(); err != nil {
+			return nil, invalid("end_time", "%v", err)
+		}
+		q.End = t.AsTime()
+	}
+	if !q.Start.IsZero() && !q.End.IsZero() && !q.End.After(q.Start) {
+		return nil, invalid("end_time", "must be after start_time")
+	}
+	evs, next, err := s.c.store.ListAudit(ctx, q)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &pb.ListAuditEventsResponse{Events: evs}
+	if next != 0 {
+		resp.NextPageToken = encodeToken("a", strconv.FormatUint(next, 10))
+	}
+	return resp, nil
+}
+
+func (s *auditService) WatchAuditEvents(req *pb.WatchAuditEventsRequest, stream pb.AuditService_WatchAuditEventsServer) error {
+	ctx := stream.Context()
+	f := audit.Filter{Actor: req.GetActor(), Resource: req.GetResource(), Action: req.GetAction(), Host: req.GetHost()}
+	last := req.GetAfterSequence()
+	if last == 0 {
+		h, err := s.c.store.AuditHead(ctx)
+		if err != nil {
+			return toStatus(err)
+		}
+		last = h
+	}
+	for {
+		// Subscribe first, then catch up from etcd: nothing falls between.
+		sub, _, _, _ := s.c.cache.Subscribe(1024)
+		for {
+			evs, next, err := s.c.store.ListAudit(ctx, store.AuditQuery{AfterSeq: last, Limit: 500})
+			if err != nil {
+				sub.Close()
+				return toStatus(err)
+			}
+			for _, ev := range evs {
+				if f.Match(ev) {
+					if err := stream.Send(ev); err != nil {
+						sub.Close()
+						return err
+					}
+				}
+				last = ev.GetSequence()
+			}
+			if next == 0 {
+				break
+			}
+		}
+		err := s.follow(ctx, sub, f, &last, stream)
+		sub.Close()
+		if errors.Is(err, store.ErrLagged) || errors.Is(err, store.ErrResync) {
+			continue // catch up again from etcd
+		}
+		return err
+	}
+}
+
+func (s *auditService) follow(ctx context.Context, sub *store.Subscription, f audit.Filter, last *uint64, stream pb.AuditService_WatchAuditEventsServer) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sub.Done():
+			if err := sub.Err(); errors.Is(err, store.ErrClosed) {
+				return status.Error(codes.Unavailable, "controller shutting down")
+			}
+			return sub.Err()
+		case ev := <-sub.C():
+			a := ev.Audit
+			if a == nil || a.GetSequence() <= *last {
+				continue
+			}
+			if a.GetSequence() != *last+1 {
+				return store.ErrResync // a gap: read it from etcd
+			}
+			*last = a.GetSequence()
+			if f.Match(a) {
+				if err := stream.Send(a); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+func (s *auditService) VerifyAuditLog(ctx context.Context, _ *pb.VerifyAuditLogRequest) (*pb.VerifyAuditLogResponse, error) {
+	r, err := s.c.store.VerifyAudit(ctx)
+	return r, toStatus(err)
+}
+
+// auditFailure records a failed mutating call. Invalid requests are not
+// recorded: they change nothing and are answered with the reason.
+func (c *Controller) auditFailure(ctx context.Context, action, resource, reason string, err error) {
+	code := statusCode(err)
+	if code == codes.InvalidArgument.String() || errors.Is(err, context.Canceled) {
+		return
+	}
+	cl := callerFrom(ctx)
+	ev := &pb.AuditEvent{
+		Time:        timestamppb.Now(),
+		Actor:       cl.Actor,
+		Action:      action,
+		Resource:    resource,
+		Result:      pb.AuditResult_AUDIT_RESULT_FAILURE,
+		StatusCode:  code,
+		Error:       err.Error(),
+		RequestId:   cl.RequestID,
+		PeerAddress: cl.Peer,
+		Reason:      reason,
+	}
+	// Detach from the request: record the failure even if the caller left.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	defer cancel()
+	if _, aerr := c.store.AppendAudit(actx, ev); aerr != nil {
+		c.log.Error("audit: cannot record failure", "action", action, "resource", resource, "err", aerr)
+	}
+}

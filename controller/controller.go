@@ -1,0 +1,380 @@
+// Package controller is mpfleet's controller: the gRPC API (groups, hosts,
+// rollouts, audit, and the agent-facing stream) over state kept in etcd,
+// embedded by default or an existing cluster.
+package controller
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mpfleet/mpfleet/internal/config"
+	"github.com/mpfleet/mpfleet/internal/store"
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"github.com/spf13/pflag"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	// The error-detail types must be in the binary's registry so that
+	// reflection serves them and grpcurl can print google.rpc.BadRequest.
+	_ "google.golang.org/genproto/googleapis/rpc/errdetails"
+)
+
+const auditTimeout = 5 * time.Second
+
+// Controller serves the mpfleet API over one store and cache.
+type Controller struct {
+	store *store.Store
+	cache *store.Cache
+	log   *slog.Logger
+}
+
+// New returns a controller over s. Run the cache (cache.Run) for watches and
+// read-your-writes.
+func New(s *store.Store, cache *store.Cache, log *slog.Logger) *Controller {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Controller{store: s, cache: cache, log: log}
+}
+
+// waitCache waits (briefly) until the cache has seen a write, so that streams
+// and cached reads on this replica reflect it when the call returns.
+func (c *Controller) waitCache(ctx context.Context, rev int64) {
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.cache.WaitRevision(wctx, rev); err != nil {
+		c.log.Warn("cache did not catch up with a write", "rev", rev, "err", err)
+	}
+}
+
+// ServerOptions configure the gRPC server.
+type ServerOptions struct {
+	// TLS, if not nil, is the server's TLS configuration.
+	TLS *tls.Config
+	// Tokens, if not nil, are the accepted bearer tokens.
+	Tokens *tokenSet
+	// MTLS says client certificates are verified (agents authenticate so).
+	MTLS bool
+}
+
+// NewServer returns a gRPC server with every mpfleet service, health and
+// reflection (v1 and v1alpha) registered, and the health status.
+func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server) {
+	a := &authenticator{tokens: opts.Tokens, mtls: opts.MTLS}
+	sopts := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(recoverUnary(c.log), a.unary),
+		grpc.ChainStreamInterceptor(recoverStream(c.log), a.stream),
+		// Agents ping every 20s; allow pings down to 5s, also between streams,
+		// so that no agent is ever cut off with too_many_pings.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.MaxRecvMsgSize(8 << 20),
+	}
+	if opts.TLS != nil {
+		sopts = append(sopts, grpc.Creds(credentials.NewTLS(opts.TLS)))
+	}
+	srv := grpc.NewServer(sopts...)
+	pb.RegisterGroupServiceServer(srv, &groupService{c: c})
+	pb.RegisterAuditServiceServer(srv, &auditService{c: c})
+	pb.RegisterHostServiceServer(srv, &pb.UnimplementedHostServiceServer{})
+	pb.RegisterRolloutServiceServer(srv, &pb.UnimplementedRolloutServiceServer{})
+	pb.RegisterAgentServiceServer(srv, &pb.UnimplementedAgentServiceServer{})
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	reflection.Register(srv) // registers both v1 and v1alpha
+	return srv, hs
+}
+
+// Flags are the controller's settings.
+type Flags struct {
+	Listen          string
+	DataDir         string
+	EtcdEndpoints   []string
+	EtcdPrefix      string
+	EtcdClientURL   string
+	EtcdPeerURL     string
+	EtcdCAFile      string
+	EtcdCertFile    string
+	EtcdKeyFile     string
+	TLSCertFile     string
+	TLSKeyFile      string
+	TLSClientCAFile string
+	TokensFile      string
+	Insecure        bool
+	LogLevel        string
+	Config          string
+}
+
+func flagSet(f *Flags) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("mpfleet-controller", pflag.ContinueOnError)
+	fs.StringVar(&f.Listen, "listen", "127.0.0.1:7400", "gRPC listen address")
+	fs.StringVar(&f.DataDir, "data-dir", "/var/lib/mpfleet", "directory of the embedded etcd (unused with --etcd-endpoints)")
+	fs.StringSliceVar(&f.EtcdEndpoints, "etcd-endpoints", nil, "use this existing etcd cluster (comma-separated URLs) instead of an embedded one")
+	fs.StringVar(&f.EtcdPrefix, "etcd-prefix", store.DefaultPrefix, "etcd key prefix of all mpfleet data")
+	fs.StringVar(&f.EtcdClientURL, "etcd-client-url", store.DefaultEmbedClientURL, "client URL of the embedded etcd (keep it on loopback)")
+	fs.StringVar(&f.EtcdPeerURL, "etcd-peer-url", store.DefaultEmbedPeerURL, "peer URL of the embedded etcd (keep it on loopback)")
+	fs.StringVar(&f.EtcdCAFile, "etcd-ca-file", "", "CA bundle to verify an external etcd's TLS certificate")
+	fs.StringVar(&f.EtcdCertFile, "etcd-cert-file", "", "client certificate for an external etcd")
+	fs.StringVar(&f.EtcdKeyFile, "etcd-key-file", "", "client key for an external etcd")
+	fs.StringVar(&f.TLSCertFile, "tls-cert-file", "", "server certificate (PEM); enables TLS")
+	fs.StringVar(&f.TLSKeyFile, "tls-key-file", "", "server key (PEM)")
+	fs.StringVar(&f.TLSClientCAFile, "tls-client-ca-file", "", "CA bundle to verify client certificates (agents' mutual TLS)")
+	fs.StringVar(&f.TokensFile, "tokens-file", "", "YAML list of {name, role, tokenSHA256} bearer tokens for people and scripts")
+	fs.BoolVar(&f.Insecure, "insecure", false, "allow plaintext without authentication on a non-loopback --listen (never in production)")
+	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
+	return fs
+}
+
+// Usage is the controller's --help text header.
+const Usage = `mpfleet-controller serves the mpfleet API and keeps the fleet's desired state
+in etcd: an embedded single member in --data-dir by default, or an existing
+cluster given by --etcd-endpoints.
+
+Every flag can also be set in the environment (MPFLEET_CONTROLLER_LISTEN for
+--listen, ...) or in a --config YAML file; the command line wins, then the
+environment, then the file.
+
+Plaintext without authentication is allowed on loopback only. On any other
+address give --tls-cert-file/--tls-key-file (and --tls-client-ca-file for
+agents, --tokens-file for people), or --insecure.
+`
+
+// Run runs the controller until ctx ends (SIGTERM in main).
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f Flags
+	fs := flagSet(&f)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, Usage+"\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if err := config.Apply(fs, "MPFLEET_CONTROLLER_", "config"); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.LogLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	sopts, err := serverSecurity(f)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", f.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", f.Listen, err)
+	}
+	defer lis.Close()
+
+	var endpoints []string
+	var etcdTLS *tls.Config
+	var embedded *store.Embedded
+	if len(f.EtcdEndpoints) == 0 {
+		log.Info("starting embedded etcd", "data-dir", f.DataDir, "client-url", f.EtcdClientURL)
+		embedded, err = store.StartEmbedded(ctx, store.EmbedConfig{DataDir: f.DataDir, ClientURL: f.EtcdClientURL, PeerURL: f.EtcdPeerURL})
+		if err != nil {
+			return err
+		}
+		defer embedded.Close()
+		endpoints = embedded.Endpoints()
+	} else {
+		endpoints = f.EtcdEndpoints
+		if etcdTLS, err = etcdClientTLS(f); err != nil {
+			return err
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints: endpoints, DialTimeout: 10 * time.Second, TLS: etcdTLS,
+		DialKeepAliveTime: 30 * time.Second, DialKeepAliveTimeout: 10 * time.Second,
+	})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	defer cli.Close()
+	// Fail fast with a clear error when etcd is unreachable.
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	_, err = cli.Get(pctx, f.EtcdPrefix+"ping", clientv3.WithCountOnly())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("etcd at %s: %w", strings.Join(endpoints, ","), err)
+	}
+
+	st := store.New(cli, f.EtcdPrefix)
+	cache := store.NewCache(st, log.With("component", "cache"))
+	c := New(st, cache, log)
+	srv, hs := c.NewServer(sopts)
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = cache.Run(runCtx) }()
+	if err := cache.WaitRevision(ctx, 1); err != nil {
+		return err
+	}
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	log.Info("mpfleet controller serving", "listen", lis.Addr().String(), "etcd", strings.Join(endpoints, ","), "prefix", f.EtcdPrefix, "tls", sopts.TLS != nil)
+
+	var embeddedErr <-chan error
+	if embedded != nil {
+		embeddedErr = embedded.Err()
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-serveErr:
+		log.Error("gRPC server stopped", "err", err)
+	case err = <-embeddedErr:
+		log.Error("embedded etcd failed", "err", err)
+	}
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	// Streams (agents, watches) never end by themselves: give unary calls a
+	// moment, then cut the rest.
+	select {
+	case <-stopped:
+	case <-time.After(3 * time.Second):
+		srv.Stop()
+	}
+	stop()
+	wg.Wait()
+	return err
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func serverSecurity(f Flags) (ServerOptions, error) {
+	var o ServerOptions
+	if f.TokensFile != "" {
+		ts, err := loadTokens(f.TokensFile)
+		if err != nil {
+			return o, err
+		}
+		o.Tokens = ts
+	}
+	if (f.TLSCertFile == "") != (f.TLSKeyFile == "") {
+		return o, errors.New("--tls-cert-file and --tls-key-file must be given together")
+	}
+	if f.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(f.TLSCertFile, f.TLSKeyFile)
+		if err != nil {
+			return o, fmt.Errorf("TLS key pair: %w", err)
+		}
+		o.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if f.TLSClientCAFile != "" {
+			pool, err := loadPool(f.TLSClientCAFile)
+			if err != nil {
+				return o, err
+			}
+			o.TLS.ClientCAs = pool
+			o.TLS.ClientAuth = tls.VerifyClientCertIfGiven
+			o.MTLS = true
+		}
+	} else if f.TLSClientCAFile != "" {
+		return o, errors.New("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+	}
+	if !isLoopback(f.Listen) && !f.Insecure {
+		if o.TLS == nil {
+			return o, fmt.Errorf("refusing plaintext on non-loopback address %s: give --tls-cert-file and --tls-key-file, or --insecure", f.Listen)
+		}
+		if o.Tokens == nil && !o.MTLS {
+			return o, fmt.Errorf("refusing unauthenticated access on non-loopback address %s: give --tokens-file and/or --tls-client-ca-file, or --insecure", f.Listen)
+		}
+	}
+	return o, nil
+}
+
+func loadPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s: no PEM certificates", path)
+	}
+	return pool, nil
+}
+
+func etcdClientTLS(f Flags) (*tls.Config, error) {
+	if f.EtcdCAFile == "" && f.EtcdCertFile == "" {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.EtcdCAFile != "" {
+		pool, err := loadPool(f.EtcdCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--etcd-ca-file: %w", err)
+		}
+		c.RootCAs = pool
+	}
+	if f.EtcdCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(f.EtcdCertFile, f.EtcdKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("etcd client key pair: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+func recoverUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("panic in handler", "method", info.FullMethod, "panic", r)
+				err = toStatus(fmt.Errorf("internal error in %s", info.FullMethod))
+			}
+		}()
+		return h(ctx, req)
+	}
+}
+
+func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("panic in handler", "method", info.FullMethod, "panic", r)
+				err = toStatus(fmt.Errorf("internal error in %s", info.FullMethod))
+			}
+		}()
+		return h(srv, ss)
+	}
+}

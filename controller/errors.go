@@ -1,0 +1,65 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/mpfleet/mpfleet/internal/policy"
+	"github.com/mpfleet/mpfleet/internal/store"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// toStatus converts an internal error to a gRPC status, once, at the service
+// edge. Error classes are matched with errors.Is/As, never by string.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var inv *policy.InvalidError
+	switch {
+	case errors.As(err, &inv):
+		return invalidStatus(inv.Violations)
+	case errors.Is(err, store.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, store.ErrAlreadyExists):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, store.ErrConflict):
+		return status.Error(codes.Aborted, err.Error())
+	case errors.Is(err, store.ErrContention):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	default:
+		return status.Error(codes.Internal, err.Error())
+	}
+}
+
+// invalidStatus is INVALID_ARGUMENT with a google.rpc.BadRequest naming each
+// bad field.
+func invalidStatus(vs policy.Violations) error {
+	msg := (&policy.InvalidError{Violations: vs}).Error()
+	st := status.New(codes.InvalidArgument, msg)
+	br := &errdetails.BadRequest{}
+	for _, v := range vs {
+		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{
+			Field: v.Field, Description: v.Description,
+		})
+	}
+	if d, err := st.WithDetails(br); err == nil {
+		return d.Err()
+	}
+	return st.Err()
+}
+
+// invalid is a single-field INVALID_ARGUMENT.
+func invalid(field, format string, args ...any) error {
+	return invalidStatus(policy.Violations{{Field: field, Description: fmt.Sprintf(format, args...)}})
+}
