@@ -157,7 +157,7 @@ func (m *Manager) AddRoute(x Route) error {
 }
 
 // DeleteRoute deletes the route x (matched on table, destination, interface,
-// gateway, source and scope); it fails with an error wrapping ErrOutOfRange
+// gateway, source and scope, whoever added it); it fails with an error wrapping ErrOutOfRange
 // for a route outside the owned tables and os.ErrNotExist when there is no
 // such route.
 func (m *Manager) DeleteRoute(x Route) error {
@@ -165,9 +165,13 @@ func (m *Manager) DeleteRoute(x Route) error {
 	if err := m.r.CheckRoute(x); err != nil {
 		return opErr(op, err)
 	}
+	nr := toNetlinkRoute(x)
+	// Match any protocol and type: the kernel compares them when they are
+	// set, and a route someone added by hand (proto boot) is still ours.
+	nr.Protocol, nr.Type = 0, 0
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return opErr(op, notFound(m.h.RouteDel(toNetlinkRoute(x))))
+	return opErr(op, notFound(m.h.RouteDel(nr)))
 }
 
 // Gateway returns the gateway of the interface linkIndex for family f, found

@@ -324,3 +324,34 @@ func TestIntegrationOpenCurrentNamespace(t *testing.T) {
 		t.Fatalf("default range sees %q, %v; want nothing", got, err)
 	}
 }
+
+func TestIntegrationDeletesHandMadeOwnedRoutes(t *testing.T) {
+	l := newLab(t)
+	i1 := l.veth(t, "veth1", "198.18.1.2/24", "2001:db8:1::2/64")
+	// Routes in an owned table added as `ip route add … table 7100` does
+	// (proto boot), in both families.
+	for _, s := range []Source{
+		{Addr: netip.MustParsePrefix("198.18.1.2/24"), LinkIndex: i1, Gateway: netip.MustParseAddr("198.18.1.1"), Table: 7100},
+		{Addr: netip.MustParsePrefix("2001:db8:1::2/64"), LinkIndex: i1, Gateway: netip.MustParseAddr("2001:db8:1::1"), Table: 7100},
+	} {
+		for _, r := range s.Routes() {
+			nr := toNetlinkRoute(r)
+			nr.Protocol = unix.RTPROT_BOOT
+			if err := l.h.RouteAdd(nr); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	routes, err := l.m.Routes()
+	if err != nil || len(routes) != 4 {
+		t.Fatalf("Routes() = %v, %v; want the 4 hand-made ones", routes, err)
+	}
+	for i := len(routes) - 1; i >= 0; i-- {
+		if err := l.m.DeleteRoute(routes[i]); err != nil {
+			t.Errorf("delete hand-made %v: %v", routes[i], err)
+		}
+	}
+	if got, err := l.m.Render(); err != nil || got != "" {
+		t.Fatalf("left: %q, %v", got, err)
+	}
+}
