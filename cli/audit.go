@@ -259,12 +259,10 @@ With --after it first prints the retained events after that sequence.`,
 	return cmd
 }
 
-// quoteEmpty replaces empty cells by "-".
+// quoteEmpty replaces empty cells by "-" and folds each cell onto one line.
 func quoteEmpty(cells []string) []string {
 	for i, c := range cells {
-		if c == "" {
-			cells[i] = "-"
-		}
+		cells[i] = orDefault(oneLine(c), "-")
 	}
 	return cells
 }

@@ -317,7 +317,7 @@ func (a *app) describeHost(w io.Writer, h *mpfleetv1.Host) error {
 	} else {
 		t := d.table(2)
 		for _, k := range sortedKeys(ap.GetSysctls()) {
-			t.row("net.mptcp."+k, "=", ap.GetSysctls()[k])
+			t.row("net.mptcp." + k + " = " + ap.GetSysctls()[k])
 		}
 		d.flushTable(t)
 	}
@@ -418,26 +418,32 @@ func (d *describer) line(level int, s string) {
 
 // indentWriter prefixes every line written through it.
 type indentWriter struct {
-	w      io.Writer
-	prefix string
+	w       io.Writer
+	prefix  string
+	midLine bool
 }
 
-func (iw indentWriter) Write(p []byte) (int, error) {
-	lines := strings.SplitAfter(string(p), "\n")
-	for _, l := range lines {
-		if l == "" {
-			continue
+func (iw *indentWriter) Write(p []byte) (int, error) {
+	var b strings.Builder
+	for _, c := range string(p) {
+		if !iw.midLine {
+			b.WriteString(iw.prefix)
+			iw.midLine = true
 		}
-		if _, err := io.WriteString(iw.w, iw.prefix+l); err != nil {
-			return 0, err
+		b.WriteRune(c)
+		if c == '\n' {
+			iw.midLine = false
 		}
+	}
+	if _, err := io.WriteString(iw.w, b.String()); err != nil {
+		return 0, err
 	}
 	return len(p), nil
 }
 
 func (d *describer) table(level int, header ...string) *table {
 	d.flush()
-	return newTable(indentWriter{w: d.w, prefix: strings.Repeat(indentUnit, level)}, header...)
+	return newTable(&indentWriter{w: d.w, prefix: strings.Repeat(indentUnit, level)}, header...)
 }
 
 func (d *describer) flushTable(t *table) {

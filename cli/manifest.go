@@ -171,7 +171,7 @@ func parseManifest(d document) (*manifest, error) {
 			n, _ := strconv.Atoi(strings.TrimPrefix(s, "line "))
 			return fmt.Sprintf("line %d", n+d.start-1)
 		})
-		return nil, fmt.Errorf("not valid YAML: %s", msg)
+		return nil, fmt.Errorf("not valid YAML: %s", oneLine(msg))
 	}
 	dec := json.NewDecoder(bytes.NewReader(js))
 	dec.UseNumber()
@@ -374,13 +374,13 @@ func normalizeValue(path string, v any, fd protoreflect.FieldDescriptor) (any, e
 	if lo == 0 {
 		u, err := strconv.ParseUint(num.String(), 10, 64)
 		if err != nil || u > uint64(hi) {
-			return nil, fmt.Errorf("%s: want an integer from %d to %d, got %s", path, lo, hi, num)
+			return nil, fmt.Errorf("%s: want an integer from %d to %d, got %s", path, lo, hi, jsonType(num))
 		}
 		return num, nil
 	}
 	i, err := strconv.ParseInt(num.String(), 10, 64)
 	if err != nil || i < lo || i > hi {
-		return nil, fmt.Errorf("%s: want an integer from %d to %d, got %s", path, lo, hi, num)
+		return nil, fmt.Errorf("%s: want an integer from %d to %d, got %s", path, lo, hi, jsonType(num))
 	}
 	return num, nil
 }
