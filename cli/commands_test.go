@@ -317,7 +317,9 @@ func TestRevisionsAndDiff(t *testing.T) {
 }
 
 func auditEvents() []*mpfleetv1.AuditEvent {
-	at := func(m int) *timestamppb.Timestamp { return timestamppb.New(testNow.Add(time.Duration(m-60) * time.Minute)) }
+	at := func(m int) *timestamppb.Timestamp {
+		return timestamppb.New(testNow.Add(time.Duration(m-60) * time.Minute))
+	}
 	return []*mpfleetv1.AuditEvent{
 		{Name: "auditEvents/1", Sequence: 1, Time: at(0), Actor: "alice", Action: "groups.create", Resource: "groups/web", Result: mpfleetv1.AuditResult_AUDIT_RESULT_SUCCESS, StatusCode: "OK", Reason: "first"},
 		{Name: "auditEvents/2", Sequence: 2, Time: at(10), Actor: "bob", Action: "groups.update", Resource: "groups/web", Result: mpfleetv1.AuditResult_AUDIT_RESULT_FAILURE, StatusCode: "ABORTED", Error: "stale etag"},

@@ -168,7 +168,7 @@ type fakeGroups struct {
 	updates []*mpfleetv1.UpdateGroupRequest
 	// afterGet, if set, changes the stored group after GetGroup answered.
 	afterGet func(*mpfleetv1.Group)
-	deletes []*mpfleetv1.DeleteGroupRequest
+	deletes  []*mpfleetv1.DeleteGroupRequest
 }
 
 func newFakeGroups() *fakeGroups {
