@@ -50,7 +50,7 @@ func labNamespaces(match func(prefix string) bool) ([]string, error) {
 	var names []string
 	for _, e := range entries {
 		p, host, ok := splitLabName(e.Name())
-		if ok && slices.Contains(Hosts, Host(host)) && match(p) {
+		if ok && isHost(host) && match(p) {
 			names = append(names, e.Name())
 		}
 	}
@@ -129,6 +129,8 @@ func pidsIn(inodes map[uint64]string) []int {
 	}
 	return pids
 }
+
+func isHost(s string) bool { return slices.Contains(Hosts, Host(s)) }
 
 func startsWithHost(s string) bool {
 	for _, h := range Hosts {
