@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"sync"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/route"
@@ -30,6 +32,9 @@ type NetlinkKernel struct {
 	mp *mptcp.Client
 	rt *route.Manager
 	ns netNS
+
+	mu    sync.Mutex
+	names map[int]string // interface names by index, refreshed on a miss
 }
 
 // OpenKernel opens the sockets of a NetlinkKernel; Close releases them.
@@ -62,32 +67,32 @@ func (k *NetlinkKernel) Close() error {
 	return err
 }
 
-// Read implements Kernel.
+// Read implements Kernel. Its three independent parts — the mptcp_pm dumps,
+// the rtnetlink dumps and the sysctl files — run concurrently.
 func (k *NetlinkKernel) Read(ctx context.Context, sysctls []string) (State, error) {
 	if err := ctx.Err(); err != nil {
 		return State{}, err
 	}
 	var s State
-	var err error
-	if s.Endpoints, err = k.mp.Endpoints(); err != nil {
-		return State{}, err
-	}
-	lim, err := k.mp.Limits()
-	if err != nil {
-		return State{}, err
-	}
-	s.Limits = &lim
-	if s.Rules, err = k.rt.Rules(); err != nil {
-		return State{}, err
-	}
-	if s.Routes, err = k.rt.Routes(); err != nil {
-		return State{}, err
-	}
-	if s.Links, err = k.rt.LinkNames(); err != nil {
-		return State{}, err
-	}
+	var wg sync.WaitGroup
+	var mpErr, rtErr, sysErr error
+	wg.Go(func() {
+		if s.Endpoints, mpErr = k.mp.Endpoints(); mpErr != nil {
+			return
+		}
+		var lim mptcp.Limits
+		if lim, mpErr = k.mp.Limits(); mpErr == nil {
+			s.Limits = &lim
+		}
+	})
+	wg.Go(func() {
+		if s.Rules, rtErr = k.rt.Rules(); rtErr != nil {
+			return
+		}
+		s.Routes, rtErr = k.rt.Routes()
+	})
 	s.Sysctls = make(map[string]string, len(sysctls))
-	err = k.ns.do(func() error {
+	sysErr = k.ns.do(func() error {
 		v, err := mptcp.ReadSysctl(SysctlEnabled)
 		switch {
 		case err == nil:
@@ -106,10 +111,43 @@ func (k *NetlinkKernel) Read(ctx context.Context, sysctls []string) (State, erro
 		}
 		return nil
 	})
-	if err != nil {
+	wg.Wait()
+	if err := errors.Join(mpErr, rtErr, sysErr); err != nil {
+		return State{}, err
+	}
+	var err error
+	if s.Links, err = k.linkNames(s); err != nil {
 		return State{}, err
 	}
 	return s, nil
+}
+
+// linkNames names the interfaces s refers to. Names are for display only, so
+// they come from a cache that is refreshed (one link dump) only when an index
+// is missing from it; a renamed interface may show its old name until then.
+func (k *NetlinkKernel) linkNames(s State) (map[int]string, error) {
+	var idx []int
+	for _, e := range s.Endpoints {
+		if e.IfIndex != 0 {
+			idx = append(idx, e.IfIndex)
+		}
+	}
+	for _, r := range s.Routes {
+		idx = append(idx, r.LinkIndex)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, i := range idx {
+		if _, ok := k.names[i]; !ok {
+			names, err := k.rt.LinkNames()
+			if err != nil {
+				return nil, err
+			}
+			k.names = names
+			break
+		}
+	}
+	return maps.Clone(k.names), nil
 }
 
 // Do implements Kernel. The undo it returns is built from the kernel's
