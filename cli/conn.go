@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -48,7 +49,7 @@ func parseController(s string) (target, error) {
 		// No port: a bare host name or address.
 		host, port = strings.Trim(s, "[]"), defaultPort
 	}
-	if host == "" || strings.ContainsAny(host, "/ ") {
+	if n, err := strconv.ParseUint(port, 10, 16); host == "" || strings.ContainsAny(host, "/ ") || err != nil || n == 0 {
 		return target{}, usagef("--controller %q: want host:port", s)
 	}
 	return target{
