@@ -120,37 +120,11 @@ func (s *groupService) ListGroups(ctx context.Context, req *pb.ListGroupsRequest
 var mutableGroupFields = map[string]bool{"description": true, "selector": true, "policy": true}
 
 func (s *groupService) UpdateGroup(ctx context.Context, req *pb.UpdateGroupRequest) (*pb.Group, error) {
-	var vs policy.Violations
-	in := req.GetGroup()
-	if in == nil {
-		vs = append(vs, policy.FieldViolation{Field: "group", Description: "is required"})
-		return nil, toStatus(vs.Err())
-	}
-	id := policy.GroupIDFromName(&vs, "group.name", in.GetName())
-	paths := req.GetUpdateMask().GetPaths()
-	if len(paths) == 0 || (len(paths) == 1 && paths[0] == "*") {
-		paths = []string{"description", "selector", "policy"}
-	}
-	for i, p := range paths {
-		top, _, _ := strings.Cut(p, ".")
-		switch {
-		case p == "*":
-			vs = append(vs, policy.FieldViolation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Description: `"*" must be the only path`})
-		case !mutableGroupFields[top]:
-			if fd := (&pb.Group{}).ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(top)); fd != nil {
-				vs = append(vs, policy.FieldViolation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Description: fmt.Sprintf("%q is output only", p)})
-			} else {
-				vs = append(vs, policy.FieldViolation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Description: fmt.Sprintf("%q is not a field of Group", p)})
-			}
-		default:
-			if _, err := fieldPath((&pb.Group{}).ProtoReflect().Descriptor(), p); err != nil {
-				vs = append(vs, policy.FieldViolation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Description: err.Error()})
-			}
-		}
-	}
-	if err := vs.Err(); err != nil {
+	id, paths, err := checkUpdate(req)
+	if err != nil {
 		return nil, toStatus(err)
 	}
+	in := req.GetGroup()
 	apply := func(cur *pb.Group) (*pb.Group, error) {
 		for _, p := range paths {
 			copyPath(cur.ProtoReflect(), in.ProtoReflect(), p)
@@ -177,6 +151,41 @@ func (s *groupService) UpdateGroup(ctx context.Context, req *pb.UpdateGroupReque
 	}
 	s.c.waitCache(ctx, rev)
 	return g, nil
+}
+
+// checkUpdate validates an UpdateGroupRequest's name and mask and returns the
+// group id and the paths to copy.
+func checkUpdate(req *pb.UpdateGroupRequest) (string, []string, error) {
+	var vs policy.Violations
+	in := req.GetGroup()
+	if in == nil {
+		vs = append(vs, policy.FieldViolation{Field: "group", Description: "is required"})
+		return "", nil, vs.Err()
+	}
+	id := policy.GroupIDFromName(&vs, "group.name", in.GetName())
+	paths := req.GetUpdateMask().GetPaths()
+	if len(paths) == 0 || (len(paths) == 1 && paths[0] == "*") {
+		paths = []string{"description", "selector", "policy"}
+	}
+	for i, p := range paths {
+		top, _, _ := strings.Cut(p, ".")
+		field := fmt.Sprintf("update_mask.paths[%d]", i)
+		switch {
+		case p == "*":
+			vs = append(vs, policy.FieldViolation{Field: field, Description: `"*" must be the only path`})
+		case !mutableGroupFields[top]:
+			if fd := (&pb.Group{}).ProtoReflect().Descriptor().Fields().ByName(protoreflect.Name(top)); fd != nil {
+				vs = append(vs, policy.FieldViolation{Field: field, Description: fmt.Sprintf("%q is output only", p)})
+			} else {
+				vs = append(vs, policy.FieldViolation{Field: field, Description: fmt.Sprintf("%q is not a field of Group", p)})
+			}
+		default:
+			if _, err := fieldPath((&pb.Group{}).ProtoReflect().Descriptor(), p); err != nil {
+				vs = append(vs, policy.FieldViolation{Field: field, Description: err.Error()})
+			}
+		}
+	}
+	return id, paths, vs.Err()
 }
 
 // fieldPath resolves a dotted path of singular message fields.
