@@ -80,8 +80,8 @@ func webGroup() *pb.Group {
 		Description: "web tier",
 		Selector:    &pb.Selector{MatchLabels: map[string]string{"role": "web"}},
 		Policy: &pb.MultipathPolicy{
-			Enabled: proto.Bool(true),
-			Limits:  &pb.Limits{Subflows: proto.Uint32(2), AddAddrAccepted: proto.Uint32(2)},
+			Enabled:   proto.Bool(true),
+			Limits:    &pb.Limits{Subflows: proto.Uint32(2), AddAddrAccepted: proto.Uint32(2)},
 			Endpoints: []*pb.EndpointRule{{Interface: "eth*", Flags: []pb.EndpointFlag{pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW}}},
 			Routing:   &pb.Routing{Enabled: true},
 		},
