@@ -239,8 +239,10 @@ With --after it first prints the retained events after that sequence.`,
 			for {
 				e, err := stream.Recv()
 				switch {
-				case errors.Is(err, io.EOF), err != nil && isCanceled(ctx, err):
+				case err != nil && isCanceled(ctx, err):
 					return nil
+				case errors.Is(err, io.EOF):
+					return errStreamEnded("watch audit events")
 				case err != nil:
 					return fmt.Errorf("watch audit events: %w", a.rpcErr(err))
 				}
@@ -257,6 +259,12 @@ With --after it first prints the retained events after that sequence.`,
 	f.register(cmd)
 	cmd.Flags().Uint64Var(&after, "after", 0, "first print the retained events after this sequence (0: only new events)")
 	return cmd
+}
+
+// errStreamEnded is the error of a watch the controller ended: a watch
+// runs until interrupted, so a script sees the end and can start again.
+func errStreamEnded(what string) error {
+	return fmt.Errorf("%s: the controller ended the stream", what)
 }
 
 // quoteEmpty replaces empty cells by "-" and folds each cell onto one line.

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -406,11 +408,31 @@ func TestAuditWatch(t *testing.T) {
 	r := c.run(t, "", nil, "audit", "watch", "--after", "2", "--resource", "groups/")
 	want := "3  2025-11-25T11:20:00Z  agent:h1  agent.applied  groups/web hosts/h1  success  applied revision 1\n" +
 		"4  2025-11-25T11:50:00Z  alice  groups.update  groups/db  success  tabs and newlines\n"
-	if r.err != nil || r.stdout != want {
-		t.Errorf("audit watch: %v, printed %q, want %q", r.err, r.stdout, want)
+	if r.stdout != want {
+		t.Errorf("audit watch printed %q, want %q", r.stdout, want)
 	}
+	// A watch runs until interrupted: the controller ending it is an error.
+	wantOneLineError(t, r, 1, "mpfleetctl: watch audit events: the controller ended the stream")
 	if w := c.audit.watches[0]; w.GetAfterSequence() != 2 || w.GetResource() != "groups/" {
 		t.Errorf("watch request %v", w)
+	}
+}
+
+func TestWatchEndsCleanlyWhenInterrupted(t *testing.T) {
+	c := newController(t)
+	c.audit.events = auditEvents()
+	c.audit.block = true
+	c.audit.sent = make(chan struct{})
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() {
+		<-c.audit.sent
+		cancel()
+	}()
+	var out, errb bytes.Buffer
+	err := run(ctx, []string{"--controller", c.addr, "audit", "watch", "--after", "0"}, stdio{in: strings.NewReader(""), out: &out, err: &errb},
+		func(string) string { return "" }, func() time.Time { return testNow })
+	if err != nil || errb.Len() != 0 {
+		t.Errorf("interrupted watch: %v, stderr %q; want a clean exit", err, errb.String())
 	}
 }
 
@@ -536,11 +558,11 @@ func TestWatchHostsPrintsChangesOnly(t *testing.T) {
 12:00:00 host/h1 drifted group=web rev=3/3 endpoints=2 conns=2 subflows=3 fallbacks=1
 12:00:00 host/h2 deleted
 `
-	if r.err != nil || r.stdout != want {
-		t.Errorf("watch hosts: %v, printed:\n%s\nwant:\n%s", r.err, r.stdout, want)
+	if r.stdout != want {
+		t.Errorf("watch hosts printed:\n%s\nwant:\n%s", r.stdout, want)
 	}
-	if r.stderr != "mpfleetctl: 2 hosts listed; watching for changes\n" {
-		t.Errorf("stderr %q", r.stderr)
+	if r.stderr != "mpfleetctl: 2 hosts listed; watching for changes\nmpfleetctl: watch hosts: the controller ended the stream\n" || r.code() != 1 {
+		t.Errorf("exit %d, stderr %q", r.code(), r.stderr)
 	}
 	r = c.run(t, "", nil, "watch", "hosts", "-o", "json")
 	if n := strings.Count(r.stdout, "\n"); n != 6 {

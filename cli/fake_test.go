@@ -368,6 +368,10 @@ type fakeAudit struct {
 	verify   *mpfleetv1.VerifyAuditLogResponse
 	requests []*mpfleetv1.ListAuditEventsRequest
 	watches  []*mpfleetv1.WatchAuditEventsRequest
+	// With block, WatchAuditEvents keeps the stream open after sending,
+	// like the real controller, and closes sent.
+	block bool
+	sent  chan struct{}
 }
 
 func matchAudit(e *mpfleetv1.AuditEvent, actor, resource, action, host string) bool {
@@ -425,6 +429,10 @@ func (f *fakeAudit) WatchAuditEvents(req *mpfleetv1.WatchAuditEventsRequest, str
 		if err := stream.Send(e); err != nil {
 			return err
 		}
+	}
+	if f.block {
+		close(f.sent)
+		<-stream.Context().Done()
 	}
 	return nil
 }

@@ -627,8 +627,10 @@ func (a *app) watchHosts(ctx context.Context, req *mpfleetv1.WatchHostsRequest) 
 	for {
 		ev, err := stream.Recv()
 		switch {
-		case errors.Is(err, io.EOF), err != nil && isCanceled(ctx, err):
+		case err != nil && isCanceled(ctx, err):
 			return nil
+		case errors.Is(err, io.EOF):
+			return errStreamEnded("watch hosts")
 		case err != nil:
 			return fmt.Errorf("watch hosts: %w", a.rpcErr(err))
 		}
