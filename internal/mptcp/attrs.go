@@ -8,27 +8,12 @@ import (
 	"github.com/mdlayher/netlink"
 )
 
-// The mptcp_pm generic netlink family (include/uapi/linux/mptcp_pm.h,
-// Documentation/netlink/specs/mptcp_pm.yaml). These are wire values of the
-// Linux ABI, kept here rather than taken from x/sys/unix so that encoding and
-// decoding build and are tested on every platform.
+// Address families on the wire (Linux values, kept here rather than taken
+// from x/sys/unix so that encoding and decoding build and are tested on every
+// platform).
 const (
-	familyName  = "mptcp_pm"
-	eventsGroup = "mptcp_pm_events"
-
 	afInet  = 2  // AF_INET
 	afInet6 = 10 // AF_INET6
-)
-
-// MPTCP_PM_CMD_*.
-const (
-	cmdAddAddr    = 1
-	cmdDelAddr    = 2
-	cmdGetAddr    = 3
-	cmdFlushAddrs = 4
-	cmdSetLimits  = 5
-	cmdGetLimits  = 6
-	cmdSetFlags   = 7
 )
 
 // MPTCP_PM_ATTR_* (top level; MPTCP_PM_ENDPOINT_ADDR is the same number as

@@ -4,6 +4,7 @@ package mptcp
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,33 @@ import (
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
+)
+
+// The mptcp_pm generic netlink family (include/uapi/linux/mptcp_pm.h,
+// Documentation/netlink/specs/mptcp_pm.yaml).
+const (
+	familyName  = "mptcp_pm"
+	eventsGroup = "mptcp_pm_events"
+)
+
+// MPTCP_PM_CMD_*.
+const (
+	cmdAddAddr    = 1
+	cmdDelAddr    = 2
+	cmdGetAddr    = 3
+	cmdFlushAddrs = 4
+	cmdSetLimits  = 5
+	cmdGetLimits  = 6
+	cmdSetFlags   = 7
+)
+
+// sock_diag request values (include/uapi/linux/sock_diag.h, inet_diag.h).
+const (
+	sockDiagByFamily    = 20  // SOCK_DIAG_BY_FAMILY
+	ipprotoTCP          = 6   // IPPROTO_TCP: what fits the u8 protocol field
+	ipprotoMPTCP        = 262 // IPPROTO_MPTCP, sent in INET_DIAG_REQ_PROTOCOL
+	inetDiagReqProtocol = 3   // INET_DIAG_REQ_PROTOCOL (u32)
+	inetDiagReqLen      = 56  // sizeof(struct inet_diag_req_v2)
 )
 
 // Netlink flags of the requests: mutations ask for an acknowledgement; the
@@ -394,3 +422,24 @@ func (e *eventConn) receive() ([]Event, error) {
 func (e *eventConn) setReadDeadline(t time.Time) error { return e.c.SetReadDeadline(t) }
 
 func (e *eventConn) close() error { return e.c.Close() }
+
+// encodeDiagRequest returns the body of a SOCK_DIAG_BY_FAMILY dump request
+// for the MPTCP sockets of one address family: struct inet_diag_req_v2 asking
+// for INET_DIAG_INFO in every state but LISTEN, then the
+// INET_DIAG_REQ_PROTOCOL attribute carrying IPPROTO_MPTCP (262 does not fit
+// the u8 protocol field).
+func encodeDiagRequest(family uint8) []byte {
+	ne := binary.NativeEndian
+	b := make([]byte, inetDiagReqLen, inetDiagReqLen+8)
+	b[0] = family
+	b[1] = ipprotoTCP
+	b[2] = 1 << (inetDiagInfo - 1)
+	ne.PutUint32(b[4:], ^uint32(0)&^(1<<uint32(StateListen)))
+	// The socket id (b[8:56]) stays zero: no filter; INET_DIAG_NOCOOKIE is not
+	// needed for dumps.
+	attr := make([]byte, 8)
+	ne.PutUint16(attr[0:], 8)
+	ne.PutUint16(attr[2:], inetDiagReqProtocol)
+	ne.PutUint32(attr[4:], ipprotoMPTCP)
+	return append(b, attr...)
+}

@@ -654,3 +654,18 @@ func TestEventReceive(t *testing.T) {
 		t.Errorf("events (-want +got):\n%s", diff)
 	}
 }
+
+func TestEventReceiveOverrun(t *testing.T) {
+	conn := genltest.Dial(genltest.ServeFamily(testFamily, func(genetlink.Message, netlink.Message) ([]genetlink.Message, error) {
+		return nil, unix.ENOBUFS
+	}))
+	ec, err := initEventConn(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ec.close()
+	_, err = (&EventConn{c: ec}).Receive()
+	if !errors.Is(err, ErrEventsLost) || !errors.Is(err, unix.ENOBUFS) {
+		t.Errorf("overrun: %v, want ErrEventsLost", err)
+	}
+}

@@ -7,18 +7,12 @@ import (
 	"strconv"
 
 	"github.com/mdlayher/netlink"
-	"github.com/mdlayher/netlink/nlenc"
 )
 
-// sock_diag wire values (include/uapi/linux/sock_diag.h, inet_diag.h).
+// sizes of the sock_diag structures.
 const (
-	sockDiagByFamily    = 20  // SOCK_DIAG_BY_FAMILY
-	ipprotoTCP          = 6   // IPPROTO_TCP: what fits the u8 protocol field
-	ipprotoMPTCP        = 262 // IPPROTO_MPTCP, sent in INET_DIAG_REQ_PROTOCOL
-	inetDiagReqProtocol = 3   // INET_DIAG_REQ_PROTOCOL (u32)
-	inetDiagInfo        = 2   // INET_DIAG_INFO: request bit and reply attribute
-	inetDiagReqLen      = 56  // sizeof(struct inet_diag_req_v2)
-	inetDiagMsgLen      = 72  // sizeof(struct inet_diag_msg)
+	inetDiagInfo   = 2  // INET_DIAG_INFO: request bit and reply attribute
+	inetDiagMsgLen = 72 // sizeof(struct inet_diag_msg)
 )
 
 // State is a socket state as the kernel reports it (TCP_ESTABLISHED ...).
@@ -135,7 +129,7 @@ const mptcpInfoLen = 96
 func decodeMPTCPInfo(b []byte) Info {
 	var buf [mptcpInfoLen]byte
 	copy(buf[:], b)
-	ne := nlenc.NativeEndian()
+	ne := binary.NativeEndian
 	i := Info{
 		Subflows:           buf[0],
 		AddAddrSignal:      buf[1],
@@ -172,7 +166,7 @@ func decodeMPTCPInfo(b []byte) Info {
 // RemoteKeyReceived are taken from Flags).
 func encodeMPTCPInfo(i Info) []byte {
 	b := make([]byte, mptcpInfoLen)
-	ne := nlenc.NativeEndian()
+	ne := binary.NativeEndian
 	b[0], b[1], b[2], b[3], b[4], b[5] = i.Subflows, i.AddAddrSignal, i.AddAddrAccepted, i.SubflowsMax, i.AddAddrSignalMax, i.AddAddrAcceptedMax
 	ne.PutUint32(b[8:], i.Flags)
 	ne.PutUint32(b[12:], i.Token)
@@ -195,33 +189,12 @@ func encodeMPTCPInfo(i Info) []byte {
 	return b
 }
 
-// encodeDiagRequest returns the body of a SOCK_DIAG_BY_FAMILY dump request
-// for the MPTCP sockets of one address family: struct inet_diag_req_v2 asking
-// for INET_DIAG_INFO in every state but LISTEN, then the
-// INET_DIAG_REQ_PROTOCOL attribute carrying IPPROTO_MPTCP (262 does not fit
-// the u8 protocol field).
-func encodeDiagRequest(family uint8) []byte {
-	ne := nlenc.NativeEndian()
-	b := make([]byte, inetDiagReqLen, inetDiagReqLen+8)
-	b[0] = family
-	b[1] = ipprotoTCP
-	b[2] = 1 << (inetDiagInfo - 1)
-	ne.PutUint32(b[4:], ^uint32(0)&^(1<<uint32(StateListen)))
-	// The socket id (b[8:56]) stays zero: no filter; INET_DIAG_NOCOOKIE is not
-	// needed for dumps.
-	attr := make([]byte, 8)
-	ne.PutUint16(attr[0:], 8)
-	ne.PutUint16(attr[2:], inetDiagReqProtocol)
-	ne.PutUint32(attr[4:], ipprotoMPTCP)
-	return append(b, attr...)
-}
-
 // decodeDiagMsg decodes one struct inet_diag_msg and its attributes.
 func decodeDiagMsg(b []byte) (Connection, error) {
 	if len(b) < inetDiagMsgLen {
 		return Connection{}, fmt.Errorf("inet_diag_msg of %d bytes, want at least %d", len(b), inetDiagMsgLen)
 	}
-	ne := nlenc.NativeEndian()
+	ne := binary.NativeEndian
 	c := Connection{
 		Family:    b[0],
 		State:     State(b[1]),

@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -128,6 +129,36 @@ func TestIntegrationDial(t *testing.T) {
 	// ...and it was ns, not the namespace of the test.
 	if _, err := c.Endpoint(9); err != nil {
 		t.Errorf("endpoint added through Dial(nil) inside the namespace: %v", err)
+	}
+
+	// A Client is safe for concurrent use (run with -race).
+	var wg sync.WaitGroup
+	errs := make(chan error, 4*20)
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				eps, err := c.Endpoints()
+				if err == nil && len(eps) != 1 {
+					err = fmt.Errorf("%d endpoints, want 1", len(eps))
+				}
+				if err == nil {
+					_, err = c.Limits()
+				}
+				if err == nil {
+					_, err = c.Connections()
+				}
+				if err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("concurrent use: %v", err)
 	}
 }
 
