@@ -247,7 +247,7 @@ With --after it first prints the retained events after that sequence.`,
 					return fmt.Errorf("watch audit events: %w", a.rpcErr(err))
 				}
 				if a.output == "table" {
-					fmt.Fprintln(a.io.out, strings.Join(quoteEmpty(auditRow(e)), "  "))
+					a.printf("%s\n", strings.Join(quoteEmpty(auditRow(e)), "  "))
 					continue
 				}
 				if err := a.printStreamItem(e); err != nil {

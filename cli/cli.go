@@ -106,8 +106,9 @@ type app struct {
 
 	// started is set once cobra has parsed the command line and a command
 	// begins to run; an error before that is a usage error.
-	started bool
-	conn    *grpc.ClientConn
+	started  bool
+	conn     *grpc.ClientConn
+	writeErr error // first error writing to stdout
 }
 
 func run(ctx context.Context, args []string, sio stdio, getenv func(string) string, now func() time.Time) error {
@@ -120,7 +121,10 @@ func run(ctx context.Context, args []string, sio stdio, getenv func(string) stri
 
 	cmd, err := root.ExecuteContextC(ctx)
 	if a.conn != nil {
-		a.conn.Close()
+		_ = a.conn.Close() // nothing is left to flush
+	}
+	if err == nil && a.writeErr != nil {
+		err = fmt.Errorf("write output: %w", a.writeErr)
 	}
 	if err == nil {
 		return nil
@@ -135,7 +139,7 @@ func run(ctx context.Context, args []string, sio stdio, getenv func(string) stri
 	if errors.As(err, &u) && !u.noHint && cmd != nil {
 		msg += fmt.Sprintf(" (see '%s --help')", cmd.CommandPath())
 	}
-	fmt.Fprintf(sio.err, "mpfleetctl: %s\n", msg)
+	_, _ = fmt.Fprintf(sio.err, "mpfleetctl: %s\n", msg) // nowhere left to report a failure
 	return err
 }
 

@@ -126,15 +126,15 @@ func (a *app) apply(ctx context.Context, ms []*manifest, reason string, dryRun b
 	for _, c := range changes {
 		switch {
 		case c.verb == "unchanged":
-			fmt.Fprintf(a.io.out, "group/%s unchanged\n", c.m.ID)
+			a.printf("group/%s unchanged\n", c.m.ID)
 		case dryRun:
-			fmt.Fprintf(a.io.out, "group/%s %s (dry run)\n", c.m.ID, c.verb)
+			a.printf("group/%s %s (dry run)\n", c.m.ID, c.verb)
 		default:
 			g, err := a.writeGroup(ctx, gc, c, reason, false)
 			if err != nil {
 				return fmt.Errorf("group %q: %w", c.m.ID, err)
 			}
-			fmt.Fprintf(a.io.out, "group/%s %s (revision %d)\n", c.m.ID, c.verb, g.GetPolicyRevision())
+			a.printf("group/%s %s (revision %d)\n", c.m.ID, c.verb, g.GetPolicyRevision())
 		}
 	}
 	return nil
@@ -380,7 +380,7 @@ if the group changed since that etag was read.`,
 			if err != nil {
 				return fmt.Errorf("group %q: %w", id, a.rpcErr(err))
 			}
-			fmt.Fprintf(a.io.out, "group/%s deleted\n", id)
+			a.printf("group/%s deleted\n", id)
 			return nil
 		},
 	}

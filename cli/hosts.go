@@ -527,7 +527,7 @@ func (a *app) plan(ctx context.Context, ms []*manifest) error {
 	}
 	for _, r := range results {
 		if r.missing {
-			fmt.Fprintf(a.io.out, "group/%s: does not exist yet, no hosts to plan\n", r.m.ID)
+			a.printf("group/%s: does not exist yet, no hosts to plan\n", r.m.ID)
 			continue
 		}
 		hosts := r.resp.GetHosts()
@@ -538,22 +538,22 @@ func (a *app) plan(ctx context.Context, ms []*manifest) error {
 				changing++
 			}
 		}
-		fmt.Fprintf(a.io.out, "group/%s: %d hosts, %d to change\n", r.m.ID, len(hosts), changing)
+		a.printf("group/%s: %d hosts, %d to change\n", r.m.ID, len(hosts), changing)
 		for _, h := range hosts {
 			name := trimName(h.GetHost())
 			switch {
 			case h.GetError() != "":
-				fmt.Fprintf(a.io.out, "  host/%s: cannot plan: %s\n", name, oneLine(h.GetError()))
+				a.printf("  host/%s: cannot plan: %s\n", name, oneLine(h.GetError()))
 			case len(h.GetOperations()) == 0:
-				fmt.Fprintf(a.io.out, "  host/%s: no changes\n", name)
+				a.printf("  host/%s: no changes\n", name)
 			default:
-				fmt.Fprintf(a.io.out, "  host/%s: %d operations\n", name, len(h.GetOperations()))
+				a.printf("  host/%s: %d operations\n", name, len(h.GetOperations()))
 				for _, op := range h.GetOperations() {
-					fmt.Fprintf(a.io.out, "    %s\n", planLine(op))
+					a.printf("    %s\n", planLine(op))
 				}
 			}
 			if len(h.GetExcludedAddresses()) > 0 {
-				fmt.Fprintf(a.io.out, "    excluded (8-endpoint kernel maximum): %s\n", strings.Join(h.GetExcludedAddresses(), ", "))
+				a.printf("    excluded (8-endpoint kernel maximum): %s\n", strings.Join(h.GetExcludedAddresses(), ", "))
 			}
 		}
 	}
@@ -645,7 +645,7 @@ func (a *app) watchHosts(ctx context.Context, req *mpfleetv1.WatchHostsRequest) 
 		var line string
 		switch ev.GetType() {
 		case mpfleetv1.HostEvent_TYPE_SYNCED:
-			fmt.Fprintf(a.io.err, "mpfleetctl: %d hosts listed; watching for changes\n", len(last))
+			_, _ = fmt.Fprintf(a.io.err, "mpfleetctl: %d hosts listed; watching for changes\n", len(last))
 			continue
 		case mpfleetv1.HostEvent_TYPE_DELETED:
 			delete(last, name)
@@ -664,7 +664,7 @@ func (a *app) watchHosts(ctx context.Context, req *mpfleetv1.WatchHostsRequest) 
 			}
 			last[name] = line
 		}
-		fmt.Fprintf(a.io.out, "%s %s\n", a.now().UTC().Format("15:04:05"), line)
+		a.printf("%s %s\n", a.now().UTC().Format("15:04:05"), line)
 	}
 }
 

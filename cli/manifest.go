@@ -31,11 +31,6 @@ type manifest struct {
 	Group *mpfleetv1.Group
 }
 
-// where names the document in messages.
-func (m *manifest) where() string {
-	return fmt.Sprintf("document %d (line %d)", m.Index, m.Line)
-}
-
 // manifestKeys are the top-level keys of a Group document.
 var manifestKeys = []string{"kind", "name", "description", "selector", "policy"}
 
@@ -177,7 +172,7 @@ func parseManifest(d document) (*manifest, error) {
 	dec.UseNumber()
 	var top any
 	if err := dec.Decode(&top); err != nil {
-		return nil, fmt.Errorf("not valid YAML: %v", err)
+		return nil, fmt.Errorf("not valid YAML: %w", err)
 	}
 	obj, ok := top.(map[string]any)
 	if !ok {

@@ -42,6 +42,14 @@ func marshalYAML(m proto.Message) ([]byte, error) {
 	return yaml.JSONToYAML(b)
 }
 
+// printf writes to stdout. The first write error is kept, later writes are
+// dropped, and run returns the error.
+func (a *app) printf(format string, args ...any) {
+	if a.writeErr == nil {
+		_, a.writeErr = fmt.Fprintf(a.io.out, format, args...)
+	}
+}
+
 // jsonToYAML converts JSON to YAML.
 func jsonToYAML(b []byte) ([]byte, error) { return yaml.JSONToYAML(b) }
 
@@ -80,7 +88,8 @@ func (a *app) printJSONLine(m proto.Message) error {
 
 // table writes aligned columns.
 type table struct {
-	tw *tabwriter.Writer
+	tw  *tabwriter.Writer
+	err error
 }
 
 func newTable(w io.Writer, header ...string) *table {
@@ -99,10 +108,17 @@ func (t *table) row(cells ...string) {
 		// A tab or newline inside a cell would break the columns.
 		cells[i] = strings.NewReplacer("\t", " ", "\n", " ").Replace(c)
 	}
-	fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
+	if t.err == nil {
+		_, t.err = fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
+	}
 }
 
-func (t *table) flush() error { return t.tw.Flush() }
+func (t *table) flush() error {
+	if t.err != nil {
+		return t.err
+	}
+	return t.tw.Flush()
+}
 
 // formatTime renders a timestamp in UTC, RFC 3339 to the second.
 func formatTime(ts *timestamppb.Timestamp) string {
