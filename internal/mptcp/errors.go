@@ -13,7 +13,7 @@ var (
 	// the operation needs: no mptcp_pm generic netlink family, no MPTCP
 	// sock_diag handler. It matches errors.ErrUnsupported too; when the
 	// kernel answered "no such family" the error also matches os.ErrNotExist.
-	ErrUnsupported = &classError{msg: "mptcp not supported by this kernel", parent: errors.ErrUnsupported}
+	ErrUnsupported error = &classError{msg: "mptcp not supported by this kernel", parent: errors.ErrUnsupported}
 
 	// ErrInvalid means the request was refused as malformed or contrary to
 	// the kernel's rules, by this package before sending or by the kernel
@@ -26,20 +26,20 @@ var (
 
 	// ErrEndpointNotFound means no endpoint has the given ID. It matches
 	// os.ErrNotExist.
-	ErrEndpointNotFound = &classError{msg: "endpoint not found", parent: os.ErrNotExist}
+	ErrEndpointNotFound error = &classError{msg: "endpoint not found", parent: os.ErrNotExist}
 
 	// ErrEndpointExists means an endpoint with that address or ID is already
 	// there. It matches os.ErrExist.
-	ErrEndpointExists = &classError{msg: "endpoint exists", parent: os.ErrExist}
+	ErrEndpointExists error = &classError{msg: "endpoint exists", parent: os.ErrExist}
 
 	// ErrFlagsImmutable means SetEndpointFlags was asked to change a flag
 	// other than those in MutableFlags; the endpoint must be deleted and
 	// added again. It matches ErrInvalid.
-	ErrFlagsImmutable = &classError{msg: "flags cannot change in place (delete and re-add the endpoint)", parent: ErrInvalid}
+	ErrFlagsImmutable error = &classError{msg: "flags cannot change in place (delete and re-add the endpoint)", parent: ErrInvalid}
 
 	// ErrSysctlUnsupported means a net.mptcp sysctl does not exist on this
 	// kernel. It matches os.ErrNotExist.
-	ErrSysctlUnsupported = &classError{msg: "sysctl not supported by this kernel", parent: os.ErrNotExist}
+	ErrSysctlUnsupported error = &classError{msg: "sysctl not supported by this kernel", parent: os.ErrNotExist}
 
 	// ErrEventsLost means the kernel dropped events because the receive
 	// buffer overflowed (ENOBUFS). The event stream is still usable, but the
