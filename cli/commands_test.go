@@ -183,7 +183,7 @@ func TestApplyStaleEtag(t *testing.T) {
 	// Someone changes the group between apply's read and its write.
 	c.groups.afterGet = func(g *mpfleetv1.Group) { g.Etag = "theirs" }
 	r := c.run(t, "kind: Group\nname: web\ndescription: new\n", nil, "apply", "-f", "-")
-	wantOneLineError(t, r, 1, `mpfleetctl: group "web" (document 1, line 1): changed by someone else since it was read (etag "1" is stale, the group is at "theirs"); read it again and retry`)
+	wantOneLineError(t, r, 1, `mpfleetctl: group "web" (document 1, line 1): changed since it was read (stale etag): read it again and retry`)
 	if c.groups.writeCount() != 0 {
 		t.Error("a stale etag wrote")
 	}
@@ -265,7 +265,7 @@ func TestDeleteGroup(t *testing.T) {
 	c := newController(t)
 	c.groups.put("web", &mpfleetv1.Group{})
 	r := c.run(t, "", nil, "delete", "group", "web", "--etag", "nope")
-	wantOneLineError(t, r, 1, `mpfleetctl: group "web": changed by someone else since it was read (etag "nope" is stale); read it again and retry`)
+	wantOneLineError(t, r, 1, `mpfleetctl: group "web": changed since it was read (stale etag): read it again and retry`)
 	etag := c.groups.groups["groups/web"].GetEtag()
 	r = c.run(t, "", nil, "delete", "group", "groups/web", "--etag", etag, "--reason", "retired")
 	if r.err != nil || r.stdout != "group/web deleted\n" {

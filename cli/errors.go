@@ -56,7 +56,8 @@ func (e *rpcError) Error() string {
 		}
 		return "invalid argument: " + msg
 	case codes.Aborted:
-		return "changed by someone else since it was read (" + orDefault(msg, "stale etag") + "); read it again and retry"
+		// The server's message repeats what the caller already names.
+		return "changed since it was read (stale etag): read it again and retry"
 	case codes.Unavailable:
 		return fmt.Sprintf("cannot reach controller %s: %s", e.controller, dialReason(msg))
 	case codes.DeadlineExceeded:

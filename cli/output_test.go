@@ -178,6 +178,7 @@ func TestRPCErrorRendering(t *testing.T) {
 	}{
 		{status.Error(codes.NotFound, `group "web" not found`), "not found"},
 		{status.Error(codes.AlreadyExists, "exists"), "already exists"},
+		{status.Error(codes.Aborted, `group "web" (etag 1, stored 3): etag mismatch`), "changed since it was read (stale etag): read it again and retry"},
 		{bad.Err(), "invalid argument: group.policy.limits.subflows: must be at most 8 (kernel maximum); group.policy.endpoints[1].flags: FULLMESH_WITH_SIGNAL"},
 		{status.Error(codes.InvalidArgument, "group_id: must start with a letter"), "invalid argument: group_id: must start with a letter"},
 		{status.Error(codes.Unavailable, `connection error: desc = "transport: Error while dialing: dial tcp 127.0.0.1:7400: connect: connection refused"`),
