@@ -52,7 +52,7 @@ hash-chained so that tampering is detectable.`,
   mpfleetctl audit list -o json > audit.jsonl
   mpfleetctl audit verify
   mpfleetctl audit watch --action agent.`,
-		RunE: parentRunE("list, verify, watch"),
+		RunE: parentRunE("command", "list, verify, watch"),
 	}
 	cmd.AddCommand(a.auditListCommand(), a.auditVerifyCommand(), a.auditWatchCommand())
 	return cmd

@@ -691,6 +691,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"apply"}, `mpfleetctl: -f FILE is required (-f - reads stdin) (see 'mpfleetctl apply --help')`},
 		{[]string{"delete", "group"}, `mpfleetctl: group: want NAME, got 0 argument(s) (see 'mpfleetctl delete group --help')`},
 		{[]string{"diff", "web", "1"}, `mpfleetctl: diff: want GROUP REV1 REV2, got 2 argument(s) (see 'mpfleetctl diff --help')`},
+		{[]string{"audit"}, `mpfleetctl: audit: missing command (one of: list, verify, watch) (see 'mpfleetctl audit --help')`},
 		{[]string{"audit", "list", "extra"}, `mpfleetctl: unknown command "extra" for "mpfleetctl audit list" (see 'mpfleetctl audit list --help')`},
 	}
 	for _, tt := range tests {

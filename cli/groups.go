@@ -237,19 +237,20 @@ func (a *app) getCommand() *cobra.Command {
 		Example: `  mpfleetctl get groups
   mpfleetctl get group web -o yaml
   mpfleetctl get hosts -l role=web --state drifted`,
-		RunE: parentRunE("groups, hosts"),
+		RunE: parentRunE("resource type", "groups, hosts"),
 	}
 	cmd.AddCommand(a.getGroupsCommand(), a.getHostsCommand())
 	return cmd
 }
 
-// parentRunE rejects a parent command run without a known subcommand.
-func parentRunE(valid string) func(*cobra.Command, []string) error {
+// parentRunE rejects a parent command run without a known subcommand;
+// what names the subcommands ("resource type", "command").
+func parentRunE(what, valid string) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) == 0 {
-			return usagef("%s: missing resource type (one of: %s)", cmd.Name(), valid)
+			return usagef("%s: missing %s (one of: %s)", cmd.Name(), what, valid)
 		}
-		return usagef("%s: unknown resource type %q (one of: %s)", cmd.Name(), args[0], valid)
+		return usagef("%s: unknown %s %q (one of: %s)", cmd.Name(), what, args[0], valid)
 	}
 }
 
@@ -390,7 +391,7 @@ if the group changed since that etag was read.`,
 		Use:     "delete RESOURCE NAME",
 		Short:   "Delete a group",
 		Example: `  mpfleetctl delete group web`,
-		RunE:    parentRunE("group"),
+		RunE:    parentRunE("resource type", "group"),
 	}
 	cmd.AddCommand(group)
 	return cmd

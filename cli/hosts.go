@@ -203,7 +203,7 @@ last plan.`,
 		Use:     "describe RESOURCE NAME",
 		Short:   "Show one host in detail",
 		Example: `  mpfleetctl describe host web-1`,
-		RunE:    parentRunE("host"),
+		RunE:    parentRunE("resource type", "host"),
 	}
 	cmd.AddCommand(host)
 	return cmd
@@ -608,7 +608,7 @@ line, including the SYNCED marker that ends the initial list.`,
 		Use:     "watch RESOURCE",
 		Short:   "Follow hosts as they change",
 		Example: `  mpfleetctl watch hosts`,
-		RunE:    parentRunE("hosts"),
+		RunE:    parentRunE("resource type", "hosts"),
 	}
 	cmd.AddCommand(hostsCmd)
 	return cmd
