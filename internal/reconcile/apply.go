@@ -10,10 +10,12 @@ import (
 // state. NetlinkKernel is the real one; FakeKernel keeps state in memory for
 // tests.
 type Kernel interface {
-	// Read returns the current state: net.mptcp.enabled, the limits, all
-	// endpoints, the owned rules and routes, the interface names and the
-	// sysctls named (one the kernel lacks is left out of State.Sysctls).
-	Read(ctx context.Context, sysctls []string) (State, error)
+	// Read returns the current state as Plan(desired, state) needs it:
+	// net.mptcp.enabled, the limits, all endpoints, the owned rules and
+	// routes, the sysctls desired names (one the kernel lacks is left out of
+	// State.Sysctls), and the names of the interfaces that the state or
+	// desired refer to.
+	Read(ctx context.Context, desired HostConfig) (State, error)
 	// Do applies one op and returns the op that undoes it, built from what
 	// the kernel held just before (so an undo restores that, not what the
 	// plan expected). On error nothing was changed.
@@ -35,6 +37,7 @@ type ApplyError struct {
 	RollbackErr error
 }
 
+// Error names the failed step and op, the cause and the rollback outcome.
 func (e *ApplyError) Error() string {
 	s := fmt.Sprintf("reconcile: step %d of %d (%s) failed: %v", e.Index+1, e.Total, e.Op, e.Err)
 	if e.RollbackErr != nil {

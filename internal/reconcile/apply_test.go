@@ -101,7 +101,7 @@ func TestApplyFailureAtEachStepRestoresState(t *testing.T) {
 	actual, desired := messyHost()
 	k := NewFakeKernel(route.Range{})
 	mustLoad(t, k, actual)
-	read, err := k.Read(ctx, desired.SysctlNames())
+	read, err := k.Read(ctx, desired)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestApplyFailureAtEachStepRestoresState(t *testing.T) {
 	if err := Apply(ctx, k, ops); err != nil {
 		t.Fatal(err)
 	}
-	after, err := k.Read(ctx, desired.SysctlNames())
+	after, err := k.Read(ctx, desired)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestApplyReportsFailedRollback(t *testing.T) {
 	actual, desired := messyHost()
 	k := NewFakeKernel(route.Range{})
 	mustLoad(t, k, actual)
-	read, _ := k.Read(ctx, desired.SysctlNames())
+	read, _ := k.Read(ctx, desired)
 	ops, err := Plan(desired, read)
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +184,7 @@ func TestApplyCanceledRollsBack(t *testing.T) {
 	k := NewFakeKernel(route.Range{})
 	mustLoad(t, k, actual)
 	before := k.Snapshot()
-	read, _ := k.Read(context.Background(), desired.SysctlNames())
+	read, _ := k.Read(context.Background(), desired)
 	ops, err := Plan(desired, read)
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +215,7 @@ func TestApplyReplacesAFullSetOfEndpoints(t *testing.T) {
 		other = withSources(other, mptcp.FlagSignal, source(addr6(i), 3, 10+i))
 	}
 	for _, desired := range []HostConfig{full, other, full} {
-		read, _ := k.Read(ctx, nil)
+		read, _ := k.Read(ctx, HostConfig{})
 		ops, err := Plan(desired, read)
 		if err != nil {
 			t.Fatal(err)
@@ -224,7 +224,7 @@ func TestApplyReplacesAFullSetOfEndpoints(t *testing.T) {
 		if err := Apply(ctx, k, ops); err != nil {
 			t.Fatalf("apply:\n%v\n%v", ops, err)
 		}
-		after, _ := k.Read(ctx, nil)
+		after, _ := k.Read(ctx, HostConfig{})
 		if got, want := text(after, false), text(wantState(desired, after), false); got != want {
 			t.Fatalf("state:\n%s\nwant:\n%s", got, want)
 		}

@@ -43,7 +43,7 @@ func (l *lab) mustReconcile(b *testing.B, c HostConfig) Ops {
 
 // mustHold fails the benchmark unless the kernel holds desired.
 func (l *lab) mustHold(b *testing.B, desired HostConfig) {
-	got, err := l.k.Read(context.Background(), desired.SysctlNames())
+	got, err := l.k.Read(context.Background(), desired)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func BenchmarkApplyIPCommands(b *testing.B) {
 	}
 	desired, reset := benchConfigs(b, l)
 	l.mustReconcile(b, reset)
-	actual, err := l.k.Read(context.Background(), desired.SysctlNames())
+	actual, err := l.k.Read(context.Background(), desired)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -169,10 +169,9 @@ func BenchmarkResyncUnchanged(b *testing.B) {
 	desired, _ := benchConfigs(b, l)
 	l.mustReconcile(b, desired)
 	ctx := context.Background()
-	names := desired.SysctlNames()
 	b.ResetTimer()
 	for range b.N {
-		actual, err := l.k.Read(ctx, names)
+		actual, err := l.k.Read(ctx, desired)
 		if err != nil {
 			b.Fatal(err)
 		}

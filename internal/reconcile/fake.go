@@ -149,13 +149,13 @@ func (f *FakeKernel) Snapshot() State {
 }
 
 // Read implements Kernel.
-func (f *FakeKernel) Read(ctx context.Context, sysctls []string) (State, error) {
+func (f *FakeKernel) Read(ctx context.Context, desired HostConfig) (State, error) {
 	if err := ctx.Err(); err != nil {
 		return State{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.read(sysctls), nil
+	return f.read(desired.SysctlNames()), nil
 }
 
 func (f *FakeKernel) read(sysctls []string) State {

@@ -185,7 +185,7 @@ func checkPlan(t *testing.T, data []byte) {
 		t.Fatalf("load %+v: %v", actual, err)
 	}
 	before := k.Snapshot()
-	read, err := k.Read(ctx, desired.SysctlNames())
+	read, err := k.Read(ctx, desired)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func checkPlan(t *testing.T, data []byte) {
 	if err := Apply(ctx, k, ops); err != nil {
 		t.Fatalf("Apply:\n%v\n%v", ops, err)
 	}
-	after, err := k.Read(ctx, desired.SysctlNames())
+	after, err := k.Read(ctx, desired)
 	if err != nil {
 		t.Fatal(err)
 	}

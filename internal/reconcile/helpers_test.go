@@ -95,19 +95,6 @@ func text(s State, withIDs bool) string {
 	return s.String()
 }
 
-// only keeps the sysctls named in names, so that a full snapshot compares
-// with a state read for some.
-func only(s State, names []string) State {
-	m := map[string]string{}
-	for _, n := range names {
-		if v, ok := s.Sysctls[n]; ok {
-			m[n] = v
-		}
-	}
-	s.Sysctls = m
-	return s
-}
-
 func mustLoad(t testing.TB, k *FakeKernel, s State) {
 	t.Helper()
 	if err := k.Load(s); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"slices"
 	"sync"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
@@ -53,7 +54,7 @@ func OpenKernel(opts *KernelOptions) (*NetlinkKernel, error) {
 	}
 	rt, err := route.Open(&route.Options{NetNS: opts.NetNS, Range: opts.Range})
 	if err != nil {
-		mp.Close()
+		_ = mp.Close()
 		ns.close()
 		return nil, fmt.Errorf("reconcile: open kernel: %w", err)
 	}
@@ -69,10 +70,11 @@ func (k *NetlinkKernel) Close() error {
 
 // Read implements Kernel. Its three independent parts — the mptcp_pm dumps,
 // the rtnetlink dumps and the sysctl files — run concurrently.
-func (k *NetlinkKernel) Read(ctx context.Context, sysctls []string) (State, error) {
+func (k *NetlinkKernel) Read(ctx context.Context, desired HostConfig) (State, error) {
 	if err := ctx.Err(); err != nil {
 		return State{}, err
 	}
+	sysctls := desired.SysctlNames()
 	var s State
 	var wg sync.WaitGroup
 	var mpErr, rtErr, sysErr error
@@ -116,23 +118,24 @@ func (k *NetlinkKernel) Read(ctx context.Context, sysctls []string) (State, erro
 		return State{}, err
 	}
 	var err error
-	if s.Links, err = k.linkNames(s); err != nil {
+	if s.Links, err = k.linkNames(s, desired); err != nil {
 		return State{}, err
 	}
 	return s, nil
 }
 
-// linkNames names the interfaces s refers to. Names are for display only, so
-// they come from a cache that is refreshed (one link dump) only when an index
-// is missing from it; a renamed interface may show its old name until then.
-func (k *NetlinkKernel) linkNames(s State) (map[int]string, error) {
+// linkNames names the interfaces s and desired refer to. Names are for
+// display only, so they come from a cache that is refreshed (one link dump)
+// only when an index is missing from it; a renamed interface may show its
+// old name until then.
+func (k *NetlinkKernel) linkNames(s State, desired HostConfig) (map[int]string, error) {
 	var idx []int
-	for _, e := range s.Endpoints {
+	for _, e := range slices.Concat(s.Endpoints, desired.Endpoints) {
 		if e.IfIndex != 0 {
 			idx = append(idx, e.IfIndex)
 		}
 	}
-	for _, r := range s.Routes {
+	for _, r := range slices.Concat(s.Routes, desired.Routes) {
 		idx = append(idx, r.LinkIndex)
 	}
 	k.mu.Lock()

@@ -112,7 +112,7 @@ func TestIntegrationRouterStates(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: state %d: apply:\n%v\n%v", label, i, ops, err)
 		}
-		got, err := l.k.Read(ctx, desired.SysctlNames())
+		got, err := l.k.Read(ctx, desired)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +141,7 @@ func TestIntegrationRouterStates(t *testing.T) {
 func TestIntegrationDryRunNamesInterfaces(t *testing.T) {
 	l := newLab(t, 1)
 	desired := withSources(HostConfig{}, mptcp.FlagSubflow, l.source(t, 0, false, 0))
-	actual, err := l.k.Read(context.Background(), nil)
+	actual, err := l.k.Read(context.Background(), desired)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +186,7 @@ func TestIntegrationFailureHalfwayRestoresKernel(t *testing.T) {
 	l := newLab(t, 4)
 	ctx := context.Background()
 	desired := messyLab(t, l)
-	actual, err := l.k.Read(ctx, desired.SysctlNames())
+	actual, err := l.k.Read(ctx, desired)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func TestIntegrationNinthEndpointRollsBack(t *testing.T) {
 	for i := range 4 {
 		s4 = withSources(s4, mptcp.FlagSubflow, l.source(t, i, false, i), l.source(t, i, true, 10+i))
 	}
-	actual, err := l.k.Read(ctx, s4.SysctlNames())
+	actual, err := l.k.Read(ctx, s4)
 	if err != nil {
 		t.Fatal(err)
 	}

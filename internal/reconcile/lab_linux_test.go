@@ -6,9 +6,9 @@ import (
 	"maps"
 	"net"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mpfleet/mpfleet/internal/nstest"
 	"github.com/mpfleet/mpfleet/internal/route"
@@ -82,6 +82,7 @@ func newLab(t testing.TB, n int) *lab {
 		}
 		l.links = append(l.links, ll)
 	}
+	l.settle(t)
 	k, err := OpenKernel(&KernelOptions{NetNS: int(ns.Handle)})
 	if err != nil {
 		t.Fatal(err)
@@ -89,6 +90,58 @@ func newLab(t testing.TB, n int) *lab {
 	t.Cleanup(func() { k.Close() })
 	l.k = k
 	return l
+}
+
+// settle waits until the kernel has finished bringing the links up: carrier
+// and IPv6 address configuration arrive asynchronously (linkwatch batches
+// carrier events for up to a second), adding routes behind the test's back,
+// which would spoil snapshot comparisons.
+func (l *lab) settle(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	prev := ""
+	var why string
+	for time.Now().Before(deadline) {
+		ready := true
+		links, err := l.h.LinkList()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ln := range links {
+			if ln.Attrs().Name != "lo" && ln.Attrs().OperState != netlink.OperUp {
+				ready, why = false, ln.Attrs().Name+" is "+ln.Attrs().OperState.String()
+			}
+		}
+		for _, ll := range l.links {
+			local, err := l.h.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, r := range local {
+				if r.Dst != nil && r.Dst.IP.Equal(ll.v6.Addr().AsSlice()) {
+					found = true
+				}
+			}
+			if !found {
+				ready, why = false, "no local route for "+ll.v6.Addr().String()
+			}
+		}
+		routes, err := l.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := fmt.Sprint(routes)
+		if ready && now == prev {
+			return
+		}
+		if ready {
+			why = "routes still changing"
+		}
+		prev = now
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("lab links did not settle in 10s: %s", why)
 }
 
 // source returns the policy routing of link i's address of the given
@@ -107,8 +160,12 @@ func (l *lab) source(t testing.TB, i int, v6 bool, n int) route.Source {
 	return route.Source{Addr: p, LinkIndex: ll.index, Gateway: g, Table: 7100 + n, Priority: 7100 + n}
 }
 
-// labSysctls are read in full snapshots.
-var labSysctls = slices.DeleteFunc(slices.Sorted(maps.Keys(FakeDefaultSysctls)), func(n string) bool { return n == SysctlEnabled })
+// labSysctls names every sysctl, for full snapshots.
+var labSysctls = func() HostConfig {
+	c := HostConfig{Sysctls: maps.Clone(FakeDefaultSysctls)}
+	delete(c.Sysctls, SysctlEnabled)
+	return c
+}()
 
 // snapshot renders everything the namespace holds that a reconcile could
 // touch: the full State (IDs included, every known sysctl) and every rule
@@ -142,7 +199,7 @@ func (l *lab) snapshot(t testing.TB) string {
 func (l *lab) reconcile(t testing.TB, k Kernel, desired HostConfig) (Ops, error) {
 	t.Helper()
 	ctx := context.Background()
-	actual, err := k.Read(ctx, desired.SysctlNames())
+	actual, err := k.Read(ctx, desired)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ func openNetNS(fd int) (netNS, error) {
 
 func (n netNS) close() {
 	if n.h >= 0 {
-		n.h.Close()
+		_ = n.h.Close()
 	}
 }
 
@@ -45,7 +45,7 @@ func (n netNS) do(fn func() error) error {
 			errc <- fmt.Errorf("get current netns: %w", err)
 			return
 		}
-		defer orig.Close()
+		defer func() { _ = orig.Close() }()
 		if err := netns.Set(n.h); err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter netns: %w", err)

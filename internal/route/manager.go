@@ -19,6 +19,7 @@ type OpError struct {
 	Err error
 }
 
+// Error renders "route: OP: CAUSE".
 func (e *OpError) Error() string { return fmt.Sprintf("route: %s: %v", e.Op, e.Err) }
 
 // Unwrap returns the cause.

@@ -106,6 +106,7 @@ func (r Range) CheckRoute(x Route) error {
 	return nil
 }
 
+// String renders r as "tables 7100-7199 priorities 7100-7199".
 func (r Range) String() string {
 	return fmt.Sprintf("tables %d-%d priorities %d-%d", r.TableMin, r.TableMax, r.PriorityMin, r.PriorityMax)
 }
