@@ -74,7 +74,10 @@ func removeLabs(match func(prefix string) bool) error {
 		errs = append(errs, err)
 	}
 	for _, n := range names {
-		if err := netns.DeleteNamed(n); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := netns.DeleteNamed(n); errors.Is(err, unix.EBUSY) {
+			errs = append(errs, fmt.Errorf("lab: delete namespace %s: %w (its mount is hidden under a later bind mount of /run/netns, as a first `ip netns add` makes; "+
+				"once no namespace is mounted in /run/netns, `umount /run/netns` uncovers it)", n, err))
+		} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("lab: delete namespace %s: %w", n, err))
 		}
 	}

@@ -3,6 +3,7 @@ package lab_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -296,6 +298,36 @@ func netstat(t *testing.T, l *lab.Lab, h lab.Host, name string) uint64 {
 	return v
 }
 
+// mptcpCounters returns the non-zero MPTcpExt counters of the namespace of
+// h, for failure messages.
+func mptcpCounters(t *testing.T, l *lab.Lab, h lab.Host) string {
+	t.Helper()
+	var out []string
+	err := l.Do(h, func() error {
+		b, err := os.ReadFile("/proc/thread-self/net/netstat")
+		if err != nil {
+			return err
+		}
+		lines := strings.Split(string(b), "\n")
+		for i := 0; i+1 < len(lines); i += 2 {
+			keys, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+			if len(keys) == 0 || keys[0] != "MPTcpExt:" {
+				continue
+			}
+			for j := 1; j < len(keys) && j < len(vals); j++ {
+				if vals[j] != "0" {
+					out = append(out, keys[j]+"="+vals[j])
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err.Error()
+	}
+	return strings.Join(out, " ")
+}
+
 // addSourceRoute adds source-based policy routing for the link of h: a rule
 // sending traffic from its address to a table with a default route through
 // the link's gateway.
@@ -441,4 +473,102 @@ func TestIntegrationLinkDownUp(t *testing.T) {
 	if r := transfer(t, l, lab.Client, "", to, 100_000); !r.Verified {
 		t.Errorf("after LinkUp: %s", r)
 	}
+}
+
+// TestIntegrationProcesses checks that Down stops what Start started.
+func TestIntegrationProcesses(t *testing.T) {
+	nstest.RequireRoot(t)
+	l, err := lab.Up(context.Background(), lab.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = lab.Cleanup(l.Prefix()) })
+	out, err := l.Exec(context.Background(), lab.Client, "cat", "/proc/sys/net/ipv4/tcp_congestion_control")
+	if err != nil || strings.TrimSpace(string(out)) != "reno" {
+		t.Errorf("congestion control in the client: %q, %v; want reno", out, err)
+	}
+	p, err := l.Start(l.Command(context.Background(), lab.Controller, "sleep", "300"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitInNamespace(t, p.Cmd.Process.Pid, l.NSPath(lab.Controller))
+	if err := l.Down(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Done():
+	default:
+		t.Error("Down returned with the process still running")
+	}
+}
+
+// TestIntegrationTrafficCommand runs the mpfleet-traffic command's serve
+// and send (in process) in the lab and parses their JSON.
+func TestIntegrationTrafficCommand(t *testing.T) {
+	l := lab.New(t, lab.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	listenAddr := hostPort(lab.Addr(lab.Server, lab.Link1), "5201")
+	var serveOut strings.Builder
+	serveErr := &signalWriter{match: "listening on", seen: make(chan struct{})}
+	served := make(chan error, 1)
+	go func() {
+		served <- l.Do(lab.Server, func() error {
+			return traffic.Run(ctx, []string{"serve", "--listen", listenAddr, "--once", "--json"}, &serveOut, serveErr)
+		})
+	}()
+	// Wait for the listener: Go's MPTCP dialer retries a refused connection
+	// at once with plain TCP, which could then find the listener.
+	select {
+	case <-serveErr.seen:
+	case err := <-served:
+		t.Fatalf("serve: %v\n%s", err, serveErr)
+	}
+	var sendOut, sendErr strings.Builder
+	err := l.Do(lab.Client, func() error {
+		return traffic.Run(ctx, []string{"send", "--to", listenAddr, "--bytes", "2M", "--json"}, &sendOut, &sendErr)
+	})
+	if err != nil {
+		t.Fatalf("send: %v\n%s", err, sendErr.String())
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("serve: %v\n%s", err, serveErr)
+	}
+	for name, out := range map[string]string{"send": sendOut.String(), "serve": serveOut.String()} {
+		var r traffic.Report
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("%s printed %q: %v", name, out, err)
+		}
+		if !r.Verified || r.Bytes != 2_000_000 || !r.MPTCP || r.Mbps <= 0 {
+			t.Errorf("%s reported %+v, want 2000000 bytes verified over MPTCP", name, r)
+			t.Logf("client: %s", mptcpCounters(t, l, lab.Client))
+			t.Logf("server: %s", mptcpCounters(t, l, lab.Server))
+		}
+	}
+}
+
+// signalWriter collects what is written to it and closes seen once it
+// contains match.
+type signalWriter struct {
+	match string
+	seen  chan struct{}
+	mu    sync.Mutex
+	b     strings.Builder
+}
+
+func (w *signalWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	had := strings.Contains(w.b.String(), w.match)
+	w.b.Write(p)
+	if !had && strings.Contains(w.b.String(), w.match) {
+		close(w.seen)
+	}
+	return len(p), nil
+}
+
+func (w *signalWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }

@@ -15,7 +15,7 @@ import (
 // attempts bounds the tries of a throughput measurement. Other work on the
 // machine only ever slows a transfer down, so the best of a few tries is
 // the measure of what the links carry.
-const attempts = 3
+const attempts = 4
 
 // bestOf runs measure up to attempts times until ok accepts a report and
 // returns the best (fastest) report; ok sees each in turn.
@@ -136,8 +136,8 @@ func TestIntegrationTwoLinks(t *testing.T) {
 	if eth2 < 1_000_000 {
 		t.Errorf("subflow endpoint only: client eth2 sent %d bytes, want a second subflow on it", eth2)
 	}
-	if shared.Mbps > 1.3*one.Mbps {
-		t.Errorf("subflow endpoint only: %.1f Mbit/s, want about one link's %.1f (the server's link 1 is shared)", shared.Mbps, one.Mbps)
+	if shared.Mbps > 1.05*rate {
+		t.Errorf("subflow endpoint only: %.1f Mbit/s, want at most one link's %.0f (the server's link 1 is shared)", shared.Mbps, rate)
 	}
 
 	// Disjoint paths: the server announces its link-2 address; the client
@@ -162,6 +162,12 @@ func TestIntegrationTwoLinks(t *testing.T) {
 	t.Logf("two links: %.1f Mbit/s, one link: %.1f Mbit/s, ratio %.2f (limit 2)", two.Mbps, one.Mbps, ratio)
 	if ratio < 1.8 {
 		t.Errorf("two links give %.2f times one link, want at least 1.8", ratio)
+	}
+	if two.Mbps > 2.1*rate {
+		t.Errorf("two links: %.1f Mbit/s over two %.0f Mbit/s links: tbf does not hold", two.Mbps, rate)
+	}
+	if ratio > 2.05 {
+		t.Logf("ratio above the limit of 2: load on the machine slowed the one-link measurement (best %.1f of %.0f Mbit/s)", one.Mbps, rate)
 	}
 }
 

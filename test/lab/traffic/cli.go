@@ -109,6 +109,11 @@ every byte was verified. Run "mpfleet-traffic COMMAND -h" for the flags.
 		}
 		r, err := Send(ctx, conn, SendOptions{Bytes: n, Seed: *seed})
 		print(r)
+		if !*plain && !r.MPTCP {
+			// Go's MPTCP dialer retries any failure with plain TCP, and
+			// the kernel falls back when the peer does not answer MPTCP.
+			fmt.Fprintln(stderr, "mpfleet-traffic: warning: the connection is plain TCP, not MPTCP")
+		}
 		return err
 	case "-h", "-help", "--help", "help":
 		usage()
