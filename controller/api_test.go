@@ -30,6 +30,9 @@ type env struct {
 	conn   *grpc.ClientConn
 	groups pb.GroupServiceClient
 	audit  pb.AuditServiceClient
+	hosts  pb.HostServiceClient
+	agents pb.AgentServiceClient
+	ctl    *controller.Controller
 	etcd   *clientv3.Client
 	addr   string
 }
@@ -46,9 +49,10 @@ func start(t *testing.T) *env {
 	st := store.New(cli, "/mpfleet/v1/")
 	cache := store.NewCache(st, quietLog())
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = cache.Run(ctx) }()
-	c := controller.New(st, cache, quietLog())
+	done := make(chan struct{}, 2)
+	go func() { defer func() { done <- struct{}{} }(); _ = cache.Run(ctx) }()
+	c := controller.New(st, cache, controller.Options{Log: quietLog(), Hub: controller.HubOptions{SessionTTL: 2 * time.Second}})
+	go func() { defer func() { done <- struct{}{} }(); c.Run(ctx) }()
 	srv, hs := c.NewServer(controller.ServerOptions{})
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -65,8 +69,10 @@ func start(t *testing.T) *env {
 		srv.Stop()
 		cancel()
 		<-done
+		<-done
 	})
-	return &env{conn: conn, groups: pb.NewGroupServiceClient(conn), audit: pb.NewAuditServiceClient(conn), etcd: cli, addr: lis.Addr().String()}
+	return &env{conn: conn, groups: pb.NewGroupServiceClient(conn), audit: pb.NewAuditServiceClient(conn),
+		hosts: pb.NewHostServiceClient(conn), agents: pb.NewAgentServiceClient(conn), etcd: cli, addr: lis.Addr().String(), ctl: c}
 }
 
 func ctxT(t *testing.T) context.Context {

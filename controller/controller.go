@@ -41,16 +41,36 @@ type Controller struct {
 	store *store.Store
 	cache *store.Cache
 	log   *slog.Logger
+	hub   *hub
 }
 
-// New returns a controller over s. Run the cache (cache.Run) for watches and
-// read-your-writes.
-func New(s *store.Store, cache *store.Cache, log *slog.Logger) *Controller {
+// Options configure a Controller.
+type Options struct {
+	Log *slog.Logger
+	Hub HubOptions
+}
+
+// New returns a controller over s and its cache. The caller runs the cache
+// (cache.Run) and the controller's background work (Run).
+func New(s *store.Store, cache *store.Cache, opts Options) *Controller {
+	log := opts.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Controller{store: s, cache: cache, log: log}
+	c := &Controller{store: s, cache: cache, log: log}
+	c.hub = newHub(c, opts.Hub)
+	return c
 }
+
+// Run does the controller's background work (the agent hub: session lease,
+// group assignments) until ctx ends.
+func (c *Controller) Run(ctx context.Context) {
+	c.hub.run(ctx)
+}
+
+// DesiredEncodes reports how many desired-configuration messages the hub
+// has encoded: once per group revision, however many hosts receive it.
+func (c *Controller) DesiredEncodes() int64 { return c.hub.encodes.Load() }
 
 // waitCache waits (briefly) until the cache has seen a write, so that streams
 // and cached reads on this replica reflect it when the call returns.
@@ -91,9 +111,9 @@ func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server
 	srv := grpc.NewServer(sopts...)
 	pb.RegisterGroupServiceServer(srv, &groupService{c: c})
 	pb.RegisterAuditServiceServer(srv, &auditService{c: c})
-	pb.RegisterHostServiceServer(srv, &pb.UnimplementedHostServiceServer{})
+	pb.RegisterHostServiceServer(srv, &hostService{c: c})
 	pb.RegisterRolloutServiceServer(srv, &pb.UnimplementedRolloutServiceServer{})
-	pb.RegisterAgentServiceServer(srv, &pb.UnimplementedAgentServiceServer{})
+	pb.RegisterAgentServiceServer(srv, &agentService{h: c.hub})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv) // registers both v1 and v1alpha
@@ -224,14 +244,15 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	st := store.New(cli, f.EtcdPrefix)
 	cache := store.NewCache(st, log.With("component", "cache"))
-	c := New(st, cache, log)
+	c := New(st, cache, Options{Log: log})
 	srv, hs := c.NewServer(sopts)
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); _ = cache.Run(runCtx) }()
+	go func() { defer wg.Done(); c.Run(runCtx) }()
 	if err := cache.WaitRevision(ctx, 1); err != nil {
 		return err
 	}

@@ -38,6 +38,9 @@ type Event struct {
 	// HostID is set for host status changes; Host is nil when it was deleted.
 	HostID string
 	Host   *pb.Host
+	// SessionID is set when a host's session appears (Replica set) or ends.
+	SessionID string
+	Replica   string
 }
 
 // Cache keeps ONE etcd watch on the store's prefix and an in-memory copy of
@@ -52,6 +55,7 @@ type Cache struct {
 	ready   bool
 	groups  map[string]*pb.Group
 	hosts   map[string]*pb.Host
+	sess    map[string]string // host id → replica holding its stream
 	subs    map[*Subscription]struct{}
 	changed chan struct{} // closed and replaced on every revision change
 	stopped bool
@@ -66,6 +70,7 @@ func NewCache(s *Store, log *slog.Logger) *Cache {
 		s: s, log: log,
 		groups:  map[string]*pb.Group{},
 		hosts:   map[string]*pb.Host{},
+		sess:    map[string]string{},
 		subs:    map[*Subscription]struct{}{},
 		changed: make(chan struct{}),
 	}
@@ -139,9 +144,17 @@ func (c *Cache) list(ctx context.Context) (int64, error) {
 		}
 		hosts[id] = h
 	}
+	sess := map[string]string{}
+	sresp, err := c.s.c.Get(ctx, c.s.sessionsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil {
+		return 0, fmt.Errorf("list sessions: %w", err)
+	}
+	for _, kv := range sresp.Kvs {
+		sess[strings.TrimPrefix(string(kv.Key), c.s.sessionsPrefix())] = string(kv.Value)
+	}
 	c.mu.Lock()
 	wasReady := c.ready
-	c.groups, c.hosts, c.rev, c.ready = groups, hosts, rev, true
+	c.groups, c.hosts, c.sess, c.rev, c.ready = groups, hosts, sess, rev, true
 	if wasReady {
 		// Subscribers may have missed changes: make them re-snapshot.
 		for s := range c.subs {
@@ -221,6 +234,16 @@ func (c *Cache) apply(evs []*clientv3.Event, rev int64) {
 				}
 				c.hosts[id] = h
 				ev.Host = h
+			}
+			out = append(out, ev)
+		case strings.HasPrefix(key, c.s.sessionsPrefix()):
+			id := strings.TrimPrefix(key, c.s.sessionsPrefix())
+			ev := Event{Rev: e.Kv.ModRevision, SessionID: id}
+			if del {
+				delete(c.sess, id)
+			} else {
+				c.sess[id] = string(e.Kv.Value)
+				ev.Replica = string(e.Kv.Value)
 			}
 			out = append(out, ev)
 		case strings.HasPrefix(key, c.s.auditPrefix()) && !del:
@@ -313,12 +336,24 @@ func (c *Cache) Hosts() map[string]*pb.Host {
 	return out
 }
 
-// Host returns one cached host.
-func (c *Cache) Host(id string) (*pb.Host, bool) {
+// Host returns one cached host and the replica holding its session ("" when
+// disconnected).
+func (c *Cache) Host(id string) (*pb.Host, string, bool) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	h, ok := c.hosts[id]
-	return h, ok
+	return h, c.sess[id], ok
+}
+
+// Sessions returns host id → replica for every connected host.
+func (c *Cache) Sessions() map[string]string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string]string, len(c.sess))
+	for k, v := range c.sess {
+		out[k] = v
+	}
+	return out
 }
 
 // Subscribe returns a subscription to changes after the cache's current

@@ -1,0 +1,259 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"strings"
+
+	"github.com/mpfleet/mpfleet/internal/policy"
+	"github.com/mpfleet/mpfleet/internal/store"
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+)
+
+type hostService struct {
+	pb.UnimplementedHostServiceServer
+	c *Controller
+}
+
+// hostView is a host as the API shows it: its last reported status, plus
+// what follows from the current groups (membership, desired revision) and
+// from the sessions (connected or not).
+func hostView(h *pb.Host, replica string, groups map[string]*pb.Group) *pb.Host {
+	v := proto.Clone(h).(*pb.Host)
+	v.Connected = replica != ""
+	ids := policy.Assign(groups, v.GetLabels())
+	v.Group, v.ConflictingGroups, v.DesiredRevision = "", nil, 0
+	switch len(ids) {
+	case 0:
+		if v.Connected {
+			v.SyncState = pb.SyncState_SYNC_STATE_UNMANAGED
+		}
+	case 1:
+		v.Group = store.GroupName(ids[0])
+		v.DesiredRevision = groups[ids[0]].GetPolicyRevision()
+		if v.Connected && (v.SyncState == pb.SyncState_SYNC_STATE_UNMANAGED || v.SyncState == pb.SyncState_SYNC_STATE_CONFLICT) {
+			// Assigned since the agent last reported: it is about to apply.
+			v.SyncState = pb.SyncState_SYNC_STATE_APPLYING
+		}
+		if v.Connected && v.SyncState == pb.SyncState_SYNC_STATE_IN_SYNC && v.AppliedRevision != v.DesiredRevision {
+			v.SyncState = pb.SyncState_SYNC_STATE_APPLYING
+		}
+	default:
+		for _, id := range ids {
+			v.ConflictingGroups = append(v.ConflictingGroups, store.GroupName(id))
+		}
+		if v.Connected {
+			v.SyncState = pb.SyncState_SYNC_STATE_CONFLICT
+		}
+	}
+	if !v.Connected {
+		v.SyncState = pb.SyncState_SYNC_STATE_DISCONNECTED
+	}
+	return v
+}
+
+func hostID(field, name string) (string, error) {
+	id, ok := strings.CutPrefix(name, "hosts/")
+	if !ok || !hostIDRe.MatchString(id) {
+		return "", invalid(field, "%q is not a host name of the form hosts/{host}", name)
+	}
+	return id, nil
+}
+
+func (s *hostService) GetHost(_ context.Context, req *pb.GetHostRequest) (*pb.Host, error) {
+	id, err := hostID("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	h, replica, ok := s.c.cache.Host(id)
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "host %q: not found", id)
+	}
+	return hostView(h, replica, s.c.cache.Groups()), nil
+}
+
+// hostFilter selects hosts for ListHosts and WatchHosts.
+type hostFilter struct {
+	group  string
+	state  pb.SyncState
+	labels map[string]string
+}
+
+func newHostFilter(group string, state pb.SyncState, selector string) (hostFilter, error) {
+	f := hostFilter{group: group, state: state}
+	if group != "" {
+		var vs policy.Violations
+		policy.GroupIDFromName(&vs, "group", group)
+		if err := vs.Err(); err != nil {
+			return f, toStatus(err)
+		}
+	}
+	if _, ok := pb.SyncState_name[int32(state)]; !ok {
+		return f, invalid("sync_state", "unknown state %d", int32(state))
+	}
+	l, err := policy.ParseLabelSelector(selector)
+	if err != nil {
+		return f, invalid("label_selector", "%v", err)
+	}
+	f.labels = l
+	return f, nil
+}
+
+func (f hostFilter) match(v *pb.Host) bool {
+	if f.group != "" && v.GetGroup() != f.group && !contains(v.GetConflictingGroups(), f.group) {
+		return false
+	}
+	if f.state != pb.SyncState_SYNC_STATE_UNSPECIFIED && v.GetSyncState() != f.state {
+		return false
+	}
+	return policy.HasLabels(v.GetLabels(), f.labels)
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *hostService) ListHosts(_ context.Context, req *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
+	n, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	after, err := decodeToken(req.GetPageToken(), "h")
+	if err != nil {
+		return nil, err
+	}
+	f, err := newHostFilter(req.GetGroup(), req.GetSyncState(), req.GetLabelSelector())
+	if err != nil {
+		return nil, err
+	}
+	hosts, sessions, groups := s.c.cache.Hosts(), s.c.cache.Sessions(), s.c.cache.Groups()
+	ids := make([]string, 0, len(hosts))
+	for id := range hosts {
+		if id > after {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	resp := &pb.ListHostsResponse{}
+	for _, id := range ids {
+		v := hostView(hosts[id], sessions[id], groups)
+		if !f.match(v) {
+			continue
+		}
+		if len(resp.Hosts) == n {
+			resp.NextPageToken = encodeToken("h", resp.Hosts[n-1].GetName()[len("hosts/"):])
+			break
+		}
+		resp.Hosts = append(resp.Hosts, v)
+	}
+	return resp, nil
+}
+
+func (s *hostService) WatchHosts(req *pb.WatchHostsRequest, stream pb.HostService_WatchHostsServer) error {
+	ctx := stream.Context()
+	f, err := newHostFilter(req.GetGroup(), pb.SyncState_SYNC_STATE_UNSPECIFIED, req.GetLabelSelector())
+	if err != nil {
+		return err
+	}
+	for {
+		sub, groups, hosts, _ := s.c.cache.Subscribe(4096)
+		sessions := s.c.cache.Sessions()
+		err := s.watch(ctx, stream, f, sub, groups, hosts, sessions)
+		sub.Close()
+		if !errors.Is(err, store.ErrLagged) && !errors.Is(err, store.ErrResync) {
+			return err
+		}
+	}
+}
+
+func (s *hostService) watch(ctx context.Context, stream pb.HostService_WatchHostsServer, f hostFilter,
+	sub *store.Subscription, groups map[string]*pb.Group, hosts map[string]*pb.Host, sessions map[string]string) error {
+	// What the client was last sent, to send only real changes.
+	sent := map[string]*pb.Host{}
+	emit := func(id string) error {
+		h, ok := hosts[id]
+		var v *pb.Host
+		if ok {
+			v = hostView(h, sessions[id], groups)
+		}
+		prev, had := sent[id]
+		switch {
+		case v != nil && f.match(v):
+			if had && proto.Equal(prev, v) {
+				return nil
+			}
+			sent[id] = v
+			return stream.Send(&pb.HostEvent{Type: pb.HostEvent_TYPE_UPSERT, Host: v})
+		case had:
+			delete(sent, id)
+			return stream.Send(&pb.HostEvent{Type: pb.HostEvent_TYPE_DELETED, Host: prev})
+		}
+		return nil
+	}
+	ids := make([]string, 0, len(hosts))
+	for id := range hosts {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if err := emit(id); err != nil {
+			return err
+		}
+	}
+	if err := stream.Send(&pb.HostEvent{Type: pb.HostEvent_TYPE_SYNCED}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sub.Done():
+			if errors.Is(sub.Err(), store.ErrClosed) {
+				return status.Error(codes.Unavailable, "controller shutting down")
+			}
+			return sub.Err()
+		case ev := <-sub.C():
+			switch {
+			case ev.GroupID != "":
+				if ev.Group == nil {
+					delete(groups, ev.GroupID)
+				} else {
+					groups[ev.GroupID] = ev.Group
+				}
+				// Membership and desired revisions may change for every host.
+				for id := range hosts {
+					if err := emit(id); err != nil {
+						return err
+					}
+				}
+			case ev.HostID != "":
+				if ev.Host == nil {
+					delete(hosts, ev.HostID)
+				} else {
+					hosts[ev.HostID] = ev.Host
+				}
+				if err := emit(ev.HostID); err != nil {
+					return err
+				}
+			case ev.SessionID != "":
+				if ev.Replica == "" {
+					delete(sessions, ev.SessionID)
+				} else {
+					sessions[ev.SessionID] = ev.Replica
+				}
+				if err := emit(ev.SessionID); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,602 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mpfleet/mpfleet/internal/policy"
+	"github.com/mpfleet/mpfleet/internal/store"
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// HubOptions tune the agent hub.
+type HubOptions struct {
+	// Replica names this controller process in session keys (default: a
+	// random id).
+	Replica string
+	// SessionTTL is the lease TTL of session keys (default 10s): how long a
+	// dead replica's hosts still show as connected.
+	SessionTTL time.Duration
+	// HealthWriteInterval bounds how often a host's status is written when
+	// only its health counters changed (default 15s).
+	HealthWriteInterval time.Duration
+	// HelloTimeout bounds the wait for an agent's first message (default 10s).
+	HelloTimeout time.Duration
+}
+
+// hub is the controller side of AgentService: it holds the agents' streams,
+// assigns hosts to groups, sends each its desired configuration — encoded
+// once per group and revision, the same bytes to every host of the group —
+// and records what they report.
+type hub struct {
+	c    *Controller
+	opts HubOptions
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	groups   map[string]*pb.Group
+	prepared map[string]*grpc.PreparedMsg // desired key → encoded message
+	lease    clientv3.LeaseID
+	ready    chan struct{}
+
+	encodes atomic.Int64 // desired messages encoded (for tests and metrics)
+}
+
+func newHub(c *Controller, opts HubOptions) *hub {
+	if opts.Replica == "" {
+		opts.Replica = fmt.Sprintf("replica-%d", time.Now().UnixNano())
+	}
+	if opts.SessionTTL == 0 {
+		opts.SessionTTL = 10 * time.Second
+	}
+	if opts.HealthWriteInterval == 0 {
+		opts.HealthWriteInterval = 15 * time.Second
+	}
+	if opts.HelloTimeout == 0 {
+		opts.HelloTimeout = 10 * time.Second
+	}
+	return &hub{
+		c: c, opts: opts, log: c.log.With("component", "hub"),
+		sessions: map[string]*session{},
+		groups:   map[string]*pb.Group{},
+		prepared: map[string]*grpc.PreparedMsg{},
+		ready:    make(chan struct{}),
+	}
+}
+
+// run keeps the session lease alive and follows group changes until ctx ends.
+func (h *hub) run(ctx context.Context) {
+	go h.keepLease(ctx)
+	for ctx.Err() == nil {
+		sub, groups, _, _ := h.c.cache.Subscribe(4096)
+		h.setGroups(groups)
+		err := h.follow(ctx, sub)
+		sub.Close()
+		if ctx.Err() == nil {
+			h.log.Info("re-reading groups", "reason", err)
+		}
+	}
+}
+
+func (h *hub) follow(ctx context.Context, sub *store.Subscription) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sub.Done():
+			return sub.Err()
+		case ev := <-sub.C():
+			if ev.GroupID == "" {
+				continue
+			}
+			h.mu.Lock()
+			if ev.Group == nil {
+				delete(h.groups, ev.GroupID)
+			} else {
+				h.groups[ev.GroupID] = ev.Group
+			}
+			h.reassignLocked()
+			h.mu.Unlock()
+		}
+	}
+}
+
+func (h *hub) setGroups(groups map[string]*pb.Group) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.groups = groups
+	h.reassignLocked()
+	select {
+	case <-h.ready:
+	default:
+		close(h.ready)
+	}
+}
+
+// desiredFor returns the desired configuration of a host with labels, and
+// the key under which it is encoded once.
+func desiredFor(groups map[string]*pb.Group, labels map[string]string) (string, *pb.DesiredConfig) {
+	ids := policy.Assign(groups, labels)
+	switch len(ids) {
+	case 0:
+		return "unmanaged", &pb.DesiredConfig{Assignment: pb.DesiredConfig_ASSIGNMENT_UNMANAGED}
+	case 1:
+		g := groups[ids[0]]
+		return fmt.Sprintf("managed/%s/%d", ids[0], g.GetPolicyRevision()), &pb.DesiredConfig{
+			Assignment: pb.DesiredConfig_ASSIGNMENT_MANAGED,
+			Group:      g.GetName(),
+			Revision:   g.GetPolicyRevision(),
+			Policy:     g.GetPolicy(),
+		}
+	default:
+		names := make([]string, len(ids))
+		for i, id := range ids {
+			names[i] = store.GroupName(id)
+		}
+		return "conflict/" + strings.Join(ids, ","), &pb.DesiredConfig{
+			Assignment:        pb.DesiredConfig_ASSIGNMENT_CONFLICT,
+			ConflictingGroups: names,
+		}
+	}
+}
+
+// reassignLocked recomputes every session's desired configuration and wakes
+// the senders of those that changed. Slow agents are not waited for: each
+// sender picks up only the latest state when it gets to it.
+func (h *hub) reassignLocked() {
+	used := map[string]bool{}
+	for _, s := range h.sessions {
+		key, d := desiredFor(h.groups, s.labels)
+		used[key] = true
+		s.setDesired(key, d)
+	}
+	for k := range h.prepared {
+		if !used[k] {
+			delete(h.prepared, k)
+		}
+	}
+}
+
+// prepare returns the encoded message for key, encoding it once (with the
+// codec of the first stream that needs it; the bytes are the same for all).
+func (h *hub) prepare(stream grpc.ServerStream, key string, d *pb.DesiredConfig) (*grpc.PreparedMsg, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if pm, ok := h.prepared[key]; ok {
+		return pm, nil
+	}
+	pm := &grpc.PreparedMsg{}
+	if err := pm.Encode(stream, &pb.ConnectResponse{Kind: &pb.ConnectResponse_Desired{Desired: d}}); err != nil {
+		return nil, err
+	}
+	h.encodes.Add(1)
+	h.prepared[key] = pm
+	return pm, nil
+}
+
+func (h *hub) keepLease(ctx context.Context) {
+	ttl := int64(h.opts.SessionTTL / time.Second)
+	if ttl < 2 {
+		ttl = 2
+	}
+	for ctx.Err() == nil {
+		id, err := h.c.store.Grant(ctx, ttl)
+		if err != nil {
+			h.log.Warn("session lease", "err", err)
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		ka, err := h.c.store.Client().KeepAlive(ctx, id)
+		if err != nil {
+			h.log.Warn("session lease keepalive", "err", err)
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		h.mu.Lock()
+		h.lease = id
+		ids := make([]string, 0, len(h.sessions))
+		for hid := range h.sessions {
+			ids = append(ids, hid)
+		}
+		h.mu.Unlock()
+		// Re-announce sessions held before a lease was lost.
+		for _, hid := range ids {
+			if err := h.c.store.PutSession(ctx, hid, h.opts.Replica, id); err != nil {
+				h.log.Warn("re-announce session", "host", hid, "err", err)
+			}
+		}
+		for range ka {
+		}
+		if ctx.Err() == nil {
+			h.log.Warn("session lease lost; granting a new one")
+		}
+	}
+	// Revoke so that our hosts show as disconnected at once.
+	h.mu.Lock()
+	id := h.lease
+	h.mu.Unlock()
+	if id != 0 {
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, _ = h.c.store.Client().Revoke(rctx, id)
+		cancel()
+	}
+}
+
+func (h *hub) currentLease(ctx context.Context) (clientv3.LeaseID, error) {
+	for {
+		h.mu.Lock()
+		id := h.lease
+		h.mu.Unlock()
+		if id != 0 {
+			return id, nil
+		}
+		if !sleepCtx(ctx, 20*time.Millisecond) {
+			return 0, ctx.Err()
+		}
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// session is one connected agent.
+type session struct {
+	id     string
+	labels map[string]string
+	cancel context.CancelFunc
+
+	mu          sync.Mutex
+	desiredKey  string
+	desired     *pb.DesiredConfig
+	notify      chan struct{} // cap 1: the desired configuration changed
+	confirms    chan uint64
+	status      *pb.Host
+	lastWrite   time.Time
+	lastWritten *pb.Host
+}
+
+func (s *session) setDesired(key string, d *pb.DesiredConfig) {
+	s.mu.Lock()
+	changed := key != s.desiredKey
+	s.desiredKey, s.desired = key, d
+	s.mu.Unlock()
+	if changed {
+		select {
+		case s.notify <- struct{}{}:
+		default:
+		}
+	}
+}
+
+var hostIDRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
+
+func validateHello(hello *pb.AgentHello) error {
+	var vs policy.Violations
+	if hello == nil {
+		return invalid("hello", "the first message must be hello")
+	}
+	if !hostIDRe.MatchString(hello.GetHostId()) {
+		vs = append(vs, policy.FieldViolation{Field: "hello.host_id", Description: fmt.Sprintf("%q is not a host id: lower-case letters, digits, '-' and '.', at most 253", hello.GetHostId())})
+	}
+	policy.ValidateLabels(&vs, "hello.labels", hello.GetLabels())
+	if n := len(hello.GetFacts().GetInterfaces()); n > 1024 {
+		vs = append(vs, policy.FieldViolation{Field: "hello.facts.interfaces", Description: fmt.Sprintf("has %d interfaces; at most 1024", n)})
+	}
+	return vs.Err()
+}
+
+// connect serves one agent's stream.
+func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
+	ctx := stream.Context()
+	caller := callerFrom(ctx)
+	first := make(chan *pb.ConnectRequest, 1)
+	errc := make(chan error, 1)
+	go func() {
+		m, err := stream.Recv()
+		if err != nil {
+			errc <- err
+			return
+		}
+		first <- m
+	}()
+	var hello *pb.AgentHello
+	select {
+	case m := <-first:
+		hello = m.GetHello()
+	case err := <-errc:
+		return err
+	case <-time.After(h.opts.HelloTimeout):
+		return status.Error(codes.DeadlineExceeded, "no hello within "+h.opts.HelloTimeout.String())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if err := validateHello(hello); err != nil {
+		return toStatus(err)
+	}
+	id := hello.GetHostId()
+	if cn, ok := strings.CutPrefix(caller.Actor, "cert:"); ok && cn != id {
+		return status.Errorf(codes.PermissionDenied, "certificate %q may not speak for host %q", cn, id)
+	}
+	select {
+	case <-h.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	lease, err := h.currentLease(ctx)
+	if err != nil {
+		return err
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := &session{
+		id: id, labels: hello.GetLabels(), cancel: cancel,
+		notify:   make(chan struct{}, 1),
+		confirms: make(chan uint64, 16),
+		status: &pb.Host{
+			Name: store.HostName(id), Labels: hello.GetLabels(), Facts: hello.GetFacts(),
+			AgentVersion: hello.GetAgentVersion(), AppliedRevision: hello.GetAppliedRevision(),
+			DryRun: hello.GetDryRun(), LastSeenTime: timestamppb.Now(),
+		},
+	}
+	h.mu.Lock()
+	if old := h.sessions[id]; old != nil {
+		old.cancel() // the newest connection of a host wins
+	}
+	h.sessions[id] = s
+	key, d := desiredFor(h.groups, s.labels)
+	s.setDesired(key, d)
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		if h.sessions[id] == s {
+			delete(h.sessions, id)
+		}
+		h.mu.Unlock()
+		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer dcancel()
+		if err := h.c.store.DeleteSession(dctx, id, h.opts.Replica); err != nil {
+			h.log.Warn("end session", "host", id, "err", err)
+		}
+	}()
+	// Keep the last reported state the agent had (a restart of the controller
+	// changes nothing on the hosts) but take the new facts.
+	if prev, err := h.c.store.GetHost(ctx, id); err == nil {
+		st := proto.Clone(prev).(*pb.Host)
+		st.Labels, st.Facts, st.AgentVersion, st.DryRun = s.status.Labels, s.status.Facts, s.status.AgentVersion, s.status.DryRun
+		st.LastSeenTime = s.status.LastSeenTime
+		if st.AppliedRevision == 0 {
+			st.AppliedRevision = hello.GetAppliedRevision()
+		}
+		s.status = st
+	}
+	if err := h.writeStatus(ctx, s, true); err != nil {
+		return toStatus(err)
+	}
+	if err := h.c.store.PutSession(ctx, id, h.opts.Replica, lease); err != nil {
+		return toStatus(err)
+	}
+	h.log.Info("agent connected", "host", id, "peer", caller.Peer)
+
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- h.sender(sctx, stream, s) }()
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- h.receiver(sctx, stream, s, caller) }()
+	select {
+	case err = <-sendErr:
+	case err = <-recvErr:
+	case <-sctx.Done():
+		err = status.Error(codes.Aborted, "replaced by a newer connection of the same host")
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+	}
+	cancel()
+	h.log.Info("agent disconnected", "host", id, "err", err)
+	return err
+}
+
+// sender sends the latest desired configuration whenever it changes, and
+// confirm echoes.
+func (h *hub) sender(ctx context.Context, stream pb.AgentService_ConnectServer, s *session) error {
+	sent := ""
+	for {
+		s.mu.Lock()
+		key, d := s.desiredKey, s.desired
+		s.mu.Unlock()
+		if key != sent {
+			pm, err := h.prepare(stream, key, d)
+			if err != nil {
+				return err
+			}
+			if err := stream.SendMsg(pm); err != nil {
+				return err
+			}
+			sent = key
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.notify:
+		case n := <-s.confirms:
+			if err := stream.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_Confirmed{Confirmed: &pb.Confirm{Nonce: n}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+var eventActions = map[pb.AgentEvent_Kind]struct {
+	action string
+	result pb.AuditResult
+}{
+	pb.AgentEvent_KIND_APPLIED:        {"agent.applied", pb.AuditResult_AUDIT_RESULT_SUCCESS},
+	pb.AgentEvent_KIND_DRIFT_REPAIRED: {"agent.drift_repaired", pb.AuditResult_AUDIT_RESULT_SUCCESS},
+	pb.AgentEvent_KIND_APPLY_FAILED:   {"agent.apply_failed", pb.AuditResult_AUDIT_RESULT_FAILURE},
+	pb.AgentEvent_KIND_ROLLED_BACK:    {"agent.rolled_back", pb.AuditResult_AUDIT_RESULT_FAILURE},
+	pb.AgentEvent_KIND_RESTORED:       {"agent.restored", pb.AuditResult_AUDIT_RESULT_SUCCESS},
+}
+
+func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer, s *session, caller Caller) error {
+	// An agent reports a few events per reconcile; more than this is a bug or
+	// an attack, and must not flood the audit log.
+	events := rate.NewLimiter(rate.Limit(5), 20)
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch k := m.GetKind().(type) {
+		case *pb.ConnectRequest_Report:
+			if err := h.report(ctx, s, k.Report); err != nil {
+				return err
+			}
+		case *pb.ConnectRequest_Event:
+			ev := k.Event
+			a, ok := eventActions[ev.GetKind()]
+			if !ok {
+				h.log.Warn("agent sent an event of unknown kind; ignored", "host", s.id, "kind", ev.GetKind())
+				continue
+			}
+			if !events.Allow() {
+				h.log.Warn("agent event rate exceeded; event dropped", "host", s.id, "kind", ev.GetKind())
+				continue
+			}
+			h.recordEvent(ctx, s, caller, a.action, a.result, ev)
+		case *pb.ConnectRequest_Confirm:
+			select {
+			case s.confirms <- k.Confirm.GetNonce():
+			default: // the agent is flooding confirms; it will retry
+			}
+		case *pb.ConnectRequest_Hello:
+			return status.Error(codes.InvalidArgument, "hello may only be the first message")
+		default:
+			h.log.Warn("agent sent an empty or unknown message; ignored", "host", s.id)
+		}
+	}
+}
+
+func validateReport(r *pb.AgentReport) error {
+	var vs policy.Violations
+	if _, ok := pb.SyncState_name[int32(r.GetSyncState())]; !ok {
+		vs = append(vs, policy.FieldViolation{Field: "report.sync_state", Description: "unknown state"})
+	}
+	if n := len(r.GetApplied().GetEndpoints()); n > 64 {
+		vs = append(vs, policy.FieldViolation{Field: "report.applied.endpoints", Description: fmt.Sprintf("has %d entries; at most 64", n)})
+	}
+	if n := len(r.GetLastPlan()); n > 1024 {
+		vs = append(vs, policy.FieldViolation{Field: "report.last_plan", Description: fmt.Sprintf("has %d entries; at most 1024", n)})
+	}
+	if len(r.GetLastError()) > 4096 {
+		vs = append(vs, policy.FieldViolation{Field: "report.last_error", Description: "longer than 4096 bytes"})
+	}
+	return vs.Err()
+}
+
+func (h *hub) report(ctx context.Context, s *session, r *pb.AgentReport) error {
+	if err := validateReport(r); err != nil {
+		h.log.Warn("agent sent an invalid report; ignored", "host", s.id, "err", err)
+		return nil
+	}
+	s.mu.Lock()
+	st := proto.Clone(s.status).(*pb.Host)
+	s.mu.Unlock()
+	st.SyncState = r.GetSyncState()
+	st.AppliedRevision = r.GetAppliedRevision()
+	st.Applied = r.GetApplied()
+	st.Health = r.GetHealth()
+	st.LastError = r.GetLastError()
+	st.LastPlan = r.GetLastPlan()
+	st.ExcludedAddresses = r.GetExcludedAddresses()
+	if r.GetFacts() != nil {
+		st.Facts = r.GetFacts()
+	}
+	st.LastSeenTime = timestamppb.Now()
+	s.mu.Lock()
+	s.status = st
+	s.mu.Unlock()
+	return h.writeStatus(ctx, s, false)
+}
+
+// writeStatus persists a host's status: at once when anything but health and
+// the last-seen time changed, else at most every HealthWriteInterval.
+func (h *hub) writeStatus(ctx context.Context, s *session, force bool) error {
+	s.mu.Lock()
+	st := s.status
+	if !force && s.lastWritten != nil && time.Since(s.lastWrite) < h.opts.HealthWriteInterval {
+		a := proto.Clone(st).(*pb.Host)
+		b := proto.Clone(s.lastWritten).(*pb.Host)
+		a.Health, b.Health, a.LastSeenTime, b.LastSeenTime = nil, nil, nil, nil
+		if proto.Equal(a, b) {
+			s.mu.Unlock()
+			return nil
+		}
+	}
+	s.lastWritten, s.lastWrite = st, time.Now()
+	s.mu.Unlock()
+	if _, err := h.c.store.PutHost(ctx, s.id, st); err != nil {
+		if errors.Is(err, context.Canceled) {
+			return err
+		}
+		h.log.Warn("write host status", "host", s.id, "err", err)
+	}
+	return nil
+}
+
+func (h *hub) recordEvent(ctx context.Context, s *session, caller Caller, action string, result pb.AuditResult, ev *pb.AgentEvent) {
+	after, _ := anypb.New(ev)
+	resource := ev.GetGroup()
+	if resource == "" {
+		resource = store.HostName(s.id)
+	}
+	actor := "agent:" + s.id
+	if strings.HasPrefix(caller.Actor, "cert:") {
+		actor = caller.Actor
+	}
+	a := &pb.AuditEvent{
+		Actor: actor, Action: action, Resource: resource, Host: store.HostName(s.id),
+		After: after, Result: result, PeerAddress: caller.Peer, RequestId: caller.RequestID,
+		Reason: ev.GetMessage(), StatusCode: "OK",
+	}
+	if result == pb.AuditResult_AUDIT_RESULT_FAILURE {
+		a.StatusCode, a.Error = "FAILED", ev.GetMessage()
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	defer cancel()
+	if _, err := h.c.store.AppendAudit(actx, a); err != nil {
+		h.log.Error("audit: cannot record agent event", "host", s.id, "action", action, "err", err)
+	}
+}
+
+type agentService struct {
+	pb.UnimplementedAgentServiceServer
+	h *hub
+}
+
+func (a *agentService) Connect(stream pb.AgentService_ConnectServer) error {
+	return a.h.connect(stream)
+}

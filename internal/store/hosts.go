@@ -1,0 +1,71 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Host status lives under hosts/{id} and persists; a host's live session
+// lives under sessions/{id}, bound to the lease of the controller replica
+// that holds the agent's stream. When that replica dies its lease expires,
+// the session keys vanish, and every replica shows those hosts as
+// DISCONNECTED with their last reported state.
+
+func (s *Store) sessionsPrefix() string      { return s.prefix + "sessions/" }
+func (s *Store) hostKey(id string) string    { return s.hostsPrefix() + id }
+func (s *Store) sessionKey(id string) string { return s.sessionsPrefix() + id }
+
+// HostName returns "hosts/{id}".
+func HostName(id string) string { return "hosts/" + id }
+
+// PutHost stores a host's status.
+func (s *Store) PutHost(ctx context.Context, id string, h *pb.Host) (int64, error) {
+	resp, err := s.c.Put(ctx, s.hostKey(id), encode(h))
+	if err != nil {
+		return 0, fmt.Errorf("put host %q: %w", id, err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// GetHost reads a host's stored status.
+func (s *Store) GetHost(ctx context.Context, id string) (*pb.Host, error) {
+	resp, err := s.c.Get(ctx, s.hostKey(id))
+	if err != nil {
+		return nil, fmt.Errorf("get host %q: %w", id, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("host %q: %w", id, ErrNotFound)
+	}
+	return decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, &pb.Host{})
+}
+
+// Grant returns a new lease of ttl seconds for session keys.
+func (s *Store) Grant(ctx context.Context, ttl int64) (clientv3.LeaseID, error) {
+	resp, err := s.c.Grant(ctx, ttl)
+	if err != nil {
+		return 0, fmt.Errorf("grant lease: %w", err)
+	}
+	return resp.ID, nil
+}
+
+// PutSession marks a host connected to replica, bound to lease.
+func (s *Store) PutSession(ctx context.Context, id, replica string, lease clientv3.LeaseID) error {
+	if _, err := s.c.Put(ctx, s.sessionKey(id), replica, clientv3.WithLease(lease)); err != nil {
+		return fmt.Errorf("put session %q: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteSession removes a host's session if replica still holds it (another
+// replica may have taken the host over in the meantime).
+func (s *Store) DeleteSession(ctx context.Context, id, replica string) error {
+	_, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.Value(s.sessionKey(id)), "=", replica)).
+		Then(clientv3.OpDelete(s.sessionKey(id))).Commit()
+	if err != nil {
+		return fmt.Errorf("delete session %q: %w", id, err)
+	}
+	return nil
+}
