@@ -222,7 +222,7 @@ func TestIntegrationCommand(t *testing.T) {
 
 // listen starts a traffic server of the lab on host at addr and returns
 // its address.
-func listen(t *testing.T, l *lab.Lab, h lab.Host, addr string) string {
+func listen(t testing.TB, l *lab.Lab, h lab.Host, addr string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var ln net.Listener
@@ -249,7 +249,7 @@ func dial(l *lab.Lab, h lab.Host, bind, addr string, timeout time.Duration) (net
 }
 
 // transfer sends n bytes from host h (from bind, if set) to addr.
-func transfer(t *testing.T, l *lab.Lab, h lab.Host, bind, addr string, n int64) traffic.Report {
+func transfer(t testing.TB, l *lab.Lab, h lab.Host, bind, addr string, n int64) traffic.Report {
 	t.Helper()
 	c, err := dial(l, h, bind, addr, 5*time.Second)
 	if err != nil {
@@ -331,7 +331,7 @@ func mptcpCounters(t *testing.T, l *lab.Lab, h lab.Host) string {
 // addSourceRoute adds source-based policy routing for the link of h: a rule
 // sending traffic from its address to a table with a default route through
 // the link's gateway.
-func addSourceRoute(t *testing.T, l *lab.Lab, h lab.Host, k lab.Link, v6 bool) {
+func addSourceRoute(t testing.TB, l *lab.Lab, h lab.Host, k lab.Link, v6 bool) {
 	t.Helper()
 	nh := l.Netlink(h)
 	link, err := nh.LinkByName(lab.Iface(h, k))
