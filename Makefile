@@ -73,9 +73,8 @@ deps: ## install Debian packages the tests need (as root, with apt-get)
 .PHONY: build
 build: ## build bin/mpfleet-controller, bin/mpfleet-agent, bin/mpfleetctl
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/mpfleet-controller ./controller/cmd/mpfleet-controller
-	$(GO) build -o $(BIN)/mpfleet-agent ./agent/cmd/mpfleet-agent
-	$(GO) build -o $(BIN)/mpfleetctl ./cli/cmd/mpfleetctl
+	@for d in $(wildcard controller/cmd/* agent/cmd/* cli/cmd/*); do \
+		echo "go build -o bin/$$(basename $$d) ./$$d"; $(GO) build -o $(BIN)/$$(basename $$d) ./$$d || exit 1; done
 
 .PHONY: proto
 proto: $(PROTO_TOOLS) ## regenerate Go code from proto/

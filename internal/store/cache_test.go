@@ -51,7 +51,7 @@ func TestCacheFollowsWrites(t *testing.T) {
 	}
 	// The subscriber sees the group and its audit event.
 	var sawGroup, sawAudit bool
-	for !(sawGroup && sawAudit) {
+	for !sawGroup || !sawAudit {
 		select {
 		case ev := <-sub.C():
 			sawGroup = sawGroup || ev.GroupID == "web"

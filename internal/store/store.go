@@ -83,7 +83,7 @@ func (s *Store) auditKey(seq uint64) string {
 }
 func (s *Store) auditHeadKey() string { return s.prefix + "audit/head" }
 
-// GroupsPrefix, AuditPrefix and HostsPrefix let the cache classify keys.
+// GroupsPrefix is the prefix of group keys.
 func (s *Store) GroupsPrefix() string { return s.groupsPrefix() }
 
 // AuditPrefix is the prefix of audit event keys.
@@ -94,7 +94,7 @@ func Etag(modRev int64) string { return strconv.FormatInt(modRev, 10) }
 
 func decode[T proto.Message](key string, b []byte, m T) (T, error) {
 	if err := proto.Unmarshal(b, m); err != nil {
-		return m, fmt.Errorf("%s: %w: %v", key, ErrCorrupt, err)
+		return m, fmt.Errorf("%s: %w: %w", key, ErrCorrupt, err)
 	}
 	return m, nil
 }
