@@ -26,6 +26,24 @@ import (
 	"github.com/mpfleet/mpfleet/test/lab/traffic"
 )
 
+// integration skips the test under -short (unit tests only), and without
+// root (failing under CI=true).
+func integration(tb testing.TB) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("integration test: skipped with -short")
+	}
+	nstest.RequireRoot(tb)
+}
+
+// newLab brings up a lab for the test (see lab.New) unless integration
+// skips it.
+func newLab(tb testing.TB, cfg lab.Config) *lab.Lab {
+	tb.Helper()
+	integration(tb)
+	return lab.New(tb, cfg)
+}
+
 // leftovers lists what of the lab with prefix exists: its namespaces and
 // links in the root namespace named after it.
 func leftovers(t *testing.T, prefix string) []string {
@@ -77,7 +95,7 @@ func nsLinks(t *testing.T, path string) []string {
 }
 
 func TestIntegrationUpDown(t *testing.T) {
-	nstest.RequireRoot(t)
+	integration(t)
 	ctx := context.Background()
 	rootBefore := nsLinks(t, "/proc/self/ns/net")
 	l, err := lab.Up(ctx, lab.Config{IPv6: true})
@@ -121,7 +139,7 @@ func TestIntegrationUpDown(t *testing.T) {
 // forgets it as a crashed test would, and removes it with Cleanup; a second
 // lab with another prefix is left alone.
 func TestIntegrationCleanupAfterCrash(t *testing.T) {
-	nstest.RequireRoot(t)
+	integration(t)
 	ctx := context.Background()
 	other := lab.New(t, lab.Config{})
 	l, err := lab.Up(ctx, lab.Config{})
@@ -186,7 +204,7 @@ func waitInNamespace(t *testing.T, pid int, path string) {
 // TestIntegrationCommand drives the mpfleet-lab command's up, status and
 // down with a prefix of its own.
 func TestIntegrationCommand(t *testing.T) {
-	nstest.RequireRoot(t)
+	integration(t)
 	ctx := context.Background()
 	var prefix string
 	for i := 0; ; i++ {
@@ -369,7 +387,7 @@ func addSourceRoute(t testing.TB, l *lab.Lab, h lab.Host, k lab.Link, v6 bool) {
 // only with source-based policy routing (the router drops it when it
 // arrives on link 1, where the main table's default route sends it).
 func TestIntegrationReachability(t *testing.T) {
-	l := lab.New(t, lab.Config{IPv6: true})
+	l := newLab(t, lab.Config{IPv6: true})
 	server := listen(t, l, lab.Server, ":5201")
 	_, port, _ := net.SplitHostPort(server)
 	listen(t, l, lab.Controller, ":5202")
@@ -456,7 +474,7 @@ func TestIntegrationReachability(t *testing.T) {
 
 // TestIntegrationLinkDownUp pulls the client's link 1 and puts it back.
 func TestIntegrationLinkDownUp(t *testing.T) {
-	l := lab.New(t, lab.Config{})
+	l := newLab(t, lab.Config{})
 	server := listen(t, l, lab.Server, ":5201")
 	_, port, _ := net.SplitHostPort(server)
 	to := hostPort(lab.Addr(lab.Server, lab.Link1), port)
@@ -477,7 +495,7 @@ func TestIntegrationLinkDownUp(t *testing.T) {
 
 // TestIntegrationProcesses checks that Down stops what Start started.
 func TestIntegrationProcesses(t *testing.T) {
-	nstest.RequireRoot(t)
+	integration(t)
 	l, err := lab.Up(context.Background(), lab.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -505,7 +523,7 @@ func TestIntegrationProcesses(t *testing.T) {
 // TestIntegrationTrafficCommand runs the mpfleet-traffic command's serve
 // and send (in process) in the lab and parses their JSON.
 func TestIntegrationTrafficCommand(t *testing.T) {
-	l := lab.New(t, lab.Config{})
+	l := newLab(t, lab.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	listenAddr := hostPort(lab.Addr(lab.Server, lab.Link1), "5201")

@@ -62,7 +62,7 @@ func delta(t testing.TB, l *lab.Lab, h lab.Host, fn func()) (link1, link2 uint64
 // TestIntegrationRateLimit checks that one data link carries about its
 // rate: tbf holds the limit, and its burst and queue let TCP reach it.
 func TestIntegrationRateLimit(t *testing.T) {
-	l := lab.New(t, lab.Config{})
+	l := newLab(t, lab.Config{})
 	_, port, _ := net.SplitHostPort(listen(t, l, lab.Server, ":5201"))
 	to := hostPort(lab.Addr(lab.Server, lab.Link1), port)
 	const n = 30_000_000
@@ -104,7 +104,7 @@ func mptcp(t testing.TB, l *lab.Lab, h lab.Host, args string) {
 // hosts up by hand, as the agent will (see useTwoLinks), and also shows
 // that a subflow endpoint alone does not help.
 func TestIntegrationTwoLinks(t *testing.T) {
-	l := lab.New(t, lab.Config{})
+	l := newLab(t, lab.Config{})
 	_, port, _ := net.SplitHostPort(listen(t, l, lab.Server, ":5201")) // wildcard: joins to the announced address need a listener
 	to := hostPort(lab.Addr(lab.Server, lab.Link1), port)
 	rate := float64(l.Config().Rate) / 1e6
@@ -207,7 +207,7 @@ func useTwoLinks(tb testing.TB, l *lab.Lab) {
 //
 //	go test -run '^$' -bench TwoLinks ./test/lab/
 func BenchmarkTwoLinks(b *testing.B) {
-	l := lab.New(b, lab.Config{})
+	l := newLab(b, lab.Config{})
 	_, port, _ := net.SplitHostPort(listen(b, l, lab.Server, ":5201"))
 	to := hostPort(lab.Addr(lab.Server, lab.Link1), port)
 	one := oneLink(b, l, to)
@@ -228,7 +228,7 @@ func BenchmarkTwoLinks(b *testing.B) {
 // TestIntegrationShaping checks that a configured rate is what tbf gets,
 // on both ends of every data link.
 func TestIntegrationShaping(t *testing.T) {
-	l := lab.New(t, lab.Config{Rate: 40_000_000})
+	l := newLab(t, lab.Config{Rate: 40_000_000})
 	for _, h := range []lab.Host{lab.Client, lab.Server} {
 		for _, k := range lab.DataLinks {
 			for _, end := range []struct {
@@ -262,7 +262,7 @@ func TestIntegrationShaping(t *testing.T) {
 // figure's second half; in the end-to-end tests the agent also restores the
 // link's routes when it comes back.)
 func TestIntegrationLinkPull(t *testing.T) {
-	l := lab.New(t, lab.Config{})
+	l := newLab(t, lab.Config{})
 	_, port, _ := net.SplitHostPort(listen(t, l, lab.Server, ":5201"))
 	to := hostPort(lab.Addr(lab.Server, lab.Link1), port)
 	useTwoLinks(t, l)

@@ -270,7 +270,7 @@ func Send(ctx context.Context, conn net.Conn, opts SendOptions) (Report, error) 
 	local := Report{From: conn.LocalAddr().String(), To: conn.RemoteAddr().String(), Expected: opts.Bytes, Seed: seed, MismatchOffset: -1, MPTCP: isMPTCP(conn)}
 	fail := func(err error) (Report, error) {
 		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
 		local.Error = err.Error()
 		return local, fmt.Errorf("send to %s: %w", local.To, err)

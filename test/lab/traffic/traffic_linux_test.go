@@ -15,6 +15,9 @@ import (
 // TestIntegrationServeSend runs a transfer over real MPTCP sockets in a
 // throwaway namespace, on an address of 198.18.0.0/15 on its loopback.
 func TestIntegrationServeSend(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration test: skipped with -short")
+	}
 	defer goleak.VerifyNone(t)
 	ns := nstest.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
