@@ -22,6 +22,7 @@ import (
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -229,6 +230,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints: endpoints, DialTimeout: 10 * time.Second, TLS: etcdTLS,
 		DialKeepAliveTime: 30 * time.Second, DialKeepAliveTimeout: 10 * time.Second,
+		Logger: etcdClientLogger(),
 	})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
@@ -287,6 +289,18 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	stop()
 	wg.Wait()
 	return err
+}
+
+// etcdClientLogger keeps the etcd client's own zap logger to errors: its
+// retry chatter is noise, and what matters reaches our log as errors.
+func etcdClientLogger() *zap.Logger {
+	cfg := zap.NewProductionConfig()
+	cfg.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
+	l, err := cfg.Build()
+	if err != nil {
+		return zap.NewNop()
+	}
+	return l
 }
 
 func isLoopback(addr string) bool {

@@ -82,7 +82,9 @@ func newHub(c *Controller, opts HubOptions) *hub {
 
 // run keeps the session lease alive and follows group changes until ctx ends.
 func (h *hub) run(ctx context.Context) {
-	go h.keepLease(ctx)
+	leaseDone := make(chan struct{})
+	go func() { defer close(leaseDone); h.keepLease(ctx) }()
+	defer func() { <-leaseDone }()
 	for ctx.Err() == nil {
 		sub, groups, _, _ := h.c.cache.Subscribe(4096)
 		h.setGroups(groups)
