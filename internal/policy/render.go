@@ -1,0 +1,546 @@
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"hash/fnv"
+	"maps"
+	"net/netip"
+	"path"
+	"slices"
+	"strconv"
+
+	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/route"
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+)
+
+// Interface is one network interface of a host as rendering sees it.
+type Interface struct {
+	Name  string
+	Index int
+	// Up is true when the link is administratively and operationally up.
+	Up bool
+	// Addrs are the interface's addresses with their subnet lengths.
+	Addrs []netip.Prefix
+	// Gateways are the gateways of the main table's routes through the
+	// interface, the preferred first.
+	Gateways []netip.Addr
+}
+
+// Rendered is a policy rendered against one host's interfaces.
+type Rendered struct {
+	// Config is the host's desired kernel state.
+	Config reconcile.HostConfig
+	// Excluded are addresses the rules selected that were left out because
+	// a namespace holds at most mptcp.MaxEndpoints endpoints, in address
+	// order.
+	Excluded []netip.Addr
+	// Problems say what of the policy could not be rendered as asked on this
+	// host (e.g. an address whose table gets no default route because no
+	// gateway is known), one sentence each.
+	Problems []string
+}
+
+// kernelDefaultLimits are the limits of a fresh namespace, which a policy
+// that does not name a limit gets: the agent owns the limits.
+var kernelDefaultLimits = mptcp.Limits{Subflows: 2, AddAddrAccepted: 0}
+
+// Render renders policy p against a host's interfaces. It is a pure
+// function: the same policy and interfaces, in any order, give the same
+// result. An invalid policy (ValidatePolicy) is an *InvalidError.
+//
+// Endpoints: the rules are taken in order; each selects the addresses, in
+// address order, that match all its criteria (interface glob with path.Match,
+// CIDR, family) and no earlier rule took; an address gets the flags and port
+// of the first rule that selects it. Link-local, loopback, multicast and
+// unspecified addresses are never selected, nor the addresses of links that
+// are down (not administratively and operationally up): the kernel is not to
+// try a path that cannot carry traffic, and when the link comes back its
+// addresses are selected again and their endpoints added anew, which makes the
+// in-kernel path manager open subflows over it on existing connections. The
+// first mptcp.MaxEndpoints selected addresses become endpoints, bound to their
+// interface; the rest are Excluded. Endpoint IDs are left 0, so that
+// reconcile.Plan keeps the ID of an endpoint that exists and picks the lowest
+// free one for a new one.
+//
+// Routing, when enabled: each endpoint address gets a rule
+// `from ADDR/32 (or /128) lookup T priority P` and in table T its connected
+// route and a default route through its gateway (see route.Source). T and P
+// share one offset into the policy's table and priority ranges, chosen by a
+// hash of the address with linear probing (addresses probing in address
+// order), so that an address keeps its table when others come and go. The
+// gateway is that of the first routing.gateways entry whose glob matches the
+// interface and whose family is the address's; else the interface's first
+// gateway of that family inside the address's subnet, or (IPv6) a link-local
+// one. With none, the table has no default route and a Problem says so.
+//
+// Limits: the agent owns them, so an unset limit is the kernel default
+// (subflows 2, add_addr_accepted 0). Enabled and the sysctls are managed
+// only when set.
+func Render(p *pb.MultipathPolicy, ifaces []Interface) (Rendered, error) {
+	var vs Violations
+	ValidatePolicy(&vs, "policy", p)
+	for i, r := range p.GetEndpoints() {
+		if r.GetPort() != 0 && slices.Contains(r.GetFlags(), pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW) {
+			vs.add(fmt.Sprintf("policy.endpoints[%d].port", i), "is set but flags include SUBFLOW (the kernel only accepts a port on signal endpoints without subflow)")
+		}
+	}
+	if err := vs.Err(); err != nil {
+		return Rendered{}, err
+	}
+	var out Rendered
+	cfg := &out.Config
+	tmin, tmax, pmin, pmax := RoutingRange(p.GetRouting())
+	cfg.Range = route.Range{TableMin: tmin, TableMax: tmax, PriorityMin: pmin, PriorityMax: pmax}
+	if p != nil && p.Enabled != nil {
+		cfg.Enabled = ptr(p.GetEnabled())
+	}
+	lim := kernelDefaultLimits
+	if l := p.GetLimits(); l != nil && l.Subflows != nil {
+		lim.Subflows = l.GetSubflows()
+	}
+	if l := p.GetLimits(); l != nil && l.AddAddrAccepted != nil {
+		lim.AddAddrAccepted = l.GetAddAddrAccepted()
+	}
+	cfg.Limits = &lim
+	cfg.Sysctls = renderSysctls(p.GetSysctls())
+
+	// Candidate addresses, each once, in address order.
+	cands := candidates(ifaces)
+	type pick struct {
+		cand
+		rule int
+	}
+	var picks []pick
+	taken := map[netip.Addr]bool{}
+	for i, r := range p.GetEndpoints() {
+		for _, c := range cands {
+			if !taken[c.addr.Addr()] && ruleMatches(r, c) {
+				taken[c.addr.Addr()] = true
+				picks = append(picks, pick{c, i})
+			}
+		}
+	}
+	if len(picks) > mptcp.MaxEndpoints {
+		for _, pk := range picks[mptcp.MaxEndpoints:] {
+			out.Excluded = append(out.Excluded, pk.addr.Addr())
+		}
+		slices.SortFunc(out.Excluded, netip.Addr.Compare)
+		picks = picks[:mptcp.MaxEndpoints]
+	}
+	slices.SortFunc(picks, func(a, b pick) int { return a.addr.Addr().Compare(b.addr.Addr()) })
+	for _, pk := range picks {
+		r := p.GetEndpoints()[pk.rule]
+		cfg.Endpoints = append(cfg.Endpoints, mptcp.Endpoint{
+			Addr:    pk.addr.Addr(),
+			Port:    uint16(r.GetPort()),
+			Flags:   FlagsFromProto(r.GetFlags()),
+			IfIndex: pk.iface.Index,
+		})
+	}
+
+	if p.GetRouting().GetEnabled() {
+		width := min(tmax-tmin, pmax-pmin) + 1
+		used := map[uint32]bool{}
+		for _, pk := range picks { // in address order
+			off := addrHash(pk.addr.Addr()) % width
+			for used[off] {
+				off = (off + 1) % width
+			}
+			used[off] = true
+			gw, problem := gateway(p.GetRouting(), pk.iface, pk.addr)
+			if problem != "" {
+				out.Problems = append(out.Problems, problem)
+			}
+			src := route.Source{
+				Addr: pk.addr, LinkIndex: pk.iface.Index, Gateway: gw,
+				Table: int(tmin + off), Priority: int(pmin + off),
+			}
+			cfg.Rules = append(cfg.Rules, src.Rule())
+			cfg.Routes = append(cfg.Routes, src.Routes()...)
+		}
+		route.SortRules(cfg.Rules)
+		route.SortRoutes(cfg.Routes)
+	}
+	if err := cfg.Validate(); err != nil {
+		return Rendered{}, fmt.Errorf("policy: rendered config: %w", err)
+	}
+	return out, nil
+}
+
+type cand struct {
+	addr  netip.Prefix
+	iface *Interface
+}
+
+// candidates returns the selectable addresses of the up interfaces, each
+// address once (the interface with the lowest name, then index, wins), in
+// address order.
+func candidates(ifaces []Interface) []cand {
+	ifs := make([]*Interface, len(ifaces))
+	for i := range ifaces {
+		ifs[i] = &ifaces[i]
+	}
+	slices.SortStableFunc(ifs, func(a, b *Interface) int {
+		return cmp.Or(cmp.Compare(a.Name, b.Name), cmp.Compare(a.Index, b.Index))
+	})
+	seen := map[netip.Addr]bool{}
+	var cs []cand
+	for _, ifc := range ifs {
+		if !ifc.Up || ifc.Index <= 0 {
+			continue
+		}
+		for _, a := range ifc.Addrs {
+			if !a.IsValid() {
+				continue
+			}
+			if !Selectable(a.Addr()) || seen[a.Addr()] {
+				continue
+			}
+			seen[a.Addr()] = true
+			cs = append(cs, cand{addr: a, iface: ifc})
+		}
+	}
+	slices.SortFunc(cs, func(x, y cand) int { return x.addr.Addr().Compare(y.addr.Addr()) })
+	return cs
+}
+
+// Selectable reports whether a can ever become an MPTCP endpoint: it is a
+// unicast address that is not link-local, loopback or unspecified, without a
+// zone.
+func Selectable(a netip.Addr) bool {
+	return a.IsValid() && a.Zone() == "" && !a.Is4In6() && !a.IsUnspecified() && !a.IsLoopback() &&
+		!a.IsLinkLocalUnicast() && !a.IsMulticast() && !a.IsInterfaceLocalMulticast()
+}
+
+func ruleMatches(r *pb.EndpointRule, c cand) bool {
+	a := c.addr.Addr()
+	switch r.GetFamily() {
+	case pb.AddressFamily_ADDRESS_FAMILY_IPV4:
+		if !a.Is4() {
+			return false
+		}
+	case pb.AddressFamily_ADDRESS_FAMILY_IPV6:
+		if a.Is4() {
+			return false
+		}
+	}
+	if g := r.GetInterface(); g != "" {
+		if ok, err := path.Match(g, c.iface.Name); err != nil || !ok {
+			return false
+		}
+	}
+	if s := r.GetCidr(); s != "" {
+		pfx, err := netip.ParsePrefix(s)
+		if err != nil || !pfx.Contains(a) {
+			return false
+		}
+	}
+	return true
+}
+
+// gateway picks the gateway of address a on ifc; without one it returns a
+// problem.
+func gateway(r *pb.Routing, ifc *Interface, a netip.Prefix) (netip.Addr, string) {
+	v4 := a.Addr().Is4()
+	for _, o := range r.GetGateways() {
+		gw, err := netip.ParseAddr(o.GetGateway())
+		if err != nil || gw.Unmap().Is4() != v4 {
+			continue
+		}
+		if ok, err := path.Match(o.GetInterface(), ifc.Name); err == nil && ok {
+			return gw.Unmap(), ""
+		}
+	}
+	var linkLocal netip.Addr
+	for _, gw := range ifc.Gateways {
+		gw = gw.Unmap()
+		if !gw.IsValid() || gw.Is4() != v4 || gw.Zone() != "" {
+			continue
+		}
+		if a.Masked().Contains(gw) && gw != a.Addr() {
+			return gw, ""
+		}
+		if !v4 && gw.IsLinkLocalUnicast() && !linkLocal.IsValid() {
+			linkLocal = gw
+		}
+	}
+	if linkLocal.IsValid() {
+		return linkLocal, ""
+	}
+	fam := "IPv4"
+	if !v4 {
+		fam = "IPv6"
+	}
+	return netip.Addr{}, fmt.Sprintf("%s on %s: no %s gateway known in %s, so its table gets no default route (name one in routing.gateways)",
+		a.Addr(), ifc.Name, fam, a.Masked())
+}
+
+// addrHash is FNV-1a over the 16-byte form of a: fixed, so that a table
+// assignment never changes between versions.
+func addrHash(a netip.Addr) uint32 {
+	h := fnv.New32a()
+	b := a.As16()
+	_, _ = h.Write(b[:])
+	return h.Sum32()
+}
+
+// renderSysctls maps the policy's sysctls to their names under net.mptcp.
+func renderSysctls(s *pb.Sysctls) map[string]string {
+	m := map[string]string{}
+	str := func(name string, v *string) {
+		if v != nil {
+			m["net.mptcp."+name] = *v
+		}
+	}
+	num := func(name string, v *uint32) {
+		if v != nil {
+			m["net.mptcp."+name] = strconv.FormatUint(uint64(*v), 10)
+		}
+	}
+	boolean := func(name string, v *bool) {
+		if v != nil {
+			m["net.mptcp."+name] = boolString(*v)
+		}
+	}
+	if s == nil {
+		return nil
+	}
+	str("scheduler", s.Scheduler)
+	str("path_manager", s.PathManager)
+	boolean("checksum_enabled", s.ChecksumEnabled)
+	num("add_addr_timeout", s.AddAddrTimeout)
+	boolean("allow_join_initial_addr_port", s.AllowJoinInitialAddrPort)
+	num("stale_loss_cnt", s.StaleLossCnt)
+	num("blackhole_timeout", s.BlackholeTimeout)
+	num("close_timeout", s.CloseTimeout)
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+func boolString(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+func ptr[T any](v T) *T { return &v }
+
+var flagMap = []struct {
+	pb pb.EndpointFlag
+	f  mptcp.Flags
+}{
+	{pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL, mptcp.FlagSignal},
+	{pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW, mptcp.FlagSubflow},
+	{pb.EndpointFlag_ENDPOINT_FLAG_BACKUP, mptcp.FlagBackup},
+	{pb.EndpointFlag_ENDPOINT_FLAG_FULLMESH, mptcp.FlagFullmesh},
+	{pb.EndpointFlag_ENDPOINT_FLAG_LAMINAR, mptcp.FlagLaminar},
+}
+
+// FlagsFromProto converts API endpoint flags to the kernel's; unknown ones
+// are left out.
+func FlagsFromProto(fs []pb.EndpointFlag) mptcp.Flags {
+	var out mptcp.Flags
+	for _, f := range fs {
+		for _, m := range flagMap {
+			if m.pb == f {
+				out |= m.f
+			}
+		}
+	}
+	return out
+}
+
+// FlagsToProto converts kernel endpoint flags to the API's, in the enum's
+// order; the kernel-only implicit flag has no API value and is left out.
+func FlagsToProto(f mptcp.Flags) []pb.EndpointFlag {
+	var out []pb.EndpointFlag
+	for _, m := range flagMap {
+		if f&m.f != 0 {
+			out = append(out, m.pb)
+		}
+	}
+	return out
+}
+
+// InterfacesFromFacts returns the interfaces of an agent's facts; addresses
+// and gateways that do not parse are left out.
+func InterfacesFromFacts(f *pb.HostFacts) []Interface {
+	var out []Interface
+	for _, fi := range f.GetInterfaces() {
+		ifc := Interface{Name: fi.GetName(), Index: int(fi.GetIndex()), Up: fi.GetUp()}
+		for _, s := range fi.GetAddresses() {
+			if p, err := netip.ParsePrefix(s); err == nil {
+				ifc.Addrs = append(ifc.Addrs, p)
+			} else if a, err := netip.ParseAddr(s); err == nil {
+				ifc.Addrs = append(ifc.Addrs, netip.PrefixFrom(a, a.BitLen()))
+			}
+		}
+		for _, s := range fi.GetGateways() {
+			if a, err := netip.ParseAddr(s); err == nil {
+				ifc.Gateways = append(ifc.Gateways, a)
+			}
+		}
+		out = append(out, ifc)
+	}
+	return out
+}
+
+// linkNames maps interface indexes to names: ifaces first, then links.
+func linkNames(ifaces []Interface, links map[int]string) map[int]string {
+	m := maps.Clone(links)
+	if m == nil {
+		m = map[int]string{}
+	}
+	for _, i := range ifaces {
+		if i.Index > 0 && i.Name != "" {
+			m[i.Index] = i.Name
+		}
+	}
+	return m
+}
+
+// AppliedFromState renders a state read back from the kernel for the API,
+// naming interfaces from ifaces (or the state's own link names).
+func AppliedFromState(s reconcile.State, ifaces []Interface) *pb.AppliedState {
+	names := linkNames(ifaces, s.Links)
+	a := &pb.AppliedState{}
+	eps := slices.Clone(s.Endpoints)
+	slices.SortFunc(eps, func(x, y mptcp.Endpoint) int { return cmp.Or(cmp.Compare(x.ID, y.ID), x.Addr.Compare(y.Addr)) })
+	for _, e := range eps {
+		a.Endpoints = append(a.Endpoints, &pb.AppliedEndpoint{
+			Id: uint32(e.ID), Address: e.Addr.String(), Port: uint32(e.Port),
+			Flags: FlagsToProto(e.Flags), Interface: names[e.IfIndex],
+		})
+	}
+	if s.Limits != nil {
+		a.Limits = &pb.Limits{Subflows: ptr(s.Limits.Subflows), AddAddrAccepted: ptr(s.Limits.AddAddrAccepted)}
+	}
+	rules := slices.Clone(s.Rules)
+	route.SortRules(rules)
+	for _, r := range rules {
+		a.Rules = append(a.Rules, &pb.AppliedRule{Priority: uint32(r.Priority), From: r.Src.String(), Table: uint32(r.Table)})
+	}
+	routes := slices.Clone(s.Routes)
+	route.SortRoutes(routes)
+	for _, r := range routes {
+		ar := &pb.AppliedRoute{Table: uint32(r.Table), Destination: r.Dst.String(), Interface: names[r.LinkIndex]}
+		if r.Gateway.IsValid() {
+			ar.Gateway = r.Gateway.String()
+		}
+		if r.Src.IsValid() {
+			ar.Source = r.Src.String()
+		}
+		a.Routes = append(a.Routes, ar)
+	}
+	if s.Enabled != nil || len(s.Sysctls) > 0 {
+		a.Sysctls = map[string]string{}
+	}
+	for name, v := range s.Sysctls {
+		a.Sysctls[shortSysctl(name)] = v
+	}
+	if s.Enabled != nil {
+		a.Sysctls["enabled"] = boolString(*s.Enabled)
+	}
+	return a
+}
+
+func shortSysctl(name string) string {
+	if len(name) > len("net.mptcp.") && name[:len("net.mptcp.")] == "net.mptcp." {
+		return name[len("net.mptcp."):]
+	}
+	return name
+}
+
+// StateFromApplied is the inverse of AppliedFromState: the kernel state an
+// agent reported, as reconcile.Plan takes it, with interface names resolved
+// through ifaces (the host's facts). Entries that do not parse, and those on
+// an interface ifaces does not name, are left out. A connected IPv4 route
+// gets scope link, as mpfleet makes them.
+func StateFromApplied(a *pb.AppliedState, ifaces []Interface) reconcile.State {
+	byName := map[string]int{}
+	for _, i := range ifaces {
+		if i.Name != "" && i.Index > 0 {
+			if _, dup := byName[i.Name]; !dup {
+				byName[i.Name] = i.Index
+			}
+		}
+	}
+	s := reconcile.State{Links: linkNames(ifaces, nil)}
+	index := func(name string) (int, bool) {
+		if name == "" {
+			return 0, true
+		}
+		i, ok := byName[name]
+		return i, ok
+	}
+	for _, e := range a.GetEndpoints() {
+		addr, err := netip.ParseAddr(e.GetAddress())
+		idx, ok := index(e.GetInterface())
+		if err != nil || !ok || e.GetId() > 255 || e.GetPort() > 65535 {
+			continue
+		}
+		s.Endpoints = append(s.Endpoints, mptcp.Endpoint{
+			ID: uint8(e.GetId()), Addr: addr, Port: uint16(e.GetPort()),
+			Flags: FlagsFromProto(e.GetFlags()), IfIndex: idx,
+		})
+	}
+	if l := a.GetLimits(); l != nil {
+		s.Limits = &mptcp.Limits{Subflows: l.GetSubflows(), AddAddrAccepted: l.GetAddAddrAccepted()}
+	}
+	for _, r := range a.GetRules() {
+		src, err := netip.ParsePrefix(r.GetFrom())
+		if err != nil {
+			continue
+		}
+		s.Rules = append(s.Rules, route.Rule{Priority: int(r.GetPriority()), Src: src, Table: int(r.GetTable())}.Canonical())
+	}
+	for _, r := range a.GetRoutes() {
+		dst, err := netip.ParsePrefix(r.GetDestination())
+		idx, ok := byName[r.GetInterface()]
+		if err != nil || !ok {
+			continue
+		}
+		x := route.Route{Table: int(r.GetTable()), Dst: dst, LinkIndex: idx}
+		if r.GetGateway() != "" {
+			if x.Gateway, err = netip.ParseAddr(r.GetGateway()); err != nil {
+				continue
+			}
+		}
+		if r.GetSource() != "" {
+			if x.Src, err = netip.ParseAddr(r.GetSource()); err != nil {
+				continue
+			}
+		}
+		if dst.Addr().Is4() && !x.Gateway.IsValid() {
+			x.Scope = route.ScopeLink
+		}
+		s.Routes = append(s.Routes, x.Canonical())
+	}
+	for name, v := range a.GetSysctls() {
+		if name == "enabled" {
+			s.Enabled = ptr(v != "0")
+			continue
+		}
+		if s.Sysctls == nil {
+			s.Sysctls = map[string]string{}
+		}
+		s.Sysctls["net.mptcp."+name] = v
+	}
+	return s
+}
+
+// OpsToProto renders a plan for the API: each op's kind and its dry-run
+// description.
+func OpsToProto(ops reconcile.Ops) []*pb.PlanOperation {
+	out := make([]*pb.PlanOperation, 0, len(ops))
+	for _, op := range ops {
+		out = append(out, &pb.PlanOperation{Kind: string(op.Kind), Description: op.String()})
+	}
+	return out
+}
