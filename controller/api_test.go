@@ -43,7 +43,7 @@ func quietLog() *slog.Logger {
 
 // start runs a controller on an embedded etcd and a real gRPC listener on
 // loopback, all stopped when the test ends.
-func start(t *testing.T) *env {
+func start(t testing.TB) *env {
 	t.Helper()
 	_, cli := etcdtest.Embedded(t)
 	st := store.New(cli, "/mpfleet/v1/")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mpfleet/mpfleet/internal/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // FreePort returns a loopback TCP port that was free a moment ago.
@@ -49,7 +50,7 @@ func Embedded(t testing.TB) (*store.Embedded, *clientv3.Client) {
 // Client dials endpoints and closes the client when the test ends.
 func Client(t testing.TB, endpoints []string) *clientv3.Client {
 	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatalf("etcd client: %v", err)
 	}
