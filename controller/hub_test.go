@@ -336,3 +336,76 @@ func TestWatchHosts(t *testing.T) {
 		}
 	}
 }
+
+func TestPlanPolicy(t *testing.T) {
+	e := start(t)
+	ctx := ctxT(t)
+	if _, err := e.groups.CreateGroup(ctx, &pb.CreateGroupRequest{GroupId: "web", Group: webGroup()}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := e.agents.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	facts := &pb.HostFacts{KernelVersion: "6.18", MptcpSupported: true, Interfaces: []*pb.Interface{
+		{Name: "lo", Index: 1, Up: true, Addresses: []string{"127.0.0.1/8"}},
+		{Name: "eth1", Index: 2, Up: true, Addresses: []string{"198.18.1.2/24"}, Gateways: []string{"198.18.1.1"}},
+		{Name: "eth2", Index: 3, Up: true, Addresses: []string{"198.18.2.2/24"}, Gateways: []string{"198.18.2.1"}},
+		{Name: "mgmt0", Index: 4, Up: true, Addresses: []string{"198.18.100.2/24"}},
+	}}
+	if err := stream.Send(&pb.ConnectRequest{Kind: &pb.ConnectRequest_Hello{Hello: &pb.AgentHello{
+		HostId: "h1", Labels: map[string]string{"role": "web"}, Facts: facts}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	waitHost(t, e, "hosts/h1", func(h *pb.Host) bool { return h.Connected })
+
+	resp, err := e.hosts.PlanPolicy(ctx, &pb.PlanPolicyRequest{Group: "groups/web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Hosts) != 1 || resp.Hosts[0].Host != "hosts/h1" || resp.Hosts[0].Error != "" {
+		t.Fatalf("plan = %v", resp)
+	}
+	var endpoints, rules int
+	for _, op := range resp.Hosts[0].Operations {
+		switch op.Kind {
+		case "add-endpoint":
+			endpoints++
+		case "add-rule":
+			rules++
+		}
+		if op.Description == "" {
+			t.Fatalf("op without description: %v", op)
+		}
+	}
+	if endpoints != 2 || rules != 2 {
+		t.Fatalf("plan for eth* with routing on 2 links: %d endpoints, %d rules; ops %v", endpoints, rules, resp.Hosts[0].Operations)
+	}
+	// A candidate selecting only eth2.
+	cand := proto.Clone(webGroup().Policy).(*pb.MultipathPolicy)
+	cand.Endpoints[0].Interface = "eth2"
+	resp, err = e.hosts.PlanPolicy(ctx, &pb.PlanPolicyRequest{Group: "groups/web", Policy: cand})
+	if err != nil {
+		t.Fatal(err)
+	}
+	endpoints = 0
+	for _, op := range resp.Hosts[0].Operations {
+		if op.Kind == "add-endpoint" {
+			endpoints++
+		}
+	}
+	if endpoints != 1 {
+		t.Fatalf("candidate plan: %d endpoints, want 1: %v", endpoints, resp.Hosts[0].Operations)
+	}
+	// An invalid candidate names the field; an unknown group is NOT_FOUND.
+	cand.Limits.Subflows = proto.Uint32(9)
+	_, err = e.hosts.PlanPolicy(ctx, &pb.PlanPolicyRequest{Group: "groups/web", Policy: cand})
+	if st := wantCode(t, err, codes.InvalidArgument); fmt.Sprint(violatedFields(st)) != "[policy.limits.subflows]" {
+		t.Fatalf("violations = %v", violatedFields(st))
+	}
+	_, err = e.hosts.PlanPolicy(ctx, &pb.PlanPolicyRequest{Group: "groups/nope"})
+	wantCode(t, err, codes.NotFound)
+}

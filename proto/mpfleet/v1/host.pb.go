@@ -1467,7 +1467,10 @@ type HostPlan struct {
 	// Addresses left out because of the kernel's 8-endpoint maximum.
 	ExcludedAddresses []string `protobuf:"bytes,3,rep,name=excluded_addresses,json=excludedAddresses,proto3" json:"excluded_addresses,omitempty"`
 	// Why the host could not be planned, if it could not.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// What of the policy cannot be rendered as asked on this host (e.g. no
+	// gateway known for an address), one sentence each.
+	Problems      []string `protobuf:"bytes,5,rep,name=problems,proto3" json:"problems,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1528,6 +1531,13 @@ func (x *HostPlan) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *HostPlan) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
 }
 
 var File_mpfleet_v1_host_proto protoreflect.FileDescriptor
@@ -1648,14 +1658,15 @@ const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x123\n" +
 	"\x06policy\x18\x02 \x01(\v2\x1b.mpfleet.v1.MultipathPolicyR\x06policy\"@\n" +
 	"\x12PlanPolicyResponse\x12*\n" +
-	"\x05hosts\x18\x01 \x03(\v2\x14.mpfleet.v1.HostPlanR\x05hosts\"\x9e\x01\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x14.mpfleet.v1.HostPlanR\x05hosts\"\xba\x01\n" +
 	"\bHostPlan\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x129\n" +
 	"\n" +
 	"operations\x18\x02 \x03(\v2\x19.mpfleet.v1.PlanOperationR\n" +
 	"operations\x12-\n" +
 	"\x12excluded_addresses\x18\x03 \x03(\tR\x11excludedAddresses\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error*\xd7\x01\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12\x1a\n" +
+	"\bproblems\x18\x05 \x03(\tR\bproblems*\xd7\x01\n" +
 	"\tSyncState\x12\x1a\n" +
 	"\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12SYNC_STATE_IN_SYNC\x10\x01\x12\x17\n" +
