@@ -72,6 +72,9 @@ func New(t testing.TB) *NS {
 
 // Create makes a named network namespace without changing the caller's.
 func Create(name string) (*NS, error) {
+	if err := PrepareRunDir(); err != nil {
+		return nil, fmt.Errorf("prepare %s: %w", runDir, err)
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()

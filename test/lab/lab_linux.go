@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -151,38 +150,8 @@ func randomPrefix() string {
 	return BasePrefix + string(alphabet[int(b[0])%len(alphabet)]) + string(alphabet[int(b[1])%len(alphabet)])
 }
 
-// prepareRunDir makes /run/netns a shared mount point, as `ip netns add`
-// does the first time it runs. Were it done later, over namespaces the lab
-// has mounted there, it would hide their mounts under a recursive bind
-// mount: the lab could then unmount only the copies and not delete the
-// files (EBUSY). It is done only while no namespace is mounted there, so
-// that it never hides anyone else's.
-func prepareRunDir() error {
-	const dir = "/run/netns"
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return err
-	}
-	for line := range strings.Lines(string(mounts)) {
-		f := strings.Fields(line)
-		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			return nil // a mount point already, or namespaces are mounted in it
-		}
-	}
-	if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind mount %s: %w", dir, err)
-	}
-	if err := unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("make %s shared: %w", dir, err)
-	}
-	return nil
-}
-
 func up(ctx context.Context, cfg Config) (*Lab, error) {
-	if err := prepareRunDir(); err != nil {
+	if err := nstest.PrepareRunDir(); err != nil {
 		return nil, fmt.Errorf("lab: prepare /run/netns: %w", err)
 	}
 	l := &Lab{
