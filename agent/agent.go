@@ -1,0 +1,971 @@
+// Package agent is mpfleet's agent: one per host (per network namespace), it
+// connects to the controller, renders its group's policy against the local
+// interfaces, reconciles the kernel through netlink (endpoints, limits,
+// sysctls, policy routing), keeps it so as addresses and links change and
+// the kernel drifts, and reports state, MPTCP health and events of note.
+//
+// The Agent takes its kernel (a reconcile.Kernel per owned routing range)
+// and its view of the host (System) as options, so that tests run many
+// agents in-process against reconcile.FakeKernel and a fake System, and the
+// real program (Run) against NetlinkSystem and reconcile.NetlinkKernel.
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/policy"
+	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/route"
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+)
+
+// Version is the agent's version, as reported in its hello. Set it at build
+// time with -ldflags "-X github.com/mpfleet/mpfleet/agent.Version=v1.2.3".
+var Version = "dev"
+
+// KernelOpener opens the reconcile.Kernel of the agent's namespace for an
+// owned routing range. The agent opens a new one when a policy moves the
+// range, and closes a kernel that implements io.Closer when done with it.
+type KernelOpener func(rng route.Range) (reconcile.Kernel, error)
+
+// Options configure an Agent. HostID, Controller, Kernel and System are
+// required; zero durations take the defaults.
+type Options struct {
+	// HostID names the host in the fleet: lower-case letters, digits, '-'
+	// and '.'.
+	HostID string
+	// Labels are what groups select the host by.
+	Labels map[string]string
+	// Controller is the controller's address, host:port.
+	Controller string
+	// Credentials secure the connection (TLS, mutual TLS); nil is plaintext.
+	Credentials credentials.TransportCredentials
+	// Token is a bearer token sent with the stream; over plaintext it is
+	// only allowed to a loopback controller.
+	Token string
+	// StateDir keeps the last good configuration; "" keeps nothing.
+	StateDir string
+	// DryRun computes and reports plans and touches nothing.
+	DryRun bool
+	// ResyncInterval is how often the kernel is compared with the desired
+	// state when nothing announced a change (default 30s).
+	ResyncInterval time.Duration
+	// ConfirmTimeout is how long the controller has to echo the confirm
+	// after a new revision was applied before the agent reverts it
+	// (default 10s).
+	ConfirmTimeout time.Duration
+	// ReportInterval is how often health is reported (default 10s).
+	ReportInterval time.Duration
+	// Debounce is how long after an address or link change the agent waits
+	// for more before it reconciles (default 2ms).
+	Debounce time.Duration
+	// BackoffMin and BackoffMax bound the reconnect backoff (default 200ms
+	// and 30s, full jitter).
+	BackoffMin, BackoffMax time.Duration
+	// ConnectTimeout bounds one connection attempt (default 10s).
+	ConnectTimeout time.Duration
+	// Kernel opens the kernel to reconcile.
+	Kernel KernelOpener
+	// System observes the host.
+	System System
+	// Logger receives the agent's log; nil discards it.
+	Logger *slog.Logger
+	// Version is reported in the hello (default: the package's Version).
+	Version string
+}
+
+var hostIDRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
+
+// ValidateHostID checks a host id as the controller does.
+func ValidateHostID(id string) error {
+	if !hostIDRe.MatchString(id) {
+		return fmt.Errorf("host id %q: use 1-253 lower-case letters, digits, '-' and '.', starting and ending with a letter or digit", id)
+	}
+	return nil
+}
+
+// Agent is one host's agent. Create it with New and run it with Run.
+type Agent struct {
+	opts Options
+	log  *slog.Logger
+
+	sessionC chan *session // connectLoop → loop: a new session
+	confirmC chan uint64   // echoed nonces
+
+	desiredMu sync.Mutex
+	desired   *pb.DesiredConfig // offered by the controller, not yet taken
+	desiredC  chan struct{}     // cap 1: desired was set
+
+	problemMu sync.Mutex
+	problems  []error       // connection-level rejections to report
+	problemC  chan struct{} // cap 1
+
+	trigger chan struct{} // cap 1: an address or link changed
+
+	downMu sync.Mutex
+	down   map[int]bool // links seen going down since the last reconcile
+
+	applied atomic.Pointer[appliedRevision] // what the hello says is applied
+
+	// localAddr, if set, replaces the controller connection's local
+	// address (tests).
+	localAddr func() netip.Addr
+}
+
+type appliedRevision struct {
+	group    string
+	revision int64
+}
+
+// New checks opts and returns an agent.
+func New(opts Options) (*Agent, error) {
+	if err := ValidateHostID(opts.HostID); err != nil {
+		return nil, err
+	}
+	var vs policy.Violations
+	policy.ValidateLabels(&vs, "labels", opts.Labels)
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	switch {
+	case opts.Controller == "":
+		return nil, errors.New("agent: no controller address")
+	case opts.Kernel == nil:
+		return nil, errors.New("agent: no kernel")
+	case opts.System == nil:
+		return nil, errors.New("agent: no system")
+	case opts.Token != "" && opts.Credentials == nil && !isLoopback(opts.Controller):
+		return nil, fmt.Errorf("agent: refusing to send a bearer token in plaintext to %s: use TLS", opts.Controller)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&opts.ResyncInterval, 30*time.Second)
+	def(&opts.ConfirmTimeout, 10*time.Second)
+	def(&opts.ReportInterval, 10*time.Second)
+	def(&opts.Debounce, 2*time.Millisecond)
+	def(&opts.BackoffMin, 200*time.Millisecond)
+	def(&opts.BackoffMax, 30*time.Second)
+	def(&opts.ConnectTimeout, 10*time.Second)
+	if opts.Version == "" {
+		opts.Version = Version
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{
+		opts: opts, log: log.With("host", opts.HostID),
+		sessionC: make(chan *session),
+		confirmC: make(chan uint64, 16),
+		desiredC: make(chan struct{}, 1),
+		problemC: make(chan struct{}, 1),
+		trigger:  make(chan struct{}, 1),
+		down:     map[int]bool{},
+	}, nil
+}
+
+// isLoopback reports whether host:port names a loopback address or
+// "localhost".
+func isLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		host = hostport
+	}
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+// Run runs the agent until ctx ends: it re-applies the last good
+// configuration from the state dir, then connects to the controller (and
+// reconnects with backoff), follows address and link changes and resyncs
+// periodically. It leaves the kernel as it is when it returns. It returns
+// nil when ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	l := &loop{a: a, log: a.log, flapped: map[int]bool{}}
+	defer l.closeKernel()
+	l.boot(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { a.watchLoop(ctx) })
+	wg.Go(func() { a.connectLoop(ctx) })
+	l.run(ctx)
+	cancel()
+	wg.Wait()
+	return nil
+}
+
+// watchLoop follows address and link changes; when the subscription
+// breaks it forces a reconcile (changes may have been missed) and
+// subscribes again.
+func (a *Agent) watchLoop(ctx context.Context) {
+	for {
+		err := a.opts.System.Watch(ctx, a.notifyChange)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("address and link watch broke; resubscribing", "err", err)
+		a.kick()
+		t := time.NewTimer(time.Second)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+func (a *Agent) notifyChange(c Change) {
+	if !c.Addr && c.Down {
+		a.downMu.Lock()
+		a.down[c.Link] = true
+		a.downMu.Unlock()
+	}
+	a.kick()
+}
+
+func (a *Agent) kick() {
+	select {
+	case a.trigger <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) takeDown() map[int]bool {
+	a.downMu.Lock()
+	defer a.downMu.Unlock()
+	d := a.down
+	a.down = map[int]bool{}
+	return d
+}
+
+// offerDesired hands the controller's latest desired configuration to the
+// loop; one not yet taken is replaced.
+func (a *Agent) offerDesired(d *pb.DesiredConfig) {
+	a.desiredMu.Lock()
+	a.desired = d
+	a.desiredMu.Unlock()
+	select {
+	case a.desiredC <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) takeDesired() *pb.DesiredConfig {
+	a.desiredMu.Lock()
+	defer a.desiredMu.Unlock()
+	d := a.desired
+	a.desired = nil
+	return d
+}
+
+func (a *Agent) offerProblem(err error) {
+	a.problemMu.Lock()
+	a.problems = append(a.problems, err)
+	a.problemMu.Unlock()
+	select {
+	case a.problemC <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) takeProblems() []error {
+	a.problemMu.Lock()
+	defer a.problemMu.Unlock()
+	p := a.problems
+	a.problems = nil
+	return p
+}
+
+// reason is why a reconcile runs.
+type reason int
+
+const (
+	reasonDesired reason = iota // a desired configuration arrived
+	reasonEvent                 // an address or link changed
+	reasonResync                // the periodic resync
+	reasonRestore               // boot: the last good configuration
+)
+
+// Limits of what a report carries (the controller rejects more).
+const (
+	maxReportError = 4096
+	maxReportPlan  = 1024
+	maxPending     = 64
+)
+
+// loop is the agent's single goroutine that owns the kernel and all state:
+// every reconcile, report and event happens on it, in order.
+type loop struct {
+	a   *Agent
+	log *slog.Logger
+
+	sess  *session
+	local netip.Addr // local address of the last controller connection
+
+	effective *pb.DesiredConfig // what the kernel is kept at; nil: hands off
+	lastGood  *pb.DesiredConfig // last MANAGED config applied and confirmed
+	held      *pb.DesiredConfig // rolled back: not re-applied until another comes
+
+	kernel       reconcile.Kernel
+	krange       route.Range
+	lastRendered []byte       // JSON of the HostConfig last brought about
+	flapped      map[int]bool // links that were down since their endpoints were made
+
+	state       pb.SyncState
+	lastError   string
+	lastFailMsg string // of the last APPLY_FAILED event, not to repeat it
+	lastPlan    reconcile.Ops
+	excluded    []netip.Addr
+	applied     *pb.AppliedState
+	facts       *pb.HostFacts
+	sentFacts   *pb.HostFacts
+	dryRevision int64 // dry run: the revision the kernel matches
+	pending     []*pb.AgentEvent
+}
+
+func (l *loop) run(ctx context.Context) {
+	resync := time.NewTicker(l.a.opts.ResyncInterval)
+	defer resync.Stop()
+	report := time.NewTicker(l.a.opts.ReportInterval)
+	defer report.Stop()
+	var debounce <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case s := <-l.a.sessionC:
+			l.connected(ctx, s)
+		case <-l.sessDone():
+			l.sess = nil
+		case <-l.a.desiredC:
+			if d := l.a.takeDesired(); d != nil {
+				l.onDesired(ctx, d)
+			}
+		case <-l.a.problemC:
+			l.onProblems()
+		case <-l.a.trigger:
+			if debounce == nil {
+				debounce = time.After(l.a.opts.Debounce)
+			}
+		case <-debounce:
+			debounce = nil
+			l.reconcile(ctx, reasonEvent)
+		case <-resync.C:
+			l.reconcile(ctx, reasonResync)
+		case <-report.C:
+			l.sendReport(ctx)
+		case <-l.a.confirmC:
+			// A late echo: nothing waits for it any more.
+		}
+	}
+}
+
+func (l *loop) sessDone() <-chan struct{} {
+	if l.sess == nil {
+		return nil
+	}
+	return l.sess.done
+}
+
+// connected adopts a new session: queued events, then the current state.
+func (l *loop) connected(ctx context.Context, s *session) {
+	l.sess = s
+	if s.local.IsValid() {
+		l.local = s.local
+	}
+	l.sentFacts = nil
+	pending := l.pending
+	l.pending = nil
+	for _, ev := range pending {
+		l.sendEvent(ev)
+	}
+	l.sendReport(ctx)
+}
+
+// send sends m on the session, if there is one that works.
+func (l *loop) send(m *pb.ConnectRequest) bool {
+	if l.sess == nil {
+		return false
+	}
+	if err := l.sess.send(m); err != nil {
+		l.log.Debug("send to the controller", "err", err)
+		l.sess = nil // connectLoop sees the stream end and reconnects
+		return false
+	}
+	return true
+}
+
+func (l *loop) sendEvent(ev *pb.AgentEvent) {
+	if l.send(&pb.ConnectRequest{Kind: &pb.ConnectRequest_Event{Event: ev}}) {
+		return
+	}
+	if len(l.pending) == maxPending {
+		l.pending = l.pending[1:]
+	}
+	l.pending = append(l.pending, ev)
+}
+
+func (l *loop) event(kind pb.AgentEvent_Kind, d *pb.DesiredConfig, msg string, ops reconcile.Ops) {
+	l.log.Info("event", "kind", kind.String(), "group", d.GetGroup(), "revision", d.GetRevision(), "msg", msg, "ops", len(ops))
+	l.sendEvent(&pb.AgentEvent{
+		Kind: kind, Group: d.GetGroup(), Revision: d.GetRevision(), Message: truncate(msg, maxReportError),
+		Operations: capOps(ops),
+	})
+}
+
+func capOps(ops reconcile.Ops) []*pb.PlanOperation {
+	p := policy.OpsToProto(ops)
+	if len(p) > maxReportPlan {
+		p = p[:maxReportPlan]
+	}
+	return p
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+func (l *loop) sendReport(ctx context.Context) {
+	if l.sess == nil {
+		return
+	}
+	r := &pb.AgentReport{
+		SyncState: l.state,
+		LastError: truncate(l.lastError, maxReportError),
+		LastPlan:  capOps(l.lastPlan),
+		Applied:   l.applied,
+	}
+	if l.lastGood != nil {
+		r.Group, r.AppliedRevision = l.lastGood.GetGroup(), l.lastGood.GetRevision()
+	}
+	if l.a.opts.DryRun && l.dryRevision != 0 {
+		r.Group, r.AppliedRevision = l.effective.GetGroup(), l.dryRevision
+	}
+	for _, a := range l.excluded {
+		r.ExcludedAddresses = append(r.ExcludedAddresses, a.String())
+	}
+	if h, err := l.a.opts.System.Health(ctx); err == nil {
+		r.Health = h
+	} else {
+		l.log.Debug("health", "err", err)
+	}
+	if l.facts != nil && !proto.Equal(l.facts, l.sentFacts) && !proto.Equal(l.facts, l.sess.helloFacts) {
+		r.Facts = l.facts
+	}
+	if l.send(&pb.ConnectRequest{Kind: &pb.ConnectRequest_Report{Report: r}}) && r.Facts != nil {
+		l.sentFacts = r.Facts
+	}
+}
+
+// setState sets the sync state and last error.
+func (l *loop) setState(s pb.SyncState, lastError string) {
+	if s != l.state || lastError != l.lastError {
+		l.log.Info("sync state", "state", s.String(), "error", lastError)
+	}
+	l.state, l.lastError = s, lastError
+}
+
+// boot re-applies the last good configuration from the state dir, before
+// and without the controller.
+func (l *loop) boot(ctx context.Context) {
+	if l.a.opts.StateDir == "" {
+		return
+	}
+	d, err := loadState(l.a.opts.StateDir)
+	if err != nil {
+		l.log.Error("cannot read the state dir; starting without a last good configuration", "err", err)
+		l.setState(pb.SyncState_SYNC_STATE_FAILED, err.Error())
+		return
+	}
+	if d == nil || d.GetAssignment() != pb.DesiredConfig_ASSIGNMENT_MANAGED {
+		return
+	}
+	l.log.Info("restoring the last good configuration", "group", d.GetGroup(), "revision", d.GetRevision())
+	l.lastGood, l.effective = d, d
+	l.publishApplied()
+	l.reconcile(ctx, reasonRestore)
+}
+
+func (l *loop) publishApplied() {
+	if l.lastGood == nil {
+		l.a.applied.Store(nil)
+		return
+	}
+	l.a.applied.Store(&appliedRevision{group: l.lastGood.GetGroup(), revision: l.lastGood.GetRevision()})
+}
+
+// commit records d as the last good configuration, on disk too.
+func (l *loop) commit(d *pb.DesiredConfig) {
+	l.lastGood = d
+	l.publishApplied()
+	l.save(d)
+}
+
+func (l *loop) save(d *pb.DesiredConfig) {
+	if l.a.opts.StateDir == "" || l.a.opts.DryRun {
+		return
+	}
+	if err := saveState(l.a.opts.StateDir, d, time.Now()); err != nil {
+		l.log.Error("cannot save the state", "err", err)
+	}
+}
+
+// sameConfig reports whether a and b are the same revision of the same
+// group's policy.
+func sameConfig(a, b *pb.DesiredConfig) bool {
+	return a != nil && b != nil && a.GetAssignment() == b.GetAssignment() && a.GetGroup() == b.GetGroup() &&
+		a.GetRevision() == b.GetRevision() && proto.Equal(a.GetPolicy(), b.GetPolicy())
+}
+
+func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
+	if err := validateDesired(d); err != nil {
+		msg := "desired configuration rejected: " + err.Error()
+		l.log.Warn("rejected a desired configuration", "group", d.GetGroup(), "revision", d.GetRevision(), "err", err)
+		l.setState(pb.SyncState_SYNC_STATE_FAILED, msg)
+		l.event(pb.AgentEvent_KIND_APPLY_FAILED, d, msg, nil)
+		l.lastFailMsg = msg
+		l.sendReport(ctx)
+		return
+	}
+	switch d.GetAssignment() {
+	case pb.DesiredConfig_ASSIGNMENT_UNMANAGED, pb.DesiredConfig_ASSIGNMENT_CONFLICT:
+		// Leave the kernel as it is, and do not restore anything at boot.
+		l.effective, l.held, l.lastRendered, l.lastPlan, l.excluded = nil, nil, nil, nil, nil
+		l.lastGood = nil
+		l.publishApplied()
+		l.save(d)
+		if d.GetAssignment() == pb.DesiredConfig_ASSIGNMENT_CONFLICT {
+			l.setState(pb.SyncState_SYNC_STATE_CONFLICT, "selected by several groups ("+strings.Join(d.GetConflictingGroups(), ", ")+"); left as it is")
+		} else {
+			l.setState(pb.SyncState_SYNC_STATE_UNMANAGED, "")
+		}
+		l.readApplied(ctx)
+		l.sendReport(ctx)
+	case pb.DesiredConfig_ASSIGNMENT_MANAGED:
+		if sameConfig(d, l.held) {
+			// The revision this agent rolled back, sent again (after a
+			// reconnect): it stays rolled back until another comes.
+			l.sendReport(ctx)
+			return
+		}
+		l.held = nil
+		l.effective = d
+		l.reconcile(ctx, reasonDesired)
+	}
+}
+
+// onProblems reports connection-level rejections (a message over the size
+// limit).
+func (l *loop) onProblems() {
+	for _, err := range l.a.takeProblems() {
+		msg := err.Error()
+		l.setState(pb.SyncState_SYNC_STATE_FAILED, msg)
+		if msg != l.lastFailMsg {
+			l.event(pb.AgentEvent_KIND_APPLY_FAILED, nil, msg, nil)
+			l.lastFailMsg = msg
+		}
+	}
+}
+
+// readApplied reads what the kernel holds now, for a report.
+func (l *loop) readApplied(ctx context.Context) {
+	rng := l.krange
+	if l.kernel == nil {
+		rng = route.DefaultRange
+	}
+	k, err := l.kernelFor(ctx, rng)
+	if err != nil {
+		return
+	}
+	facts, err := l.a.opts.System.Facts(ctx)
+	if err == nil {
+		l.facts = facts
+	}
+	if st, err := k.Read(ctx, reconcile.HostConfig{Range: rng}); err == nil {
+		l.applied = policy.AppliedFromState(st, policy.InterfacesFromFacts(l.facts))
+	}
+}
+
+// kernelFor returns the kernel for the owned range rng, opening it if the
+// range changed; the old range's rules and routes are then removed.
+func (l *loop) kernelFor(ctx context.Context, rng route.Range) (reconcile.Kernel, error) {
+	if l.kernel != nil && l.krange == rng {
+		return l.kernel, nil
+	}
+	k, err := l.a.opts.Kernel(rng)
+	if err != nil {
+		return nil, fmt.Errorf("open the kernel: %w", err)
+	}
+	if old := l.kernel; old != nil {
+		if !l.a.opts.DryRun && l.effective != nil {
+			l.cleanRange(ctx, old, l.krange)
+		}
+		closeKernel(old)
+	}
+	l.kernel, l.krange = k, rng
+	return k, nil
+}
+
+// cleanRange removes the rules and routes of a range the policy left.
+func (l *loop) cleanRange(ctx context.Context, k reconcile.Kernel, rng route.Range) {
+	st, err := k.Read(ctx, reconcile.HostConfig{Range: rng})
+	if err != nil {
+		l.log.Warn("clean the old routing range", "range", rng, "err", err)
+		return
+	}
+	st.Endpoints = explicitEndpoints(st.Endpoints)
+	ops, err := reconcile.Plan(reconcile.HostConfig{Range: rng, Endpoints: st.Endpoints}, st)
+	if err == nil {
+		ops, _ = protect(ops, st, l.localAddr())
+		err = reconcile.Apply(ctx, k, ops)
+	}
+	if err != nil {
+		l.log.Warn("clean the old routing range", "range", rng, "err", err)
+		return
+	}
+	l.log.Info("removed the old routing range's rules and routes", "range", rng, "ops", len(ops))
+}
+
+func explicitEndpoints(eps []mptcp.Endpoint) []mptcp.Endpoint {
+	return slices.DeleteFunc(slices.Clone(eps), func(e mptcp.Endpoint) bool { return e.Flags&mptcp.FlagImplicit != 0 })
+}
+
+func closeKernel(k reconcile.Kernel) {
+	if c, ok := k.(io.Closer); ok {
+		_ = c.Close()
+	}
+}
+
+func (l *loop) closeKernel() {
+	if l.kernel != nil {
+		closeKernel(l.kernel)
+		l.kernel = nil
+	}
+}
+
+func (l *loop) localAddr() netip.Addr {
+	if l.a.localAddr != nil {
+		return l.a.localAddr()
+	}
+	return l.local
+}
+
+// reconcile brings the kernel to the effective configuration rendered
+// against the interfaces present now: render, read, plan, apply (journaled),
+// confirm a new revision with the controller, read back, report.
+func (l *loop) reconcile(ctx context.Context, why reason) {
+	for idx := range l.a.takeDown() {
+		l.flapped[idx] = true
+	}
+	d := l.effective
+	if d == nil {
+		return // hands off: unmanaged, conflict, or nothing desired yet
+	}
+	newRev := !sameConfig(d, l.lastGood)
+	facts, err := l.a.opts.System.Facts(ctx)
+	if err != nil {
+		l.failed(ctx, d, "read the host's facts: "+err.Error(), nil)
+		return
+	}
+	l.facts = facts
+	ifaces := policy.InterfacesFromFacts(facts)
+	for _, i := range ifaces {
+		if !i.Up {
+			l.flapped[i.Index] = true
+		}
+	}
+	r, err := policy.Render(d.GetPolicy(), ifaces)
+	if err != nil {
+		l.failed(ctx, d, "render: "+err.Error(), nil)
+		return
+	}
+	cfg := r.Config
+	rendered, _ := json.Marshal(cfg)
+	k, err := l.kernelFor(ctx, cfg.Range)
+	if err != nil {
+		l.failed(ctx, d, err.Error(), nil)
+		return
+	}
+	actual, err := k.Read(ctx, cfg)
+	if err != nil {
+		l.failed(ctx, d, "read the kernel: "+err.Error(), nil)
+		return
+	}
+	ops, err := reconcile.Plan(cfg, actual)
+	if err != nil {
+		l.failed(ctx, d, "plan: "+err.Error(), nil)
+		return
+	}
+	drift := len(ops) > 0 && !newRev && bytes.Equal(rendered, l.lastRendered)
+	ops = append(ops, l.recreate(cfg, actual, ops, ifaces)...)
+	ops, held := protect(ops, actual, l.localAddr())
+	notes := slices.Concat(held, r.Problems)
+	l.excluded = r.Excluded
+
+	if l.a.opts.DryRun {
+		l.lastPlan = ops
+		l.applied = policy.AppliedFromState(actual, ifaces)
+		l.dryRevision = 0
+		state := pb.SyncState_SYNC_STATE_DRIFTED
+		if len(ops) == 0 {
+			state = pb.SyncState_SYNC_STATE_IN_SYNC
+			if len(held) == 0 {
+				l.dryRevision = d.GetRevision()
+			}
+		}
+		changed := state != l.state || strings.Join(notes, "; ") != l.lastError || why == reasonDesired || len(ops) > 0
+		l.setState(state, strings.Join(notes, "; "))
+		if changed {
+			l.sendReport(ctx)
+		}
+		return
+	}
+
+	if len(ops) == 0 {
+		l.lastRendered = rendered
+		l.applied = policy.AppliedFromState(actual, ifaces)
+		l.clearFlapped(ifaces)
+		if newRev {
+			l.commit(d)
+			l.event(pb.AgentEvent_KIND_APPLIED, d, fmt.Sprintf("%s revision %d applied: the kernel already held it", d.GetGroup(), d.GetRevision()), nil)
+		}
+		before := l.state
+		beforeErr := l.lastError
+		l.settle(held, notes)
+		if newRev || why == reasonDesired || l.state != before || l.lastError != beforeErr {
+			l.sendReport(ctx)
+		}
+		return
+	}
+
+	l.lastPlan = ops
+	switch {
+	case newRev:
+		l.setState(pb.SyncState_SYNC_STATE_APPLYING, "")
+		l.sendReport(ctx)
+	case drift:
+		l.setState(pb.SyncState_SYNC_STATE_DRIFTED, "")
+		l.sendReport(ctx)
+	}
+	if err := reconcile.Apply(ctx, k, ops); err != nil {
+		l.failed(ctx, d, err.Error(), ops)
+		return
+	}
+	after, err := k.Read(ctx, cfg)
+	if err == nil {
+		l.applied = policy.AppliedFromState(after, ifaces)
+	}
+	if newRev && !l.confirm(ctx) {
+		l.rollBack(ctx, d, k, cfg, actual, ifaces)
+		return
+	}
+	l.lastRendered = rendered
+	l.clearFlapped(ifaces)
+	switch {
+	case why == reasonRestore:
+		l.event(pb.AgentEvent_KIND_RESTORED, d, fmt.Sprintf("%s revision %d re-applied from the state dir at start", d.GetGroup(), d.GetRevision()), ops)
+	case newRev:
+		l.commit(d)
+		l.event(pb.AgentEvent_KIND_APPLIED, d, fmt.Sprintf("%s revision %d applied", d.GetGroup(), d.GetRevision()), ops)
+	case drift:
+		l.event(pb.AgentEvent_KIND_DRIFT_REPAIRED, d, "the kernel had changed under the agent; repaired", ops)
+	}
+	l.settle(held, notes)
+	if err == nil {
+		// Something may have changed while applying (and its event been
+		// merged into this reconcile's): look again soon.
+		if rest, perr := reconcile.Plan(cfg, after); perr == nil {
+			if rest, _ = protect(rest, after, l.localAddr()); len(rest) > 0 {
+				l.a.kick()
+			}
+		}
+	}
+	l.sendReport(ctx)
+}
+
+// settle sets the state after a reconcile that left the kernel as desired,
+// except for ops held back to keep the controller reachable.
+func (l *loop) settle(held, notes []string) {
+	if len(held) > 0 {
+		l.setState(pb.SyncState_SYNC_STATE_FAILED, strings.Join(notes, "; "))
+		return
+	}
+	l.lastFailMsg = ""
+	l.setState(pb.SyncState_SYNC_STATE_IN_SYNC, strings.Join(notes, "; "))
+}
+
+// failed records a failed reconcile: state FAILED with msg, an APPLY_FAILED
+// event unless the same failure was just reported, and a report.
+func (l *loop) failed(ctx context.Context, d *pb.DesiredConfig, msg string, ops reconcile.Ops) {
+	l.log.Warn("reconcile failed", "group", d.GetGroup(), "revision", d.GetRevision(), "err", msg)
+	if ops != nil {
+		l.lastPlan = ops
+	}
+	l.setState(pb.SyncState_SYNC_STATE_FAILED, msg)
+	if msg != l.lastFailMsg {
+		l.event(pb.AgentEvent_KIND_APPLY_FAILED, d, msg, ops)
+		l.lastFailMsg = msg
+	}
+	l.sendReport(ctx)
+}
+
+// recreate returns, for each endpoint that stays on a link that went down
+// and is up again, a delete and an add: the in-kernel path manager only
+// opens subflows when an endpoint is added, so this brings subflows back
+// over the returning link on existing connections.
+func (l *loop) recreate(cfg reconcile.HostConfig, actual reconcile.State, ops reconcile.Ops, ifaces []policy.Interface) reconcile.Ops {
+	if len(l.flapped) == 0 {
+		return nil
+	}
+	up := map[int]bool{}
+	for _, i := range ifaces {
+		up[i.Index] = i.Up
+	}
+	touched := map[netip.Addr]bool{}
+	for _, op := range ops {
+		if (op.Kind == reconcile.DelEndpoint || op.Kind == reconcile.AddEndpoint) && op.Endpoint != nil {
+			touched[op.Endpoint.Addr] = true
+		}
+	}
+	byAddr := map[netip.Addr]mptcp.Endpoint{}
+	for _, e := range actual.Endpoints {
+		byAddr[e.Addr] = e
+	}
+	var out reconcile.Ops
+	for _, e := range cfg.Endpoints {
+		cur, ok := byAddr[e.Addr]
+		if !ok || touched[e.Addr] || !l.flapped[e.IfIndex] || !up[e.IfIndex] {
+			continue
+		}
+		e.ID = cur.ID
+		dev := actual.Links[e.IfIndex]
+		out = append(out,
+			reconcile.Op{Kind: reconcile.DelEndpoint, Endpoint: &cur, Dev: dev},
+			reconcile.Op{Kind: reconcile.AddEndpoint, Endpoint: &e, Dev: dev})
+	}
+	return out
+}
+
+// clearFlapped forgets the links that are up again (or gone).
+func (l *loop) clearFlapped(ifaces []policy.Interface) {
+	up := map[int]bool{}
+	for _, i := range ifaces {
+		up[i.Index] = i.Up
+	}
+	for idx := range l.flapped {
+		if isUp, present := up[idx]; isUp || !present {
+			delete(l.flapped, idx)
+		}
+	}
+}
+
+// confirm asks the controller to echo a nonce and waits ConfirmTimeout for
+// it, on this session or, if the stream broke, on the next one.
+func (l *loop) confirm(ctx context.Context) bool {
+	nonce := rand.Uint64() | 1
+	ask := func() {
+		l.send(&pb.ConnectRequest{Kind: &pb.ConnectRequest_Confirm{Confirm: &pb.Confirm{Nonce: nonce}}})
+	}
+	ask()
+	t := time.NewTimer(l.a.opts.ConfirmTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case n := <-l.a.confirmC:
+			if n == nonce {
+				return true
+			}
+		case s := <-l.a.sessionC:
+			l.connected(ctx, s)
+			ask()
+		case <-l.sessDone():
+			l.sess = nil
+		case <-t.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// rollBack reverts an unconfirmed apply to the state read before it, holds
+// the revision back and reports ROLLED_BACK.
+func (l *loop) rollBack(ctx context.Context, d *pb.DesiredConfig, k reconcile.Kernel, cfg reconcile.HostConfig, before reconcile.State, ifaces []policy.Interface) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	msg := fmt.Sprintf("the controller did not confirm %s revision %d within %v of its apply; reverted to the previous state",
+		d.GetGroup(), d.GetRevision(), l.a.opts.ConfirmTimeout)
+	prev := configFromState(before, cfg)
+	var ops reconcile.Ops
+	now, err := k.Read(rctx, prev)
+	if err == nil {
+		ops, err = reconcile.Plan(prev, now)
+	}
+	if err == nil {
+		err = reconcile.Apply(rctx, k, ops)
+	}
+	if err != nil {
+		msg += "; the revert failed: " + err.Error()
+	}
+	if st, err := k.Read(rctx, cfg); err == nil {
+		l.applied = policy.AppliedFromState(st, ifaces)
+	}
+	l.event(pb.AgentEvent_KIND_ROLLED_BACK, d, msg, ops)
+	l.held = d
+	l.effective = l.lastGood
+	l.lastRendered = nil
+	l.lastPlan = ops
+	l.lastFailMsg = msg
+	l.setState(pb.SyncState_SYNC_STATE_FAILED, msg)
+	l.sendReport(ctx)
+}
+
+// configFromState is the desired config that restores s: what cfg manages,
+// at the values s had (endpoints the kernel made itself left out).
+func configFromState(s reconcile.State, cfg reconcile.HostConfig) reconcile.HostConfig {
+	prev := reconcile.HostConfig{
+		Range: cfg.Range, Limits: s.Limits, Endpoints: explicitEndpoints(s.Endpoints),
+		Rules: slices.Clone(s.Rules), Routes: slices.Clone(s.Routes),
+	}
+	if cfg.Enabled != nil {
+		prev.Enabled = s.Enabled
+	}
+	for name := range cfg.Sysctls {
+		if v, ok := s.Sysctls[name]; ok {
+			if prev.Sysctls == nil {
+				prev.Sysctls = map[string]string{}
+			}
+			prev.Sysctls[name] = v
+		}
+	}
+	return prev
+}

@@ -1,0 +1,14 @@
+package agent
+
+import (
+	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/route"
+)
+
+// NetlinkKernels returns a KernelOpener of reconcile.NetlinkKernel for the
+// network namespace netnsFD (as from /run/netns/NAME; 0 is the caller's).
+func NetlinkKernels(netnsFD int) KernelOpener {
+	return func(rng route.Range) (reconcile.Kernel, error) {
+		return reconcile.OpenKernel(&reconcile.KernelOptions{NetNS: netnsFD, Range: rng})
+	}
+}

@@ -1,0 +1,172 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/mpfleet/mpfleet/internal/config"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc/credentials"
+)
+
+// Flags are the agent program's settings.
+type Flags struct {
+	Controller     string
+	HostID         string
+	Labels         map[string]string
+	StateDir       string
+	DryRun         bool
+	ResyncInterval time.Duration
+	ConfirmTimeout time.Duration
+	ReportInterval time.Duration
+	TLSCAFile      string
+	TLSCertFile    string
+	TLSKeyFile     string
+	ServerName     string
+	Token          string
+	LogLevel       string
+	Config         string
+	Version        bool
+}
+
+func flagSet(f *Flags) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("mpfleet-agent", pflag.ContinueOnError)
+	fs.StringVar(&f.Controller, "controller", "127.0.0.1:7400", "controller address, host:port")
+	fs.StringVar(&f.HostID, "host-id", "", "host id in the fleet: lower-case letters, digits, '-' and '.' (default: the host name)")
+	fs.StringToStringVar(&f.Labels, "labels", nil, "labels groups select this host by, k=v,k2=v2")
+	fs.StringVar(&f.StateDir, "state-dir", "/var/lib/mpfleet-agent", "directory of the last good configuration, re-applied at start")
+	fs.BoolVar(&f.DryRun, "dry-run", false, "compute and report plans; change nothing")
+	fs.DurationVar(&f.ResyncInterval, "resync-interval", 30*time.Second, "how often to compare the kernel with the desired state when nothing announced a change")
+	fs.DurationVar(&f.ConfirmTimeout, "confirm-timeout", 10*time.Second, "how long the controller has to confirm a new revision before the agent reverts it")
+	fs.DurationVar(&f.ReportInterval, "report-interval", 10*time.Second, "how often to report MPTCP health")
+	fs.StringVar(&f.TLSCAFile, "tls-ca-file", "", "CA bundle to verify the controller's certificate (enables TLS)")
+	fs.StringVar(&f.TLSCertFile, "tls-cert-file", "", "client certificate for mutual TLS; its common name must be the host id")
+	fs.StringVar(&f.TLSKeyFile, "tls-key-file", "", "client key for mutual TLS")
+	fs.StringVar(&f.ServerName, "server-name", "", "name to verify the controller's certificate against (default: the host of --controller)")
+	fs.StringVar(&f.Token, "token", "", "bearer token (only over TLS, or to a loopback controller)")
+	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
+	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
+	return fs
+}
+
+// Usage is the agent's --help text header.
+const Usage = `mpfleet-agent applies its group's MPTCP policy to the network namespace it
+runs in (endpoints, limits, sysctls, source-based policy routing), keeps it
+applied as addresses and links change, and reports to the controller.
+
+It re-applies the last good configuration from --state-dir at start, before
+the controller is reachable; a new revision that the controller does not
+confirm within --confirm-timeout of its apply is reverted.
+
+Every flag can also be set in the environment (MPFLEET_AGENT_HOST_ID for
+--host-id, ...) or in a --config YAML file; the command line wins, then the
+environment, then the file.
+`
+
+// Run runs the agent program until ctx ends (SIGTERM in main).
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var f Flags
+	fs := flagSet(&f)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, Usage+"\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if err := config.Apply(fs, "MPFLEET_AGENT_", "config"); err != nil {
+		return err
+	}
+	if f.Version {
+		_, err := fmt.Fprintln(stdout, Version)
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.LogLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if f.HostID == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("no --host-id and no host name: %w", err)
+		}
+		f.HostID = strings.ToLower(h)
+	}
+	if err := ValidateHostID(f.HostID); err != nil {
+		return fmt.Errorf("--host-id: %w", err)
+	}
+	creds, err := clientTLS(f)
+	if err != nil {
+		return err
+	}
+	sys, err := OpenNetlinkSystem(0)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sys.Close() }()
+	a, err := New(Options{
+		HostID: f.HostID, Labels: f.Labels, Controller: f.Controller, Credentials: creds, Token: f.Token,
+		StateDir: f.StateDir, DryRun: f.DryRun,
+		ResyncInterval: f.ResyncInterval, ConfirmTimeout: f.ConfirmTimeout, ReportInterval: f.ReportInterval,
+		Kernel: NetlinkKernels(0), System: sys, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	if creds == nil && !isLoopback(f.Controller) {
+		log.Warn("plaintext connection to a controller that is not on loopback: use --tls-ca-file", "controller", f.Controller)
+	}
+	log.Info("mpfleet agent starting", "version", Version, "host", f.HostID, "controller", f.Controller,
+		"tls", creds != nil, "state-dir", f.StateDir, "dry-run", f.DryRun)
+	err = a.Run(ctx)
+	log.Info("mpfleet agent stopped; the kernel is left as it is")
+	return err
+}
+
+// clientTLS returns the TLS credentials the flags ask for, or nil for
+// plaintext.
+func clientTLS(f Flags) (credentials.TransportCredentials, error) {
+	if f.TLSCAFile == "" && f.TLSCertFile == "" && f.TLSKeyFile == "" && f.ServerName == "" {
+		return nil, nil
+	}
+	if (f.TLSCertFile == "") != (f.TLSKeyFile == "") {
+		return nil, errors.New("--tls-cert-file and --tls-key-file must be given together")
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.ServerName}
+	if f.TLSCAFile != "" {
+		b, err := os.ReadFile(f.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-ca-file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--tls-ca-file %s: no PEM certificates", f.TLSCAFile)
+		}
+		c.RootCAs = pool
+	}
+	if f.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(f.TLSCertFile, f.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS key pair: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return credentials.NewTLS(c), nil
+}

@@ -1,0 +1,237 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
+)
+
+// maxRecvMsgSize bounds a message from the controller; a larger one ends
+// the stream (RESOURCE_EXHAUSTED) and is reported as rejected.
+const maxRecvMsgSize = 4 << 20
+
+// keepaliveParams: ping every 20s, give up after 10s without an answer, also
+// between streams. The controller's enforcement policy allows pings down to
+// 5s, so the agent is never cut off for pinging too often.
+var keepaliveParams = keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}
+
+// session is one connection to the controller: its own gRPC client
+// connection and AgentService.Connect stream, the hello already sent.
+type session struct {
+	conn   *grpc.ClientConn
+	stream pb.AgentService_ConnectClient
+	cancel context.CancelFunc
+	// local is the address the connection leaves from.
+	local netip.Addr
+	// done is closed when the stream has ended.
+	done chan struct{}
+	// helloFacts are the facts the hello carried.
+	helloFacts *pb.HostFacts
+
+	mu sync.Mutex // serialises Send
+}
+
+func (s *session) send(m *pb.ConnectRequest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stream.Send(m)
+}
+
+func (s *session) close() {
+	s.cancel()
+	_ = s.conn.Close()
+}
+
+// backoff returns the wait before reconnect attempt n (from 0): full jitter,
+// uniformly random between 0 and min(max, lo·2ⁿ), so that agents that lost
+// their controller together do not come back together.
+func backoff(n int, lo, hi time.Duration) time.Duration {
+	ceil := hi
+	if n < 32 && lo<<n > 0 && lo<<n < hi {
+		ceil = lo << n
+	}
+	return time.Duration(rand.Int64N(int64(ceil) + 1))
+}
+
+// connectLoop keeps a session with the controller until ctx ends: it dials,
+// hands the session to the reconcile loop, receives until the stream ends,
+// and tries again after a backoff. The backoff starts over after a session
+// that got its desired configuration.
+func (a *Agent) connectLoop(ctx context.Context) {
+	attempt := 0
+	for ctx.Err() == nil {
+		s, err := a.dial(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("cannot reach the controller", "controller", a.opts.Controller, "attempt", attempt+1, "err", err)
+		} else {
+			select {
+			case a.sessionC <- s:
+			case <-ctx.Done():
+				s.close()
+				return
+			}
+			a.log.Info("connected to the controller", "controller", a.opts.Controller, "local", s.local)
+			start := time.Now()
+			healthy, err := a.receive(s)
+			close(s.done)
+			s.close()
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Warn("controller connection ended", "after", time.Since(start).Round(time.Millisecond), "err", err)
+			if healthy {
+				attempt = 0
+			}
+		}
+		wait := backoff(attempt, a.opts.BackoffMin, a.opts.BackoffMax)
+		attempt++
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+	}
+}
+
+// dial opens a session: a new client connection (so that the backoff above,
+// not gRPC's own, paces the attempts, and the local address is that of this
+// connection), the stream, and the hello.
+func (a *Agent) dial(ctx context.Context) (*session, error) {
+	var local atomic.Pointer[netip.Addr]
+	dialer := func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		// Plain TCP: endpoint changes never touch the controller connection.
+		d.SetMultipathTCP(false)
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		if ap, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+			l := ap.Addr().Unmap()
+			local.Store(&l)
+		}
+		return c, nil
+	}
+	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
+	if a.opts.Credentials != nil {
+		creds = grpc.WithTransportCredentials(a.opts.Credentials)
+	}
+	opts := []grpc.DialOption{
+		creds,
+		grpc.WithContextDialer(dialer),
+		grpc.WithKeepaliveParams(keepaliveParams),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
+		grpc.WithUserAgent("mpfleet-agent/" + a.opts.Version),
+	}
+	if a.opts.Token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: a.opts.Token, secure: a.opts.Credentials != nil}))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+a.opts.Controller, opts...)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	timer := time.AfterFunc(a.opts.ConnectTimeout, cancel)
+	fail := func(err error) (*session, error) {
+		timer.Stop()
+		cancel()
+		_ = conn.Close()
+		if ctx.Err() == nil && sctx.Err() != nil {
+			return nil, fmt.Errorf("no connection within %v: %w", a.opts.ConnectTimeout, err)
+		}
+		return nil, err
+	}
+	stream, err := pb.NewAgentServiceClient(conn).Connect(sctx, grpc.WaitForReady(true))
+	if err != nil {
+		return fail(err)
+	}
+	hello := a.hello(sctx)
+	if err := stream.Send(&pb.ConnectRequest{Kind: &pb.ConnectRequest_Hello{Hello: hello}}); err != nil {
+		if errors.Is(err, io.EOF) {
+			_, err = stream.Recv() // the status the server ended the stream with
+		}
+		return fail(err)
+	}
+	if !timer.Stop() {
+		return fail(sctx.Err())
+	}
+	s := &session{conn: conn, stream: stream, cancel: cancel, done: make(chan struct{}), helloFacts: hello.GetFacts()}
+	if l := local.Load(); l != nil {
+		s.local = *l
+	}
+	return s, nil
+}
+
+// hello introduces the agent: host, labels, facts, what it applied last.
+func (a *Agent) hello(ctx context.Context) *pb.AgentHello {
+	h := &pb.AgentHello{
+		HostId: a.opts.HostID, Labels: a.opts.Labels, AgentVersion: a.opts.Version, DryRun: a.opts.DryRun,
+	}
+	if ap := a.applied.Load(); ap != nil {
+		h.AppliedGroup, h.AppliedRevision = ap.group, ap.revision
+	}
+	f, err := a.opts.System.Facts(ctx)
+	if err != nil {
+		a.log.Warn("facts for hello", "err", err)
+	}
+	h.Facts = f
+	return h
+}
+
+// receive reads the controller's messages until the stream ends. It
+// returns whether a desired configuration came, and why the stream ended.
+func (a *Agent) receive(s *session) (bool, error) {
+	got := false
+	for {
+		m, err := s.stream.Recv()
+		if err != nil {
+			if status.Code(err) == codes.ResourceExhausted {
+				a.offerProblem(fmt.Errorf("desired configuration rejected: the controller sent a message over the %d-byte limit: %w", maxRecvMsgSize, err))
+			}
+			return got, err
+		}
+		switch k := m.GetKind().(type) {
+		case *pb.ConnectResponse_Desired:
+			got = true
+			a.offerDesired(k.Desired)
+		case *pb.ConnectResponse_Confirmed:
+			select {
+			case a.confirmC <- k.Confirmed.GetNonce():
+			default: // a flood of echoes; the one awaited is retried
+			}
+		default:
+			a.log.Warn("unknown message from the controller; ignored")
+		}
+	}
+}
+
+// bearer sends a bearer token with every call.
+type bearer struct {
+	token  string
+	secure bool
+}
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+func (b bearer) RequireTransportSecurity() bool { return b.secure }

@@ -1,0 +1,377 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mpfleet/mpfleet/internal/mptcp"
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NetlinkSystem is the real System of one network namespace: interfaces,
+// addresses and gateways from rtnetlink, MPTCP connections from sock_diag,
+// counters and sysctls from /proc read on a thread inside the namespace,
+// changes from rtnetlink multicast. It never runs a command.
+type NetlinkSystem struct {
+	ns netns.NsHandle // -1: the caller's namespace
+	h  *netlink.Handle
+	mp *mptcp.Client // nil when the kernel lacks MPTCP
+
+	mu       sync.Mutex // serialises dumps on h, guards the static facts
+	static   *pb.HostFacts
+	staticAt time.Time
+}
+
+// staticFactsTTL is how long the facts that rarely change (kernel, sysctls)
+// are cached.
+const staticFactsTTL = 10 * time.Second
+
+// dumpTries bounds the retries of a dump the kernel interrupted.
+const dumpTries = 5
+
+// OpenNetlinkSystem opens the sockets of a NetlinkSystem for the network
+// namespace netnsFD (as from /run/netns/NAME; 0 is the caller's). A kernel
+// without MPTCP is not an error: the facts say so.
+func OpenNetlinkSystem(netnsFD int) (*NetlinkSystem, error) {
+	s := &NetlinkSystem{ns: -1}
+	if netnsFD != 0 {
+		d, err := unix.FcntlInt(uintptr(netnsFD), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("agent: netns fd %d: %w", netnsFD, err)
+		}
+		s.ns = netns.NsHandle(d)
+	}
+	var err error
+	if s.ns >= 0 {
+		s.h, err = netlink.NewHandleAt(s.ns, unix.NETLINK_ROUTE)
+	} else {
+		s.h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	}
+	if err != nil {
+		s.closeNS()
+		return nil, fmt.Errorf("agent: open rtnetlink: %w", err)
+	}
+	if s.mp, err = mptcp.Dial(&mptcp.DialOptions{NetNS: netnsFD}); err != nil && !errors.Is(err, mptcp.ErrUnsupported) {
+		s.h.Close()
+		s.closeNS()
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	return s, nil
+}
+
+func (s *NetlinkSystem) closeNS() {
+	if s.ns >= 0 {
+		_ = s.ns.Close()
+	}
+}
+
+// Close releases the sockets.
+func (s *NetlinkSystem) Close() error {
+	var err error
+	if s.mp != nil {
+		err = s.mp.Close()
+	}
+	s.h.Close()
+	s.closeNS()
+	return err
+}
+
+// inNS runs fn on a locked OS thread inside the namespace, and restores the
+// thread's namespace before unlocking it; a thread that cannot be restored
+// stays locked and ends with its goroutine.
+func (s *NetlinkSystem) inNS(fn func() error) error {
+	if s.ns < 0 {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current netns: %w", err)
+			return
+		}
+		defer func() { _ = orig.Close() }()
+		if err := netns.Set(s.ns); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- fmt.Errorf("restore netns: %w", err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// Facts implements System.
+func (s *NetlinkSystem) Facts(ctx context.Context) (*pb.HostFacts, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.static == nil || time.Since(s.staticAt) > staticFactsTTL {
+		st, err := s.staticFacts()
+		if err != nil {
+			return nil, err
+		}
+		s.static, s.staticAt = st, time.Now()
+	}
+	f := &pb.HostFacts{
+		Hostname: s.static.Hostname, KernelVersion: s.static.KernelVersion, MptcpSupported: s.static.MptcpSupported,
+		AvailableSysctls: s.static.AvailableSysctls, AvailableSchedulers: s.static.AvailableSchedulers,
+		AvailablePathManagers: s.static.AvailablePathManagers,
+	}
+	var err error
+	f.Interfaces, err = s.interfaces()
+	return f, err
+}
+
+func (s *NetlinkSystem) staticFacts() (*pb.HostFacts, error) {
+	f := &pb.HostFacts{}
+	f.Hostname, _ = os.Hostname()
+	var u unix.Utsname
+	if err := unix.Uname(&u); err == nil {
+		f.KernelVersion = unix.ByteSliceToString(u.Release[:])
+	}
+	var sysctls map[string]string
+	err := s.inNS(func() error {
+		var err error
+		sysctls, err = mptcp.Sysctls()
+		return err
+	})
+	switch {
+	case errors.Is(err, mptcp.ErrUnsupported):
+	case err != nil:
+		return nil, fmt.Errorf("agent: facts: %w", err)
+	default:
+		f.MptcpSupported = s.mp != nil
+		f.AvailableSysctls = slices.Sorted(maps.Keys(sysctls))
+		f.AvailableSchedulers = strings.Fields(sysctls["available_schedulers"])
+		f.AvailablePathManagers = strings.Fields(sysctls["available_path_managers"])
+	}
+	return f, nil
+}
+
+// dump retries fn while the kernel reports the dump interrupted.
+func dump[T any](fn func() ([]T, error)) ([]T, error) {
+	var out []T
+	var err error
+	for range dumpTries {
+		out, err = fn()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return out, err
+}
+
+// linkUp is "administratively and operationally up"; an operational state
+// the driver does not know (tunnels, loopback) counts as up.
+func linkUp(a *netlink.LinkAttrs) bool {
+	return a.Flags&net.FlagUp != 0 && (a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown)
+}
+
+func (s *NetlinkSystem) interfaces() ([]*pb.Interface, error) {
+	links, err := dump(s.h.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("agent: list links: %w", err)
+	}
+	addrs, err := dump(func() ([]netlink.Addr, error) { return s.h.AddrList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
+		return nil, fmt.Errorf("agent: list addresses: %w", err)
+	}
+	routes, err := dump(func() ([]netlink.Route, error) {
+		return s.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: list routes: %w", err)
+	}
+	byIndex := map[int]*pb.Interface{}
+	var out []*pb.Interface
+	for _, l := range links {
+		a := l.Attrs()
+		i := &pb.Interface{Name: a.Name, Index: int32(a.Index), Up: linkUp(a)}
+		byIndex[a.Index] = i
+		out = append(out, i)
+	}
+	for _, a := range addrs {
+		i := byIndex[a.LinkIndex]
+		if i == nil || a.IPNet == nil || a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+			continue // not usable (yet): an update comes when it is
+		}
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		bits, _ := a.Mask.Size()
+		i.Addresses = append(i.Addresses, netip.PrefixFrom(ip.Unmap(), bits).String())
+	}
+	type gw struct {
+		link, bits, metric int
+		addr               netip.Addr
+	}
+	var gws []gw
+	for _, r := range routes {
+		if r.Type != unix.RTN_UNICAST {
+			continue
+		}
+		bits := 0
+		if r.Dst != nil {
+			bits, _ = r.Dst.Mask.Size()
+		}
+		if a, ok := netip.AddrFromSlice(r.Gw); ok && r.Gw != nil {
+			gws = append(gws, gw{r.LinkIndex, bits, r.Priority, a.Unmap()})
+		}
+		for _, nh := range r.MultiPath {
+			if a, ok := netip.AddrFromSlice(nh.Gw); ok && nh.Gw != nil {
+				gws = append(gws, gw{nh.LinkIndex, bits, r.Priority, a.Unmap()})
+			}
+		}
+	}
+	// The gateway of a default route first, then of the widest route, lowest
+	// metric first.
+	slices.SortFunc(gws, func(a, b gw) int {
+		return cmp.Or(cmp.Compare(a.bits, b.bits), cmp.Compare(a.metric, b.metric), a.addr.Compare(b.addr))
+	})
+	for _, g := range gws {
+		if i := byIndex[g.link]; i != nil && !slices.Contains(i.Gateways, g.addr.String()) {
+			i.Gateways = append(i.Gateways, g.addr.String())
+		}
+	}
+	slices.SortFunc(out, func(a, b *pb.Interface) int { return cmp.Compare(a.Index, b.Index) })
+	return out, nil
+}
+
+// Health implements System.
+func (s *NetlinkSystem) Health(ctx context.Context) (*pb.MptcpHealth, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if s.mp == nil {
+		return nil, mptcp.ErrUnsupported
+	}
+	conns, err := s.mp.Connections()
+	if err != nil {
+		return nil, err
+	}
+	var ctrs mptcp.Counters
+	if err := s.inNS(func() error {
+		var err error
+		ctrs, err = mptcp.ReadCounters()
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return HealthFrom(conns, ctrs, time.Now()), nil
+}
+
+// Watch implements System with rtnetlink address and link subscriptions.
+func (s *NetlinkSystem) Watch(ctx context.Context, notify func(Change)) error {
+	var nsp *netns.NsHandle
+	if s.ns >= 0 {
+		h := s.ns
+		nsp = &h
+	}
+	done := make(chan struct{})
+	errc := make(chan error, 2)
+	onErr := func(err error) {
+		select {
+		case errc <- err:
+		default:
+		}
+	}
+	addrC := make(chan netlink.AddrUpdate, 128)
+	linkC := make(chan netlink.LinkUpdate, 128)
+	if err := netlink.AddrSubscribeWithOptions(addrC, done, netlink.AddrSubscribeOptions{
+		Namespace: nsp, ErrorCallback: onErr, ReceiveBufferSize: 1 << 20,
+	}); err != nil {
+		close(done)
+		return fmt.Errorf("agent: subscribe to address changes: %w", err)
+	}
+	if err := netlink.LinkSubscribeWithOptions(linkC, done, netlink.LinkSubscribeOptions{
+		Namespace: nsp, ErrorCallback: onErr, ReceiveBufferSize: 1 << 20,
+	}); err != nil {
+		close(done)
+		drain(addrC, nil)
+		return fmt.Errorf("agent: subscribe to link changes: %w", err)
+	}
+	defer func() {
+		close(done)
+		drain(addrC, linkC)
+	}()
+	ended := func() error {
+		select {
+		case err := <-errc:
+			return fmt.Errorf("agent: rtnetlink subscription ended: %w", err)
+		default:
+			return errors.New("agent: rtnetlink subscription ended")
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case u, ok := <-addrC:
+			if !ok {
+				addrC = nil
+				return ended()
+			}
+			notify(Change{Link: u.LinkIndex, Addr: true})
+		case u, ok := <-linkC:
+			if !ok {
+				linkC = nil
+				return ended()
+			}
+			c := Change{Link: int(u.Index)}
+			if u.Link != nil {
+				a := u.Attrs()
+				c.Link = a.Index
+				c.Down = !linkUp(a)
+			}
+			if u.Header.Type == unix.RTM_DELLINK {
+				c.Down = true
+			}
+			notify(c)
+		}
+	}
+}
+
+// drain reads the channels until the subscriptions close them, so that
+// their goroutines never block on a send.
+func drain(a chan netlink.AddrUpdate, l chan netlink.LinkUpdate) {
+	for a != nil || l != nil {
+		select {
+		case _, ok := <-a:
+			if !ok {
+				a = nil
+			}
+		case _, ok := <-l:
+			if !ok {
+				l = nil
+			}
+		}
+	}
+}
+
+var _ System = (*NetlinkSystem)(nil)
