@@ -370,16 +370,16 @@ func managed(rev int64, p *pb.MultipathPolicy) *pb.DesiredConfig {
 // harness is one in-process agent against a fake controller, a fake
 // kernel and a fake system.
 type harness struct {
-	t      *testing.T
-	ctrl   *fakeController
-	sys    *fakeSystem
-	k      *reconcile.FakeKernel
-	opts   Options
-	agent  *Agent
+	t     *testing.T
+	ctrl  *fakeController
+	sys   *fakeSystem
+	k     *reconcile.FakeKernel
+	opts  Options
+	agent *Agent
 	// localAddr, if set, replaces the controller connection's local address.
 	localAddr func() netip.Addr
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel    context.CancelFunc
+	done      chan struct{}
 }
 
 func newHarness(t *testing.T, mutate ...func(*harness)) *harness {
