@@ -336,6 +336,7 @@ type loop struct {
 	krange       route.Range
 	lastRendered []byte       // JSON of the HostConfig last brought about
 	flapped      map[int]bool // links that were down since their endpoints were made
+	gateways     map[gwKey][]netip.Addr
 
 	state       pb.SyncState
 	lastError   string
@@ -697,7 +698,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		return
 	}
 	l.facts = facts
-	ifaces := policy.InterfacesFromFacts(facts)
+	ifaces := l.rememberGateways(policy.InterfacesFromFacts(facts))
 	for _, i := range ifaces {
 		if !i.Up {
 			l.flapped[i.Index] = true
@@ -873,6 +874,49 @@ func (l *loop) recreate(cfg reconcile.HostConfig, actual reconcile.State, ops re
 			reconcile.Op{Kind: reconcile.AddEndpoint, Endpoint: &e, Dev: dev})
 	}
 	return out
+}
+
+// gwKey names one family's gateways of one link.
+type gwKey struct {
+	index int
+	name  string
+	v4    bool
+}
+
+// rememberGateways fills in, for a link that has no gateway of a family now,
+// the ones it had when last seen with some. When a link goes down the kernel
+// deletes its routes in every table, the main table's too, and nothing may
+// put them back when it returns; the link's own tables still need their
+// default routes. The memory of a link ends with the link.
+func (l *loop) rememberGateways(ifaces []policy.Interface) []policy.Interface {
+	if l.gateways == nil {
+		l.gateways = map[gwKey][]netip.Addr{}
+	}
+	seen := map[gwKey]bool{}
+	for i := range ifaces {
+		ifc := &ifaces[i]
+		for _, v4 := range []bool{true, false} {
+			k := gwKey{ifc.Index, ifc.Name, v4}
+			seen[k] = true
+			var cur []netip.Addr
+			for _, g := range ifc.Gateways {
+				if g.Unmap().Is4() == v4 {
+					cur = append(cur, g)
+				}
+			}
+			if len(cur) > 0 {
+				l.gateways[k] = cur
+			} else if mem := l.gateways[k]; len(mem) > 0 {
+				ifc.Gateways = append(slices.Clone(ifc.Gateways), mem...)
+			}
+		}
+	}
+	for k := range l.gateways {
+		if !seen[k] {
+			delete(l.gateways, k)
+		}
+	}
+	return ifaces
 }
 
 // clearFlapped forgets the links that are up again (or gone).

@@ -64,8 +64,19 @@ func TestAgentAppliesDesired(t *testing.T) {
 	if err != nil || !proto.Equal(saved, managed(1, p)) {
 		t.Errorf("state dir holds %v, %v", saved, err)
 	}
-	if h.ctrl.confirms != 1 {
-		t.Errorf("%d confirms, want 1", h.ctrl.confirms)
+	if h.ctrl.confirmCount() != 1 {
+		t.Errorf("%d confirms, want 1", h.ctrl.confirmCount())
+	}
+	// No endpoint before its route: routes, then rules, then endpoints.
+	var kinds []string
+	for _, op := range ev.GetOperations() {
+		kinds = append(kinds, op.GetKind())
+	}
+	firstEP := slices.Index(kinds, "add-endpoint")
+	for i, k := range kinds {
+		if (k == "add-route" || k == "add-rule") && i > firstEP {
+			t.Errorf("%s after an endpoint was added: %v", k, kinds)
+		}
 	}
 }
 
@@ -242,8 +253,8 @@ func TestAgentRepairsDrift(t *testing.T) {
 	h.ctrl.waitReport(t, nr, "DRIFTED", inState(pb.SyncState_SYNC_STATE_DRIFTED, 1))
 	h.ctrl.waitReport(t, nr, "IN_SYNC again", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
 	h.waitConverged(p)
-	if h.ctrl.confirms != 1 {
-		t.Errorf("%d confirms: a drift repair of a confirmed revision needs none", h.ctrl.confirms)
+	if h.ctrl.confirmCount() != 1 {
+		t.Errorf("%d confirms: a drift repair of a confirmed revision needs none", h.ctrl.confirmCount())
 	}
 }
 
@@ -404,19 +415,27 @@ func TestAgentLinkFlap(t *testing.T) {
 	h.start()
 	h.ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
 
+	// Down, the kernel drops the link's routes, the main table's too, so
+	// its gateway is no longer known.
 	down := hostIfaces()
-	down[2].Up = false
+	down[2].Up, down[2].Gateways = false, nil
 	h.sys.setInterfaces(down, Change{Link: 3, Down: true})
 	h.waitConverged(p)
 	st := h.k.Snapshot()
 	if len(st.Endpoints) != 1 || len(st.Rules) != 1 {
 		t.Fatalf("with eth1 down: %d endpoints, %d rules; want 1 each", len(st.Endpoints), len(st.Rules))
 	}
-	h.sys.setInterfaces(hostIfaces(), Change{Link: 3})
-	h.waitConverged(p)
-	if n := len(h.k.Snapshot().Endpoints); n != 2 {
-		t.Fatalf("eth1 back: %d endpoints, want 2", n)
+	back := hostIfaces()
+	back[2].Gateways = nil
+	h.sys.setInterfaces(back, Change{Link: 3})
+	waitUntil(t, "eth1's endpoint and routing back, through its remembered gateway", func() bool {
+		st := h.k.Snapshot()
+		return len(st.Endpoints) == 2 && len(st.Rules) == 2 && len(st.Routes) == 4
+	})
+	if !slices.ContainsFunc(h.k.Snapshot().Routes, func(r route.Route) bool { return r.Gateway == netip.MustParseAddr("198.18.1.1") }) {
+		t.Errorf("eth1's table lacks its default route: %v", h.k.Snapshot().Routes)
 	}
+	h.sys.setInterfaces(hostIfaces())
 
 	// A quick flap: down and up announced, the link up when the agent looks.
 	var ops []reconcile.Op
@@ -461,8 +480,8 @@ func TestAgentDryRun(t *testing.T) {
 	if h.k.Calls() != 0 || h.k.Snapshot().String() != before.String() {
 		t.Fatalf("dry run touched the kernel (%d calls)", h.k.Calls())
 	}
-	if _, _, ne := h.ctrl.counts(); ne != 0 || stateFileExists(h.opts.StateDir) || h.ctrl.confirms != 0 {
-		t.Errorf("dry run sent %d events, %d confirms, or saved state", ne, h.ctrl.confirms)
+	if _, _, ne := h.ctrl.counts(); ne != 0 || stateFileExists(h.opts.StateDir) || h.ctrl.confirmCount() != 0 {
+		t.Errorf("dry run sent %d events, %d confirms, or saved state", ne, h.ctrl.confirmCount())
 	}
 	for _, st := range h.ctrl.reportsSince(0) {
 		if st.GetSyncState() == pb.SyncState_SYNC_STATE_APPLYING {

@@ -494,3 +494,9 @@ func mustLoad(t *testing.T, k *reconcile.FakeKernel, s reconcile.State) {
 func filepathGlob(pattern string) ([]string, error) { return filepath.Glob(pattern) }
 
 func writeFile(name, content string) error { return os.WriteFile(name, []byte(content), 0o600) }
+
+func (c *fakeController) confirmCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.confirms
+}
