@@ -25,6 +25,10 @@ func TestE2EFleet(t *testing.T) {
 		fn   func(t *testing.T, f *fleet, addr string)
 	}{
 		{"PolicyApplied", testPolicyApplied},
+		{"Aggregation", testAggregation},
+		{"Failover", testFailover},
+		{"Recovery", testRecovery},
+		{"ControllerRestart", testControllerRestart},
 	}
 	for _, s := range scenarios {
 		if !t.Run(s.name, func(t *testing.T) { s.fn(t, f, addr) }) {
