@@ -51,12 +51,17 @@ type fakeController struct {
 }
 
 // newController listens on 127.0.0.1 and serves at once unless paused.
-func newController(t *testing.T, paused bool) *fakeController {
+func newController(t testing.TB, paused bool) *fakeController {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newControllerOn(t, lis, paused)
+}
+
+// newControllerOn serves on lis (made in another namespace, say).
+func newControllerOn(t testing.TB, lis net.Listener, paused bool) *fakeController {
 	c := &fakeController{subs: map[chan struct{}]bool{}, lis: lis, addr: lis.Addr().String()}
 	if !paused {
 		c.serve()
@@ -215,7 +220,7 @@ func (c *fakeController) reportsSince(n int) []*pb.AgentReport {
 const waitFor = 10 * time.Second
 
 // waitReport waits for a report, from the n-th on, that ok accepts.
-func (c *fakeController) waitReport(t *testing.T, n int, what string, ok func(*pb.AgentReport) bool) *pb.AgentReport {
+func (c *fakeController) waitReport(t testing.TB, n int, what string, ok func(*pb.AgentReport) bool) *pb.AgentReport {
 	t.Helper()
 	deadline := time.Now().Add(waitFor)
 	for {
@@ -241,7 +246,7 @@ func inState(s pb.SyncState, rev int64) func(*pb.AgentReport) bool {
 }
 
 // waitEvent waits for an event of kind, from the n-th on.
-func (c *fakeController) waitEvent(t *testing.T, n int, kind pb.AgentEvent_Kind) *pb.AgentEvent {
+func (c *fakeController) waitEvent(t testing.TB, n int, kind pb.AgentEvent_Kind) *pb.AgentEvent {
 	t.Helper()
 	deadline := time.Now().Add(waitFor)
 	for {
