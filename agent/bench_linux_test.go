@@ -62,7 +62,9 @@ func BenchmarkAddrToEndpoint(b *testing.B) {
 		waitUntilTB(b, "the endpoint removed", func() bool { _, ok := l.endpoint(b, p.Addr()); return !ok })
 	}
 	slices.Sort(lat)
-	q := func(f float64) float64 { return float64(lat[min(len(lat)-1, int(f*float64(len(lat))))].Microseconds()) / 1000 }
+	q := func(f float64) float64 {
+		return float64(lat[min(len(lat)-1, int(f*float64(len(lat))))].Microseconds()) / 1000
+	}
 	b.ReportMetric(q(0.50), "p50-ms")
 	b.ReportMetric(q(0.99), "p99-ms")
 	b.ReportMetric(q(1), "max-ms")
@@ -139,8 +141,8 @@ func stop(t testing.TB, cmd *exec.Cmd, log *bytes.Buffer) {
 // applies the policy there, says hello with its flags from the command line
 // and the environment, and leaves the kernel as it is on SIGTERM.
 func TestIntegrationBinary(t *testing.T) {
-	bin := buildAgent(t)
 	l := newLab(t, 2)
+	bin := buildAgent(t)
 	p := labPolicy()
 	cmd, ctrl, log := runBinary(t, l, bin, p)
 	ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
@@ -171,8 +173,8 @@ func TestIntegrationBinary(t *testing.T) {
 // the policy applied, and reports the CPU it used (percent of one core)
 // and its resident memory. Run it with -benchtime=1x.
 func BenchmarkAgentIdle(b *testing.B) {
-	bin := buildAgent(b)
 	l := newLab(b, 2)
+	bin := buildAgent(b)
 	p := labPolicy()
 	p.Limits = &pb.Limits{Subflows: proto.Uint32(2)}
 	for range b.N {
