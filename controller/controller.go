@@ -277,6 +277,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Error("embedded etcd failed", "err", err)
 	}
 	hs.Shutdown()
+	// End the streams first — agent sessions, then (with the cache) the
+	// watches — so that GracefulStop only waits for unary calls.
+	c.hub.closeAll()
+	stop()
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()
 	// Streams (agents, watches) never end by themselves: give unary calls a
@@ -286,7 +290,6 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case <-time.After(3 * time.Second):
 		srv.Stop()
 	}
-	stop()
 	wg.Wait()
 	return err
 }

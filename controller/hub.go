@@ -54,6 +54,7 @@ type hub struct {
 	prepared map[string]*grpc.PreparedMsg // desired key → encoded message
 	lease    clientv3.LeaseID
 	ready    chan struct{}
+	closing  bool
 
 	encodes atomic.Int64 // desired messages encoded (for tests and metrics)
 }
@@ -128,6 +129,17 @@ func (h *hub) setGroups(groups map[string]*pb.Group) {
 	case <-h.ready:
 	default:
 		close(h.ready)
+	}
+}
+
+// closeAll ends every agent stream (the controller is shutting down; agents
+// keep their kernel state and reconnect) and refuses new ones.
+func (h *hub) closeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.closing = true
+	for _, s := range h.sessions {
+		s.cancel()
 	}
 }
 
@@ -366,6 +378,10 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 		},
 	}
 	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
+		return status.Error(codes.Unavailable, "controller shutting down")
+	}
 	if old := h.sessions[id]; old != nil {
 		old.cancel() // the newest connection of a host wins
 	}
@@ -412,9 +428,16 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	case err = <-sendErr:
 	case err = <-recvErr:
 	case <-sctx.Done():
-		err = status.Error(codes.Aborted, "replaced by a newer connection of the same host")
-		if ctx.Err() != nil {
+		h.mu.Lock()
+		closing := h.closing
+		h.mu.Unlock()
+		switch {
+		case ctx.Err() != nil:
 			err = ctx.Err()
+		case closing:
+			err = status.Error(codes.Unavailable, "controller shutting down")
+		default:
+			err = status.Error(codes.Aborted, "replaced by a newer connection of the same host")
 		}
 	}
 	cancel()
