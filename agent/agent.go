@@ -627,7 +627,9 @@ func (l *loop) kernelFor(ctx context.Context, rng route.Range) (reconcile.Kernel
 		return nil, fmt.Errorf("open the kernel: %w", err)
 	}
 	if old := l.kernel; old != nil {
-		if !l.a.opts.DryRun && l.effective != nil {
+		// The range of a configuration this agent brought about is
+		// cleaned; one it left alone (unmanaged) stays as it is.
+		if !l.a.opts.DryRun && l.lastRendered != nil {
 			l.cleanRange(ctx, old, l.krange)
 		}
 		closeKernel(old)

@@ -348,6 +348,29 @@ func TestIntegrationAgent(t *testing.T) {
 	if !l.routedVia(t, l0.v4, l0.index, l0.gw4) {
 		t.Error("link 0's routing lost")
 	}
+
+	// A revision that moves the routing range: the old range is emptied,
+	// the new one holds the routing.
+	_, nr, _ := ctrl.counts()
+	p2 := labPolicy()
+	p2.Routing = &pb.Routing{Enabled: true, TableMin: 300, TableMax: 309, PriorityMin: 1000, PriorityMax: 1009}
+	ctrl.setDesired(managed(2, p2))
+	ctrl.waitReport(t, nr, "IN_SYNC at 2", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 2))
+	if rules, err := l.rt.Rules(); err != nil || len(rules) != 0 {
+		t.Errorf("old range still holds rules %v (%v)", rules, err)
+	}
+	if routes, err := l.rt.Routes(); err != nil || len(routes) != 0 {
+		t.Errorf("old range still holds routes %v (%v)", routes, err)
+	}
+	moved, err := route.Open(&route.Options{NetNS: int(l.ns.Handle), Range: route.Range{TableMin: 300, TableMax: 309, PriorityMin: 1000, PriorityMax: 1009}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = moved.Close() }()
+	// Link 1 lost its IPv6 address when it went down: 4 addresses left.
+	if rules, err := moved.Rules(); err != nil || len(rules) != 4 {
+		t.Errorf("new range holds rules %v (%v); want 4", rules, err)
+	}
 }
 
 // pair is two namespaces, client and server, joined by two veth links:

@@ -287,6 +287,8 @@ func (s *NetlinkSystem) Health(ctx context.Context) (*pb.MptcpHealth, error) {
 }
 
 // Watch implements System with rtnetlink address and link subscriptions.
+// Each subscription starts with a dump of what exists, so that a caller that
+// watches again after a break hears of what changed in between.
 func (s *NetlinkSystem) Watch(ctx context.Context, notify func(Change)) error {
 	var nsp *netns.NsHandle
 	if s.ns >= 0 {
@@ -304,13 +306,13 @@ func (s *NetlinkSystem) Watch(ctx context.Context, notify func(Change)) error {
 	addrC := make(chan netlink.AddrUpdate, 128)
 	linkC := make(chan netlink.LinkUpdate, 128)
 	if err := netlink.AddrSubscribeWithOptions(addrC, done, netlink.AddrSubscribeOptions{
-		Namespace: nsp, ErrorCallback: onErr, ReceiveBufferSize: 1 << 20,
+		Namespace: nsp, ErrorCallback: onErr, ReceiveBufferSize: 1 << 20, ListExisting: true,
 	}); err != nil {
 		close(done)
 		return fmt.Errorf("agent: subscribe to address changes: %w", err)
 	}
 	if err := netlink.LinkSubscribeWithOptions(linkC, done, netlink.LinkSubscribeOptions{
-		Namespace: nsp, ErrorCallback: onErr, ReceiveBufferSize: 1 << 20,
+		Namespace: nsp, ErrorCallback: onErr, ReceiveBufferSize: 1 << 20, ListExisting: true,
 	}); err != nil {
 		close(done)
 		drain(addrC, nil)
