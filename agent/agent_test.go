@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -652,5 +653,48 @@ func TestNewChecksOptions(t *testing.T) {
 	o.Token = "secret" // to loopback: fine
 	if _, err := New(o); err != nil {
 		t.Errorf("token to loopback: %v", err)
+	}
+}
+
+// TestManyAgents runs many agents in-process against one controller, as
+// end-to-end tests of the fleet do; each applies the group's revisions.
+func TestManyAgents(t *testing.T) {
+	const n = 30
+	ctrl := newController(t, false)
+	ctrl.setDesired(managed(1, testPolicy()))
+	var hs []*harness
+	for i := range n {
+		h := newHarness(t, func(h *harness) {
+			h.ctrl.stop()
+			h.ctrl = ctrl
+			h.opts.Controller = ctrl.addr
+			h.opts.HostID = fmt.Sprintf("web-%d", i)
+		})
+		h.start()
+		hs = append(hs, h)
+	}
+	for _, rev := range []int64{1, 2} {
+		p := testPolicy()
+		if rev == 2 {
+			p = testPolicy(pb.EndpointFlag_ENDPOINT_FLAG_BACKUP)
+			ctrl.setDesired(managed(2, p))
+		}
+		waitUntil(t, fmt.Sprintf("%d APPLIED events for revision %d", n, rev), func() bool {
+			c := 0
+			for _, e := range ctrl.eventsSince(0) {
+				if e.GetKind() == pb.AgentEvent_KIND_APPLIED && e.GetRevision() == rev {
+					c++
+				}
+			}
+			return c == n
+		})
+		for _, h := range hs {
+			if !h.converged(h.rendered(p)) {
+				t.Fatalf("%s does not hold revision %d", h.opts.HostID, rev)
+			}
+		}
+	}
+	if hellos, _, _ := ctrl.counts(); hellos != n {
+		t.Errorf("%d hellos, want %d", hellos, n)
 	}
 }

@@ -21,6 +21,9 @@ import (
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -45,9 +48,12 @@ type fakeController struct {
 	events   []*pb.AgentEvent
 	confirms int
 
-	lis  net.Listener
-	srv  *grpc.Server
-	addr string
+	lis   net.Listener
+	srv   *grpc.Server
+	sopts []grpc.ServerOption // set before serve
+	addr  string
+	auth  []string // authorization metadata of each session
+	peers []string // client certificate common name of each session
 }
 
 // newController listens on 127.0.0.1 and serves at once unless paused.
@@ -73,7 +79,7 @@ func newControllerOn(t testing.TB, lis net.Listener, paused bool) *fakeControlle
 func (c *fakeController) serve() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.srv = grpc.NewServer()
+	c.srv = grpc.NewServer(c.sopts...)
 	pb.RegisterAgentServiceServer(c.srv, c)
 	go func() { _ = c.srv.Serve(c.lis) }()
 }
@@ -128,7 +134,16 @@ func (c *fakeController) Connect(st pb.AgentService_ConnectServer) error {
 		return err
 	}
 	notify := make(chan struct{}, 1)
+	md, _ := metadata.FromIncomingContext(st.Context())
+	cn := ""
+	if p, ok := peer.FromContext(st.Context()); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
+			cn = ti.State.PeerCertificates[0].Subject.CommonName
+		}
+	}
 	c.mu.Lock()
+	c.auth = append(c.auth, strings.Join(md.Get("authorization"), ","))
+	c.peers = append(c.peers, cn)
 	c.hellos = append(c.hellos, m.GetHello())
 	c.subs[notify] = true
 	huge := c.hugeOnce
