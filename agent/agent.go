@@ -1,8 +1,36 @@
 // Package agent is mpfleet's agent: one per host (per network namespace), it
 // connects to the controller, renders its group's policy against the local
-// interfaces, reconciles the kernel through netlink (endpoints, limits,
-// sysctls, policy routing), keeps it so as addresses and links change and
-// the kernel drifts, and reports state, MPTCP health and events of note.
+// interfaces (policy.Render), reconciles the kernel through netlink
+// (reconcile.Plan and Apply: endpoints, limits, sysctls, policy routing),
+// keeps it so as addresses and links change and the kernel drifts, and
+// reports state, MPTCP health and events of note.
+//
+// On AgentService.Connect the agent sends a hello (host id, labels, facts,
+// the group and revision it applied last, dry run), then a report of its
+// current state; the controller answers with the desired configuration at
+// once and again on every change. MANAGED: the policy is validated
+// (policy.ValidatePolicy; a bad one is rejected with a FAILED report and an
+// APPLY_FAILED event, nothing applied), rendered, planned and applied under
+// an undo journal. A new revision is reported APPLYING with its plan, then
+// confirmed: the agent sends Confirm{nonce} and the controller must echo it
+// within the confirm timeout, else the agent reverts the kernel to what it
+// read before the apply, reports ROLLED_BACK and does not apply that
+// revision again until another comes. A confirmed revision is reported
+// IN_SYNC with an APPLIED event and saved in the state dir (atomically), from
+// which it is re-applied at the next start before the controller is reached
+// (a RESTORED event once connected). UNMANAGED and CONFLICT leave the kernel
+// as it is. A failed apply is rolled back by the journal: FAILED and
+// APPLY_FAILED with the reason. Address and link changes (rtnetlink) trigger a
+// reconcile within milliseconds; a periodic resync catches what nothing
+// announces, and a change to the kernel under an unchanged configuration is
+// reported DRIFTED, repaired and reported DRIFT_REPAIRED. Endpoints of a link
+// that is down are removed, and added again when it returns so that the
+// in-kernel path manager opens subflows over it on existing connections. No
+// op that would delete the rule or routes the controller connection leaves by
+// is applied. Reports follow every change of state and come every report
+// interval with fresh health. A lost connection is retried with full-jitter
+// exponential backoff; the kernel is never flushed on a disconnect or at
+// exit.
 //
 // The Agent takes its kernel (a reconcile.Kernel per owned routing range)
 // and its view of the host (System) as options, so that tests run many
