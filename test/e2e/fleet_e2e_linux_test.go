@@ -28,7 +28,14 @@ func TestE2EFleet(t *testing.T) {
 		{"Aggregation", testAggregation},
 		{"Failover", testFailover},
 		{"Recovery", testRecovery},
+		{"Drift", testDrift},
+		{"AddressToEndpoint", testAddressToEndpoint},
+		{"FailedApply", testFailedApply},
+		{"ForgedHello", testForgedHello},
+		{"GRPCurl", testGRPCurl},
+		// These restart the controller: last.
 		{"ControllerRestart", testControllerRestart},
+		{"AgentRestartOffline", testAgentRestartOffline},
 	}
 	for _, s := range scenarios {
 		if !t.Run(s.name, func(t *testing.T) { s.fn(t, f, addr) }) {

@@ -60,16 +60,24 @@ type fleet struct {
 // controller and both agents. Everything is removed when the test ends.
 func newFleet(t *testing.T) *fleet {
 	t.Helper()
+	f := newBareFleet(t)
+	f.startController()
+	for _, h := range []lab.Host{lab.Client, lab.Server} {
+		f.startAgent(h)
+	}
+	return f
+}
+
+// newBareFleet builds a lab and a throwaway PKI and token, and starts
+// nothing.
+func newBareFleet(t *testing.T) *fleet {
+	t.Helper()
 	e2e(t)
 	dir := t.TempDir() // before the lab: removed after the lab's processes stop
 	l := lab.New(t, lab.Config{})
 	f := &fleet{t: t, lab: l, dir: dir, agents: map[lab.Host]*lab.Process{}, agentCerts: map[lab.Host][2]string{}}
 	t.Cleanup(f.dumpLogsOnFailure)
 	f.makePKI()
-	f.startController()
-	for _, h := range []lab.Host{lab.Client, lab.Server} {
-		f.startAgent(h)
-	}
 	return f
 }
 
@@ -396,8 +404,8 @@ func (f *fleet) synced(revs map[string]int64) error {
 		case x.GetGroup() != groupOf[h]:
 			return fmt.Errorf("%s: group %q, want %q", f.hostName(h), x.GetGroup(), groupOf[h])
 		case x.GetDesiredRevision() != revs[groupOf[h]] || x.GetAppliedRevision() != revs[groupOf[h]]:
-			return fmt.Errorf("%s: revision applied %d, desired %d, want %d", f.hostName(h),
-				x.GetAppliedRevision(), x.GetDesiredRevision(), revs[groupOf[h]])
+			return fmt.Errorf("%s: %s, revision applied %d, desired %d, want %d (%s)", f.hostName(h), x.GetSyncState(),
+				x.GetAppliedRevision(), x.GetDesiredRevision(), revs[groupOf[h]], x.GetLastError())
 		case x.GetSyncState() != pb.SyncState_SYNC_STATE_IN_SYNC:
 			return fmt.Errorf("%s: %s (%s)", f.hostName(h), x.GetSyncState(), x.GetLastError())
 		}

@@ -88,8 +88,11 @@ func (s kernelState) String() string {
 type wantEndpoint struct {
 	addr  netip.Addr
 	flags mptcp.Flags
-	dev   string
+	link  lab.Link
 }
+
+// dev is the endpoint's interface.
+func (e wantEndpoint) dev() string { return lab.Iface(lab.Client, e.link) }
 
 // want is the kernel state a policy declares for one host.
 type want struct {
@@ -113,8 +116,8 @@ var (
 	serverSysctls = map[string]string{"enabled": "1", "scheduler": "default", "close_timeout": "30", "add_addr_timeout": "10"}
 	limits22      = mptcp.Limits{Subflows: 2, AddAddrAccepted: 2}
 
-	clientEndpoint = wantEndpoint{lab.Addr(lab.Client, lab.Link2), mptcp.FlagFullmesh, "eth2"}
-	serverEndpoint = wantEndpoint{lab.Addr(lab.Server, lab.Link2), mptcp.FlagSignal, "eth2"}
+	clientEndpoint = wantEndpoint{lab.Addr(lab.Client, lab.Link2), mptcp.FlagFullmesh, lab.Link2}
+	serverEndpoint = wantEndpoint{lab.Addr(lab.Server, lab.Link2), mptcp.FlagSignal, lab.Link2}
 
 	declared = map[string]map[lab.Host]want{
 		twoLinksFile: {
@@ -145,7 +148,7 @@ func (w want) check(s kernelState, h lab.Host) error {
 		got = append(got, fmt.Sprintf("%s %s dev %s", e.Addr, e.Flags&^mptcp.FlagImplicit, s.Links[e.IfIndex]))
 	}
 	for _, e := range w.endpoints {
-		exp = append(exp, fmt.Sprintf("%s %s dev %s", e.addr, e.flags, e.dev))
+		exp = append(exp, fmt.Sprintf("%s %s dev %s", e.addr, e.flags, e.dev()))
 	}
 	slices.Sort(got)
 	slices.Sort(exp)
@@ -182,12 +185,7 @@ func (w want) check(s kernelState, h lab.Host) error {
 // of e's interface.
 func checkRouted(s kernelState, h lab.Host, e wantEndpoint) error {
 	rng := route.DefaultRange
-	link := lab.DataLinks[0]
-	for _, k := range lab.DataLinks {
-		if lab.Addr(h, k) == e.addr {
-			link = k
-		}
-	}
+	link := e.link
 	var table int
 	for _, r := range s.Rules {
 		if r.Src == netip.PrefixFrom(e.addr, e.addr.BitLen()) {
@@ -207,14 +205,14 @@ func checkRouted(s kernelState, h lab.Host, e wantEndpoint) error {
 		}
 		dev := s.Links[r.LinkIndex]
 		switch {
-		case r.Dst == lab.Subnet(h, link) && !r.Gateway.IsValid() && dev == e.dev:
+		case r.Dst == lab.Subnet(h, link) && !r.Gateway.IsValid() && dev == e.dev():
 			connected = true
-		case r.Dst.Bits() == 0 && r.Gateway == lab.Gateway(h, link) && dev == e.dev:
+		case r.Dst.Bits() == 0 && r.Gateway == lab.Gateway(h, link) && dev == e.dev():
 			def = true
 		}
 	}
 	if !connected || !def {
-		return fmt.Errorf("table %d of %s: connected route %v, default via %s dev %s %v", table, e.addr, connected, lab.Gateway(h, link), e.dev, def)
+		return fmt.Errorf("table %d of %s: connected route %v, default via %s dev %s %v", table, e.addr, connected, lab.Gateway(h, link), e.dev(), def)
 	}
 	return nil
 }
