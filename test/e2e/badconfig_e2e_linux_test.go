@@ -55,7 +55,7 @@ func (rawCodec) Name() string { return "proto" }
 // controller's address and with its certificate, and sends whatever the
 // test tells it to: what a compromised or buggy controller could send.
 type fakeController struct {
-	streams chan *fakeStream      // each agent connection, after its hello
+	streams chan *fakeStream        // each agent connection, after its hello
 	msgs    chan *pb.ConnectRequest // every report and event of every stream
 }
 
