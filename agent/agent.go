@@ -366,8 +366,12 @@ type loop struct {
 	flapped      map[int]bool // links that were down since their endpoints were made
 	gateways     map[gwKey][]netip.Addr
 
-	state       pb.SyncState
-	lastError   string
+	state     pb.SyncState
+	lastError string
+	// refused says why the controller's latest desired configuration is not
+	// the one applied (rejected, or rolled back): the state stays FAILED
+	// with it until another configuration comes.
+	refused     string
 	lastFailMsg string // of the last APPLY_FAILED event, not to repeat it
 	lastPlan    reconcile.Ops
 	excluded    []netip.Addr
@@ -579,6 +583,7 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 	if err := validateDesired(d); err != nil {
 		msg := "desired configuration rejected: " + err.Error()
 		l.log.Warn("rejected a desired configuration", "group", d.GetGroup(), "revision", d.GetRevision(), "err", err)
+		l.refused = msg
 		l.setState(pb.SyncState_SYNC_STATE_FAILED, msg)
 		l.event(pb.AgentEvent_KIND_APPLY_FAILED, d, msg, nil)
 		l.lastFailMsg = msg
@@ -589,7 +594,7 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 	case pb.DesiredConfig_ASSIGNMENT_UNMANAGED, pb.DesiredConfig_ASSIGNMENT_CONFLICT:
 		// Leave the kernel as it is, and do not restore anything at boot.
 		l.effective, l.held, l.lastRendered, l.lastPlan, l.excluded = nil, nil, nil, nil, nil
-		l.lastGood = nil
+		l.lastGood, l.refused = nil, ""
 		l.publishApplied()
 		l.save(d)
 		if d.GetAssignment() == pb.DesiredConfig_ASSIGNMENT_CONFLICT {
@@ -606,7 +611,7 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 			l.sendReport(ctx)
 			return
 		}
-		l.held = nil
+		l.held, l.refused = nil, ""
 		l.effective = d
 		l.reconcile(ctx, reasonDesired)
 	}
@@ -617,6 +622,7 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 func (l *loop) onProblems() {
 	for _, err := range l.a.takeProblems() {
 		msg := err.Error()
+		l.refused = msg
 		l.setState(pb.SyncState_SYNC_STATE_FAILED, msg)
 		if msg != l.lastFailMsg {
 			l.event(pb.AgentEvent_KIND_APPLY_FAILED, nil, msg, nil)
@@ -846,6 +852,10 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 // settle sets the state after a reconcile that left the kernel as desired,
 // except for ops held back to keep the controller reachable.
 func (l *loop) settle(held, notes []string) {
+	if l.refused != "" {
+		l.setState(pb.SyncState_SYNC_STATE_FAILED, strings.Join(append([]string{l.refused}, notes...), "; "))
+		return
+	}
 	if len(held) > 0 {
 		l.setState(pb.SyncState_SYNC_STATE_FAILED, strings.Join(notes, "; "))
 		return
@@ -1018,7 +1028,7 @@ func (l *loop) rollBack(ctx context.Context, d *pb.DesiredConfig, k reconcile.Ke
 	l.effective = l.lastGood
 	l.lastRendered = nil
 	l.lastPlan = ops
-	l.lastFailMsg = msg
+	l.lastFailMsg, l.refused = msg, msg
 	l.setState(pb.SyncState_SYNC_STATE_FAILED, msg)
 	l.sendReport(ctx)
 }

@@ -211,10 +211,16 @@ func TestAgentConfirmTimeoutReverts(t *testing.T) {
 	if got := h.k.Snapshot().String(); got != at1.String() {
 		t.Fatalf("kernel after the revert:\n%s\nwant revision 1's:\n%s", got, at1)
 	}
-	// Resyncs keep revision 1; revision 2 is not tried again.
+	// Resyncs keep revision 1; revision 2 is not tried again, and the host
+	// stays FAILED (it does not run what the controller wants).
 	time.Sleep(200 * time.Millisecond)
 	if got := h.k.Snapshot().String(); got != at1.String() {
 		t.Fatalf("revision 2 re-applied after its rollback:\n%s", got)
+	}
+	for _, r := range h.ctrl.reportsSince(nr) {
+		if r.GetSyncState() == pb.SyncState_SYNC_STATE_IN_SYNC {
+			t.Fatalf("reported IN_SYNC after the rollback: %v", r)
+		}
 	}
 	if d, _ := loadState(h.opts.StateDir); d.GetRevision() != 1 {
 		t.Errorf("state dir holds revision %d, want 1", d.GetRevision())
@@ -315,6 +321,33 @@ func TestAgentRejectsBadDesired(t *testing.T) {
 			t.Errorf("kernel touched: %d calls", h.k.Calls())
 		}
 	})
+}
+
+// TestAgentRejectionSticks: after a rejected configuration the host keeps
+// its last good one, and reports FAILED until a good one comes, resyncs or
+// not.
+func TestAgentRejectionSticks(t *testing.T) {
+	h := newHarness(t, func(h *harness) { h.opts.ResyncInterval = 20 * time.Millisecond })
+	h.ctrl.setDesired(managed(1, testPolicy()))
+	h.start()
+	h.ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
+	_, nr, _ := h.ctrl.counts()
+	h.ctrl.setDesired(managed(2, &pb.MultipathPolicy{Limits: &pb.Limits{Subflows: proto.Uint32(99)}}))
+	h.ctrl.waitReport(t, nr, "FAILED at 1", inState(pb.SyncState_SYNC_STATE_FAILED, 1))
+	h.sys.change(Change{Link: 2, Addr: true})
+	time.Sleep(150 * time.Millisecond)
+	for _, r := range h.ctrl.reportsSince(nr) {
+		if r.GetSyncState() != pb.SyncState_SYNC_STATE_FAILED || !strings.Contains(r.GetLastError(), "limits.subflows") {
+			t.Fatalf("report after the rejection: %s %q", r.GetSyncState(), r.GetLastError())
+		}
+	}
+	h.waitConverged(testPolicy())
+	_, nr, _ = h.ctrl.counts()
+	h.ctrl.setDesired(managed(3, testPolicy()))
+	r := h.ctrl.waitReport(t, nr, "IN_SYNC at 3", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 3))
+	if r.GetLastError() != "" {
+		t.Errorf("last error %q after a good configuration", r.GetLastError())
+	}
 }
 
 // TestAgentRestoresAtStart: with the controller unreachable, the last good
