@@ -20,7 +20,9 @@
 // which it is re-applied at the next start before the controller is reached
 // (a RESTORED event once connected). UNMANAGED and CONFLICT leave the kernel
 // as it is. A failed apply is rolled back by the journal: FAILED and
-// APPLY_FAILED with the reason. Address and link changes (rtnetlink) trigger a
+// APPLY_FAILED with the reason; a new revision that failed is not tried
+// again until another comes, and meanwhile the last good one is kept.
+// Address and link changes (rtnetlink) trigger a
 // reconcile within milliseconds; a periodic resync catches what nothing
 // announces, and a change to the kernel under an unchanged configuration is
 // reported DRIFTED, repaired and reported DRIFT_REPAIRED. Endpoints of a link
@@ -730,7 +732,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	newRev := !sameConfig(d, l.lastGood)
 	facts, err := l.a.opts.System.Facts(ctx)
 	if err != nil {
-		l.failed(ctx, d, "read the host's facts: "+err.Error(), nil)
+		l.failed(ctx, d, "read the host's facts: "+err.Error(), nil, false)
 		return
 	}
 	l.facts = facts
@@ -742,24 +744,24 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	}
 	r, err := policy.Render(d.GetPolicy(), ifaces)
 	if err != nil {
-		l.failed(ctx, d, "render: "+err.Error(), nil)
+		l.failed(ctx, d, "render: "+err.Error(), nil, newRev)
 		return
 	}
 	cfg := r.Config
 	rendered, _ := json.Marshal(cfg)
 	k, err := l.kernelFor(ctx, cfg.Range)
 	if err != nil {
-		l.failed(ctx, d, err.Error(), nil)
+		l.failed(ctx, d, err.Error(), nil, false)
 		return
 	}
 	actual, err := k.Read(ctx, cfg)
 	if err != nil {
-		l.failed(ctx, d, "read the kernel: "+err.Error(), nil)
+		l.failed(ctx, d, "read the kernel: "+err.Error(), nil, false)
 		return
 	}
 	ops, err := reconcile.Plan(cfg, actual)
 	if err != nil {
-		l.failed(ctx, d, "plan: "+err.Error(), nil)
+		l.failed(ctx, d, "plan: "+err.Error(), nil, newRev)
 		return
 	}
 	drift := len(ops) > 0 && !newRev && bytes.Equal(rendered, l.lastRendered)
@@ -814,7 +816,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.sendReport(ctx)
 	}
 	if err := reconcile.Apply(ctx, k, ops); err != nil {
-		l.failed(ctx, d, err.Error(), ops)
+		l.failed(ctx, d, err.Error(), ops, newRev)
 		return
 	}
 	after, err := k.Read(ctx, cfg)
@@ -865,8 +867,12 @@ func (l *loop) settle(held, notes []string) {
 }
 
 // failed records a failed reconcile: state FAILED with msg, an APPLY_FAILED
-// event unless the same failure was just reported, and a report.
-func (l *loop) failed(ctx context.Context, d *pb.DesiredConfig, msg string, ops reconcile.Ops) {
+// event unless the same failure was just reported, and a report. With hold
+// (a new revision that cannot be planned or applied) the revision is not
+// tried again until the controller sends another, and the last good one
+// stays maintained; other failures (of the revision in force, or reading the
+// host) are retried at the next change or resync.
+func (l *loop) failed(ctx context.Context, d *pb.DesiredConfig, msg string, ops reconcile.Ops, hold bool) {
 	l.log.Warn("reconcile failed", "group", d.GetGroup(), "revision", d.GetRevision(), "err", msg)
 	if ops != nil {
 		l.lastPlan = ops
@@ -875,6 +881,9 @@ func (l *loop) failed(ctx context.Context, d *pb.DesiredConfig, msg string, ops 
 	if msg != l.lastFailMsg {
 		l.event(pb.AgentEvent_KIND_APPLY_FAILED, d, msg, ops)
 		l.lastFailMsg = msg
+	}
+	if hold {
+		l.held, l.effective, l.refused = d, l.lastGood, msg
 	}
 	l.sendReport(ctx)
 }

@@ -174,10 +174,18 @@ func TestAgentApplyFailureRollsBack(t *testing.T) {
 	if stateFileExists(h.opts.StateDir) {
 		t.Error("a failed revision was saved as last good")
 	}
-	// Once the kernel accepts, a resync applies it.
+	// The failed revision is not tried again on changes or resyncs (the
+	// kernel keeps its last good state, here the fresh one)...
 	h.k.FailOn(nil)
 	h.agent.kick()
+	time.Sleep(50 * time.Millisecond)
+	if h.k.Calls() != 0 {
+		t.Fatalf("the failed revision was tried again: %d calls", h.k.Calls())
+	}
+	// ...but the next revision is applied.
+	h.ctrl.setDesired(managed(2, testPolicy()))
 	h.ctrl.waitEvent(t, 0, pb.AgentEvent_KIND_APPLIED)
+	h.ctrl.waitReport(t, 0, "IN_SYNC at 2", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 2))
 	h.waitConverged(testPolicy())
 }
 
@@ -347,6 +355,42 @@ func TestAgentRejectionSticks(t *testing.T) {
 	r := h.ctrl.waitReport(t, nr, "IN_SYNC at 3", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 3))
 	if r.GetLastError() != "" {
 		t.Errorf("last error %q after a good configuration", r.GetLastError())
+	}
+}
+
+// TestAgentKeepsLastGoodAfterFailure: while a new revision that failed
+// waits for the next, the last good one is still kept: drift is repaired to
+// it.
+func TestAgentKeepsLastGoodAfterFailure(t *testing.T) {
+	h := newHarness(t, func(h *harness) { h.opts.ResyncInterval = 20 * time.Millisecond })
+	p1 := testPolicy()
+	h.ctrl.setDesired(managed(1, p1))
+	h.start()
+	h.ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
+	_, nr, ne := h.ctrl.counts()
+	h.k.FailOn(func(_ int, op reconcile.Op) error {
+		if op.Kind == reconcile.SetLimits && op.Limits.Subflows == 8 {
+			return errInjected
+		}
+		return nil
+	})
+	p2 := testPolicy()
+	p2.Limits.Subflows = proto.Uint32(8)
+	h.ctrl.setDesired(managed(2, p2))
+	h.ctrl.waitEvent(t, ne, pb.AgentEvent_KIND_APPLY_FAILED)
+	h.ctrl.waitReport(t, nr, "FAILED at 1", inState(pb.SyncState_SYNC_STATE_FAILED, 1))
+	for _, e := range h.k.Snapshot().Endpoints {
+		if _, err := h.k.Do(context.Background(), reconcile.Op{Kind: reconcile.DelEndpoint, Endpoint: &e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ev := h.ctrl.waitEvent(t, ne, pb.AgentEvent_KIND_DRIFT_REPAIRED)
+	if ev.GetRevision() != 1 {
+		t.Errorf("drift repaired to revision %d, want 1", ev.GetRevision())
+	}
+	h.waitConverged(p1)
+	if r := h.ctrl.reportsSince(nr); r[len(r)-1].GetSyncState() != pb.SyncState_SYNC_STATE_FAILED {
+		t.Errorf("last report %v; want FAILED while revision 2 is not applied", r[len(r)-1])
 	}
 }
 
