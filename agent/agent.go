@@ -382,7 +382,12 @@ type loop struct {
 	sentFacts   *pb.HostFacts
 	dryRevision int64 // dry run: the revision the kernel matches
 	pending     []*pb.AgentEvent
+	chase       int // reconciles in a row that left something to do
 }
+
+// maxChase bounds the reconciles in a row that a kernel still differing
+// after an apply triggers.
+const maxChase = 3
 
 func (l *loop) run(ctx context.Context) {
 	resync := time.NewTicker(l.a.opts.ResyncInterval)
@@ -841,10 +846,15 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	l.settle(held, notes)
 	if err == nil {
 		// Something may have changed while applying (and its event been
-		// merged into this reconcile's): look again soon.
+		// merged into this reconcile's): look again soon, but do not chase
+		// a kernel that does not take what it is given.
 		if rest, perr := reconcile.Plan(cfg, after); perr == nil {
-			if rest, _ = protect(rest, after, l.localAddr()); len(rest) > 0 {
+			if rest, _ = protect(rest, after, l.localAddr()); len(rest) == 0 {
+				l.chase = 0
+			} else if l.chase++; l.chase <= maxChase {
 				l.a.kick()
+			} else {
+				l.log.Warn("the kernel does not hold what was applied; waiting for the next resync", "left", rest.String())
 			}
 		}
 	}
