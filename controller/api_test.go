@@ -45,13 +45,22 @@ func quietLog() *slog.Logger {
 // loopback, all stopped when the test ends.
 func start(t testing.TB) *env {
 	t.Helper()
+	return startWith(t, controller.Options{})
+}
+
+// startWith is start with options (the logger and a short session TTL are
+// set for the test).
+func startWith(t testing.TB, opts controller.Options) *env {
+	t.Helper()
 	_, cli := etcdtest.Embedded(t)
 	st := store.New(cli, "/mpfleet/v1/")
 	cache := store.NewCache(st, quietLog())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)
 	go func() { defer func() { done <- struct{}{} }(); _ = cache.Run(ctx) }()
-	c := controller.New(st, cache, controller.Options{Log: quietLog(), Hub: controller.HubOptions{SessionTTL: 2 * time.Second}})
+	opts.Log = quietLog()
+	opts.Hub.SessionTTL = 2 * time.Second
+	c := controller.New(st, cache, opts)
 	go func() { defer func() { done <- struct{}{} }(); c.Run(ctx) }()
 	srv, hs := c.NewServer(controller.ServerOptions{})
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

@@ -43,12 +43,15 @@ type Controller struct {
 	cache *store.Cache
 	log   *slog.Logger
 	hub   *hub
+
+	retention Retention
 }
 
 // Options configure a Controller.
 type Options struct {
-	Log *slog.Logger
-	Hub HubOptions
+	Log       *slog.Logger
+	Hub       HubOptions
+	Retention Retention
 }
 
 // New returns a controller over s and its cache. The caller runs the cache
@@ -58,15 +61,19 @@ func New(s *store.Store, cache *store.Cache, opts Options) *Controller {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Controller{store: s, cache: cache, log: log}
+	c := &Controller{store: s, cache: cache, log: log, retention: opts.Retention}
 	c.hub = newHub(c, opts.Hub)
 	return c
 }
 
-// Run does the controller's background work (the agent hub: session lease,
-// group assignments) until ctx ends.
+// Run does the controller's background work until ctx ends: the agent hub
+// (session lease, group assignments) and, when this replica is elected
+// leader, audit retention.
 func (c *Controller) Run(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { defer close(done); c.runLeader(ctx, c.hub.opts.Replica) }()
 	c.hub.run(ctx)
+	<-done
 }
 
 // DesiredEncodes reports how many desired-configuration messages the hub
@@ -139,6 +146,8 @@ type Flags struct {
 	Insecure        bool
 	LogLevel        string
 	Config          string
+	AuditMaxEvents  uint64
+	AuditMaxAge     time.Duration
 }
 
 func flagSet(f *Flags) *pflag.FlagSet {
@@ -157,6 +166,8 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.StringVar(&f.TLSClientCAFile, "tls-client-ca-file", "", "CA bundle to verify client certificates (agents' mutual TLS)")
 	fs.StringVar(&f.TokensFile, "tokens-file", "", "YAML list of {name, role, tokenSHA256} bearer tokens for people and scripts")
 	fs.BoolVar(&f.Insecure, "insecure", false, "allow plaintext without authentication on a non-loopback --listen (never in production)")
+	fs.Uint64Var(&f.AuditMaxEvents, "audit-retention-events", 200000, "keep at most this many audit events (0: no limit); the leader prunes the oldest")
+	fs.DurationVar(&f.AuditMaxAge, "audit-retention-age", 0, "drop audit events older than this, e.g. 8760h (0: no limit)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
 	return fs
@@ -246,7 +257,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	st := store.New(cli, f.EtcdPrefix)
 	cache := store.NewCache(st, log.With("component", "cache"))
-	c := New(st, cache, Options{Log: log})
+	c := New(st, cache, Options{Log: log, Retention: Retention{MaxEvents: f.AuditMaxEvents, MaxAge: f.AuditMaxAge}})
 	srv, hs := c.NewServer(sopts)
 
 	runCtx, stop := context.WithCancel(ctx)

@@ -14,6 +14,8 @@ var (
 	ErrConflict = errors.New("etag mismatch: the resource changed since it was read")
 	// ErrContention: too many concurrent writers; retry later.
 	ErrContention = errors.New("too much write contention")
+	// ErrNotLeader: a leader-only write found this replica no longer leads.
+	ErrNotLeader = errors.New("this controller replica is no longer the leader")
 	// ErrCorrupt: a stored value does not decode.
 	ErrCorrupt = errors.New("stored value is corrupt")
 )

@@ -607,3 +607,88 @@ func (s *Store) AuditHead(ctx context.Context) (uint64, error) {
 	h, err := s.readHead(ctx)
 	return h.seq, err
 }
+
+// LeaderFence is the compare that fences a leader-only write: the leader key
+// still exists with the create revision it had when this replica won.
+func LeaderFence(key string, createRev int64) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(key), "=", createRev)
+}
+
+// ElectionPrefix is where controller replicas campaign for leadership.
+func (s *Store) ElectionPrefix() string { return s.prefix + "leader" }
+
+// AuditRange returns the first and last retained audit sequences (0, 0 when
+// the log is empty).
+func (s *Store) AuditRange(ctx context.Context) (first, last uint64, err error) {
+	resp, err := s.c.Get(ctx, s.auditPrefix(), clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
+	if err != nil {
+		return 0, 0, fmt.Errorf("audit range: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, 0, nil
+	}
+	first, err = strconv.ParseUint(strings.TrimPrefix(string(resp.Kvs[0].Key), s.auditPrefix()), 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("audit range: key %q: %w", resp.Kvs[0].Key, ErrCorrupt)
+	}
+	last, err = s.AuditHead(ctx)
+	return first, last, err
+}
+
+// AuditSeqBefore returns the sequence of the last retained event older than
+// t (0 if none), scanning from the oldest.
+func (s *Store) AuditSeqBefore(ctx context.Context, t time.Time) (uint64, error) {
+	var seq uint64
+	from := s.auditPrefix()
+	for {
+		resp, err := s.c.Get(ctx, from, clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.auditPrefix())), clientv3.WithLimit(256))
+		if err != nil {
+			return 0, fmt.Errorf("audit scan: %w", err)
+		}
+		for _, kv := range resp.Kvs {
+			ev, err := decode(string(kv.Key), kv.Value, &pb.AuditEvent{})
+			if err != nil {
+				return seq, err
+			}
+			if !ev.GetTime().AsTime().Before(t) {
+				return seq, nil
+			}
+			seq = ev.GetSequence()
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return seq, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// PruneAudit deletes retained audit events with sequences up to and
+// including upTo, in batches, each fenced by fence (leader-only work). The
+// newest event is never deleted: it anchors the chain head.
+func (s *Store) PruneAudit(ctx context.Context, fence clientv3.Cmp, upTo uint64) (uint64, error) {
+	head, err := s.AuditHead(ctx)
+	if err != nil || head == 0 {
+		return 0, err
+	}
+	if upTo >= head {
+		upTo = head - 1
+	}
+	var deleted uint64
+	for {
+		first, _, err := s.AuditRange(ctx)
+		if err != nil || first == 0 || first > upTo {
+			return deleted, err
+		}
+		end := min(first+1000, upTo+1)
+		resp, err := s.c.Txn(ctx).If(fence).Then(
+			clientv3.OpDelete(s.auditKey(first), clientv3.WithRange(s.auditKey(end))),
+		).Commit()
+		if err != nil {
+			return deleted, fmt.Errorf("prune audit: %w", err)
+		}
+		if !resp.Succeeded {
+			return deleted, fmt.Errorf("prune audit: %w", ErrNotLeader)
+		}
+		deleted += uint64(resp.Responses[0].GetResponseDeleteRange().Deleted)
+	}
+}

@@ -1,0 +1,117 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/mpfleet/mpfleet/internal/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// Retention bounds the audit log so that etcd stays within its quota. The
+// leader prunes the oldest events; the newest is always kept, so the chain
+// head stays verifiable, and VerifyAuditLog starts at the oldest retained
+// event.
+type Retention struct {
+	// MaxEvents keeps at most this many events (0: no limit).
+	MaxEvents uint64
+	// MaxAge drops events older than this (0: no limit).
+	MaxAge time.Duration
+	// Interval between pruning passes (default 1m).
+	Interval time.Duration
+}
+
+// runLeader campaigns for leadership among the controller replicas sharing
+// the etcd prefix and, while leading, does the work that must happen once:
+// audit retention. The campaign is guarded by the session's Done channel, and
+// every leader-only write is fenced by a compare on the leader key's create
+// revision, so a replica that lost its lease cannot act as a second leader.
+func (c *Controller) runLeader(ctx context.Context, replica string) {
+	for ctx.Err() == nil {
+		sess, err := concurrency.NewSession(c.store.Client(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
+		if err != nil {
+			c.log.Warn("leader election session", "err", err)
+			sleepCtx(ctx, time.Second)
+			continue
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-sess.Done():
+				cancel()
+			case <-lctx.Done():
+			}
+		}()
+		e := concurrency.NewElection(sess, c.store.ElectionPrefix())
+		if err := e.Campaign(lctx, replica); err != nil {
+			cancel()
+			_ = sess.Close()
+			if ctx.Err() == nil {
+				c.log.Warn("leader campaign", "err", err)
+				sleepCtx(ctx, time.Second)
+			}
+			continue
+		}
+		c.log.Info("leading", "replica", replica)
+		c.leaderWork(lctx, store.LeaderFence(e.Key(), e.Rev()))
+		cancel()
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = e.Resign(rctx)
+		rcancel()
+		_ = sess.Close()
+	}
+}
+
+func (c *Controller) leaderWork(ctx context.Context, fence clientv3.Cmp) {
+	r := c.retention
+	if r.MaxEvents == 0 && r.MaxAge == 0 {
+		<-ctx.Done()
+		return
+	}
+	if r.Interval == 0 {
+		r.Interval = time.Minute
+	}
+	t := time.NewTicker(r.Interval)
+	defer t.Stop()
+	for {
+		if err := c.pruneAudit(ctx, fence, r); err != nil && ctx.Err() == nil {
+			c.log.Warn("audit retention", "err", err)
+			if errors.Is(err, store.ErrNotLeader) {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Controller) pruneAudit(ctx context.Context, fence clientv3.Cmp, r Retention) error {
+	first, last, err := c.store.AuditRange(ctx)
+	if err != nil || first == 0 {
+		return err
+	}
+	var upTo uint64
+	if r.MaxEvents > 0 && last-first+1 > r.MaxEvents {
+		upTo = last - r.MaxEvents
+	}
+	if r.MaxAge > 0 {
+		old, err := c.store.AuditSeqBefore(ctx, time.Now().Add(-r.MaxAge))
+		if err != nil {
+			return err
+		}
+		upTo = max(upTo, old)
+	}
+	if upTo < first {
+		return nil
+	}
+	n, err := c.store.PruneAudit(ctx, fence, upTo)
+	if n > 0 {
+		c.log.Info("audit retention pruned events", "deleted", n, "up_to", upTo)
+	}
+	return err
+}
