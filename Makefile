@@ -144,11 +144,15 @@ lab-up: ## build the network lab (namespaces prefixed mpfl)
 	$(GO) run ./test/lab/cmd/mpfleet-lab up
 
 .PHONY: lab-down
-lab-down: ## remove the network lab and any leftovers
+lab-down: ## remove the network lab that lab-up built (prefix mpfl), and only it
+	$(GO) run ./test/lab/cmd/mpfleet-lab down
+
+.PHONY: lab-clean
+lab-clean: ## remove every lab's leftovers (mpf*: lab-up's, the demo's, crashed tests')
 	$(GO) run ./test/lab/cmd/mpfleet-lab cleanup
 
 .PHONY: demo
-demo: build ## build, start a controller, apply a policy through mpfleetctl, show the result
+demo: build ## the lab, controller and agents over mTLS, a policy applied with mpfleetctl, one MPTCP connection over two links (root)
 	./test/demo.sh
 
 .PHONY: clean
