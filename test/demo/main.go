@@ -92,7 +92,7 @@ func run(ctx context.Context, bin, logs string) (err error) {
 	if d.dir, err = os.MkdirTemp("", "mpfleet-demo-"); err != nil {
 		return err
 	}
-	defer os.RemoveAll(d.dir)
+	defer func() { _ = os.RemoveAll(d.dir) }()
 	// A demo killed before it could clean up left its lab behind.
 	_ = lab.Run(context.Background(), []string{"down", "--prefix", prefix}, io.Discard, io.Discard)
 
@@ -530,7 +530,7 @@ func (d *demo) waitHosts(ok func(*pb.Host) bool) error {
 		for _, p := range d.procs {
 			select {
 			case <-p.Done():
-				return fmt.Errorf("%s exited: %v", filepath.Base(p.Cmd.Path), p.Wait())
+				return fmt.Errorf("%s exited: %w", filepath.Base(p.Cmd.Path), p.Wait())
 			default:
 			}
 		}
@@ -585,7 +585,7 @@ func (d *demo) transfer(n int64, at func(tick int, eth1, eth2 float64)) (traffic
 		c.Close()
 		return traffic.Report{}, err
 	}
-	defer mc.Close()
+	defer func() { _ = mc.Close() }()
 	local := c.LocalAddr().String()
 
 	type res struct {
@@ -628,7 +628,7 @@ func (d *demo) serverTable() string {
 	if err != nil {
 		return err.Error()
 	}
-	defer m.Close()
+	defer func() { _ = m.Close() }()
 	rules, err := m.Rules()
 	if err != nil {
 		return err.Error()

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -78,8 +79,11 @@ func (fc *fakeController) connect(_ any, ss grpc.ServerStream) error {
 		return err
 	}
 	req := &pb.ConnectRequest{}
-	if err := proto.Unmarshal(raw, req); err != nil || req.GetHello() == nil {
-		return fmt.Errorf("first message is not a hello: %v", err)
+	if err := proto.Unmarshal(raw, req); err != nil {
+		return fmt.Errorf("first message: %w", err)
+	}
+	if req.GetHello() == nil {
+		return errors.New("first message is not a hello")
 	}
 	s := &fakeStream{hello: req.GetHello(), ss: ss}
 	fc.streams <- s

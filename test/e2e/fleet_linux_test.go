@@ -209,7 +209,7 @@ func (f *fleet) startController() {
 	eventually(t, 30*time.Second, func() error {
 		select {
 		case <-p.Done():
-			return stop(fmt.Errorf("the controller exited: %v", p.Wait()))
+			return stop(fmt.Errorf("the controller exited: %w", p.Wait()))
 		default:
 		}
 		_, err := f.ctl("get", "groups")
@@ -289,7 +289,7 @@ func (f *fleet) agentsRunning() error {
 	for h, p := range f.agents {
 		select {
 		case <-p.Done():
-			return fmt.Errorf("the agent of %s exited: %v", h, p.Wait())
+			return fmt.Errorf("the agent of %s exited: %w", h, p.Wait())
 		default:
 		}
 	}
