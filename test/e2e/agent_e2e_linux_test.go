@@ -227,7 +227,7 @@ func testAgentRestartOffline(t *testing.T, f *fleet, _ string) {
 	revs := f.revisions(t)
 	f.stopController(false)
 	defer func() {
-		if f.controller == nil {
+		if !f.controllerRunning() {
 			f.startController()
 		}
 	}()

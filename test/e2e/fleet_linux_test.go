@@ -238,6 +238,14 @@ func (f *fleet) stopController(kill bool) {
 	}
 }
 
+// controllerRunning reports whether the fleet's controller was started
+// and not stopped.
+func (f *fleet) controllerRunning() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.controller != nil
+}
+
 // startAgent starts the agent of h in its namespace, with its own state
 // dir (the same on every start) and client certificate.
 func (f *fleet) startAgent(h lab.Host, extra ...string) {
