@@ -25,9 +25,12 @@
 // Address and link changes (rtnetlink) trigger a
 // reconcile within milliseconds; a periodic resync catches what nothing
 // announces, and a change to the kernel under an unchanged configuration is
-// reported DRIFTED, repaired and reported DRIFT_REPAIRED. Endpoints of a link
-// that is down are removed, and added again when it returns so that the
-// in-kernel path manager opens subflows over it on existing connections. No
+// reported DRIFTED, repaired and reported DRIFT_REPAIRED. A link that goes
+// down loses its policy routing (the kernel drops its routes) but keeps its
+// endpoints, so that subflows over it survive a flap; when it returns the
+// routing is restored at once, and its "subflow" and "signal" endpoints are
+// re-created so that the in-kernel path manager opens subflows over it again
+// where they were lost. No
 // op that would delete the rule or routes the controller connection leaves by
 // is applied. Reports follow every change of state and come every report
 // interval with fresh health. A lost connection is retried with full-jitter
@@ -341,6 +344,20 @@ const (
 	reasonResync                // the periodic resync
 	reasonRestore               // boot: the last good configuration
 )
+
+func (r reason) String() string {
+	switch r {
+	case reasonDesired:
+		return "desired"
+	case reasonEvent:
+		return "event"
+	case reasonResync:
+		return "resync"
+	case reasonRestore:
+		return "restore"
+	}
+	return "unknown"
+}
 
 // Limits of what a report carries (the controller rejects more).
 const (
@@ -824,6 +841,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.failed(ctx, d, err.Error(), ops, newRev)
 		return
 	}
+	l.log.Debug("applied", "reason", why.String(), "ops", ops.String())
 	after, err := k.Read(ctx, cfg)
 	if err == nil {
 		l.applied = policy.AppliedFromState(after, ifaces)
@@ -898,10 +916,16 @@ func (l *loop) failed(ctx context.Context, d *pb.DesiredConfig, msg string, ops 
 	l.sendReport(ctx)
 }
 
-// recreate returns, for each endpoint that stays on a link that went down
-// and is up again, a delete and an add: the in-kernel path manager only
-// opens subflows when an endpoint is added, so this brings subflows back
-// over the returning link on existing connections.
+// recreate returns, for each "subflow" or "signal" endpoint that stays on a
+// link that went down and is up again, a delete and an add. The in-kernel
+// path manager never re-opens a subflow that closed (a join that failed while
+// the link was away, a subflow the peer reset): adding a "subflow" endpoint
+// opens subflows on existing connections, adding a "signal" one announces it
+// again so that the peers join it. Deleting closes the endpoint's subflows
+// that survived, for one round trip. A "fullmesh" or "laminar" endpoint
+// without those flags is left alone: adding it opens nothing (it only joins
+// addresses the peer announces later), so deleting it would lose a subflow
+// that survived.
 func (l *loop) recreate(cfg reconcile.HostConfig, actual reconcile.State, ops reconcile.Ops, ifaces []policy.Interface) reconcile.Ops {
 	if len(l.flapped) == 0 {
 		return nil
@@ -923,7 +947,7 @@ func (l *loop) recreate(cfg reconcile.HostConfig, actual reconcile.State, ops re
 	var out reconcile.Ops
 	for _, e := range cfg.Endpoints {
 		cur, ok := byAddr[e.Addr]
-		if !ok || touched[e.Addr] || !l.flapped[e.IfIndex] || !up[e.IfIndex] {
+		if !ok || touched[e.Addr] || !l.flapped[e.IfIndex] || !up[e.IfIndex] || e.Flags&(mptcp.FlagSubflow|mptcp.FlagSignal) == 0 {
 			continue
 		}
 		e.ID = cur.ID

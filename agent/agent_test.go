@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -482,64 +483,98 @@ func TestAgentAddressEvent(t *testing.T) {
 	}
 }
 
-// TestAgentLinkFlap: a link that goes down loses its endpoint and routing;
-// back up, they return. A flap too quick to be seen as down still gets its
-// endpoints re-created, so the path manager opens subflows over the link
-// again.
+// TestAgentLinkFlap: a link that goes down loses its routing (the kernel
+// drops its routes) but keeps its endpoints; back up, its routing returns at
+// once, through its remembered gateway, and its subflow endpoint is
+// re-created so that the path manager opens subflows over it again. A flap
+// too quick to be seen as down is handled the same. A fullmesh-only endpoint
+// is left alone: re-adding it would open nothing.
 func TestAgentLinkFlap(t *testing.T) {
 	h := newHarness(t)
 	p := testPolicy()
 	h.ctrl.setDesired(managed(1, p))
 	h.start()
 	h.ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
+	rec := recordOps(h.k)
 
 	// Down, the kernel drops the link's routes, the main table's too, so
 	// its gateway is no longer known.
 	down := hostIfaces()
 	down[2].Up, down[2].Gateways = false, nil
 	h.sys.setInterfaces(down, Change{Link: 3, Down: true})
-	h.waitConverged(p)
-	st := h.k.Snapshot()
-	if len(st.Endpoints) != 1 || len(st.Rules) != 1 {
-		t.Fatalf("with eth1 down: %d endpoints, %d rules; want 1 each", len(st.Endpoints), len(st.Rules))
+	waitUntil(t, "eth1's routing withdrawn", func() bool { return len(h.k.Snapshot().Rules) == 1 })
+	if st := h.k.Snapshot(); len(st.Endpoints) != 2 || len(st.Routes) != 2 {
+		t.Fatalf("with eth1 down: %d endpoints, %d routes; want 2 and 2", len(st.Endpoints), len(st.Routes))
 	}
+	rec.reset()
 	back := hostIfaces()
 	back[2].Gateways = nil
 	h.sys.setInterfaces(back, Change{Link: 3})
-	waitUntil(t, "eth1's endpoint and routing back, through its remembered gateway", func() bool {
-		st := h.k.Snapshot()
-		return len(st.Endpoints) == 2 && len(st.Rules) == 2 && len(st.Routes) == 4
-	})
-	if !slices.ContainsFunc(h.k.Snapshot().Routes, func(r route.Route) bool { return r.Gateway == netip.MustParseAddr("198.18.1.1") }) {
-		t.Errorf("eth1's table lacks its default route: %v", h.k.Snapshot().Routes)
+	waitUntil(t, "eth1's routing back and its endpoint re-created", func() bool { return len(rec.get()) == 5 })
+	want := []string{
+		"+ route 198.18.1.0/24 dev eth1 table 7116 src 198.18.1.2 scope link",
+		"+ route default via 198.18.1.1 dev eth1 table 7116", // remembered
+		"+ rule 7116: from 198.18.1.2 lookup 7116",
+		"- endpoint 198.18.1.2 id 2 subflow dev eth1",
+		"+ endpoint 198.18.1.2 id 2 subflow dev eth1",
+	}
+	if diff := cmp.Diff(want, rec.get()); diff != "" {
+		t.Errorf("ops when eth1 came back (-want +got):\n%s", diff)
 	}
 	h.sys.setInterfaces(hostIfaces())
 
 	// A quick flap: down and up announced, the link up when the agent looks.
-	var ops []reconcile.Op
-	var mu = make(chan struct{}, 1)
-	mu <- struct{}{}
-	h.k.FailOn(func(_ int, op reconcile.Op) error {
-		<-mu
-		ops = append(ops, op)
-		mu <- struct{}{}
-		return nil
-	})
+	rec.reset()
 	h.sys.change(Change{Link: 3, Down: true})
 	h.sys.change(Change{Link: 3})
-	waitUntil(t, "the endpoint re-created", func() bool {
-		<-mu
-		defer func() { mu <- struct{}{} }()
-		return len(ops) == 2
-	})
-	<-mu
-	got := []string{ops[0].String(), ops[1].String()}
-	mu <- struct{}{}
-	want := []string{"- endpoint 198.18.1.2 id 2 subflow dev eth1", "+ endpoint 198.18.1.2 id 2 subflow dev eth1"}
-	if diff := cmp.Diff(want, got); diff != "" {
+	waitUntil(t, "the endpoint re-created", func() bool { return len(rec.get()) == 2 })
+	if diff := cmp.Diff(want[3:], rec.get()); diff != "" {
 		t.Errorf("ops for a quick flap (-want +got):\n%s", diff)
 	}
 	h.waitConverged(p)
+
+	// Fullmesh only: nothing to re-create.
+	fm := testPolicy()
+	fm.Endpoints[0].Flags = []pb.EndpointFlag{pb.EndpointFlag_ENDPOINT_FLAG_FULLMESH}
+	_, nr, _ := h.ctrl.counts()
+	h.ctrl.setDesired(managed(2, fm))
+	h.ctrl.waitReport(t, nr, "IN_SYNC at 2", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 2))
+	rec.reset()
+	h.sys.change(Change{Link: 3, Down: true})
+	h.sys.change(Change{Link: 3})
+	time.Sleep(50 * time.Millisecond)
+	if ops := rec.get(); len(ops) != 0 {
+		t.Errorf("a fullmesh-only endpoint was touched after a flap: %v", ops)
+	}
+}
+
+// opRecorder records the ops a fake kernel is asked to do.
+type opRecorder struct {
+	mu  sync.Mutex
+	ops []string
+}
+
+func recordOps(k *reconcile.FakeKernel) *opRecorder {
+	r := &opRecorder{}
+	k.FailOn(func(_ int, op reconcile.Op) error {
+		r.mu.Lock()
+		r.ops = append(r.ops, op.String())
+		r.mu.Unlock()
+		return nil
+	})
+	return r
+}
+
+func (r *opRecorder) get() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.ops)
+}
+
+func (r *opRecorder) reset() {
+	r.mu.Lock()
+	r.ops = nil
+	r.mu.Unlock()
 }
 
 // TestAgentDryRun: plans are reported, nothing is touched.

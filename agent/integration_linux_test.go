@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -328,15 +329,20 @@ func TestIntegrationAgent(t *testing.T) {
 	}
 	waitUntilTB(t, "5 endpoints again", func() bool { eps, _ := l.mp.Endpoints(); return len(eps) == 5 })
 
-	// Link 1 down: the kernel drops its routes, the agent its endpoints and
-	// rules. Up: all back.
+	// Link 1 down: the kernel drops its routes (the main table's too), the
+	// agent its rules; its IPv4 endpoint stays. Up: the routing is back, its
+	// gateway remembered, and the endpoint re-created (same ID).
+	before, _ := l.endpoint(t, l1.v4.Addr())
 	link1 := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: l1.index}}
 	if err := l.h.LinkSetDown(link1); err != nil {
 		t.Fatal(err)
 	}
-	waitUntilTB(t, "link 1's endpoint removed", func() bool { _, ok := l.endpoint(t, l1.v4.Addr()); return !ok })
-	if l.routedVia(t, l1.v4, l1.index, l1.gw4) {
-		t.Error("link 1 is down but its policy routing is still there")
+	waitUntilTB(t, "link 1's rule removed", func() bool {
+		rules, err := l.rt.Rules()
+		return err == nil && !slices.ContainsFunc(rules, func(r route.Rule) bool { return r.Src.Addr() == l1.v4.Addr() })
+	})
+	if _, ok := l.endpoint(t, l1.v4.Addr()); !ok {
+		t.Error("link 1 is down and its endpoint is gone")
 	}
 	if err := l.h.LinkSetUp(link1); err != nil {
 		t.Fatal(err)
@@ -344,7 +350,17 @@ func TestIntegrationAgent(t *testing.T) {
 	start = time.Now()
 	waitUntilTB(t, "link 1's routes restored", func() bool { return l.routedVia(t, l1.v4, l1.index, l1.gw4) })
 	t.Logf("link up → routes restored: %v (carrier detection included)", time.Since(start))
-	waitUntilTB(t, "link 1's endpoint back", func() bool { _, ok := l.endpoint(t, l1.v4.Addr()); return ok })
+	waitUntilTB(t, "link 1's endpoint re-created", func() bool {
+		ctrl.mu.Lock()
+		defer ctrl.mu.Unlock()
+		r := ctrl.reports[len(ctrl.reports)-1]
+		return r.GetSyncState() == pb.SyncState_SYNC_STATE_IN_SYNC && slices.ContainsFunc(r.GetLastPlan(), func(op *pb.PlanOperation) bool {
+			return op.GetKind() == "add-endpoint" && strings.HasPrefix(op.GetDescription(), "+ endpoint "+l1.v4.Addr().String()+" ")
+		})
+	})
+	if after, ok := l.endpoint(t, l1.v4.Addr()); !ok || after != before {
+		t.Errorf("link 1's endpoint after the flap %+v, before %+v", after, before)
+	}
 	if !l.routedVia(t, l0.v4, l0.index, l0.gw4) {
 		t.Error("link 0's routing lost")
 	}
@@ -450,7 +466,8 @@ func (p *pair) connect(t *testing.T) (net.Conn, netip.AddrPort) {
 		var lc net.ListenConfig
 		lc.SetMultipathTCP(true)
 		var err error
-		ln, err = lc.Listen(context.Background(), "tcp4", "198.18.20.2:0")
+		// The wildcard, so that joins to an announced address are accepted.
+		ln, err = lc.Listen(context.Background(), "tcp4", "0.0.0.0:0")
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -473,7 +490,7 @@ func (p *pair) connect(t *testing.T) (net.Conn, netip.AddrPort) {
 		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("198.18.20.1")}}
 		d.SetMultipathTCP(true)
 		var err error
-		conn, err = d.Dial("tcp4", ln.Addr().String())
+		conn, err = d.Dial("tcp4", netip.AddrPortFrom(netip.MustParseAddr("198.18.20.2"), addrPort(ln.Addr()).Port()).String())
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -530,6 +547,62 @@ func echo(t *testing.T, conn net.Conn, msg string) {
 	}
 }
 
+// bulk sends n bytes through the echo server and reads them back.
+func bulk(t *testing.T, conn net.Conn, n int) {
+	t.Helper()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	errc := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for sent := 0; sent < n; sent += len(buf) {
+			if _, err := conn.Write(buf[:min(len(buf), n-sent)]); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	if _, err := io.CopyN(io.Discard, conn, int64(n)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// txBytes returns the bytes the client's link i has sent.
+func (p *pair) txBytes(t testing.TB, i int) uint64 {
+	l, err := p.ch.LinkByIndex(p.a[i])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().Statistics.TxBytes
+}
+
+// flap takes the client's link 1 down, on the host or by the peer (carrier
+// loss), for a second during which data still flows over link 0, and brings
+// it back.
+func (p *pair) flap(t *testing.T, carrier bool, conn net.Conn) {
+	t.Helper()
+	h, name := p.ch, "a1"
+	if carrier {
+		h, name = p.sh, "b1"
+	}
+	link, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetDown(link); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	echo(t, conn, "one path")
+	time.Sleep(700 * time.Millisecond)
+	if err := h.LinkSetUp(link); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestIntegrationSubflowReturns checks by experiment that a subflow over a
 // link that went away comes back on an existing MPTCP connection once the
 // link returns, whether the link was taken down on the host
@@ -538,46 +611,82 @@ func echo(t *testing.T, conn net.Conn, msg string) {
 // away and adds it again when it returns, and the in-kernel path manager
 // opens a subflow for an added endpoint on existing connections.
 func TestIntegrationSubflowReturns(t *testing.T) {
-	p := newPair(t)
-	ctrl := newController(t, false)
-	ctrl.setDesired(managed(1, &pb.MultipathPolicy{
-		Limits:    &pb.Limits{Subflows: proto.Uint32(2), AddAddrAccepted: proto.Uint32(0)},
-		Endpoints: []*pb.EndpointRule{{Interface: "a1", Flags: []pb.EndpointFlag{pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW}}},
-		Routing:   &pb.Routing{Enabled: true, Gateways: []*pb.GatewayOverride{{Interface: "a1", Gateway: "198.18.21.2"}}},
-	}))
-	startAgent(t, p.client, ctrl, nil)
-	ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
+	flaps := []struct {
+		name    string
+		carrier bool
+	}{{"administratively down on the host", false}, {"carrier lost (the peer went down)", true}}
 
-	conn, local := p.connect(t)
-	echo(t, conn, "two paths")
-	waitUntilTB(t, "the second subflow", func() bool { return p.subflows(t, local) == 1 })
+	// A "subflow" endpoint on the client's link 1: when the link returns the
+	// agent re-creates it and a new join opens a subflow over it.
+	t.Run("subflow endpoint", func(t *testing.T) {
+		p := newPair(t)
+		ctrl := newController(t, false)
+		ctrl.setDesired(managed(1, &pb.MultipathPolicy{
+			Limits:    &pb.Limits{Subflows: proto.Uint32(2), AddAddrAccepted: proto.Uint32(0)},
+			Endpoints: []*pb.EndpointRule{{Interface: "a1", Flags: []pb.EndpointFlag{pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW}}},
+			Routing:   &pb.Routing{Enabled: true, Gateways: []*pb.GatewayOverride{{Interface: "a1", Gateway: "198.18.21.2"}}},
+		}))
+		startAgent(t, p.client, ctrl, nil)
+		ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
+		conn, local := p.connect(t)
+		echo(t, conn, "two paths")
+		waitUntilTB(t, "the second subflow", func() bool { return p.subflows(t, local) == 1 && p.joins(t) == 1 })
+		for _, f := range flaps {
+			joins := p.joins(t)
+			p.flap(t, f.carrier, conn)
+			start := time.Now()
+			// A subflow counts from when the path manager opens it; the
+			// join counter moves when the server has answered it.
+			waitUntilTB(t, f.name+": a new subflow over link 1", func() bool { return p.subflows(t, local) == 1 && p.joins(t) > joins })
+			t.Logf("%s: link up → subflow re-established in %v (carrier detection included)", f.name, time.Since(start))
+			tx := p.txBytes(t, 1)
+			bulk(t, conn, 32<<20)
+			if sent := p.txBytes(t, 1) - tx; sent < 1<<20 {
+				t.Errorf("%s: link 1 sent %d bytes of a 32 MiB transfer", f.name, sent)
+			}
+		}
+	})
 
-	for _, tc := range []struct {
-		name string
-		h    *netlink.Handle
-		link string
-	}{
-		{"administratively down on the host", p.ch, "a1"},
-		{"carrier lost (the peer went down)", p.sh, "b1"},
-	} {
-		link, err := tc.h.LinkByName(tc.link)
+	// A "fullmesh" endpoint without "subflow" joins the address the server
+	// announces. Adding it again would open nothing, so the agent keeps it
+	// through the flap, restores its routing, and the subflow, never closed,
+	// carries data again.
+	t.Run("fullmesh endpoint joining an announced address", func(t *testing.T) {
+		p := newPair(t)
+		smp, err := mptcp.Dial(&mptcp.DialOptions{NetNS: int(p.server.Handle)})
 		if err != nil {
 			t.Fatal(err)
 		}
-		joins := p.joins(t)
-		if err := tc.h.LinkSetDown(link); err != nil {
+		defer func() { _ = smp.Close() }()
+		if err := smp.AddEndpoint(mptcp.Endpoint{Addr: netip.MustParseAddr("198.18.21.2"), Flags: mptcp.FlagSignal}); err != nil {
 			t.Fatal(err)
 		}
-		waitUntilTB(t, tc.name+": the subflow over link 1 closed", func() bool { return p.subflows(t, local) == 0 })
-		echo(t, conn, "one path")
-		if err := tc.h.LinkSetUp(link); err != nil {
-			t.Fatal(err)
+		ctrl := newController(t, false)
+		ctrl.setDesired(managed(1, &pb.MultipathPolicy{
+			Limits:    &pb.Limits{Subflows: proto.Uint32(2), AddAddrAccepted: proto.Uint32(2)},
+			Endpoints: []*pb.EndpointRule{{Interface: "a1", Flags: []pb.EndpointFlag{pb.EndpointFlag_ENDPOINT_FLAG_FULLMESH}}},
+			Routing:   &pb.Routing{Enabled: true, Gateways: []*pb.GatewayOverride{{Interface: "a1", Gateway: "198.18.21.2"}}},
+		}))
+		startAgent(t, p.client, ctrl, nil)
+		ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
+		conn, local := p.connect(t)
+		echo(t, conn, "two paths")
+		waitUntilTB(t, "the join to the announced address", func() bool { return p.subflows(t, local) == 1 && p.joins(t) == 1 })
+		for _, f := range flaps {
+			p.flap(t, f.carrier, conn)
+			start := time.Now()
+			deadline := start.Add(5 * time.Second)
+			tx := p.txBytes(t, 1)
+			for p.txBytes(t, 1)-tx < 1<<20 && time.Now().Before(deadline) {
+				bulk(t, conn, 8<<20)
+			}
+			if sent := p.txBytes(t, 1) - tx; sent < 1<<20 {
+				t.Fatalf("%s: link 1 sent %d bytes within 5 s of its return", f.name, sent)
+			}
+			t.Logf("%s: link 1 carries data again %v after its return", f.name, time.Since(start))
+			if n, j := p.subflows(t, local), p.joins(t); n != 1 || j != 1 {
+				t.Errorf("%s: %d subflows, %d joins; want the one subflow kept", f.name, n, j)
+			}
 		}
-		start := time.Now()
-		// A subflow counts from when the path manager opens it; the join
-		// counter moves when the server has answered it.
-		waitUntilTB(t, tc.name+": the subflow over link 1 back", func() bool { return p.subflows(t, local) == 1 && p.joins(t) > joins })
-		t.Logf("%s: link up → subflow re-established in %v (carrier detection included)", tc.name, time.Since(start))
-		echo(t, conn, "two paths again")
-	}
+	})
 }

@@ -55,17 +55,22 @@ var kernelDefaultLimits = mptcp.Limits{Subflows: 2, AddAddrAccepted: 0}
 // address order, that match all its criteria (interface glob with path.Match,
 // CIDR, family) and no earlier rule took; an address gets the flags and port
 // of the first rule that selects it. Link-local, loopback, multicast and
-// unspecified addresses are never selected, nor the addresses of links that
-// are down (not administratively and operationally up): the kernel is not to
-// try a path that cannot carry traffic, and when the link comes back its
-// addresses are selected again and their endpoints added anew, which makes the
-// in-kernel path manager open subflows over it on existing connections. The
-// first mptcp.MaxEndpoints selected addresses become endpoints, bound to their
-// interface; the rest are Excluded. Endpoint IDs are left 0, so that
-// reconcile.Plan keeps the ID of an endpoint that exists and picks the lowest
-// free one for a new one.
+// unspecified addresses are never selected. The first mptcp.MaxEndpoints
+// selected addresses become endpoints, bound to their interface; the rest are
+// Excluded. Endpoint IDs are left 0, so that reconcile.Plan keeps the ID of an
+// endpoint that exists and picks the lowest free one for a new one.
 //
-// Routing, when enabled: each endpoint address gets a rule
+// Links that are down (not administratively and operationally up) keep their
+// endpoints but get no routing: the kernel refuses routes through a link
+// that is down, and deletes those there were. Keeping the endpoint is what
+// lets a subflow over the link survive a flap: deleting an endpoint closes its
+// subflows, and adding it back opens new ones only for a "subflow" endpoint
+// (a "signal" one is announced again); a "fullmesh" endpoint without
+// "subflow" only joins addresses the peer announces from then on, so a
+// subflow it lost would not come back. (Measured on 6.18: with the endpoint
+// kept, the subflow resumes by retransmission once the routes are back.)
+//
+// Routing, when enabled: each endpoint address on an up link gets a rule
 // `from ADDR/32 (or /128) lookup T priority P` and in table T its connected
 // route and a default route through its gateway (see route.Source). T and P
 // share one offset into the policy's table and priority ranges, chosen by a
@@ -145,6 +150,9 @@ func Render(p *pb.MultipathPolicy, ifaces []Interface) (Rendered, error) {
 		width := min(tmax-tmin, pmax-pmin) + 1
 		used := map[uint32]bool{}
 		for _, pk := range picks { // in address order
+			if !pk.iface.Up {
+				continue
+			}
 			off := addrHash(pk.addr.Addr()) % width
 			for used[off] {
 				off = (off + 1) % width
@@ -175,7 +183,7 @@ type cand struct {
 	iface *Interface
 }
 
-// candidates returns the selectable addresses of the up interfaces, each
+// candidates returns the selectable addresses of the interfaces, each
 // address once (the interface with the lowest name, then index, wins), in
 // address order.
 func candidates(ifaces []Interface) []cand {
@@ -189,7 +197,7 @@ func candidates(ifaces []Interface) []cand {
 	seen := map[netip.Addr]bool{}
 	var cs []cand
 	for _, ifc := range ifs {
-		if !ifc.Up || ifc.Index <= 0 {
+		if ifc.Index <= 0 {
 			continue
 		}
 		for _, a := range ifc.Addrs {

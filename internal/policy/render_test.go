@@ -87,13 +87,14 @@ func TestRender(t *testing.T) {
 			want: func() Rendered { return Rendered{Config: base()} },
 		},
 		{
-			name:   "interface glob selects the up links' global addresses",
+			name:   "interface glob selects the links' global addresses, down links' too",
 			policy: &pb.MultipathPolicy{Endpoints: []*pb.EndpointRule{{Interface: "eth*", Flags: sub}}},
 			want: func() Rendered {
 				c := base()
 				c.Endpoints = []mptcp.Endpoint{
 					ep("198.18.0.2", mptcp.FlagSubflow, 2), ep("198.18.1.2", mptcp.FlagSubflow, 3),
-					ep("198.18.1.3", mptcp.FlagSubflow, 3), ep("2001:db8::2", mptcp.FlagSubflow, 2),
+					ep("198.18.1.3", mptcp.FlagSubflow, 3), ep("198.18.2.2", mptcp.FlagSubflow, 4),
+					ep("2001:db8::2", mptcp.FlagSubflow, 2),
 				}
 				return Rendered{Config: c}
 			},
@@ -112,6 +113,7 @@ func TestRender(t *testing.T) {
 					ep("198.18.0.2", mptcp.FlagSubflow|mptcp.FlagFullmesh, 2),
 					{Addr: addr("198.18.1.2"), Flags: mptcp.FlagSignal, Port: 4242, IfIndex: 3},
 					{Addr: addr("198.18.1.3"), Flags: mptcp.FlagSignal, Port: 4242, IfIndex: 3},
+					ep("198.18.2.2", mptcp.FlagSubflow|mptcp.FlagFullmesh, 4),
 					ep("198.18.3.2", mptcp.FlagSubflow|mptcp.FlagFullmesh, 5),
 					ep("2001:db8::2", mptcp.FlagSubflow|mptcp.FlagBackup, 2),
 				}
@@ -119,7 +121,7 @@ func TestRender(t *testing.T) {
 			},
 		},
 		{
-			name: "routing: a table per address, gateways from facts and overrides",
+			name: "routing: a table per address of an up link, gateways from facts and overrides",
 			policy: &pb.MultipathPolicy{
 				Endpoints: []*pb.EndpointRule{{Interface: "*", Flags: sub}},
 				Routing:   &pb.Routing{Enabled: true, Gateways: []*pb.GatewayOverride{{Interface: "wlan*", Gateway: "198.18.3.254"}}},
@@ -128,10 +130,11 @@ func TestRender(t *testing.T) {
 				c := base()
 				c.Endpoints = []mptcp.Endpoint{
 					ep("198.18.0.2", mptcp.FlagSubflow, 2), ep("198.18.1.2", mptcp.FlagSubflow, 3),
-					ep("198.18.1.3", mptcp.FlagSubflow, 3), ep("198.18.3.2", mptcp.FlagSubflow, 5),
-					ep("2001:db8::2", mptcp.FlagSubflow, 2),
+					ep("198.18.1.3", mptcp.FlagSubflow, 3), ep("198.18.2.2", mptcp.FlagSubflow, 4),
+					ep("198.18.3.2", mptcp.FlagSubflow, 5), ep("2001:db8::2", mptcp.FlagSubflow, 2),
 				}
-				// Offsets are FNV-1a of the address mod 100, probing on.
+				// Offsets are FNV-1a of the address mod 100, probing on; eth2
+				// is down: an endpoint, no routing.
 				c = routed(c,
 					src("198.18.0.2/24", 2, "198.18.0.1", 9),
 					src("198.18.1.2/24", 3, "198.18.1.1", 16), // 198.19.9.1 is outside the subnet
@@ -363,8 +366,8 @@ func TestAppliedRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(wantFirst, first, protocmp.Transform()); diff != "" {
 		t.Errorf("AppliedFromState, first of each (-want +got):\n%s", diff)
 	}
-	if len(applied.GetEndpoints()) != 5 || len(applied.GetRules()) != 5 {
-		t.Errorf("%d endpoints, %d rules reported, want 5 each", len(applied.GetEndpoints()), len(applied.GetRules()))
+	if len(applied.GetEndpoints()) != 6 || len(applied.GetRules()) != 5 {
+		t.Errorf("%d endpoints, %d rules reported, want 6 and 5 (eth2 is down)", len(applied.GetEndpoints()), len(applied.GetRules()))
 	}
 	if n := len(applied.GetRoutes()); n != 9 { // wlan0 has no gateway
 		t.Errorf("%d routes reported, want 9", n)
@@ -383,8 +386,8 @@ func TestAppliedRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	pops := OpsToProto(fresh)
-	if len(pops) != 9+5+5 || pops[len(pops)-1].GetKind() != "add-endpoint" ||
-		pops[len(pops)-1].GetDescription() != "+ endpoint 2001:db8::2 id 5 subflow backup dev eth0" {
+	if len(pops) != 9+5+6 || pops[len(pops)-1].GetKind() != "add-endpoint" ||
+		pops[len(pops)-1].GetDescription() != "+ endpoint 2001:db8::2 id 6 subflow backup dev eth0" {
 		t.Errorf("OpsToProto = %v", pops)
 	}
 }
@@ -467,17 +470,16 @@ func checkRender(t *testing.T, seed uint64) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("rendered config invalid: %v", err)
 	}
-	up := map[netip.Addr]bool{}
+	present, up := map[netip.Addr]bool{}, map[netip.Addr]bool{}
 	for _, i := range ifaces {
 		for _, a := range i.Addrs {
-			if i.Up {
-				up[a.Addr()] = true
-			}
+			present[a.Addr()] = true
+			up[a.Addr()] = up[a.Addr()] || i.Up
 		}
 	}
 	for _, e := range c.Endpoints {
-		if !up[e.Addr] || !Selectable(e.Addr) {
-			t.Fatalf("endpoint %v is not a selectable address of an up link", e.Addr)
+		if !present[e.Addr] || !Selectable(e.Addr) {
+			t.Fatalf("endpoint %v is not a selectable address of the host", e.Addr)
 		}
 		if slices.Contains(got.Excluded, e.Addr) {
 			t.Fatalf("%v is both an endpoint and excluded", e.Addr)
@@ -489,8 +491,10 @@ func checkRender(t *testing.T, seed uint64) {
 	if !p.GetRouting().GetEnabled() && (len(c.Rules) > 0 || len(c.Routes) > 0) {
 		t.Fatal("routing disabled but rules or routes rendered")
 	}
-	if p.GetRouting().GetEnabled() && len(c.Rules) != len(c.Endpoints) {
-		t.Fatalf("%d rules for %d endpoints", len(c.Rules), len(c.Endpoints))
+	for _, r := range c.Rules {
+		if !up[r.Src.Addr()] {
+			t.Fatalf("rule %v for an address of a link that is down", r)
+		}
 	}
 	shuffled := slices.Clone(ifaces)
 	r.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
