@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -808,5 +809,30 @@ func TestManyAgents(t *testing.T) {
 	}
 	if hellos, _, _ := ctrl.counts(); hellos != n {
 		t.Errorf("%d hellos, want %d", hellos, n)
+	}
+}
+
+// TestAgentReconnectsFast: while the controller is down, refused connection
+// attempts end at once and the backoff (not a connect timeout) paces the
+// next, so the agent is back soon after the controller is.
+func TestAgentReconnectsFast(t *testing.T) {
+	h := newHarness(t, func(h *harness) { h.opts.ConnectTimeout = 10 * time.Second })
+	h.ctrl.setDesired(managed(1, testPolicy()))
+	h.start()
+	h.ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
+	h.ctrl.stop()
+	time.Sleep(3 * time.Second) // refused, attempt after attempt
+	lis, err := net.Listen("tcp", h.ctrl.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ctrl.mu.Lock()
+	h.ctrl.lis = lis
+	h.ctrl.mu.Unlock()
+	back := time.Now()
+	h.ctrl.serve()
+	waitUntil(t, "a second hello", func() bool { n, _, _ := h.ctrl.counts(); return n == 2 })
+	if d := time.Since(back); d > time.Second {
+		t.Errorf("reconnected %v after the controller came back; want about the backoff (50 ms)", d)
 	}
 }

@@ -160,7 +160,9 @@ func (a *Agent) dial(ctx context.Context) (*session, error) {
 		}
 		return nil, err
 	}
-	stream, err := pb.NewAgentServiceClient(conn).Connect(sctx, grpc.WaitForReady(true))
+	// Fail fast: a refused connection ends the attempt at once, so that the
+	// backoff above, not gRPC's, paces the next.
+	stream, err := pb.NewAgentServiceClient(conn).Connect(sctx)
 	if err != nil {
 		return fail(err)
 	}
