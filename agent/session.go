@@ -152,10 +152,10 @@ func (a *Agent) dial(ctx context.Context) (*session, error) {
 	sctx, cancel := context.WithCancel(ctx)
 	timer := time.AfterFunc(a.opts.ConnectTimeout, cancel)
 	fail := func(err error) (*session, error) {
-		timer.Stop()
+		timedOut := !timer.Stop()
 		cancel()
 		_ = conn.Close()
-		if ctx.Err() == nil && sctx.Err() != nil {
+		if timedOut && ctx.Err() == nil {
 			return nil, fmt.Errorf("no connection within %v: %w", a.opts.ConnectTimeout, err)
 		}
 		return nil, err
