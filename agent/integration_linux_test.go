@@ -579,6 +579,21 @@ func (p *pair) txBytes(t testing.TB, i int) uint64 {
 	return l.Attrs().Statistics.TxBytes
 }
 
+// carries sends data through conn until the client's link 1 has sent a
+// megabyte of it, and fails if that takes more than 5 s.
+func (p *pair) carries(t *testing.T, conn net.Conn, what string, since time.Time) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	tx := p.txBytes(t, 1)
+	for p.txBytes(t, 1)-tx < 1<<20 && time.Now().Before(deadline) {
+		bulk(t, conn, 4<<20)
+	}
+	if sent := p.txBytes(t, 1) - tx; sent < 1<<20 {
+		t.Fatalf("%s: link 1 sent %d bytes within 5 s", what, sent)
+	}
+	t.Logf("%s: link 1 carries data again %v after its return", what, time.Since(since))
+}
+
 // flap takes the client's link 1 down, on the host or by the peer (carrier
 // loss), for a second during which data still flows over link 0, and brings
 // it back.
@@ -639,11 +654,7 @@ func TestIntegrationSubflowReturns(t *testing.T) {
 			// join counter moves when the server has answered it.
 			waitUntilTB(t, f.name+": a new subflow over link 1", func() bool { return p.subflows(t, local) == 1 && p.joins(t) > joins })
 			t.Logf("%s: link up → subflow re-established in %v (carrier detection included)", f.name, time.Since(start))
-			tx := p.txBytes(t, 1)
-			bulk(t, conn, 32<<20)
-			if sent := p.txBytes(t, 1) - tx; sent < 1<<20 {
-				t.Errorf("%s: link 1 sent %d bytes of a 32 MiB transfer", f.name, sent)
-			}
+			p.carries(t, conn, f.name, start)
 		}
 	})
 
@@ -674,16 +685,7 @@ func TestIntegrationSubflowReturns(t *testing.T) {
 		waitUntilTB(t, "the join to the announced address", func() bool { return p.subflows(t, local) == 1 && p.joins(t) == 1 })
 		for _, f := range flaps {
 			p.flap(t, f.carrier, conn)
-			start := time.Now()
-			deadline := start.Add(5 * time.Second)
-			tx := p.txBytes(t, 1)
-			for p.txBytes(t, 1)-tx < 1<<20 && time.Now().Before(deadline) {
-				bulk(t, conn, 8<<20)
-			}
-			if sent := p.txBytes(t, 1) - tx; sent < 1<<20 {
-				t.Fatalf("%s: link 1 sent %d bytes within 5 s of its return", f.name, sent)
-			}
-			t.Logf("%s: link 1 carries data again %v after its return", f.name, time.Since(start))
+			p.carries(t, conn, f.name, time.Now())
 			if n, j := p.subflows(t, local), p.joins(t); n != 1 || j != 1 {
 				t.Errorf("%s: %d subflows, %d joins; want the one subflow kept", f.name, n, j)
 			}
