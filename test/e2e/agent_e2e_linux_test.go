@@ -35,13 +35,8 @@ func testDrift(t *testing.T, f *fleet, _ string) {
 	for _, h := range []lab.Host{lab.Client, lab.Server} {
 		start := time.Now()
 		f.ip(t, h, "mptcp", "endpoint", "flush")
-		s, err := readKernel(f.lab, h)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(s.Endpoints) != 0 {
-			t.Fatalf("%s: endpoints after the flush: %v", h, s.Endpoints)
-		}
+		// No check that the endpoints are gone: a resync may already have
+		// put them back. The drift_repaired event below says it did.
 		f.waitKernel(t, h, declared[twoLinksFile][h])
 		repaired := time.Since(start)
 		ev := f.waitAudit(t, "agent.drift_repaired", h, start)
