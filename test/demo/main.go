@@ -46,9 +46,10 @@ func main() {
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, *bin, *logs)
+	interrupted := ctx.Err() != nil
 	stop()
 	if err != nil {
-		if ctx.Err() != nil {
+		if interrupted {
 			fmt.Fprintln(os.Stderr, "demo: interrupted; everything was removed")
 		} else {
 			fmt.Fprintln(os.Stderr, "demo:", err)
