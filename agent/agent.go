@@ -108,7 +108,8 @@ type Options struct {
 	// ReportInterval is how often health is reported (default 10s).
 	ReportInterval time.Duration
 	// Debounce is how long after an address or link change the agent waits
-	// for more before it reconciles (default 2ms).
+	// for more before it reconciles (default 1ms): the messages of one change
+	// come within microseconds of each other.
 	Debounce time.Duration
 	// BackoffMin and BackoffMax bound the reconnect backoff (default 200ms
 	// and 30s, full jitter).
@@ -196,7 +197,7 @@ func New(opts Options) (*Agent, error) {
 	def(&opts.ResyncInterval, 30*time.Second)
 	def(&opts.ConfirmTimeout, 10*time.Second)
 	def(&opts.ReportInterval, 10*time.Second)
-	def(&opts.Debounce, 2*time.Millisecond)
+	def(&opts.Debounce, time.Millisecond)
 	def(&opts.BackoffMin, 200*time.Millisecond)
 	def(&opts.BackoffMax, 30*time.Second)
 	def(&opts.ConnectTimeout, 10*time.Second)
