@@ -86,6 +86,11 @@ func (h *hub) run(ctx context.Context) {
 	leaseDone := make(chan struct{})
 	go func() { defer close(leaseDone); h.keepLease(ctx) }()
 	defer func() { <-leaseDone }()
+	// Subscribe only once the cache holds etcd's state, so that the first
+	// snapshot of groups is real.
+	if err := h.c.cache.WaitRevision(ctx, 1); err != nil {
+		return
+	}
 	for ctx.Err() == nil {
 		sub, groups, _, _ := h.c.cache.Subscribe(4096)
 		h.setGroups(groups)

@@ -136,6 +136,10 @@ func TestRestartPersistence(t *testing.T) {
 	if err != nil || !v.Ok || v.EventsChecked != 2 {
 		t.Fatalf("audit after restart = %v, %v", v, err)
 	}
+	// An agent connecting to the restarted controller gets its group's policy
+	// (the hub's first snapshot of groups is etcd's, not an empty cache's).
+	a := connectAgent(t, pb.NewAgentServiceClient(r2.conn), "h1", map[string]string{"role": "web"}, true)
+	a.waitFor(t, "revision 1 after restart", managedAt("groups/web", 1))
 	// Writes continue the same chain.
 	if _, err := gc2.DeleteGroup(ctx, &pb.DeleteGroupRequest{Name: "groups/web"}); err != nil {
 		t.Fatal(err)

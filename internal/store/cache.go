@@ -153,14 +153,12 @@ func (c *Cache) list(ctx context.Context) (int64, error) {
 		sess[strings.TrimPrefix(string(kv.Key), c.s.sessionsPrefix())] = string(kv.Value)
 	}
 	c.mu.Lock()
-	wasReady := c.ready
 	c.groups, c.hosts, c.sess, c.rev, c.ready = groups, hosts, sess, rev, true
-	if wasReady {
-		// Subscribers may have missed changes: make them re-snapshot.
-		for s := range c.subs {
-			s.end(ErrResync)
-			delete(c.subs, s)
-		}
+	// Subscribers took their snapshot before this list (or subscribed before
+	// the first one, with an empty snapshot): make them take a new one.
+	for s := range c.subs {
+		s.end(ErrResync)
+		delete(c.subs, s)
 	}
 	c.bumpLocked()
 	c.mu.Unlock()
