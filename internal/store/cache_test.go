@@ -27,12 +27,20 @@ func TestCacheFollowsWrites(t *testing.T) {
 	s, _ := newStore(t)
 	ctx := context.Background()
 	c := runCache(t, s)
-	if _, _, err := s.CreateGroup(ctx, "pre", group(1), meta); err != nil {
+	_, preRev, err := s.CreateGroup(ctx, "pre", group(1), meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Subscribe once the cache holds etcd's state (a list ends earlier
+	// subscriptions with ErrResync).
+	if err := c.WaitRevision(ctx, preRev); err != nil {
 		t.Fatal(err)
 	}
 	sub, groups, _, _ := c.Subscribe(16)
 	defer sub.Close()
-	_ = groups
+	if groups["pre"] == nil {
+		t.Fatal("snapshot lacks the group created before subscribing")
+	}
 
 	g, rev, err := s.CreateGroup(ctx, "web", group(2), meta)
 	if err != nil {
