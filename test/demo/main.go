@@ -40,9 +40,13 @@ import (
 // prefix is the demo lab's: `make lab-clean` removes it too.
 const prefix = "mpfd"
 
+// logLevel is the programs' --log-level.
+var logLevel = "info"
+
 func main() {
 	bin := flag.String("bin", "bin", "directory holding mpfleet-controller, mpfleet-agent and mpfleetctl")
 	logs := flag.String("logs", "", "copy the controller's and the agents' logs into this directory at the end")
+	flag.StringVar(&logLevel, "log-level", "info", "log level of the controller and the agents (debug, info, warn, error)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, *bin, *logs)
@@ -400,7 +404,7 @@ func (d *demo) startController() error {
 	err := d.startProcess(lab.Controller, "mpfleet-controller",
 		"--listen", d.controllerAddr(), "--data-dir", d.path("controller"),
 		"--tls-cert-file", d.path("controller.pem"), "--tls-key-file", d.path("controller-key.pem"),
-		"--tls-client-ca-file", d.ca, "--tokens-file", d.path("tokens.yaml"))
+		"--tls-client-ca-file", d.ca, "--tokens-file", d.path("tokens.yaml"), "--log-level", logLevel)
 	if err != nil {
 		return err
 	}
@@ -426,7 +430,8 @@ func (d *demo) startAgent(h lab.Host) error {
 	return d.startProcess(h, "mpfleet-agent",
 		"--controller", d.controllerAddr(), "--host-id", d.hostID(h), "--labels", "role="+role,
 		"--state-dir", d.path("state-"+string(h)),
-		"--tls-ca-file", d.ca, "--tls-cert-file", d.path("agent-"+string(h)+".pem"), "--tls-key-file", d.path("agent-"+string(h)+"-key.pem"))
+		"--tls-ca-file", d.ca, "--tls-cert-file", d.path("agent-"+string(h)+".pem"), "--tls-key-file", d.path("agent-"+string(h)+"-key.pem"),
+		"--log-level", logLevel)
 }
 
 // ctl runs mpfleetctl in the ctl namespace and returns its output.
