@@ -43,11 +43,22 @@ const prefix = "mpfd"
 // logLevel is the programs' --log-level.
 var logLevel = "info"
 
+// flapHost is the host whose eth2 section 7 takes down and up.
+var flapHost = lab.Client
+
 func main() {
 	bin := flag.String("bin", "bin", "directory holding mpfleet-controller, mpfleet-agent and mpfleetctl")
 	logs := flag.String("logs", "", "copy the controller's and the agents' logs into this directory at the end")
 	flag.StringVar(&logLevel, "log-level", "info", "log level of the controller and the agents (debug, info, warn, error)")
+	flap := flag.String("flap", "client", "whose eth2 to take down and up in section 7: client or server")
 	flag.Parse()
+	switch *flap {
+	case "client", "server":
+		flapHost = lab.Host(*flap)
+	default:
+		fmt.Fprintln(os.Stderr, "demo: --flap: want client or server")
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, *bin, *logs)
 	interrupted := ctx.Err() != nil
@@ -245,30 +256,41 @@ down, and the kernel deletes its routes; 3 s later it comes back.`)
 		return err
 	}
 
-	d.section("7. Flap the server's second link: the agent repairs it")
-	d.say(`Now the server's eth2 goes down for 2 s. The kernel deletes every route through it, the
+	h := flapHost
+	d.section(fmt.Sprintf("7. Flap the %s's second link: the agent repairs it", h))
+	if h == lab.Client {
+		d.say(`Now the client's eth2 goes down for 2 s. The kernel deletes every route through it, the
+policy routing table's included, and never puts them back. The agent keeps the eth2
+endpoint through the flap (a fullmesh endpoint: re-adding it would open no subflow) and
+restores the table as soon as the link is back; the subflow then resumes.`)
+	} else {
+		d.say(`Now the server's eth2 goes down for 2 s. The kernel deletes every route through it, the
 policy routing table's included, and never puts them back. When the link returns, the
 server's agent restores the table and re-creates the signal endpoint, which announces the
 address again: the client joins it, and eth2 carries the connection again.`)
+	}
 	var restored time.Duration
-	rs := d.serverTable()
-	fmt.Printf("\n    server policy routes before: %s\n", rs)
+	rs := d.policyRouting(h)
+	fmt.Printf("\n    %s policy routing before: %s\n", h, rs)
 	returned = 0
-	var upAt time.Time
-	r, err = d.transfer(120_000_000, func(tick int, _, eth2 float64, _ int) {
+	minSubflows = 9
+	r, err = d.transfer(120_000_000, func(tick int, _, eth2 float64, sf int) {
+		if tick > 3 && sf >= 0 {
+			minSubflows = min(minSubflows, sf)
+		}
 		switch {
 		case tick == 3:
-			fmt.Println("              >>> ip link set eth2 down   (server)")
-			pullErr = errors.Join(pullErr, d.lab.LinkDown(lab.Server, lab.Link2))
-			fmt.Printf("              server policy routes now: %s\n", d.serverTable())
+			fmt.Printf("              >>> ip link set eth2 down   (%s)\n", h)
+			pullErr = errors.Join(pullErr, d.lab.LinkDown(h, lab.Link2))
+			fmt.Printf("              %s policy routing now: %s\n", h, d.policyRouting(h))
 		case tick == 7:
-			fmt.Println("              >>> ip link set eth2 up     (server)")
-			pullErr = errors.Join(pullErr, d.lab.LinkUp(lab.Server, lab.Link2))
-			upAt = time.Now()
-			for time.Since(upAt) < 2*time.Second && d.serverTable() != rs {
+			fmt.Printf("              >>> ip link set eth2 up     (%s)\n", h)
+			pullErr = errors.Join(pullErr, d.lab.LinkUp(h, lab.Link2))
+			upAt := time.Now()
+			for time.Since(upAt) < 2*time.Second && d.policyRouting(h) != rs {
 				time.Sleep(2 * time.Millisecond)
 			}
-			if d.serverTable() == rs {
+			if d.policyRouting(h) == rs {
 				restored = time.Since(upAt)
 			}
 		case tick > 7 && returned == 0 && eth2 > 10:
@@ -282,13 +304,17 @@ address again: the client joins it, and eth2 carries the connection again.`)
 		return pullErr
 	}
 	if restored > 0 {
-		d.say("The agent put the server's policy routes back %v after eth2 came up.", restored.Round(time.Millisecond))
+		d.say("The %s's agent put its policy routing back %v after eth2 came up.", h, restored.Round(time.Millisecond))
 	} else {
-		d.say("The server's policy routes were NOT back 2 s after eth2 came up.")
+		d.say("The %s's policy routing was NOT back 2 s after eth2 came up.", h)
 	}
 	if returned > 0 {
-		d.say("The client's eth2 carried the connection again within %v of the return. Every byte verified: %v.",
-			time.Duration(returned-7)*500*time.Millisecond, r.Verified)
+		how := "over a new subflow"
+		if minSubflows >= 2 {
+			how = "over the same subflow (sock_diag counted 2 throughout)"
+		}
+		d.say("The client's eth2 carried the connection again within %v of the return, %s.\nEvery byte verified: %v.",
+			time.Duration(returned-7)*500*time.Millisecond, how, r.Verified)
 	} else {
 		d.say("The client's eth2 did not carry data again before the transfer ended. Every byte verified: %v.", r.Verified)
 	}
@@ -641,10 +667,10 @@ func (d *demo) transfer(n int64, at func(tick int, eth1, eth2 float64, subflows 
 	}
 }
 
-// serverTable renders the server's policy routing (rules and routes in
+// policyRouting renders the policy routing of h (rules and routes in
 // mpfleet's range), as `ip rule` and `ip route show table T` would show it.
-func (d *demo) serverTable() string {
-	m, err := route.Open(&route.Options{NetNS: int(d.lab.NS(lab.Server))})
+func (d *demo) policyRouting(h lab.Host) string {
+	m, err := route.Open(&route.Options{NetNS: int(d.lab.NS(h))})
 	if err != nil {
 		return err.Error()
 	}
