@@ -28,9 +28,9 @@
 // reported DRIFTED, repaired and reported DRIFT_REPAIRED. A link that goes
 // down loses its policy routing (the kernel drops its routes) but keeps its
 // endpoints, so that subflows over it survive a flap; when it returns the
-// routing is restored at once, and its "subflow" and "signal" endpoints are
-// re-created so that the in-kernel path manager opens subflows over it again
-// where they were lost. No
+// routing is restored at once, and its "subflow" endpoints are re-created so
+// that the in-kernel path manager opens subflows over it again where they
+// were lost ("signal" endpoints are not: see recreate). No
 // op that would delete the rule or routes the controller connection leaves by
 // is applied. Reports follow every change of state and come every report
 // interval with fresh health. A lost connection is retried with full-jitter
@@ -917,16 +917,23 @@ func (l *loop) failed(ctx context.Context, d *pb.DesiredConfig, msg string, ops 
 	l.sendReport(ctx)
 }
 
-// recreate returns, for each "subflow" or "signal" endpoint that stays on a
-// link that went down and is up again, a delete and an add. The in-kernel
-// path manager never re-opens a subflow that closed (a join that failed while
-// the link was away, a subflow the peer reset): adding a "subflow" endpoint
-// opens subflows on existing connections, adding a "signal" one announces it
-// again so that the peers join it. Deleting closes the endpoint's subflows
-// that survived, for one round trip. A "fullmesh" or "laminar" endpoint
-// without those flags is left alone: adding it opens nothing (it only joins
-// addresses the peer announces later), so deleting it would lose a subflow
-// that survived.
+// recreate returns, for each "subflow" endpoint that stays on a link that
+// went down and is up again, a delete and an add. The in-kernel path manager
+// never re-opens a subflow that closed (a join that failed while the link was
+// away, a subflow the peer reset): adding a "subflow" endpoint opens subflows
+// on existing connections. Deleting closes the endpoint's subflows that
+// survived, for one round trip.
+//
+// A "signal" endpoint is left alone: deleting and re-adding it (RM_ADDR then
+// ADD_ADDR with the same id) while a subflow over it still retransmitted was
+// seen to corrupt the connection's byte stream on kernel 6.18.44 (5 of 34
+// server-side flaps in the lab); a surviving subflow resumes by
+// retransmission, which costs nothing. The price: a signal endpoint whose
+// subflows all closed during a long outage is not announced again until its
+// address comes back or the agent restarts. A "fullmesh" or "laminar"
+// endpoint without the subflow flag is left alone too: adding it opens
+// nothing (it only joins addresses the peer announces later), so deleting it
+// would lose a subflow that survived.
 func (l *loop) recreate(cfg reconcile.HostConfig, actual reconcile.State, ops reconcile.Ops, ifaces []policy.Interface) reconcile.Ops {
 	if len(l.flapped) == 0 {
 		return nil
@@ -948,7 +955,7 @@ func (l *loop) recreate(cfg reconcile.HostConfig, actual reconcile.State, ops re
 	var out reconcile.Ops
 	for _, e := range cfg.Endpoints {
 		cur, ok := byAddr[e.Addr]
-		if !ok || touched[e.Addr] || !l.flapped[e.IfIndex] || !up[e.IfIndex] || e.Flags&(mptcp.FlagSubflow|mptcp.FlagSignal) == 0 {
+		if !ok || touched[e.Addr] || !l.flapped[e.IfIndex] || !up[e.IfIndex] || e.Flags&mptcp.FlagSubflow == 0 {
 			continue
 		}
 		e.ID = cur.ID
