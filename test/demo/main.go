@@ -266,8 +266,9 @@ restores the table as soon as the link is back; the subflow then resumes.`)
 	} else {
 		d.say(`Now the server's eth2 goes down for 2 s. The kernel deletes every route through it, the
 policy routing table's included, and never puts them back. When the link returns, the
-server's agent restores the table and re-creates the signal endpoint, which announces the
-address again: the client joins it, and eth2 carries the connection again.`)
+server's agent restores the table; it keeps the signal endpoint as it is (re-announcing it
+while its subflow still retransmits was seen to corrupt the stream on this kernel), and the
+surviving subflow carries the connection again at its next retransmission.`)
 	}
 	var restored time.Duration
 	rs := d.policyRouting(h)
