@@ -44,8 +44,9 @@ $(TOOLS)/.grpcurl-$(GRPCURL_VERSION):
 $(TOOLS)/.golangci-lint-$(GOLANGCI_LINT_VERSION):
 	GOBIN=$(TOOLS) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	@touch $@
-# A real etcd server binary for the external-etcd tests, built from the same
-# go.etcd.io/etcd/server/v3 module version go.mod pins.
+# A real etcd server binary for the external-etcd tests, built from the
+# go.etcd.io/etcd/server/v3 version go.mod pins (a `tool` directive there
+# keeps its dependencies through `go mod tidy`).
 $(TOOLS)/etcd: go.mod go.sum
 	@mkdir -p $(TOOLS)
 	$(GO) build -o $@ go.etcd.io/etcd/server/v3
