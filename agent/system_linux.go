@@ -9,13 +9,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/nsrun"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -97,30 +97,7 @@ func (s *NetlinkSystem) inNS(fn func() error) error {
 	if s.ns < 0 {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer func() { _ = orig.Close() }()
-		if err := netns.Set(s.ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("restore netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return nsrun.In(s.ns, fn)
 }
 
 // Facts implements System.

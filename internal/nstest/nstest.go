@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/mpfleet/mpfleet/internal/nsrun"
 	"github.com/vishvananda/netns"
 )
 
@@ -109,30 +110,5 @@ func (n *NS) Do(fn func() error) error {
 
 // Do runs fn on a locked OS thread inside the namespace h.
 func Do(h netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	// A fresh goroutine so that a failure to restore only loses that thread.
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it exits with this goroutine.
-			errc <- fmt.Errorf("restore netns: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return nsrun.In(h, fn)
 }
