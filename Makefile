@@ -121,12 +121,13 @@ lint: $(TOOLS)/.golangci-lint-$(GOLANGCI_LINT_VERSION) check-fmt vet check-proto
 .PHONY: test
 test: deps tools lint ## install what is needed, run all checks and every test (root for the kernel tests)
 	@mkdir -p $(CACHE)
+	@status=0; \
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v $(PKGS) 2>&1 | tee $(CACHE)/test.log | \
-		grep -E '^(=== RUN|--- (FAIL|SKIP)|FAIL|ok|panic:|\s+\S+_test\.go:[0-9]+:)' | grep -v '^=== RUN' || true; \
-	status=$${PIPESTATUS[0]}; \
+		{ grep -E '^(--- (FAIL|SKIP)|FAIL|ok|panic:|\s+\S+_test\.go:[0-9]+:)' || true; } || status=$$?; \
 	skips=$$(grep -cE '^\s*--- SKIP' $(CACHE)/test.log || true); \
-	echo "test: $$(grep -cE '^\s*--- PASS' $(CACHE)/test.log || true) passed, $$skips skipped, $$(grep -cE '^\s*--- FAIL' $(CACHE)/test.log || true) failed (full log: .cache/test.log)"; \
-	if [ "$$status" != 0 ]; then exit $$status; fi; \
+	fails=$$(grep -cE '^\s*--- FAIL|^FAIL' $(CACHE)/test.log || true); \
+	echo "test: $$(grep -cE '^\s*--- PASS' $(CACHE)/test.log || true) passed, $$skips skipped, $$fails failed (full log: .cache/test.log)"; \
+	if [ "$$status" != 0 ] || [ "$$fails" != 0 ]; then echo "test: FAILED (go test exit status $$status)"; exit 1; fi; \
 	if [ "$${CI:-}" = true ] && [ "$$skips" != 0 ]; then \
 		echo "test: CI=true forbids skipped tests:"; grep -E '^\s*--- SKIP' -A1 $(CACHE)/test.log; exit 1; fi
 

@@ -391,8 +391,14 @@ func TestAgentKeepsLastGoodAfterFailure(t *testing.T) {
 		t.Errorf("drift repaired to revision %d, want 1", ev.GetRevision())
 	}
 	h.waitConverged(p1)
-	if r := h.ctrl.reportsSince(nr); r[len(r)-1].GetSyncState() != pb.SyncState_SYNC_STATE_FAILED {
-		t.Errorf("last report %v; want FAILED while revision 2 is not applied", r[len(r)-1])
+	// The report after the repair says FAILED again (revision 2 is still
+	// refused), and no report since the failure said IN_SYNC.
+	_, nrRepair, _ := h.ctrl.counts()
+	h.ctrl.waitReport(t, nrRepair-1, "FAILED at 1 after the repair", inState(pb.SyncState_SYNC_STATE_FAILED, 1))
+	for _, r := range h.ctrl.reportsSince(nr) {
+		if r.GetSyncState() == pb.SyncState_SYNC_STATE_IN_SYNC {
+			t.Errorf("report %v; want no IN_SYNC while revision 2 is not applied", r)
+		}
 	}
 }
 
