@@ -1,77 +1,36 @@
 package agent
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/mpfleet/mpfleet/internal/testpki"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
 
-// testCA is a throwaway certificate authority.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
+// testCA makes a throwaway CA and writes its certificate into dir.
+func testCA(t *testing.T, dir string) (*testpki.CA, string) {
+	t.Helper()
+	ca, err := testpki.NewCA("mpfleet test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, err := ca.WriteCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, caFile
 }
 
-func newTestCA(t *testing.T) *testCA {
+// issue writes a certificate for name (CN and DNS name) and its key into dir.
+func issue(t *testing.T, ca *testpki.CA, dir, name string, server bool) (certFile, keyFile string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certFile, keyFile, err := ca.WriteLeaf(dir, name, testpki.Leaf{CommonName: name, DNSNames: []string{name}, Server: server, Client: !server})
 	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mpfleet test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue writes a certificate for name (and ips) and its key into dir.
-func (ca *testCA) issue(t *testing.T, dir, name string, ips []net.IP, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		DNSNames: []string{name}, IPAddresses: ips,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return certFile, keyFile
@@ -82,19 +41,15 @@ func (ca *testCA) issue(t *testing.T, dir, name string, ips []net.IP, usage x509
 // its token.
 func TestAgentMutualTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t)
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, ca.pem, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	srvCert, srvKey := ca.issue(t, dir, "controller.test", nil, x509.ExtKeyUsageServerAuth)
-	cliCert, cliKey := ca.issue(t, dir, "web-1", nil, x509.ExtKeyUsageClientAuth)
+	ca, caFile := testCA(t, dir)
+	srvCert, srvKey := issue(t, ca, dir, "controller.test", true)
+	cliCert, cliKey := issue(t, ca, dir, "web-1", false)
 	kp, err := tls.LoadX509KeyPair(srvCert, srvKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(ca.pem)
+	pool.AddCert(ca.Cert)
 	creds, err := clientTLS(Flags{TLSCAFile: caFile, TLSCertFile: cliCert, TLSKeyFile: cliKey, ServerName: "controller.test"})
 	if err != nil {
 		t.Fatal(err)
@@ -124,12 +79,8 @@ func TestAgentMutualTLS(t *testing.T) {
 // name --server-name is never talked to.
 func TestAgentRefusesWrongServer(t *testing.T) {
 	dir := t.TempDir()
-	ca := newTestCA(t)
-	caFile := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, ca.pem, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	srvCert, srvKey := ca.issue(t, dir, "impostor.test", nil, x509.ExtKeyUsageServerAuth)
+	ca, caFile := testCA(t, dir)
+	srvCert, srvKey := issue(t, ca, dir, "impostor.test", true)
 	kp, err := tls.LoadX509KeyPair(srvCert, srvKey)
 	if err != nil {
 		t.Fatal(err)

@@ -2,78 +2,22 @@ package cli
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
+	"github.com/mpfleet/mpfleet/internal/testpki"
 	mpfleetv1 "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
-
-// testCA is a throwaway certificate authority.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mpfleet test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a certificate for the DNS name and IPs, as PEM cert and key.
-func (ca *testCA) issue(t *testing.T, name string, ips []net.IP, usage x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		DNSNames: []string{name}, IPAddresses: ips,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-}
 
 func writeTemp(t *testing.T, dir, name string, b []byte) string {
 	t.Helper()
@@ -87,16 +31,25 @@ func writeTemp(t *testing.T, dir, name string, b []byte) string {
 // TestMutualTLS runs mpfleetctl against a controller that requires a client
 // certificate, with a token, and checks what the server saw.
 func TestMutualTLS(t *testing.T) {
-	ca := newTestCA(t)
+	ca, err := testpki.NewCA("mpfleet test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
-	srvCert, srvKey := ca.issue(t, "controller.mpfleet.test", nil, x509.ExtKeyUsageServerAuth)
-	cliCert, cliKey := ca.issue(t, "alice", nil, x509.ExtKeyUsageClientAuth)
+	srvCert, srvKey, err := ca.Issue(testpki.Leaf{CommonName: "controller.mpfleet.test", DNSNames: []string{"controller.mpfleet.test"}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliCert, cliKey, err := ca.Issue(testpki.Leaf{CommonName: "alice", Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	pair, err := tls.X509KeyPair(srvCert, srvKey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
+	pool.AddCert(ca.Cert)
 
 	var clientCN, auth string
 	fg := newFakeGroups()
@@ -124,7 +77,7 @@ func TestMutualTLS(t *testing.T) {
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 
-	caFile := writeTemp(t, dir, "ca.pem", ca.pem)
+	caFile := writeTemp(t, dir, "ca.pem", ca.PEM)
 	certFile := writeTemp(t, dir, "alice.pem", cliCert)
 	keyFile := writeTemp(t, dir, "alice-key.pem", cliKey)
 	base := []string{"--controller", lis.Addr().String(), "--ca-file", caFile, "--server-name", "controller.mpfleet.test"}

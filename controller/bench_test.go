@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -86,7 +87,7 @@ func BenchmarkPropagation(b *testing.B) {
 	sizes := []int{100, 1000}
 	if s := os.Getenv("MPFLEET_BENCH_AGENTS"); s != "" {
 		sizes = nil
-		for _, f := range splitComma(s) {
+		for _, f := range strings.Split(s, ",") {
 			n, err := strconv.Atoi(f)
 			if err != nil {
 				b.Fatal(err)
@@ -97,20 +98,6 @@ func BenchmarkPropagation(b *testing.B) {
 	for _, n := range sizes {
 		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) { benchPropagation(b, n) })
 	}
-}
-
-func splitComma(s string) []string {
-	var out []string
-	cur := ""
-	for _, c := range s {
-		if c == ',' {
-			out = append(out, cur)
-			cur = ""
-			continue
-		}
-		cur += string(c)
-	}
-	return append(out, cur)
 }
 
 func benchPropagation(b *testing.B, n int) {

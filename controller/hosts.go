@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"slices"
 	"sort"
 	"strings"
 
@@ -104,22 +105,13 @@ func newHostFilter(group string, state pb.SyncState, selector string) (hostFilte
 }
 
 func (f hostFilter) match(v *pb.Host) bool {
-	if f.group != "" && v.GetGroup() != f.group && !contains(v.GetConflictingGroups(), f.group) {
+	if f.group != "" && v.GetGroup() != f.group && !slices.Contains(v.GetConflictingGroups(), f.group) {
 		return false
 	}
 	if f.state != pb.SyncState_SYNC_STATE_UNSPECIFIED && v.GetSyncState() != f.state {
 		return false
 	}
 	return policy.HasLabels(v.GetLabels(), f.labels)
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *hostService) ListHosts(_ context.Context, req *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
