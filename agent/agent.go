@@ -159,6 +159,8 @@ type Agent struct {
 
 	applied atomic.Pointer[appliedRevision] // what the hello says is applied
 
+	prober *prober
+
 	// localAddr, if set, replaces the controller connection's local
 	// address (tests).
 	localAddr func() netip.Addr
@@ -216,6 +218,7 @@ func New(opts Options) (*Agent, error) {
 		problemC: make(chan struct{}, 1),
 		trigger:  make(chan struct{}, 1),
 		down:     map[int]bool{},
+		prober:   newProber(opts.System),
 	}, nil
 }
 
@@ -241,10 +244,11 @@ func isLoopback(hostport string) bool {
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	l := &loop{a: a, log: a.log, flapped: map[int]bool{}}
+	l := &loop{a: a, log: a.log, flapped: map[int]bool{}, results: pathResults{}}
 	defer l.closeKernel()
-	l.boot(ctx)
 	var wg sync.WaitGroup
+	wg.Go(func() { a.prober.run(ctx) })
+	l.boot(ctx)
 	wg.Go(func() { a.watchLoop(ctx) })
 	wg.Go(func() { a.connectLoop(ctx) })
 	l.run(ctx)
@@ -362,9 +366,11 @@ func (r reason) String() string {
 
 // Limits of what a report carries (the controller rejects more).
 const (
-	maxReportError = 4096
-	maxReportPlan  = 1024
-	maxPending     = 64
+	maxReportError    = 4096
+	maxReportPlan     = 1024
+	maxReportProblems = 64
+	maxProblemMessage = 1024
+	maxPending        = 64
 )
 
 // loop is the agent's single goroutine that owns the kernel and all state:
@@ -401,6 +407,19 @@ type loop struct {
 	dryRevision int64 // dry run: the revision the kernel matches
 	pending     []*pb.AgentEvent
 	chase       int // reconciles in a row that left something to do
+
+	// Health truth: the managed paths of the last render, the probes, their
+	// latest outcomes, what the policy could not realize, and the judged
+	// path states and problems.
+	paths         []policy.Path
+	targets       []probeTarget
+	results       pathResults
+	rendProblems  []*pb.HostProblem // of the render and the kernel's missing sysctls
+	heldNotes     []string          // ops held back to keep the controller reachable
+	pathStatus    []*pb.PathStatus
+	pathProblems  []*pb.HostProblem
+	sentPaths     []*pb.PathStatus // as last reported
+	sentPathsOnce bool
 }
 
 // maxChase bounds the reconciles in a row that a kernel still differing
@@ -440,6 +459,8 @@ func (l *loop) run(ctx context.Context) {
 			l.sendReport(ctx)
 		case <-l.a.confirmC:
 			// A late echo: nothing waits for it any more.
+		case outs := <-l.a.prober.out:
+			l.onProbes(ctx, outs)
 		}
 	}
 }
@@ -536,6 +557,23 @@ func (l *loop) sendReport(ctx context.Context) {
 	} else {
 		l.log.Debug("health", "err", err)
 	}
+	if len(l.pathStatus) > 0 {
+		if r.Health == nil {
+			r.Health = &pb.MptcpHealth{}
+		}
+		r.Health.Paths = l.pathStatus
+	}
+	for _, p := range l.problems() {
+		if len(r.Problems) == maxReportProblems {
+			break
+		}
+		if len(p.GetMessage()) > maxProblemMessage {
+			p = proto.CloneOf(p)
+			p.Message = truncate(p.GetMessage(), maxProblemMessage)
+		}
+		r.Problems = append(r.Problems, p)
+	}
+	l.sentPaths, l.sentPathsOnce = l.pathStatus, true
 	if l.facts != nil && !proto.Equal(l.facts, l.sentFacts) && !proto.Equal(l.facts, l.sess.helloFacts) {
 		r.Facts = l.facts
 	}
@@ -620,6 +658,7 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 		// Leave the kernel as it is, and do not restore anything at boot.
 		l.effective, l.held, l.lastRendered, l.lastPlan, l.excluded = nil, nil, nil, nil, nil
 		l.lastGood, l.refused = nil, ""
+		l.setPaths(nil, nil, nil)
 		l.publishApplied()
 		l.save(d)
 		if d.GetAssignment() == pb.DesiredConfig_ASSIGNMENT_CONFLICT {
@@ -771,7 +810,6 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		return
 	}
 	cfg := r.Config
-	rendered, _ := json.Marshal(cfg)
 	k, err := l.kernelFor(ctx, cfg.Range)
 	if err != nil {
 		l.failed(ctx, d, err.Error(), nil, false)
@@ -782,6 +820,10 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.failed(ctx, d, "read the kernel: "+err.Error(), nil, false)
 		return
 	}
+	// A sysctl the kernel lacks is reported, and the rest applied.
+	cfg, lacks := cfg.WithoutUnsupported(actual)
+	rendered, _ := json.Marshal(cfg)
+	l.setPaths(r.Paths, probeTargets(d.GetPolicy().GetProbes()), append(slices.Clone(r.Problems), policy.SysctlProblems(lacks)...))
 	ops, err := reconcile.Plan(cfg, actual)
 	if err != nil {
 		l.failed(ctx, d, "plan: "+err.Error(), nil, newRev)
@@ -790,23 +832,23 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	drift := len(ops) > 0 && !newRev && bytes.Equal(rendered, l.lastRendered)
 	ops = append(ops, l.recreate(cfg, actual, ops, ifaces)...)
 	ops, held := protect(ops, actual, l.localAddr())
-	notes := slices.Concat(held, r.Problems)
 	l.excluded = r.Excluded
 
 	if l.a.opts.DryRun {
 		l.lastPlan = ops
 		l.applied = policy.AppliedFromState(actual, ifaces)
 		l.dryRevision = 0
-		state := pb.SyncState_SYNC_STATE_DRIFTED
+		before, beforeErr := l.state, l.lastError
 		if len(ops) == 0 {
-			state = pb.SyncState_SYNC_STATE_IN_SYNC
 			if len(held) == 0 {
 				l.dryRevision = d.GetRevision()
 			}
+			l.heldNotes = nil
+			l.settleHealth()
+		} else {
+			l.setState(pb.SyncState_SYNC_STATE_DRIFTED, strings.Join(slices.Concat(held, policy.ProblemMessages(l.problems())), "; "))
 		}
-		changed := state != l.state || strings.Join(notes, "; ") != l.lastError || why == reasonDesired || len(ops) > 0
-		l.setState(state, strings.Join(notes, "; "))
-		if changed {
+		if l.state != before || l.lastError != beforeErr || why == reasonDesired || len(ops) > 0 || l.pathsChanged() {
 			l.sendReport(ctx)
 		}
 		return
@@ -822,8 +864,8 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		}
 		before := l.state
 		beforeErr := l.lastError
-		l.settle(held, notes)
-		if newRev || why == reasonDesired || l.state != before || l.lastError != beforeErr {
+		l.settle(held)
+		if newRev || why == reasonDesired || l.state != before || l.lastError != beforeErr || l.pathsChanged() {
 			l.sendReport(ctx)
 		}
 		return
@@ -862,7 +904,9 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	case drift:
 		l.event(pb.AgentEvent_KIND_DRIFT_REPAIRED, d, "the kernel had changed under the agent; repaired", ops)
 	}
-	l.settle(held, notes)
+	// Check the paths as the kernel is now.
+	l.a.prober.now()
+	l.settle(held)
 	if err == nil {
 		// Something may have changed while applying (and its event been
 		// merged into this reconcile's): look again soon, but do not chase
@@ -881,8 +925,12 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 }
 
 // settle sets the state after a reconcile that left the kernel as desired,
-// except for ops held back to keep the controller reachable.
-func (l *loop) settle(held, notes []string) {
+// except for ops held back to keep the controller reachable: FAILED while
+// the controller's latest configuration is refused or ops are held back,
+// else DEGRADED with problems, else IN_SYNC.
+func (l *loop) settle(held []string) {
+	l.heldNotes = held
+	notes := slices.Concat(held, policy.ProblemMessages(l.problems()))
 	if l.refused != "" {
 		l.setState(pb.SyncState_SYNC_STATE_FAILED, strings.Join(append([]string{l.refused}, notes...), "; "))
 		return
@@ -892,7 +940,75 @@ func (l *loop) settle(held, notes []string) {
 		return
 	}
 	l.lastFailMsg = ""
-	l.setState(pb.SyncState_SYNC_STATE_IN_SYNC, strings.Join(notes, "; "))
+	l.settleHealth()
+}
+
+// settleHealth sets IN_SYNC or DEGRADED by the problems known now; the
+// last error carries the problems' messages.
+func (l *loop) settleHealth() {
+	ps := l.problems()
+	if len(ps) > 0 {
+		l.setState(pb.SyncState_SYNC_STATE_DEGRADED, strings.Join(policy.ProblemMessages(ps), "; "))
+		return
+	}
+	l.setState(pb.SyncState_SYNC_STATE_IN_SYNC, "")
+}
+
+// problems are everything that keeps the host from running its policy as
+// asked: ops held back, what the policy could not realize, broken paths.
+func (l *loop) problems() []*pb.HostProblem {
+	var out []*pb.HostProblem
+	for _, h := range l.heldNotes {
+		out = append(out, &pb.HostProblem{Code: pb.HostProblem_CODE_MANAGEMENT_PATH_PROTECTED, Message: h})
+	}
+	return slices.Concat(out, l.rendProblems, l.pathProblems)
+}
+
+// setPaths takes the paths, probes and problems of a render, hands the
+// paths that are up and the probes to the prober, and judges the paths.
+func (l *loop) setPaths(paths []policy.Path, targets []probeTarget, problems []*pb.HostProblem) {
+	l.paths, l.targets, l.rendProblems = paths, targets, problems
+	l.results.forget(paths, targets)
+	spec := probeSpec{targets: targets}
+	for _, p := range paths {
+		spec.paths = append(spec.paths, probePath{key: pathKey{p.Addr.Addr(), p.IfIndex}, up: p.Up && (!p.Routed || p.Gateway.IsValid())})
+	}
+	if len(targets) == 0 {
+		spec.paths = nil
+	}
+	l.a.prober.set(spec)
+	l.judgePaths()
+}
+
+func (l *loop) judgePaths() {
+	names := map[int]string{}
+	for _, i := range policy.InterfacesFromFacts(l.facts) {
+		names[i.Index] = i.Name
+	}
+	l.pathStatus, l.pathProblems = pathStatuses(l.paths, l.targets, l.results, names, time.Now())
+}
+
+// pathsChanged reports whether the paths' states differ from the last
+// report's.
+func (l *loop) pathsChanged() bool {
+	return !l.sentPathsOnce || !samePaths(l.pathStatus, l.sentPaths)
+}
+
+// onProbes takes a probe round's outcomes: a path whose state changed is
+// reported at once, and the host moves between IN_SYNC and DEGRADED.
+func (l *loop) onProbes(ctx context.Context, outs []probeOutcome) {
+	if l.effective == nil {
+		return
+	}
+	l.results.merge(outs, l.paths)
+	l.judgePaths()
+	before, beforeErr := l.state, l.lastError
+	if (l.state == pb.SyncState_SYNC_STATE_IN_SYNC || l.state == pb.SyncState_SYNC_STATE_DEGRADED) && len(l.heldNotes) == 0 && l.refused == "" {
+		l.settleHealth()
+	}
+	if l.state != before || l.lastError != beforeErr || l.pathsChanged() {
+		l.sendReport(ctx)
+	}
 }
 
 // failed records a failed reconcile: state FAILED with msg, an APPLY_FAILED

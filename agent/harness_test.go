@@ -296,6 +296,34 @@ type fakeSystem struct {
 	facts  *pb.HostFacts
 	notify func(Change)
 	health *pb.MptcpHealth
+	// probe answers Probe; nil answers every probe over MPTCP through the
+	// path's own link.
+	probe  func(src netip.Addr, link int, target netip.AddrPort) ProbeResult
+	probes int
+}
+
+func (s *fakeSystem) Probe(_ context.Context, src netip.Addr, link int, target netip.AddrPort, _ time.Duration) ProbeResult {
+	s.mu.Lock()
+	f := s.probe
+	s.probes++
+	s.mu.Unlock()
+	if f != nil {
+		return f(src, link, target)
+	}
+	return ProbeResult{RouteLink: link, Dialed: true, MPTCP: true, Latency: time.Millisecond}
+}
+
+// setProbe replaces how probes are answered.
+func (s *fakeSystem) setProbe(f func(src netip.Addr, link int, target netip.AddrPort) ProbeResult) {
+	s.mu.Lock()
+	s.probe = f
+	s.mu.Unlock()
+}
+
+func (s *fakeSystem) probeCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.probes
 }
 
 func newFakeSystem(ifaces ...*pb.Interface) *fakeSystem {

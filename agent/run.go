@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/config"
+	"github.com/mpfleet/mpfleet/internal/probe"
 	"github.com/spf13/pflag"
+	"github.com/vishvananda/netns"
 	"google.golang.org/grpc/credentials"
 )
 
@@ -33,6 +35,7 @@ type Flags struct {
 	ServerName     string
 	Token          string
 	LogLevel       string
+	ProbeListen    string
 	Config         string
 	Version        bool
 }
@@ -53,6 +56,7 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.StringVar(&f.ServerName, "server-name", "", "name to verify the controller's certificate against (default: the host of --controller)")
 	fs.StringVar(&f.Token, "token", "", "bearer token (only over TLS, or to a loopback controller)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&f.ProbeListen, "probe-listen", "", "serve as a probe target: an MPTCP listener on `ADDR` (host:port) that accepts and drains, so that a fleet can probe its own members")
 	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
 	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
 	return fs
@@ -115,6 +119,14 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	creds, err := clientTLS(f)
 	if err != nil {
 		return err
+	}
+	if f.ProbeListen != "" {
+		pl, err := probe.Listen(ctx, netns.None(), f.ProbeListen)
+		if err != nil {
+			return fmt.Errorf("--probe-listen: %w", err)
+		}
+		defer func() { _ = pl.Close() }()
+		log.Info("serving as a probe target", "addr", pl.Addr().String())
 	}
 	sys, err := OpenNetlinkSystem(0)
 	if err != nil {

@@ -12,7 +12,7 @@ func TestRunFlags(t *testing.T) {
 	if err := Run(context.Background(), []string{"--help"}, &out, &errb); err != nil {
 		t.Fatalf("--help: %v", err)
 	}
-	for _, want := range []string{"mpfleet-agent applies", "--controller", "--confirm-timeout", "MPFLEET_AGENT_HOST_ID"} {
+	for _, want := range []string{"mpfleet-agent applies", "--controller", "--confirm-timeout", "--probe-listen ADDR", "MPFLEET_AGENT_HOST_ID"} {
 		if !strings.Contains(errb.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}
@@ -35,6 +35,8 @@ func TestRunFlags(t *testing.T) {
 		{"bad duration in the environment", nil, map[string]string{"MPFLEET_AGENT_RESYNC_INTERVAL": "soon"}, "MPFLEET_AGENT_RESYNC_INTERVAL"},
 		{"unknown config key", []string{"--config", writeTemp(t, "hots-id: h1\n")}, nil, "hots-id"},
 		{"stray argument", []string{"extra"}, nil, "unexpected"},
+		{"bad probe listen address", []string{"--host-id", "h1", "--probe-listen", "nowhere"}, nil, "--probe-listen"},
+		{"bad probe listen address from the environment", []string{"--host-id", "h1"}, map[string]string{"MPFLEET_AGENT_PROBE_LISTEN": "198.18.0.1"}, "--probe-listen"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			for k, v := range tt.env {

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"net/netip"
+	"time"
 
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
@@ -22,6 +24,32 @@ type System interface {
 	// missed (the subscription broke); the caller resynchronises and calls
 	// Watch again.
 	Watch(ctx context.Context, notify func(Change)) error
+	// Probe checks one path against one probe target: the kernel's route
+	// lookup from src to target (which interface it leaves by), then, if
+	// that leaves by wantLink, one MPTCP connection from src to target within
+	// timeout, closed at once after a few bytes. It never returns an error:
+	// what failed is in the result.
+	Probe(ctx context.Context, src netip.Addr, wantLink int, target netip.AddrPort, timeout time.Duration) ProbeResult
+}
+
+// ProbeResult is what one probe of one path found.
+type ProbeResult struct {
+	// RouteLink is the interface index the kernel's route lookup from the
+	// path's address to the target leaves by; 0 if the lookup failed
+	// (RouteErr).
+	RouteLink int
+	// RouteErr is why the route lookup failed.
+	RouteErr error
+	// Dialed is true when a connection was attempted (the route left by the
+	// path's own interface).
+	Dialed bool
+	// DialErr is why the connection failed (refused, timed out, ...).
+	DialErr error
+	// MPTCP is true when the connection was established as MPTCP; false with
+	// no DialErr means it fell back to plain TCP.
+	MPTCP bool
+	// Latency is how long the connection took to establish.
+	Latency time.Duration
 }
 
 // Change is one address or link change.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/nsrun"
+	"github.com/mpfleet/mpfleet/internal/probe"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -334,6 +335,23 @@ func (s *NetlinkSystem) Watch(ctx context.Context, notify func(Change)) error {
 			notify(c)
 		}
 	}
+}
+
+// Probe implements System: the route lookup on the namespace's rtnetlink
+// handle, then, if the route leaves by wantLink, one probe.Dial from a
+// socket made inside the namespace.
+func (s *NetlinkSystem) Probe(ctx context.Context, src netip.Addr, wantLink int, target netip.AddrPort, timeout time.Duration) ProbeResult {
+	var r ProbeResult
+	s.mu.Lock()
+	r.RouteLink, r.RouteErr = probe.RouteLink(s.h, src, target.Addr())
+	s.mu.Unlock()
+	if r.RouteErr != nil || r.RouteLink != wantLink {
+		return r
+	}
+	r.Dialed = true
+	d := probe.Dial(ctx, s.ns, src, target, timeout)
+	r.DialErr, r.MPTCP, r.Latency = d.Err, d.MPTCP, d.Latency
+	return r
 }
 
 // drain reads the channels until the subscriptions close them, so that

@@ -5,7 +5,9 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"runtime"
+	"time"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
@@ -30,3 +32,8 @@ func (*NetlinkSystem) Health(context.Context) (*pb.MptcpHealth, error) { return 
 
 // Watch fails: the agent needs Linux.
 func (*NetlinkSystem) Watch(context.Context, func(Change)) error { return errOS }
+
+// Probe fails: the agent needs Linux.
+func (*NetlinkSystem) Probe(context.Context, netip.Addr, int, netip.AddrPort, time.Duration) ProbeResult {
+	return ProbeResult{RouteErr: errOS}
+}

@@ -40,7 +40,8 @@ func hostView(h *pb.Host, replica string, groups map[string]*pb.Group) *pb.Host 
 			// Assigned since the agent last reported: it is about to apply.
 			v.SyncState = pb.SyncState_SYNC_STATE_APPLYING
 		}
-		if v.Connected && v.SyncState == pb.SyncState_SYNC_STATE_IN_SYNC && v.AppliedRevision != v.DesiredRevision {
+		if v.Connected && (v.SyncState == pb.SyncState_SYNC_STATE_IN_SYNC || v.SyncState == pb.SyncState_SYNC_STATE_DEGRADED) &&
+			v.AppliedRevision != v.DesiredRevision {
 			v.SyncState = pb.SyncState_SYNC_STATE_APPLYING
 		}
 	default:

@@ -530,6 +530,10 @@ func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer
 	}
 }
 
+// maxReportProblems bounds AgentReport.problems: every path (at most 8
+// endpoints) and every sysctl and held op, with room to spare.
+const maxReportProblems = 64
+
 func validateReport(r *pb.AgentReport) error {
 	var vs policy.Violations
 	if _, ok := pb.SyncState_name[int32(r.GetSyncState())]; !ok {
@@ -543,6 +547,22 @@ func validateReport(r *pb.AgentReport) error {
 	}
 	if len(r.GetLastError()) > 4096 {
 		vs = append(vs, policy.FieldViolation{Field: "report.last_error", Description: "longer than 4096 bytes"})
+	}
+	if n := len(r.GetProblems()); n > maxReportProblems {
+		vs = append(vs, policy.FieldViolation{Field: "report.problems", Description: fmt.Sprintf("has %d entries; at most %d", n, maxReportProblems)})
+	}
+	for i, p := range r.GetProblems() {
+		if len(p.GetMessage()) > 1024 || len(p.GetInterface()) > 64 || len(p.GetAddress()) > 64 {
+			vs = append(vs, policy.FieldViolation{Field: fmt.Sprintf("report.problems[%d]", i), Description: "message over 1024 bytes, or interface or address over 64"})
+		}
+	}
+	if n := len(r.GetHealth().GetPaths()); n > 64 {
+		vs = append(vs, policy.FieldViolation{Field: "report.health.paths", Description: fmt.Sprintf("has %d entries; at most 64", n)})
+	}
+	for i, p := range r.GetHealth().GetPaths() {
+		if len(p.GetMessage()) > 1024 || len(p.GetInterface()) > 64 || len(p.GetAddress()) > 64 || len(p.GetGateway()) > 64 {
+			vs = append(vs, policy.FieldViolation{Field: fmt.Sprintf("report.health.paths[%d]", i), Description: "message over 1024 bytes, or interface, address or gateway over 64"})
+		}
 	}
 	return vs.Err()
 }
@@ -562,6 +582,7 @@ func (h *hub) report(ctx context.Context, s *session, r *pb.AgentReport) error {
 	st.LastError = r.GetLastError()
 	st.LastPlan = r.GetLastPlan()
 	st.ExcludedAddresses = r.GetExcludedAddresses()
+	st.Problems = r.GetProblems()
 	if r.GetFacts() != nil {
 		st.Facts = r.GetFacts()
 	}
@@ -572,15 +593,33 @@ func (h *hub) report(ctx context.Context, s *session, r *pb.AgentReport) error {
 	return h.writeStatus(ctx, s, false)
 }
 
-// writeStatus persists a host's status: at once when anything but health and
-// the last-seen time changed, else at most every HealthWriteInterval.
+// pathStates is what of h is written at once when it changes: the paths'
+// states, without when they were checked or how long a probe took.
+func pathStates(h *pb.MptcpHealth) *pb.MptcpHealth {
+	if len(h.GetPaths()) == 0 {
+		return nil
+	}
+	out := &pb.MptcpHealth{}
+	for _, p := range h.GetPaths() {
+		q := proto.Clone(p).(*pb.PathStatus)
+		q.LastCheckTime, q.ProbeLatency = nil, nil
+		out.Paths = append(out.Paths, q)
+	}
+	return out
+}
+
+// writeStatus persists a host's status: at once when anything but health
+// counters and the last-seen time changed (a path's state, a problem), else
+// at most every HealthWriteInterval.
 func (h *hub) writeStatus(ctx context.Context, s *session, force bool) error {
 	s.mu.Lock()
 	st := s.status
 	if !force && s.lastWritten != nil && time.Since(s.lastWrite) < h.opts.HealthWriteInterval {
 		a := proto.Clone(st).(*pb.Host)
 		b := proto.Clone(s.lastWritten).(*pb.Host)
-		a.Health, b.Health, a.LastSeenTime, b.LastSeenTime = nil, nil, nil, nil
+		// Path states are not counters: a change is written at once.
+		a.Health, b.Health = pathStates(a.Health), pathStates(b.Health)
+		a.LastSeenTime, b.LastSeenTime = nil, nil
 		if proto.Equal(a, b) {
 			s.mu.Unlock()
 			return nil

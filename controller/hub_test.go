@@ -409,3 +409,59 @@ func TestPlanPolicy(t *testing.T) {
 	_, err = e.hosts.PlanPolicy(ctx, &pb.PlanPolicyRequest{Group: "groups/nope"})
 	wantCode(t, err, codes.NotFound)
 }
+
+// TestHubWritesPathChangesAtOnce: a report whose only change is a path's
+// state (health, but not a counter) is stored at once, not after the health
+// write interval (15s by default, as here), and the host's problems with it.
+func TestHubWritesPathChangesAtOnce(t *testing.T) {
+	e := start(t)
+	a := connectAgent(t, e.agents, "web-0", map[string]string{"role": "web"}, false)
+	a.waitFor(t, "UNMANAGED", func(d *pb.DesiredConfig) bool { return d.Assignment == pb.DesiredConfig_ASSIGNMENT_UNMANAGED })
+	report := func(state pb.PathState, problems ...*pb.HostProblem) {
+		t.Helper()
+		if err := a.stream.Send(&pb.ConnectRequest{Kind: &pb.ConnectRequest_Report{Report: &pb.AgentReport{
+			SyncState: pb.SyncState_SYNC_STATE_UNMANAGED, Problems: problems,
+			Health: &pb.MptcpHealth{Connections: 1, Paths: []*pb.PathStatus{{Interface: "eth1", Address: "198.18.1.2", State: state}}},
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pathIs := func(st pb.PathState) func(h *pb.Host) bool {
+		return func(h *pb.Host) bool {
+			ps := h.GetHealth().GetPaths()
+			return len(ps) == 1 && ps[0].GetState() == st
+		}
+	}
+	report(pb.PathState_PATH_STATE_UNPROBED)
+	waitHostWithin(t, e, "hosts/web-0", 5*time.Second, pathIs(pb.PathState_PATH_STATE_UNPROBED))
+	// Only the path's state changes.
+	report(pb.PathState_PATH_STATE_OK)
+	waitHostWithin(t, e, "hosts/web-0", 5*time.Second, pathIs(pb.PathState_PATH_STATE_OK))
+	report(pb.PathState_PATH_STATE_FAILED, &pb.HostProblem{Code: pb.HostProblem_CODE_PATH_FAILED, Interface: "eth1", Message: "no MPTCP connection"})
+	h := waitHostWithin(t, e, "hosts/web-0", 5*time.Second, pathIs(pb.PathState_PATH_STATE_FAILED))
+	if len(h.GetProblems()) != 1 || h.GetProblems()[0].GetCode() != pb.HostProblem_CODE_PATH_FAILED {
+		t.Errorf("problems %v", h.GetProblems())
+	}
+	report(pb.PathState_PATH_STATE_OK)
+	h = waitHostWithin(t, e, "hosts/web-0", 5*time.Second, pathIs(pb.PathState_PATH_STATE_OK))
+	if len(h.GetProblems()) != 0 {
+		t.Errorf("problems %v after the path is OK again", h.GetProblems())
+	}
+}
+
+// waitHostWithin is waitHost with a deadline shorter than the health write
+// interval, so that a write that waited for it fails the test.
+func waitHostWithin(t *testing.T, e *env, name string, d time.Duration, cond func(h *pb.Host) bool) *pb.Host {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		h, err := e.hosts.GetHost(context.Background(), &pb.GetHostRequest{Name: name})
+		if err == nil && cond(h) {
+			return h
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host %s: condition not met within %v: %v (err %v)", name, d, h, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -58,10 +58,11 @@ func planHost(id string, h *pb.Host, p *pb.MultipathPolicy) *pb.HostPlan {
 	for _, a := range r.Excluded {
 		hp.ExcludedAddresses = append(hp.ExcludedAddresses, a.String())
 	}
-	hp.Problems = r.Problems
 	actual := policy.StateFromApplied(h.GetApplied(), ifaces)
 	assumeUnknownSysctls(r.Config, &actual, h.GetFacts())
-	ops, err := reconcile.Plan(r.Config, actual)
+	cfg, lacks := r.Config.WithoutUnsupported(actual)
+	hp.Problems = policy.ProblemMessages(append(r.Problems, policy.SysctlProblems(lacks)...))
+	ops, err := reconcile.Plan(cfg, actual)
 	if err != nil {
 		hp.Error = err.Error()
 		return hp

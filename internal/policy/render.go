@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
+	"math/big"
 	"net/netip"
 	"path"
 	"slices"
@@ -38,9 +39,59 @@ type Rendered struct {
 	// order.
 	Excluded []netip.Addr
 	// Problems say what of the policy could not be rendered as asked on this
-	// host (e.g. an address whose table gets no default route because no
-	// gateway is known), one sentence each.
-	Problems []string
+	// host: an address whose table gets no default route because no gateway
+	// is known (CODE_GATEWAY_UNKNOWN), an address left out by the endpoint
+	// maximum (CODE_ENDPOINTS_EXCLUDED); each names the interface and address
+	// and says how to fix it.
+	Problems []*pb.HostProblem
+	// Paths are the managed paths, one per endpoint address, in address
+	// order: what the agent checks and reports as MptcpHealth.paths.
+	Paths []Path
+}
+
+// Path is one managed path: an endpoint address on its interface, with the
+// routing the policy gives it.
+type Path struct {
+	// Addr is the endpoint address with its subnet length.
+	Addr netip.Prefix
+	// IfIndex and IfName name the interface.
+	IfIndex int
+	IfName  string
+	// Up is whether the link was up when rendered.
+	Up bool
+	// Routed is whether policy routing is enabled for the path.
+	Routed bool
+	// Gateway is the gateway of the path's table; invalid when none is
+	// known (or routing is off).
+	Gateway netip.Addr
+	// Table is the path's routing table, 0 when not routed (or the link is
+	// down).
+	Table int
+}
+
+// SysctlProblems returns a CODE_SYSCTL_UNSUPPORTED problem for each sysctl
+// (full name, as reconcile.HostConfig.WithoutUnsupported returns them) the
+// host's kernel lacks.
+func SysctlProblems(names []string) []*pb.HostProblem {
+	var out []*pb.HostProblem
+	for _, n := range names {
+		out = append(out, &pb.HostProblem{
+			Code: pb.HostProblem_CODE_SYSCTL_UNSUPPORTED,
+			Message: fmt.Sprintf("the policy sets %s but this host's kernel lacks it, so it is not managed here (remove it from the policy's sysctls for such hosts, or run a kernel that has it)",
+				n),
+		})
+	}
+	return out
+}
+
+// ProblemMessages returns the messages of problems, for the places that show
+// them as sentences.
+func ProblemMessages(ps []*pb.HostProblem) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.GetMessage())
+	}
+	return out
 }
 
 // kernelDefaultLimits are the limits of a fresh namespace, which a policy
@@ -77,9 +128,12 @@ var kernelDefaultLimits = mptcp.Limits{Subflows: 2, AddAddrAccepted: 0}
 // hash of the address with linear probing (addresses probing in address
 // order), so that an address keeps its table when others come and go. The
 // gateway is that of the first routing.gateways entry whose glob matches the
-// interface and whose family is the address's; else the interface's first
-// gateway of that family inside the address's subnet, or (IPv6) a link-local
-// one. With none, the table has no default route and a Problem says so.
+// interface and that yields a gateway of the address's family (an address
+// of that family, or a host_index inside the address's prefix, see
+// HostIndexAddr); else the interface's first gateway of that family inside
+// the address's subnet, or (IPv6) a link-local one. With none, the table has
+// no default route and a CODE_GATEWAY_UNKNOWN problem says so. Each endpoint
+// address is also a Path, with its gateway and table.
 //
 // Limits: the agent owns them, so an unset limit is the kernel default
 // (subflows 2, add_addr_accepted 0). Enabled and the sysctls are managed
@@ -87,11 +141,6 @@ var kernelDefaultLimits = mptcp.Limits{Subflows: 2, AddAddrAccepted: 0}
 func Render(p *pb.MultipathPolicy, ifaces []Interface) (Rendered, error) {
 	var vs Violations
 	ValidatePolicy(&vs, "policy", p)
-	for i, r := range p.GetEndpoints() {
-		if r.GetPort() != 0 && slices.Contains(r.GetFlags(), pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW) {
-			vs.add(fmt.Sprintf("policy.endpoints[%d].port", i), "is set but flags include SUBFLOW (the kernel only accepts a port on signal endpoints without subflow)")
-		}
-	}
 	if err := vs.Err(); err != nil {
 		return Rendered{}, err
 	}
@@ -129,10 +178,16 @@ func Render(p *pb.MultipathPolicy, ifaces []Interface) (Rendered, error) {
 		}
 	}
 	if len(picks) > mptcp.MaxEndpoints {
-		for _, pk := range picks[mptcp.MaxEndpoints:] {
+		rest := picks[mptcp.MaxEndpoints:]
+		slices.SortFunc(rest, func(a, b pick) int { return a.addr.Addr().Compare(b.addr.Addr()) })
+		for _, pk := range rest {
 			out.Excluded = append(out.Excluded, pk.addr.Addr())
+			out.Problems = append(out.Problems, &pb.HostProblem{
+				Code: pb.HostProblem_CODE_ENDPOINTS_EXCLUDED, Interface: pk.iface.Name, Address: pk.addr.Addr().String(),
+				Message: fmt.Sprintf("%s on %s is selected by endpoints[%d] but left out: a network namespace holds at most %d MPTCP endpoints (narrow the endpoint rules, or order them so that the addresses wanted come first)",
+					pk.addr.Addr(), pk.iface.Name, pk.rule, mptcp.MaxEndpoints),
+			})
 		}
-		slices.SortFunc(out.Excluded, netip.Addr.Compare)
 		picks = picks[:mptcp.MaxEndpoints]
 	}
 	slices.SortFunc(picks, func(a, b pick) int { return a.addr.Addr().Compare(b.addr.Addr()) })
@@ -146,32 +201,38 @@ func Render(p *pb.MultipathPolicy, ifaces []Interface) (Rendered, error) {
 		})
 	}
 
-	if p.GetRouting().GetEnabled() {
-		width := min(tmax-tmin, pmax-pmin) + 1
-		used := map[uint32]bool{}
-		for _, pk := range picks { // in address order
-			if !pk.iface.Up {
-				continue
+	routed := p.GetRouting().GetEnabled()
+	width := min(tmax-tmin, pmax-pmin) + 1
+	used := map[uint32]bool{}
+	for _, pk := range picks { // in address order
+		path := Path{Addr: pk.addr, IfIndex: pk.iface.Index, IfName: pk.iface.Name, Up: pk.iface.Up, Routed: routed}
+		if routed {
+			// The gateway is resolved for a down link too: its path reports
+			// what it would use.
+			gw, problem := gateway(p.GetRouting(), pk.iface, pk.addr)
+			if problem != nil {
+				out.Problems = append(out.Problems, problem)
 			}
+			path.Gateway = gw
+		}
+		if routed && pk.iface.Up {
 			off := addrHash(pk.addr.Addr()) % width
 			for used[off] {
 				off = (off + 1) % width
 			}
 			used[off] = true
-			gw, problem := gateway(p.GetRouting(), pk.iface, pk.addr)
-			if problem != "" {
-				out.Problems = append(out.Problems, problem)
-			}
 			src := route.Source{
-				Addr: pk.addr, LinkIndex: pk.iface.Index, Gateway: gw,
+				Addr: pk.addr, LinkIndex: pk.iface.Index, Gateway: path.Gateway,
 				Table: int(tmin + off), Priority: int(pmin + off),
 			}
+			path.Table = src.Table
 			cfg.Rules = append(cfg.Rules, src.Rule())
 			cfg.Routes = append(cfg.Routes, src.Routes()...)
 		}
-		route.SortRules(cfg.Rules)
-		route.SortRoutes(cfg.Routes)
+		out.Paths = append(out.Paths, path)
 	}
+	route.SortRules(cfg.Rules)
+	route.SortRoutes(cfg.Routes)
 	if err := cfg.Validate(); err != nil {
 		return Rendered{}, fmt.Errorf("policy: rendered config: %w", err)
 	}
@@ -251,16 +312,23 @@ func ruleMatches(r *pb.EndpointRule, c cand) bool {
 
 // gateway picks the gateway of address a on ifc; without one it returns a
 // problem.
-func gateway(r *pb.Routing, ifc *Interface, a netip.Prefix) (netip.Addr, string) {
+func gateway(r *pb.Routing, ifc *Interface, a netip.Prefix) (netip.Addr, *pb.HostProblem) {
 	v4 := a.Addr().Is4()
 	for _, o := range r.GetGateways() {
+		if ok, err := path.Match(o.GetInterface(), ifc.Name); err != nil || !ok {
+			continue
+		}
+		if o.GetHostIndex() != 0 {
+			if gw, ok := HostIndexAddr(a, o.GetHostIndex()); ok {
+				return gw, nil
+			}
+			continue
+		}
 		gw, err := netip.ParseAddr(o.GetGateway())
 		if err != nil || gw.Unmap().Is4() != v4 {
 			continue
 		}
-		if ok, err := path.Match(o.GetInterface(), ifc.Name); err == nil && ok {
-			return gw.Unmap(), ""
-		}
+		return gw.Unmap(), nil
 	}
 	var linkLocal netip.Addr
 	for _, gw := range ifc.Gateways {
@@ -269,21 +337,67 @@ func gateway(r *pb.Routing, ifc *Interface, a netip.Prefix) (netip.Addr, string)
 			continue
 		}
 		if a.Masked().Contains(gw) && gw != a.Addr() {
-			return gw, ""
+			return gw, nil
 		}
 		if !v4 && gw.IsLinkLocalUnicast() && !linkLocal.IsValid() {
 			linkLocal = gw
 		}
 	}
 	if linkLocal.IsValid() {
-		return linkLocal, ""
+		return linkLocal, nil
 	}
 	fam := "IPv4"
 	if !v4 {
 		fam = "IPv6"
 	}
-	return netip.Addr{}, fmt.Sprintf("%s on %s: no %s gateway known in %s, so its table gets no default route (name one in routing.gateways)",
-		a.Addr(), ifc.Name, fam, a.Masked())
+	return netip.Addr{}, &pb.HostProblem{
+		Code: pb.HostProblem_CODE_GATEWAY_UNKNOWN, Interface: ifc.Name, Address: a.Addr().String(),
+		Message: fmt.Sprintf("%s on %s: no %s gateway known in %s, so its table gets no default route and subflows from it cannot leave by %s (name one in routing.gateways: gateway, or host_index 1 for the prefix's first address; or give %s a route in the main table)",
+			a.Addr(), ifc.Name, fam, a.Masked(), ifc.Name, ifc.Name),
+	}
+}
+
+// HostIndexAddr returns the address at host index idx of a's prefix: 1 is
+// the first host address (network + 1), -1 the last usable one (IPv4: the
+// broadcast address - 1; IPv6, which has no broadcast address: the prefix's
+// last address). It is false when the index falls outside the prefix's host
+// addresses (IPv4 prefixes longer than /30 and IPv6 ones longer than /126
+// have too few) or lands on a itself.
+func HostIndexAddr(a netip.Prefix, idx int32) (netip.Addr, bool) {
+	if idx == 0 || !a.IsValid() {
+		return netip.Addr{}, false
+	}
+	addr := a.Addr().Unmap()
+	bits := addr.BitLen()
+	hostBits := bits - a.Bits()
+	if (addr.Is4() && hostBits < 2) || (!addr.Is4() && hostBits < 2) {
+		return netip.Addr{}, false
+	}
+	net16 := netip.PrefixFrom(addr, a.Bits()).Masked().Addr().As16()
+	base := new(big.Int).SetBytes(net16[:])
+	size := new(big.Int).Lsh(big.NewInt(1), uint(hostBits))
+	// The offset into the prefix, and the range of offsets allowed.
+	off := big.NewInt(int64(idx))
+	last := new(big.Int).Sub(size, big.NewInt(1)) // IPv6: the last address
+	if addr.Is4() {
+		last.Sub(last, big.NewInt(1)) // IPv4: not the broadcast address
+	}
+	if idx < 0 {
+		off.Add(off, last).Add(off, big.NewInt(1))
+	}
+	if off.Sign() <= 0 || off.Cmp(last) > 0 {
+		return netip.Addr{}, false
+	}
+	var b [16]byte
+	new(big.Int).Add(base, off).FillBytes(b[:])
+	gw := netip.AddrFrom16(b)
+	if addr.Is4() {
+		gw = gw.Unmap()
+	}
+	if gw == addr {
+		return netip.Addr{}, false
+	}
+	return gw, true
 }
 
 // addrHash is FNV-1a over the 16-byte form of a: fixed, so that a table

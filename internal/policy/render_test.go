@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -157,8 +158,8 @@ func TestRender(t *testing.T) {
 				c.Endpoints = []mptcp.Endpoint{ep("198.18.3.2", mptcp.FlagSubflow, 5)}
 				s := route.Source{Addr: pfx("198.18.3.2/24"), LinkIndex: 5, Table: 304, Priority: 1004} // 54 mod 10
 				c = routed(c, s)
-				return Rendered{Config: c, Problems: []string{
-					"198.18.3.2 on wlan0: no IPv4 gateway known in 198.18.3.0/24, so its table gets no default route (name one in routing.gateways)"}}
+				return Rendered{Config: c, Problems: []*pb.HostProblem{{
+					Code: pb.HostProblem_CODE_GATEWAY_UNKNOWN, Interface: "wlan0", Address: "198.18.3.2"}}}
 			},
 		},
 		{
@@ -203,7 +204,10 @@ func TestRender(t *testing.T) {
 					ep("198.18.8.5", mptcp.FlagSignal, 7), ep("198.18.8.6", mptcp.FlagSignal, 7),
 					ep("198.18.9.8", mptcp.FlagSubflow, 7), ep("198.18.9.9", mptcp.FlagSubflow, 7),
 				}
-				return Rendered{Config: c, Excluded: []netip.Addr{addr("198.18.8.7"), addr("198.18.8.9")}}
+				return Rendered{Config: c, Excluded: []netip.Addr{addr("198.18.8.7"), addr("198.18.8.9")}, Problems: []*pb.HostProblem{
+					{Code: pb.HostProblem_CODE_ENDPOINTS_EXCLUDED, Interface: "many", Address: "198.18.8.7"},
+					{Code: pb.HostProblem_CODE_ENDPOINTS_EXCLUDED, Interface: "many", Address: "198.18.8.9"},
+				}}
 			},
 		},
 		{
@@ -230,8 +234,17 @@ func TestRender(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tt.want(), got, cmpNetip); diff != "" {
+			// Paths have their own test; problem messages are checked for
+			// what they name.
+			opts := cmp.Options{cmpNetip, protocmp.Transform(), protocmp.IgnoreFields(&pb.HostProblem{}, "message"),
+				cmpopts.IgnoreFields(Rendered{}, "Paths")}
+			if diff := cmp.Diff(tt.want(), got, opts); diff != "" {
 				t.Errorf("Render (-want +got):\n%s", diff)
+			}
+			for _, p := range got.Problems {
+				if !strings.Contains(p.GetMessage(), p.GetInterface()) || !strings.Contains(p.GetMessage(), p.GetAddress()) {
+					t.Errorf("problem %q does not name its interface %s and address %s", p.GetMessage(), p.GetInterface(), p.GetAddress())
+				}
 			}
 			// Interface order does not matter.
 			rev := slices.Clone(ifaces)
@@ -240,7 +253,7 @@ func TestRender(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(got, again, cmpNetip); diff != "" {
+			if diff := cmp.Diff(got, again, cmpNetip, protocmp.Transform()); diff != "" {
 				t.Errorf("Render with reversed interfaces differs (-first +second):\n%s", diff)
 			}
 		})
@@ -422,9 +435,16 @@ func genPolicy(r *rand.Rand) *pb.MultipathPolicy {
 			p.Routing.PriorityMin, p.Routing.PriorityMax = lo, lo+7+uint32(r.IntN(20))
 		}
 		for range r.IntN(3) {
-			p.Routing.Gateways = append(p.Routing.Gateways, &pb.GatewayOverride{Interface: globs[r.IntN(len(globs))],
-				Gateway: []string{"198.18.1.1", "2001:db8::1", "fe80::1", "x"}[r.IntN(4)]})
+			o := &pb.GatewayOverride{Interface: globs[r.IntN(len(globs))],
+				Gateway: []string{"198.18.1.1", "2001:db8::1", "fe80::1", "x", ""}[r.IntN(5)]}
+			if r.IntN(2) == 0 {
+				o.HostIndex = []int32{1, -1, 2, -2, 255, 1 << 30, -(1 << 31)}[r.IntN(7)]
+			}
+			p.Routing.Gateways = append(p.Routing.Gateways, o)
 		}
+	}
+	for range r.IntN(3) {
+		p.Probes = append(p.Probes, &pb.Probe{Address: []string{"198.18.11.2:7", "[2001:db8::9]:7", "198.18.1.1:0", "x:1", ""}[r.IntN(5)]})
 	}
 	if r.IntN(2) == 0 {
 		p.Sysctls = &pb.Sysctls{Scheduler: proto.String("default"), AddAddrTimeout: proto.Uint32(uint32(r.IntN(3000000)))}
@@ -455,13 +475,35 @@ func genIfaces(r *rand.Rand) []Interface {
 func checkRender(t *testing.T, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	p, ifaces := genPolicy(r), genIfaces(r)
+	var vs Violations
+	ValidatePolicy(&vs, "policy", p)
 	got, err := Render(p, ifaces)
 	if err != nil {
+		// One validation truth: what the API accepts, every agent renders.
+		if len(vs) == 0 {
+			t.Fatalf("ValidatePolicy accepts %v but Render refuses it: %v", p, err)
+		}
 		var ie *InvalidError
 		if !errors.As(err, &ie) {
 			t.Fatalf("Render error %v is not an *InvalidError", err)
 		}
 		return
+	}
+	if len(vs) != 0 {
+		t.Fatalf("Render accepts what ValidatePolicy refuses: %v", vs)
+	}
+	if len(got.Paths) != len(got.Config.Endpoints) {
+		t.Fatalf("%d paths for %d endpoints", len(got.Paths), len(got.Config.Endpoints))
+	}
+	for _, pt := range got.Paths {
+		if pt.Routed && pt.Up && pt.Table == 0 {
+			t.Fatalf("path %v: routed and up but no table", pt)
+		}
+		if pt.Routed && !pt.Gateway.IsValid() && !slices.ContainsFunc(got.Problems, func(p *pb.HostProblem) bool {
+			return p.GetCode() == pb.HostProblem_CODE_GATEWAY_UNKNOWN && p.GetAddress() == pt.Addr.Addr().String()
+		}) {
+			t.Fatalf("path %v has no gateway and no problem says so: %v", pt, got.Problems)
+		}
 	}
 	c := got.Config
 	if len(c.Endpoints) > mptcp.MaxEndpoints {
@@ -502,7 +544,7 @@ func checkRender(t *testing.T, seed uint64) {
 	if err != nil {
 		t.Fatalf("second Render: %v", err)
 	}
-	if diff := cmp.Diff(got, again, cmpNetip); diff != "" {
+	if diff := cmp.Diff(got, again, cmpNetip, protocmp.Transform()); diff != "" {
 		t.Fatalf("not deterministic (-first +second):\n%s", diff)
 	}
 	// The rendered config applies to a fresh namespace and then plans empty.
@@ -535,5 +577,116 @@ func TestRenderRandom(t *testing.T) {
 		if t.Failed() {
 			t.Fatalf("seed %d", seed)
 		}
+	}
+}
+
+func TestHostIndexAddr(t *testing.T) {
+	tests := []struct {
+		prefix string
+		idx    int32
+		want   string // "" for none
+	}{
+		{"198.18.2.2/24", 1, "198.18.2.1"},
+		{"198.18.2.2/24", 2, ""}, // the host's own address
+		{"198.18.2.2/24", 3, "198.18.2.3"},
+		{"198.18.2.2/24", -1, "198.18.2.254"},
+		{"198.18.2.2/24", -2, "198.18.2.253"},
+		{"198.18.2.2/24", 254, "198.18.2.254"},
+		{"198.18.2.2/24", 255, ""}, // the broadcast address
+		{"198.18.2.2/24", -254, "198.18.2.1"},
+		{"198.18.2.2/24", -255, ""},
+		{"198.18.2.10/30", 1, "198.18.2.9"},
+		{"198.18.2.9/30", -1, "198.18.2.10"},
+		{"198.18.2.9/31", 1, ""},
+		{"198.18.2.9/32", 1, ""},
+		{"198.18.0.5/15", 1, "198.18.0.1"},
+		{"198.18.0.5/15", -1, "198.19.255.254"},
+		{"2001:db8:2::2/64", 1, "2001:db8:2::1"},
+		{"2001:db8:2::2/64", -1, "2001:db8:2:0:ffff:ffff:ffff:ffff"},
+		{"2001:db8:2::2/126", -1, "2001:db8:2::3"},
+		{"2001:db8:2::2/127", 1, ""},
+		{"2001:db8:2::2/64", 0, ""},
+		{"2001:db8:2::2/64", -(1 << 31), "2001:db8:2:0:ffff:ffff:8000:0"},
+	}
+	for _, tt := range tests {
+		got, ok := HostIndexAddr(pfx(tt.prefix), tt.idx)
+		if tt.want == "" {
+			if ok {
+				t.Errorf("HostIndexAddr(%s, %d) = %v, want none", tt.prefix, tt.idx, got)
+			}
+			continue
+		}
+		if !ok || got != addr(tt.want) {
+			t.Errorf("HostIndexAddr(%s, %d) = %v, %v; want %s", tt.prefix, tt.idx, got, ok, tt.want)
+		}
+	}
+}
+
+// TestRenderPaths: every endpoint address is a path with the gateway and
+// table its routing got; host_index gateways serve hosts in any subnet, of
+// both families.
+func TestRenderPaths(t *testing.T) {
+	p := &pb.MultipathPolicy{
+		Endpoints: []*pb.EndpointRule{{Interface: "eth*", Flags: sub}, {Interface: "wlan0", Flags: sub}},
+		Routing: &pb.Routing{Enabled: true, Gateways: []*pb.GatewayOverride{
+			{Interface: "eth1", HostIndex: -1},
+			{Interface: "eth2", HostIndex: 1},
+			{Interface: "wlan0", HostIndex: 2}, // its own address: none
+		}},
+	}
+	got, err := Render(p, hostIfaces())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		Addr, If, Gateway string
+		Up, Routed        bool
+		Table             int
+	}
+	var rows []row
+	for _, pt := range got.Paths {
+		gw := ""
+		if pt.Gateway.IsValid() {
+			gw = pt.Gateway.String()
+		}
+		rows = append(rows, row{pt.Addr.String(), pt.IfName, gw, pt.Up, pt.Routed, pt.Table})
+	}
+	want := []row{
+		{"198.18.0.2/24", "eth0", "198.18.0.1", true, true, 7109}, // from the main table
+		{"198.18.1.2/24", "eth1", "198.18.1.254", true, true, 7116},
+		{"198.18.1.3/24", "eth1", "198.18.1.254", true, true, 7135},
+		{"198.18.2.2/24", "eth2", "198.18.2.1", false, true, 0}, // down: a gateway, no table
+		{"198.18.3.2/24", "wlan0", "", true, true, 7154},
+		{"2001:db8::2/64", "eth0", "fe80::1", true, true, 7161},
+	}
+	if diff := cmp.Diff(want, rows); diff != "" {
+		t.Errorf("paths (-want +got):\n%s", diff)
+	}
+	var codes []string
+	for _, pr := range got.Problems {
+		codes = append(codes, pr.GetCode().String()+" "+pr.GetInterface()+" "+pr.GetAddress())
+	}
+	if diff := cmp.Diff([]string{"CODE_GATEWAY_UNKNOWN wlan0 198.18.3.2"}, codes); diff != "" {
+		t.Errorf("problems (-want +got):\n%s", diff)
+	}
+	for _, r := range got.Config.Routes {
+		if r.Table == 7116 && r.Dst.Bits() == 0 && r.Gateway != addr("198.18.1.254") {
+			t.Errorf("table 7116's default route %v, want via 198.18.1.254", r)
+		}
+	}
+
+	// Routing off: paths without gateway or table, and no problem.
+	p.Routing.Enabled = false
+	got, err = Render(p, hostIfaces())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pt := range got.Paths {
+		if pt.Routed || pt.Table != 0 || pt.Gateway.IsValid() {
+			t.Errorf("routing off: path %+v", pt)
+		}
+	}
+	if len(got.Problems) != 0 || len(got.Paths) != 6 {
+		t.Errorf("routing off: %d paths, problems %v", len(got.Paths), got.Problems)
 	}
 }

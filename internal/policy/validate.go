@@ -4,11 +4,13 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"path"
 	"regexp"
 	"strings"
+	"time"
 
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
@@ -160,6 +162,7 @@ func ValidatePolicy(vs *Violations, field string, p *pb.MultipathPolicy) {
 	}
 	validateRouting(vs, field+".routing", p.GetRouting())
 	validateSysctls(vs, field+".sysctls", p.GetSysctls())
+	validateProbes(vs, field+".probes", p.GetProbes())
 }
 
 func validateEndpointRule(vs *Violations, field string, r *pb.EndpointRule) {
@@ -206,6 +209,8 @@ func validateEndpointRule(vs *Violations, field string, r *pb.EndpointRule) {
 	}
 	if r.GetPort() != 0 && !seen[pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL] {
 		vs.add(field+".port", "is set but flags lack SIGNAL (the kernel only accepts a port on signal endpoints)")
+	} else if r.GetPort() != 0 && seen[pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW] {
+		vs.add(field+".port", "is set but flags include SUBFLOW (the kernel only accepts a port on signal endpoints without subflow)")
 	}
 }
 
@@ -264,12 +269,123 @@ func validateRouting(vs *Violations, field string, r *pb.Routing) {
 		} else {
 			validateGlob(vs, gf+".interface", g.GetInterface())
 		}
-		if a, err := netip.ParseAddr(g.GetGateway()); err != nil || a.Zone() != "" {
-			vs.add(gf+".gateway", "%q is not an IP address", g.GetGateway())
-		} else if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
-			vs.add(gf+".gateway", "%s cannot be a gateway", a)
+		switch {
+		case g.GetGateway() != "" && g.GetHostIndex() != 0:
+			vs.add(gf+".host_index", "is set with gateway %q; give one of gateway and host_index", g.GetGateway())
+		case g.GetHostIndex() != 0:
+			// Any non-zero index is valid: one outside a host's prefix
+			// yields no gateway there, reported by the host.
+		default:
+			if a, err := netip.ParseAddr(g.GetGateway()); err != nil || a.Zone() != "" {
+				if g.GetGateway() == "" {
+					vs.add(gf+".gateway", "is required unless host_index is given")
+				} else {
+					vs.add(gf+".gateway", "%q is not an IP address", g.GetGateway())
+				}
+			} else if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+				vs.add(gf+".gateway", "%s cannot be a gateway", a)
+			}
 		}
 	}
+}
+
+// Probe limits and defaults.
+const (
+	// MaxProbes bounds policy.probes.
+	MaxProbes = 4
+	// DefaultProbeInterval and DefaultProbeTimeout apply to a probe that
+	// does not set them.
+	DefaultProbeInterval = 5 * time.Second
+	DefaultProbeTimeout  = 3 * time.Second
+	// MinProbeInterval .. MaxProbeInterval bound a probe's interval, and
+	// MinProbeTimeout its timeout (at most its interval).
+	MinProbeInterval = 100 * time.Millisecond
+	MaxProbeInterval = time.Hour
+	MinProbeTimeout  = 10 * time.Millisecond
+)
+
+func validateProbes(vs *Violations, field string, ps []*pb.Probe) {
+	if len(ps) > MaxProbes {
+		vs.add(field, "has %d probes; at most %d are allowed", len(ps), MaxProbes)
+	}
+	seen := map[netip.AddrPort]bool{}
+	for i, p := range ps {
+		pf := fmt.Sprintf("%s[%d]", field, i)
+		if p == nil {
+			vs.add(pf, "is empty")
+			continue
+		}
+		ap, err := ParseProbeAddress(p.GetAddress())
+		switch {
+		case err != nil:
+			vs.add(pf+".address", "%v", err)
+		case seen[ap]:
+			vs.add(pf+".address", "%s is given twice", ap)
+		}
+		seen[ap] = true
+		for _, d := range []struct {
+			name string
+			v    interface {
+				CheckValid() error
+				AsDuration() time.Duration
+			}
+			set bool
+		}{{"interval", p.GetInterval(), p.Interval != nil}, {"timeout", p.GetTimeout(), p.Timeout != nil}} {
+			if d.set {
+				if err := d.v.CheckValid(); err != nil {
+					vs.add(pf+"."+d.name, "is not a valid duration: %v", err)
+				}
+			}
+		}
+		iv, to := ProbeTimes(p)
+		if p.Interval != nil && (iv < MinProbeInterval || iv > MaxProbeInterval) {
+			vs.add(pf+".interval", "is %v; must be %v to %v", iv, MinProbeInterval, MaxProbeInterval)
+		}
+		if p.Timeout != nil && to < MinProbeTimeout {
+			vs.add(pf+".timeout", "is %v; must be at least %v", to, MinProbeTimeout)
+		} else if to > iv {
+			vs.add(pf+".timeout", "is %v, longer than the interval %v", to, iv)
+		}
+	}
+}
+
+// ParseProbeAddress parses a probe target: "IP:port" or "[IPv6]:port", an IP
+// literal (no host name: agents do not resolve names) that can be connected
+// to, and a port 1-65535.
+func ParseProbeAddress(s string) (netip.AddrPort, error) {
+	if s == "" {
+		return netip.AddrPort{}, errors.New("is required: IP:port or [IPv6]:port of an MPTCP listener")
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not IP:port or [IPv6]:port (an IP literal; host names are not resolved)", s)
+	}
+	a := ap.Addr()
+	switch {
+	case ap.Port() == 0:
+		return netip.AddrPort{}, fmt.Errorf("%q has port 0; want 1-65535", s)
+	case a.Zone() != "" || a.Is4In6():
+		return netip.AddrPort{}, fmt.Errorf("%q: use a plain IPv4 or IPv6 address, without zone or IPv4-mapped form", s)
+	case a.IsUnspecified() || a.IsMulticast() || a.IsLinkLocalUnicast():
+		return netip.AddrPort{}, fmt.Errorf("%q: %s cannot be a probe target", s, a)
+	}
+	return ap, nil
+}
+
+// ProbeTimes returns a probe's interval and timeout, with the defaults for
+// unset ones (a default timeout longer than a short interval is the
+// interval).
+func ProbeTimes(p *pb.Probe) (interval, timeout time.Duration) {
+	interval, timeout = DefaultProbeInterval, DefaultProbeTimeout
+	if p.GetInterval() != nil {
+		interval = p.GetInterval().AsDuration()
+	}
+	if p.GetTimeout() != nil {
+		timeout = p.GetTimeout().AsDuration()
+	} else if timeout > interval {
+		timeout = interval
+	}
+	return interval, timeout
 }
 
 func validateSysctls(vs *Violations, field string, s *pb.Sysctls) {

@@ -1,12 +1,15 @@
 package policy
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 func validGroup() *pb.Group {
@@ -23,6 +26,10 @@ func validGroup() *pb.Group {
 			Routing: &pb.Routing{Enabled: true, TableMin: 300, TableMax: 307, PriorityMin: 1000, PriorityMax: 1010,
 				Gateways: []*pb.GatewayOverride{{Interface: "eth1", Gateway: "198.18.1.1"}}},
 			Sysctls: &pb.Sysctls{Scheduler: proto.String("default"), AddAddrTimeout: proto.Uint32(120)},
+			Probes: []*pb.Probe{
+				{Address: "198.18.11.2:7401", Interval: durationpb.New(time.Second), Timeout: durationpb.New(500 * time.Millisecond)},
+				{Address: "[2001:db8:11::2]:7401"},
+			},
 		},
 	}
 }
@@ -71,6 +78,40 @@ func TestValidateGroup(t *testing.T) {
 			[]string{"group.policy.routing.priority_max"}},
 		{"bad gateway", func(g *pb.Group) { g.Policy.Routing.Gateways[0].Gateway = "gw1" },
 			[]string{"group.policy.routing.gateways[0].gateway"}},
+		{"gateway and host_index", func(g *pb.Group) { g.Policy.Routing.Gateways[0].HostIndex = 1 },
+			[]string{"group.policy.routing.gateways[0].host_index"}},
+		{"host_index alone", func(g *pb.Group) {
+			g.Policy.Routing.Gateways[0].Gateway, g.Policy.Routing.Gateways[0].HostIndex = "", -1
+		}, nil},
+		{"neither gateway nor host_index", func(g *pb.Group) { g.Policy.Routing.Gateways[0].Gateway = "" },
+			[]string{"group.policy.routing.gateways[0].gateway"}},
+		{"port on a signal+subflow endpoint", func(g *pb.Group) {
+			g.Policy.Endpoints[1].Flags = append(g.Policy.Endpoints[1].Flags, pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW)
+		}, []string{"group.policy.endpoints[1].port"}},
+		{"probe host name", func(g *pb.Group) { g.Policy.Probes[0].Address = "probe.example:7" },
+			[]string{"group.policy.probes[0].address"}},
+		{"probe without port", func(g *pb.Group) { g.Policy.Probes[0].Address = "198.18.11.2" },
+			[]string{"group.policy.probes[0].address"}},
+		{"probe port 0", func(g *pb.Group) { g.Policy.Probes[1].Address = "[2001:db8::1]:0" },
+			[]string{"group.policy.probes[1].address"}},
+		{"probe unspecified address", func(g *pb.Group) { g.Policy.Probes[0].Address = "0.0.0.0:7" },
+			[]string{"group.policy.probes[0].address"}},
+		{"probe given twice", func(g *pb.Group) { g.Policy.Probes[1].Address = "198.18.11.2:7401" },
+			[]string{"group.policy.probes[1].address"}},
+		{"probe interval too short", func(g *pb.Group) { g.Policy.Probes[0].Interval = durationpb.New(time.Millisecond) },
+			[]string{"group.policy.probes[0].interval", "group.policy.probes[0].timeout"}},
+		{"probe timeout above interval", func(g *pb.Group) { g.Policy.Probes[0].Timeout = durationpb.New(2 * time.Second) },
+			[]string{"group.policy.probes[0].timeout"}},
+		{"probe default timeout shortened to a short interval", func(g *pb.Group) {
+			g.Policy.Probes[1].Interval = durationpb.New(time.Second)
+		}, nil},
+		{"probe negative duration", func(g *pb.Group) { g.Policy.Probes[0].Timeout = durationpb.New(-time.Second) },
+			[]string{"group.policy.probes[0].timeout"}},
+		{"too many probes", func(g *pb.Group) {
+			for i := range 4 {
+				g.Policy.Probes = append(g.Policy.Probes, &pb.Probe{Address: fmt.Sprintf("198.18.11.%d:7", i+3)})
+			}
+		}, []string{"group.policy.probes"}},
 		{"bad scheduler", func(g *pb.Group) { g.Policy.Sysctls.Scheduler = proto.String("../../etc") },
 			[]string{"group.policy.sysctls.scheduler"}},
 		{"bad label", func(g *pb.Group) { g.Selector.MatchLabels["bad key!"] = "x" },

@@ -68,6 +68,14 @@ func NewFakeKernel(rng route.Range) *FakeKernel {
 	}
 }
 
+// DropSysctl makes the fake a kernel that lacks the sysctl (full name), as
+// an older one does.
+func (f *FakeKernel) DropSysctl(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.sysctls, name)
+}
+
 // SetLinks replaces the interface names the fake reports.
 func (f *FakeKernel) SetLinks(links map[int]string) {
 	f.mu.Lock()

@@ -251,3 +251,35 @@ func endpointString(e mptcp.Endpoint, dev string) string {
 func compareEndpoints(a, b mptcp.Endpoint) int {
 	return cmp.Or(cmp.Compare(a.ID, b.ID), a.Addr.Compare(b.Addr))
 }
+
+// WithoutUnsupported returns c without the sysctls that actual shows the
+// kernel lacks (net.mptcp.enabled included), and their full names, sorted.
+// A host applies what it can of its desired state and reports the rest: Plan
+// refuses a config that names a sysctl the kernel lacks.
+func (c HostConfig) WithoutUnsupported(actual State) (HostConfig, []string) {
+	var lacks []string
+	if c.Enabled != nil && actual.Enabled == nil {
+		lacks = append(lacks, SysctlEnabled)
+		c.Enabled = nil
+	}
+	for _, name := range c.SysctlNames() {
+		if _, ok := actual.Sysctls[name]; !ok {
+			lacks = append(lacks, name)
+		}
+	}
+	if len(lacks) == 0 {
+		return c, nil
+	}
+	if len(c.Sysctls) > 0 {
+		s := maps.Clone(c.Sysctls)
+		for _, name := range lacks {
+			delete(s, name)
+		}
+		if len(s) == 0 {
+			s = nil
+		}
+		c.Sysctls = s
+	}
+	slices.Sort(lacks)
+	return c, lacks
+}

@@ -385,7 +385,9 @@ type AgentReport struct {
 	// Addresses left out because the kernel holds at most 8 endpoints.
 	ExcludedAddresses []string `protobuf:"bytes,8,rep,name=excluded_addresses,json=excludedAddresses,proto3" json:"excluded_addresses,omitempty"`
 	// Facts, when they changed since Hello.
-	Facts         *HostFacts `protobuf:"bytes,9,opt,name=facts,proto3" json:"facts,omitempty"`
+	Facts *HostFacts `protobuf:"bytes,9,opt,name=facts,proto3" json:"facts,omitempty"`
+	// What of the policy could not be realized, and broken paths.
+	Problems      []*HostProblem `protobuf:"bytes,10,rep,name=problems,proto3" json:"problems,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -479,6 +481,13 @@ func (x *AgentReport) GetExcludedAddresses() []string {
 func (x *AgentReport) GetFacts() *HostFacts {
 	if x != nil {
 		return x.Facts
+	}
+	return nil
+}
+
+func (x *AgentReport) GetProblems() []*HostProblem {
+	if x != nil {
+		return x.Problems
 	}
 	return nil
 }
@@ -806,7 +815,7 @@ const file_mpfleet_v1_agent_proto_rawDesc = "" +
 	"\adry_run\x18\a \x01(\bR\x06dryRun\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9c\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd1\x03\n" +
 	"\vAgentReport\x124\n" +
 	"\n" +
 	"sync_state\x18\x01 \x01(\x0e2\x15.mpfleet.v1.SyncStateR\tsyncState\x12\x14\n" +
@@ -818,7 +827,9 @@ const file_mpfleet_v1_agent_proto_rawDesc = "" +
 	"last_error\x18\x06 \x01(\tR\tlastError\x126\n" +
 	"\tlast_plan\x18\a \x03(\v2\x19.mpfleet.v1.PlanOperationR\blastPlan\x12-\n" +
 	"\x12excluded_addresses\x18\b \x03(\tR\x11excludedAddresses\x12+\n" +
-	"\x05facts\x18\t \x01(\v2\x15.mpfleet.v1.HostFactsR\x05facts\"\xce\x02\n" +
+	"\x05facts\x18\t \x01(\v2\x15.mpfleet.v1.HostFactsR\x05facts\x123\n" +
+	"\bproblems\x18\n" +
+	" \x03(\v2\x17.mpfleet.v1.HostProblemR\bproblems\"\xce\x02\n" +
 	"\n" +
 	"AgentEvent\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.mpfleet.v1.AgentEvent.KindR\x04kind\x12\x14\n" +
@@ -888,7 +899,8 @@ var file_mpfleet_v1_agent_proto_goTypes = []any{
 	(*AppliedState)(nil),          // 12: mpfleet.v1.AppliedState
 	(*MptcpHealth)(nil),           // 13: mpfleet.v1.MptcpHealth
 	(*PlanOperation)(nil),         // 14: mpfleet.v1.PlanOperation
-	(*MultipathPolicy)(nil),       // 15: mpfleet.v1.MultipathPolicy
+	(*HostProblem)(nil),           // 15: mpfleet.v1.HostProblem
+	(*MultipathPolicy)(nil),       // 16: mpfleet.v1.MultipathPolicy
 }
 var file_mpfleet_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: mpfleet.v1.ConnectRequest.hello:type_name -> mpfleet.v1.AgentHello
@@ -902,19 +914,20 @@ var file_mpfleet_v1_agent_proto_depIdxs = []int32{
 	13, // 8: mpfleet.v1.AgentReport.health:type_name -> mpfleet.v1.MptcpHealth
 	14, // 9: mpfleet.v1.AgentReport.last_plan:type_name -> mpfleet.v1.PlanOperation
 	10, // 10: mpfleet.v1.AgentReport.facts:type_name -> mpfleet.v1.HostFacts
-	0,  // 11: mpfleet.v1.AgentEvent.kind:type_name -> mpfleet.v1.AgentEvent.Kind
-	14, // 12: mpfleet.v1.AgentEvent.operations:type_name -> mpfleet.v1.PlanOperation
-	8,  // 13: mpfleet.v1.ConnectResponse.desired:type_name -> mpfleet.v1.DesiredConfig
-	6,  // 14: mpfleet.v1.ConnectResponse.confirmed:type_name -> mpfleet.v1.Confirm
-	1,  // 15: mpfleet.v1.DesiredConfig.assignment:type_name -> mpfleet.v1.DesiredConfig.Assignment
-	15, // 16: mpfleet.v1.DesiredConfig.policy:type_name -> mpfleet.v1.MultipathPolicy
-	2,  // 17: mpfleet.v1.AgentService.Connect:input_type -> mpfleet.v1.ConnectRequest
-	7,  // 18: mpfleet.v1.AgentService.Connect:output_type -> mpfleet.v1.ConnectResponse
-	18, // [18:19] is the sub-list for method output_type
-	17, // [17:18] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	15, // 11: mpfleet.v1.AgentReport.problems:type_name -> mpfleet.v1.HostProblem
+	0,  // 12: mpfleet.v1.AgentEvent.kind:type_name -> mpfleet.v1.AgentEvent.Kind
+	14, // 13: mpfleet.v1.AgentEvent.operations:type_name -> mpfleet.v1.PlanOperation
+	8,  // 14: mpfleet.v1.ConnectResponse.desired:type_name -> mpfleet.v1.DesiredConfig
+	6,  // 15: mpfleet.v1.ConnectResponse.confirmed:type_name -> mpfleet.v1.Confirm
+	1,  // 16: mpfleet.v1.DesiredConfig.assignment:type_name -> mpfleet.v1.DesiredConfig.Assignment
+	16, // 17: mpfleet.v1.DesiredConfig.policy:type_name -> mpfleet.v1.MultipathPolicy
+	2,  // 18: mpfleet.v1.AgentService.Connect:input_type -> mpfleet.v1.ConnectRequest
+	7,  // 19: mpfleet.v1.AgentService.Connect:output_type -> mpfleet.v1.ConnectResponse
+	19, // [19:20] is the sub-list for method output_type
+	18, // [18:19] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_mpfleet_v1_agent_proto_init() }

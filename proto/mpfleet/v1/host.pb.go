@@ -9,6 +9,7 @@ package mpfleetv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -42,6 +43,11 @@ const (
 	SyncState_SYNC_STATE_UNMANAGED SyncState = 6
 	// The host's agent is not connected to any controller.
 	SyncState_SYNC_STATE_DISCONNECTED SyncState = 7
+	// The desired revision is applied, but part of what the policy asks could
+	// not be realized on this host, or a path it manages is known broken (a
+	// link down, no gateway, a failed probe): see Host.problems. IN_SYNC means
+	// the whole policy is in the kernel and no managed path is known broken.
+	SyncState_SYNC_STATE_DEGRADED SyncState = 8
 )
 
 // Enum value maps for SyncState.
@@ -55,6 +61,7 @@ var (
 		5: "SYNC_STATE_CONFLICT",
 		6: "SYNC_STATE_UNMANAGED",
 		7: "SYNC_STATE_DISCONNECTED",
+		8: "SYNC_STATE_DEGRADED",
 	}
 	SyncState_value = map[string]int32{
 		"SYNC_STATE_UNSPECIFIED":  0,
@@ -65,6 +72,7 @@ var (
 		"SYNC_STATE_CONFLICT":     5,
 		"SYNC_STATE_UNMANAGED":    6,
 		"SYNC_STATE_DISCONNECTED": 7,
+		"SYNC_STATE_DEGRADED":     8,
 	}
 )
 
@@ -93,6 +101,160 @@ func (x SyncState) Number() protoreflect.EnumNumber {
 // Deprecated: Use SyncState.Descriptor instead.
 func (SyncState) EnumDescriptor() ([]byte, []int) {
 	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{0}
+}
+
+// PathState is what the agent last found of one managed path.
+type PathState int32
+
+const (
+	// Not yet checked.
+	PathState_PATH_STATE_UNSPECIFIED PathState = 0
+	// The link is up, the gateway known, the route lookup leaves by the path's
+	// interface and, with probes, an MPTCP connection from the address reached
+	// every probe target.
+	PathState_PATH_STATE_OK PathState = 1
+	// A check failed: see the message.
+	PathState_PATH_STATE_FAILED PathState = 2
+	// The path's link is down.
+	PathState_PATH_STATE_LINK_DOWN PathState = 3
+	// Routing is enabled and no gateway is known for the address.
+	PathState_PATH_STATE_NO_GATEWAY PathState = 4
+	// The local checks passed; the policy configures no probes, so whether it
+	// carries MPTCP is not known.
+	PathState_PATH_STATE_UNPROBED PathState = 5
+)
+
+// Enum value maps for PathState.
+var (
+	PathState_name = map[int32]string{
+		0: "PATH_STATE_UNSPECIFIED",
+		1: "PATH_STATE_OK",
+		2: "PATH_STATE_FAILED",
+		3: "PATH_STATE_LINK_DOWN",
+		4: "PATH_STATE_NO_GATEWAY",
+		5: "PATH_STATE_UNPROBED",
+	}
+	PathState_value = map[string]int32{
+		"PATH_STATE_UNSPECIFIED": 0,
+		"PATH_STATE_OK":          1,
+		"PATH_STATE_FAILED":      2,
+		"PATH_STATE_LINK_DOWN":   3,
+		"PATH_STATE_NO_GATEWAY":  4,
+		"PATH_STATE_UNPROBED":    5,
+	}
+)
+
+func (x PathState) Enum() *PathState {
+	p := new(PathState)
+	*p = x
+	return p
+}
+
+func (x PathState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PathState) Descriptor() protoreflect.EnumDescriptor {
+	return file_mpfleet_v1_host_proto_enumTypes[1].Descriptor()
+}
+
+func (PathState) Type() protoreflect.EnumType {
+	return &file_mpfleet_v1_host_proto_enumTypes[1]
+}
+
+func (x PathState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PathState.Descriptor instead.
+func (PathState) EnumDescriptor() ([]byte, []int) {
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{1}
+}
+
+// Code classifies a HostProblem.
+type HostProblem_Code int32
+
+const (
+	// Not used.
+	HostProblem_CODE_UNSPECIFIED HostProblem_Code = 0
+	// Routing is enabled but no gateway is known for an address: its table
+	// has no default route. Name one in routing.gateways (gateway or
+	// host_index), or give the interface a route in the main table.
+	HostProblem_CODE_GATEWAY_UNKNOWN HostProblem_Code = 1
+	// A managed path's link is down.
+	HostProblem_CODE_LINK_DOWN HostProblem_Code = 2
+	// A managed path failed its probe: no MPTCP connection from its address
+	// reached the probe target.
+	HostProblem_CODE_PATH_FAILED HostProblem_Code = 3
+	// The policy selects more addresses than the kernel's 8 endpoints; the
+	// rest were left out.
+	HostProblem_CODE_ENDPOINTS_EXCLUDED HostProblem_Code = 4
+	// The policy names a sysctl this host's kernel lacks; it is not managed.
+	HostProblem_CODE_SYSCTL_UNSUPPORTED HostProblem_Code = 5
+	// A probe from a managed path connected but fell back to plain TCP: MPTCP
+	// options are lost on the way, or the target does not speak MPTCP.
+	HostProblem_CODE_MPTCP_FALLBACK HostProblem_Code = 6
+	// The kernel's route lookup from a managed address to a probe target
+	// leaves by another interface than the address's own: the routing does
+	// not carry the path (policy routing off, or a rule or route outside
+	// mpfleet's range takes precedence).
+	HostProblem_CODE_ROUTING_CONFLICT HostProblem_Code = 7
+	// Operations were held back because they would cut the agent off from
+	// the controller (management-path protection).
+	HostProblem_CODE_MANAGEMENT_PATH_PROTECTED HostProblem_Code = 8
+)
+
+// Enum value maps for HostProblem_Code.
+var (
+	HostProblem_Code_name = map[int32]string{
+		0: "CODE_UNSPECIFIED",
+		1: "CODE_GATEWAY_UNKNOWN",
+		2: "CODE_LINK_DOWN",
+		3: "CODE_PATH_FAILED",
+		4: "CODE_ENDPOINTS_EXCLUDED",
+		5: "CODE_SYSCTL_UNSUPPORTED",
+		6: "CODE_MPTCP_FALLBACK",
+		7: "CODE_ROUTING_CONFLICT",
+		8: "CODE_MANAGEMENT_PATH_PROTECTED",
+	}
+	HostProblem_Code_value = map[string]int32{
+		"CODE_UNSPECIFIED":               0,
+		"CODE_GATEWAY_UNKNOWN":           1,
+		"CODE_LINK_DOWN":                 2,
+		"CODE_PATH_FAILED":               3,
+		"CODE_ENDPOINTS_EXCLUDED":        4,
+		"CODE_SYSCTL_UNSUPPORTED":        5,
+		"CODE_MPTCP_FALLBACK":            6,
+		"CODE_ROUTING_CONFLICT":          7,
+		"CODE_MANAGEMENT_PATH_PROTECTED": 8,
+	}
+)
+
+func (x HostProblem_Code) Enum() *HostProblem_Code {
+	p := new(HostProblem_Code)
+	*p = x
+	return p
+}
+
+func (x HostProblem_Code) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HostProblem_Code) Descriptor() protoreflect.EnumDescriptor {
+	return file_mpfleet_v1_host_proto_enumTypes[2].Descriptor()
+}
+
+func (HostProblem_Code) Type() protoreflect.EnumType {
+	return &file_mpfleet_v1_host_proto_enumTypes[2]
+}
+
+func (x HostProblem_Code) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HostProblem_Code.Descriptor instead.
+func (HostProblem_Code) EnumDescriptor() ([]byte, []int) {
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{1, 0}
 }
 
 // Type of a HostEvent.
@@ -136,11 +298,11 @@ func (x HostEvent_Type) String() string {
 }
 
 func (HostEvent_Type) Descriptor() protoreflect.EnumDescriptor {
-	return file_mpfleet_v1_host_proto_enumTypes[1].Descriptor()
+	return file_mpfleet_v1_host_proto_enumTypes[3].Descriptor()
 }
 
 func (HostEvent_Type) Type() protoreflect.EnumType {
-	return &file_mpfleet_v1_host_proto_enumTypes[1]
+	return &file_mpfleet_v1_host_proto_enumTypes[3]
 }
 
 func (x HostEvent_Type) Number() protoreflect.EnumNumber {
@@ -149,7 +311,7 @@ func (x HostEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HostEvent_Type.Descriptor instead.
 func (HostEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{14, 0}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{16, 0}
 }
 
 // Host is one machine (or network namespace) that runs an agent.
@@ -189,7 +351,11 @@ type Host struct {
 	// Whether the agent runs with --dry-run (plans, applies nothing).
 	DryRun bool `protobuf:"varint,16,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	// Operations the agent's last plan held (in dry-run: what it would do).
-	LastPlan      []*PlanOperation `protobuf:"bytes,17,rep,name=last_plan,json=lastPlan,proto3" json:"last_plan,omitempty"`
+	LastPlan []*PlanOperation `protobuf:"bytes,17,rep,name=last_plan,json=lastPlan,proto3" json:"last_plan,omitempty"`
+	// What of the policy could not be realized on this host, and the managed
+	// paths known broken, each naming the interface or address and the fix.
+	// A host with problems is DEGRADED (unless a worse state applies).
+	Problems      []*HostProblem `protobuf:"bytes,18,rep,name=problems,proto3" json:"problems,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -343,6 +509,87 @@ func (x *Host) GetLastPlan() []*PlanOperation {
 	return nil
 }
 
+func (x *Host) GetProblems() []*HostProblem {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+// HostProblem is one thing that keeps a host from running its policy as
+// asked.
+type HostProblem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What kind of problem.
+	Code HostProblem_Code `protobuf:"varint,1,opt,name=code,proto3,enum=mpfleet.v1.HostProblem_Code" json:"code,omitempty"`
+	// Interface concerned, if any.
+	Interface string `protobuf:"bytes,2,opt,name=interface,proto3" json:"interface,omitempty"`
+	// Address concerned, if any.
+	Address string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	// What is wrong and how to fix it, one or two sentences.
+	Message       string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostProblem) Reset() {
+	*x = HostProblem{}
+	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostProblem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostProblem) ProtoMessage() {}
+
+func (x *HostProblem) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostProblem.ProtoReflect.Descriptor instead.
+func (*HostProblem) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *HostProblem) GetCode() HostProblem_Code {
+	if x != nil {
+		return x.Code
+	}
+	return HostProblem_CODE_UNSPECIFIED
+}
+
+func (x *HostProblem) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
+func (x *HostProblem) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *HostProblem) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // HostFacts is what an agent found on its host.
 type HostFacts struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -366,7 +613,7 @@ type HostFacts struct {
 
 func (x *HostFacts) Reset() {
 	*x = HostFacts{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +625,7 @@ func (x *HostFacts) String() string {
 func (*HostFacts) ProtoMessage() {}
 
 func (x *HostFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +638,7 @@ func (x *HostFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostFacts.ProtoReflect.Descriptor instead.
 func (*HostFacts) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{1}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *HostFacts) GetHostname() string {
@@ -462,7 +709,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -474,7 +721,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -487,7 +734,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{2}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Interface) GetName() string {
@@ -544,7 +791,7 @@ type AppliedState struct {
 
 func (x *AppliedState) Reset() {
 	*x = AppliedState{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -556,7 +803,7 @@ func (x *AppliedState) String() string {
 func (*AppliedState) ProtoMessage() {}
 
 func (x *AppliedState) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -569,7 +816,7 @@ func (x *AppliedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedState.ProtoReflect.Descriptor instead.
 func (*AppliedState) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{3}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AppliedState) GetEndpoints() []*AppliedEndpoint {
@@ -626,7 +873,7 @@ type AppliedEndpoint struct {
 
 func (x *AppliedEndpoint) Reset() {
 	*x = AppliedEndpoint{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +885,7 @@ func (x *AppliedEndpoint) String() string {
 func (*AppliedEndpoint) ProtoMessage() {}
 
 func (x *AppliedEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +898,7 @@ func (x *AppliedEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedEndpoint.ProtoReflect.Descriptor instead.
 func (*AppliedEndpoint) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{4}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AppliedEndpoint) GetId() uint32 {
@@ -704,7 +951,7 @@ type AppliedRule struct {
 
 func (x *AppliedRule) Reset() {
 	*x = AppliedRule{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +963,7 @@ func (x *AppliedRule) String() string {
 func (*AppliedRule) ProtoMessage() {}
 
 func (x *AppliedRule) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +976,7 @@ func (x *AppliedRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRule.ProtoReflect.Descriptor instead.
 func (*AppliedRule) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{5}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AppliedRule) GetPriority() uint32 {
@@ -772,7 +1019,7 @@ type AppliedRoute struct {
 
 func (x *AppliedRoute) Reset() {
 	*x = AppliedRoute{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +1031,7 @@ func (x *AppliedRoute) String() string {
 func (*AppliedRoute) ProtoMessage() {}
 
 func (x *AppliedRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +1044,7 @@ func (x *AppliedRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRoute.ProtoReflect.Descriptor instead.
 func (*AppliedRoute) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{6}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AppliedRoute) GetTable() uint32 {
@@ -850,13 +1097,16 @@ type MptcpHealth struct {
 	ReadTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=read_time,json=readTime,proto3" json:"read_time,omitempty"`
 	// Open connections, at most 64 listed.
 	ConnectionsList []*MptcpConnection `protobuf:"bytes,6,rep,name=connections_list,json=connectionsList,proto3" json:"connections_list,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Each path the policy manages (an interface and one of its endpoint
+	// addresses), as the agent last checked it.
+	Paths         []*PathStatus `protobuf:"bytes,7,rep,name=paths,proto3" json:"paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MptcpHealth) Reset() {
 	*x = MptcpHealth{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +1118,7 @@ func (x *MptcpHealth) String() string {
 func (*MptcpHealth) ProtoMessage() {}
 
 func (x *MptcpHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +1131,7 @@ func (x *MptcpHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MptcpHealth.ProtoReflect.Descriptor instead.
 func (*MptcpHealth) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{7}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MptcpHealth) GetConnections() uint32 {
@@ -926,6 +1176,124 @@ func (x *MptcpHealth) GetConnectionsList() []*MptcpConnection {
 	return nil
 }
 
+func (x *MptcpHealth) GetPaths() []*PathStatus {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+// PathStatus is one managed path: an interface and one of its endpoint
+// addresses.
+type PathStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Interface name.
+	Interface string `protobuf:"bytes,1,opt,name=interface,proto3" json:"interface,omitempty"`
+	// Local (endpoint) address.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// State.
+	State PathState `protobuf:"varint,3,opt,name=state,proto3,enum=mpfleet.v1.PathState" json:"state,omitempty"`
+	// Gateway of the path's routing table, empty if none (or routing is off).
+	Gateway string `protobuf:"bytes,4,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// Routing table of the path, 0 if routing is off.
+	Table uint32 `protobuf:"varint,5,opt,name=table,proto3" json:"table,omitempty"`
+	// Why the path is not OK, or what was checked; empty when OK.
+	Message string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	// When the path was last checked.
+	LastCheckTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_check_time,json=lastCheckTime,proto3" json:"last_check_time,omitempty"`
+	// How long the slowest successful probe of the last check took to
+	// establish its MPTCP connection; unset without probes.
+	ProbeLatency  *durationpb.Duration `protobuf:"bytes,8,opt,name=probe_latency,json=probeLatency,proto3" json:"probe_latency,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathStatus) Reset() {
+	*x = PathStatus{}
+	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathStatus) ProtoMessage() {}
+
+func (x *PathStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathStatus.ProtoReflect.Descriptor instead.
+func (*PathStatus) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PathStatus) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
+func (x *PathStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *PathStatus) GetState() PathState {
+	if x != nil {
+		return x.State
+	}
+	return PathState_PATH_STATE_UNSPECIFIED
+}
+
+func (x *PathStatus) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *PathStatus) GetTable() uint32 {
+	if x != nil {
+		return x.Table
+	}
+	return 0
+}
+
+func (x *PathStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *PathStatus) GetLastCheckTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastCheckTime
+	}
+	return nil
+}
+
+func (x *PathStatus) GetProbeLatency() *durationpb.Duration {
+	if x != nil {
+		return x.ProbeLatency
+	}
+	return nil
+}
+
 // MptcpConnection is one open MPTCP connection (`ss -M`).
 type MptcpConnection struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -945,7 +1313,7 @@ type MptcpConnection struct {
 
 func (x *MptcpConnection) Reset() {
 	*x = MptcpConnection{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1325,7 @@ func (x *MptcpConnection) String() string {
 func (*MptcpConnection) ProtoMessage() {}
 
 func (x *MptcpConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1338,7 @@ func (x *MptcpConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MptcpConnection.ProtoReflect.Descriptor instead.
 func (*MptcpConnection) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{8}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MptcpConnection) GetLocal() string {
@@ -1021,7 +1389,7 @@ type PlanOperation struct {
 
 func (x *PlanOperation) Reset() {
 	*x = PlanOperation{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1401,7 @@ func (x *PlanOperation) String() string {
 func (*PlanOperation) ProtoMessage() {}
 
 func (x *PlanOperation) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1414,7 @@ func (x *PlanOperation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanOperation.ProtoReflect.Descriptor instead.
 func (*PlanOperation) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{9}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PlanOperation) GetKind() string {
@@ -1074,7 +1442,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1454,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1467,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{10}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetHostRequest) GetName() string {
@@ -1128,7 +1496,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1508,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1521,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{11}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListHostsRequest) GetPageSize() int32 {
@@ -1204,7 +1572,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1216,7 +1584,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1229,7 +1597,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{12}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1259,7 +1627,7 @@ type WatchHostsRequest struct {
 
 func (x *WatchHostsRequest) Reset() {
 	*x = WatchHostsRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1639,7 @@ func (x *WatchHostsRequest) String() string {
 func (*WatchHostsRequest) ProtoMessage() {}
 
 func (x *WatchHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1652,7 @@ func (x *WatchHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchHostsRequest.ProtoReflect.Descriptor instead.
 func (*WatchHostsRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{13}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchHostsRequest) GetGroup() string {
@@ -1314,7 +1682,7 @@ type HostEvent struct {
 
 func (x *HostEvent) Reset() {
 	*x = HostEvent{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1694,7 @@ func (x *HostEvent) String() string {
 func (*HostEvent) ProtoMessage() {}
 
 func (x *HostEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1707,7 @@ func (x *HostEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostEvent.ProtoReflect.Descriptor instead.
 func (*HostEvent) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{14}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HostEvent) GetType() HostEvent_Type {
@@ -1369,7 +1737,7 @@ type PlanPolicyRequest struct {
 
 func (x *PlanPolicyRequest) Reset() {
 	*x = PlanPolicyRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1749,7 @@ func (x *PlanPolicyRequest) String() string {
 func (*PlanPolicyRequest) ProtoMessage() {}
 
 func (x *PlanPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1762,7 @@ func (x *PlanPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PlanPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{15}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PlanPolicyRequest) GetGroup() string {
@@ -1422,7 +1790,7 @@ type PlanPolicyResponse struct {
 
 func (x *PlanPolicyResponse) Reset() {
 	*x = PlanPolicyResponse{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1802,7 @@ func (x *PlanPolicyResponse) String() string {
 func (*PlanPolicyResponse) ProtoMessage() {}
 
 func (x *PlanPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1815,7 @@ func (x *PlanPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PlanPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{16}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PlanPolicyResponse) GetHosts() []*HostPlan {
@@ -1477,7 +1845,7 @@ type HostPlan struct {
 
 func (x *HostPlan) Reset() {
 	*x = HostPlan{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1857,7 @@ func (x *HostPlan) String() string {
 func (*HostPlan) ProtoMessage() {}
 
 func (x *HostPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1870,7 @@ func (x *HostPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostPlan.ProtoReflect.Descriptor instead.
 func (*HostPlan) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{17}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *HostPlan) GetHost() string {
@@ -1545,7 +1913,7 @@ var File_mpfleet_v1_host_proto protoreflect.FileDescriptor
 const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\n" +
 	"\x15mpfleet/v1/host.proto\x12\n" +
-	"mpfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mpfleet/v1/policy.proto\"\x92\x06\n" +
+	"mpfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mpfleet/v1/policy.proto\"\xc7\x06\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1c.mpfleet.v1.Host.LabelsEntryR\x06labels\x12+\n" +
@@ -1566,10 +1934,26 @@ const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\ragent_version\x18\x0e \x01(\tR\fagentVersion\x12-\n" +
 	"\x12excluded_addresses\x18\x0f \x03(\tR\x11excludedAddresses\x12\x17\n" +
 	"\adry_run\x18\x10 \x01(\bR\x06dryRun\x126\n" +
-	"\tlast_plan\x18\x11 \x03(\v2\x19.mpfleet.v1.PlanOperationR\blastPlan\x1a9\n" +
+	"\tlast_plan\x18\x11 \x03(\v2\x19.mpfleet.v1.PlanOperationR\blastPlan\x123\n" +
+	"\bproblems\x18\x12 \x03(\v2\x17.mpfleet.v1.HostProblemR\bproblems\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc6\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x03\n" +
+	"\vHostProblem\x120\n" +
+	"\x04code\x18\x01 \x01(\x0e2\x1c.mpfleet.v1.HostProblem.CodeR\x04code\x12\x1c\n" +
+	"\tinterface\x18\x02 \x01(\tR\tinterface\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"\xf2\x01\n" +
+	"\x04Code\x12\x14\n" +
+	"\x10CODE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14CODE_GATEWAY_UNKNOWN\x10\x01\x12\x12\n" +
+	"\x0eCODE_LINK_DOWN\x10\x02\x12\x14\n" +
+	"\x10CODE_PATH_FAILED\x10\x03\x12\x1b\n" +
+	"\x17CODE_ENDPOINTS_EXCLUDED\x10\x04\x12\x1b\n" +
+	"\x17CODE_SYSCTL_UNSUPPORTED\x10\x05\x12\x17\n" +
+	"\x13CODE_MPTCP_FALLBACK\x10\x06\x12\x19\n" +
+	"\x15CODE_ROUTING_CONFLICT\x10\a\x12\"\n" +
+	"\x1eCODE_MANAGEMENT_PATH_PROTECTED\x10\b\"\xc6\x02\n" +
 	"\tHostFacts\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12%\n" +
 	"\x0ekernel_version\x18\x02 \x01(\tR\rkernelVersion\x12'\n" +
@@ -1610,17 +1994,28 @@ const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\vdestination\x18\x02 \x01(\tR\vdestination\x12\x18\n" +
 	"\agateway\x18\x03 \x01(\tR\agateway\x12\x1c\n" +
 	"\tinterface\x18\x04 \x01(\tR\tinterface\x12\x16\n" +
-	"\x06source\x18\x05 \x01(\tR\x06source\"\xea\x02\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\"\x98\x03\n" +
 	"\vMptcpHealth\x12 \n" +
 	"\vconnections\x18\x01 \x01(\rR\vconnections\x12\x1a\n" +
 	"\bsubflows\x18\x02 \x01(\rR\bsubflows\x12\x1c\n" +
 	"\tfallbacks\x18\x03 \x01(\rR\tfallbacks\x12A\n" +
 	"\bcounters\x18\x04 \x03(\v2%.mpfleet.v1.MptcpHealth.CountersEntryR\bcounters\x127\n" +
 	"\tread_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\breadTime\x12F\n" +
-	"\x10connections_list\x18\x06 \x03(\v2\x1b.mpfleet.v1.MptcpConnectionR\x0fconnectionsList\x1a;\n" +
+	"\x10connections_list\x18\x06 \x03(\v2\x1b.mpfleet.v1.MptcpConnectionR\x0fconnectionsList\x12,\n" +
+	"\x05paths\x18\a \x03(\v2\x16.mpfleet.v1.PathStatusR\x05paths\x1a;\n" +
 	"\rCountersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\x8d\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xbf\x02\n" +
+	"\n" +
+	"PathStatus\x12\x1c\n" +
+	"\tinterface\x18\x01 \x01(\tR\tinterface\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12+\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x15.mpfleet.v1.PathStateR\x05state\x12\x18\n" +
+	"\agateway\x18\x04 \x01(\tR\agateway\x12\x14\n" +
+	"\x05table\x18\x05 \x01(\rR\x05table\x12\x18\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\x12B\n" +
+	"\x0flast_check_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\rlastCheckTime\x12>\n" +
+	"\rprobe_latency\x18\b \x01(\v2\x19.google.protobuf.DurationR\fprobeLatency\"\x8d\x01\n" +
 	"\x0fMptcpConnection\x12\x14\n" +
 	"\x05local\x18\x01 \x01(\tR\x05local\x12\x16\n" +
 	"\x06remote\x18\x02 \x01(\tR\x06remote\x12\x1a\n" +
@@ -1666,7 +2061,7 @@ const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"operations\x12-\n" +
 	"\x12excluded_addresses\x18\x03 \x03(\tR\x11excludedAddresses\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12\x1a\n" +
-	"\bproblems\x18\x05 \x03(\tR\bproblems*\xd7\x01\n" +
+	"\bproblems\x18\x05 \x03(\tR\bproblems*\xf0\x01\n" +
 	"\tSyncState\x12\x1a\n" +
 	"\x16SYNC_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12SYNC_STATE_IN_SYNC\x10\x01\x12\x17\n" +
@@ -1675,7 +2070,15 @@ const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\x11SYNC_STATE_FAILED\x10\x04\x12\x17\n" +
 	"\x13SYNC_STATE_CONFLICT\x10\x05\x12\x18\n" +
 	"\x14SYNC_STATE_UNMANAGED\x10\x06\x12\x1b\n" +
-	"\x17SYNC_STATE_DISCONNECTED\x10\a2\xa3\x02\n" +
+	"\x17SYNC_STATE_DISCONNECTED\x10\a\x12\x17\n" +
+	"\x13SYNC_STATE_DEGRADED\x10\b*\x9f\x01\n" +
+	"\tPathState\x12\x1a\n" +
+	"\x16PATH_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
+	"\rPATH_STATE_OK\x10\x01\x12\x15\n" +
+	"\x11PATH_STATE_FAILED\x10\x02\x12\x18\n" +
+	"\x14PATH_STATE_LINK_DOWN\x10\x03\x12\x19\n" +
+	"\x15PATH_STATE_NO_GATEWAY\x10\x04\x12\x17\n" +
+	"\x13PATH_STATE_UNPROBED\x10\x052\xa3\x02\n" +
 	"\vHostService\x127\n" +
 	"\aGetHost\x12\x1a.mpfleet.v1.GetHostRequest\x1a\x10.mpfleet.v1.Host\x12H\n" +
 	"\tListHosts\x12\x1c.mpfleet.v1.ListHostsRequest\x1a\x1d.mpfleet.v1.ListHostsResponse\x12D\n" +
@@ -1696,75 +2099,86 @@ func file_mpfleet_v1_host_proto_rawDescGZIP() []byte {
 	return file_mpfleet_v1_host_proto_rawDescData
 }
 
-var file_mpfleet_v1_host_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mpfleet_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_mpfleet_v1_host_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_mpfleet_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_mpfleet_v1_host_proto_goTypes = []any{
 	(SyncState)(0),                // 0: mpfleet.v1.SyncState
-	(HostEvent_Type)(0),           // 1: mpfleet.v1.HostEvent.Type
-	(*Host)(nil),                  // 2: mpfleet.v1.Host
-	(*HostFacts)(nil),             // 3: mpfleet.v1.HostFacts
-	(*Interface)(nil),             // 4: mpfleet.v1.Interface
-	(*AppliedState)(nil),          // 5: mpfleet.v1.AppliedState
-	(*AppliedEndpoint)(nil),       // 6: mpfleet.v1.AppliedEndpoint
-	(*AppliedRule)(nil),           // 7: mpfleet.v1.AppliedRule
-	(*AppliedRoute)(nil),          // 8: mpfleet.v1.AppliedRoute
-	(*MptcpHealth)(nil),           // 9: mpfleet.v1.MptcpHealth
-	(*MptcpConnection)(nil),       // 10: mpfleet.v1.MptcpConnection
-	(*PlanOperation)(nil),         // 11: mpfleet.v1.PlanOperation
-	(*GetHostRequest)(nil),        // 12: mpfleet.v1.GetHostRequest
-	(*ListHostsRequest)(nil),      // 13: mpfleet.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),     // 14: mpfleet.v1.ListHostsResponse
-	(*WatchHostsRequest)(nil),     // 15: mpfleet.v1.WatchHostsRequest
-	(*HostEvent)(nil),             // 16: mpfleet.v1.HostEvent
-	(*PlanPolicyRequest)(nil),     // 17: mpfleet.v1.PlanPolicyRequest
-	(*PlanPolicyResponse)(nil),    // 18: mpfleet.v1.PlanPolicyResponse
-	(*HostPlan)(nil),              // 19: mpfleet.v1.HostPlan
-	nil,                           // 20: mpfleet.v1.Host.LabelsEntry
-	nil,                           // 21: mpfleet.v1.AppliedState.SysctlsEntry
-	nil,                           // 22: mpfleet.v1.MptcpHealth.CountersEntry
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
-	(*Limits)(nil),                // 24: mpfleet.v1.Limits
-	(EndpointFlag)(0),             // 25: mpfleet.v1.EndpointFlag
-	(*MultipathPolicy)(nil),       // 26: mpfleet.v1.MultipathPolicy
+	(PathState)(0),                // 1: mpfleet.v1.PathState
+	(HostProblem_Code)(0),         // 2: mpfleet.v1.HostProblem.Code
+	(HostEvent_Type)(0),           // 3: mpfleet.v1.HostEvent.Type
+	(*Host)(nil),                  // 4: mpfleet.v1.Host
+	(*HostProblem)(nil),           // 5: mpfleet.v1.HostProblem
+	(*HostFacts)(nil),             // 6: mpfleet.v1.HostFacts
+	(*Interface)(nil),             // 7: mpfleet.v1.Interface
+	(*AppliedState)(nil),          // 8: mpfleet.v1.AppliedState
+	(*AppliedEndpoint)(nil),       // 9: mpfleet.v1.AppliedEndpoint
+	(*AppliedRule)(nil),           // 10: mpfleet.v1.AppliedRule
+	(*AppliedRoute)(nil),          // 11: mpfleet.v1.AppliedRoute
+	(*MptcpHealth)(nil),           // 12: mpfleet.v1.MptcpHealth
+	(*PathStatus)(nil),            // 13: mpfleet.v1.PathStatus
+	(*MptcpConnection)(nil),       // 14: mpfleet.v1.MptcpConnection
+	(*PlanOperation)(nil),         // 15: mpfleet.v1.PlanOperation
+	(*GetHostRequest)(nil),        // 16: mpfleet.v1.GetHostRequest
+	(*ListHostsRequest)(nil),      // 17: mpfleet.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),     // 18: mpfleet.v1.ListHostsResponse
+	(*WatchHostsRequest)(nil),     // 19: mpfleet.v1.WatchHostsRequest
+	(*HostEvent)(nil),             // 20: mpfleet.v1.HostEvent
+	(*PlanPolicyRequest)(nil),     // 21: mpfleet.v1.PlanPolicyRequest
+	(*PlanPolicyResponse)(nil),    // 22: mpfleet.v1.PlanPolicyResponse
+	(*HostPlan)(nil),              // 23: mpfleet.v1.HostPlan
+	nil,                           // 24: mpfleet.v1.Host.LabelsEntry
+	nil,                           // 25: mpfleet.v1.AppliedState.SysctlsEntry
+	nil,                           // 26: mpfleet.v1.MptcpHealth.CountersEntry
+	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*Limits)(nil),                // 28: mpfleet.v1.Limits
+	(EndpointFlag)(0),             // 29: mpfleet.v1.EndpointFlag
+	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
+	(*MultipathPolicy)(nil),       // 31: mpfleet.v1.MultipathPolicy
 }
 var file_mpfleet_v1_host_proto_depIdxs = []int32{
-	20, // 0: mpfleet.v1.Host.labels:type_name -> mpfleet.v1.Host.LabelsEntry
-	3,  // 1: mpfleet.v1.Host.facts:type_name -> mpfleet.v1.HostFacts
+	24, // 0: mpfleet.v1.Host.labels:type_name -> mpfleet.v1.Host.LabelsEntry
+	6,  // 1: mpfleet.v1.Host.facts:type_name -> mpfleet.v1.HostFacts
 	0,  // 2: mpfleet.v1.Host.sync_state:type_name -> mpfleet.v1.SyncState
-	5,  // 3: mpfleet.v1.Host.applied:type_name -> mpfleet.v1.AppliedState
-	9,  // 4: mpfleet.v1.Host.health:type_name -> mpfleet.v1.MptcpHealth
-	23, // 5: mpfleet.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	11, // 6: mpfleet.v1.Host.last_plan:type_name -> mpfleet.v1.PlanOperation
-	4,  // 7: mpfleet.v1.HostFacts.interfaces:type_name -> mpfleet.v1.Interface
-	6,  // 8: mpfleet.v1.AppliedState.endpoints:type_name -> mpfleet.v1.AppliedEndpoint
-	24, // 9: mpfleet.v1.AppliedState.limits:type_name -> mpfleet.v1.Limits
-	7,  // 10: mpfleet.v1.AppliedState.rules:type_name -> mpfleet.v1.AppliedRule
-	8,  // 11: mpfleet.v1.AppliedState.routes:type_name -> mpfleet.v1.AppliedRoute
-	21, // 12: mpfleet.v1.AppliedState.sysctls:type_name -> mpfleet.v1.AppliedState.SysctlsEntry
-	25, // 13: mpfleet.v1.AppliedEndpoint.flags:type_name -> mpfleet.v1.EndpointFlag
-	22, // 14: mpfleet.v1.MptcpHealth.counters:type_name -> mpfleet.v1.MptcpHealth.CountersEntry
-	23, // 15: mpfleet.v1.MptcpHealth.read_time:type_name -> google.protobuf.Timestamp
-	10, // 16: mpfleet.v1.MptcpHealth.connections_list:type_name -> mpfleet.v1.MptcpConnection
-	0,  // 17: mpfleet.v1.ListHostsRequest.sync_state:type_name -> mpfleet.v1.SyncState
-	2,  // 18: mpfleet.v1.ListHostsResponse.hosts:type_name -> mpfleet.v1.Host
-	1,  // 19: mpfleet.v1.HostEvent.type:type_name -> mpfleet.v1.HostEvent.Type
-	2,  // 20: mpfleet.v1.HostEvent.host:type_name -> mpfleet.v1.Host
-	26, // 21: mpfleet.v1.PlanPolicyRequest.policy:type_name -> mpfleet.v1.MultipathPolicy
-	19, // 22: mpfleet.v1.PlanPolicyResponse.hosts:type_name -> mpfleet.v1.HostPlan
-	11, // 23: mpfleet.v1.HostPlan.operations:type_name -> mpfleet.v1.PlanOperation
-	12, // 24: mpfleet.v1.HostService.GetHost:input_type -> mpfleet.v1.GetHostRequest
-	13, // 25: mpfleet.v1.HostService.ListHosts:input_type -> mpfleet.v1.ListHostsRequest
-	15, // 26: mpfleet.v1.HostService.WatchHosts:input_type -> mpfleet.v1.WatchHostsRequest
-	17, // 27: mpfleet.v1.HostService.PlanPolicy:input_type -> mpfleet.v1.PlanPolicyRequest
-	2,  // 28: mpfleet.v1.HostService.GetHost:output_type -> mpfleet.v1.Host
-	14, // 29: mpfleet.v1.HostService.ListHosts:output_type -> mpfleet.v1.ListHostsResponse
-	16, // 30: mpfleet.v1.HostService.WatchHosts:output_type -> mpfleet.v1.HostEvent
-	18, // 31: mpfleet.v1.HostService.PlanPolicy:output_type -> mpfleet.v1.PlanPolicyResponse
-	28, // [28:32] is the sub-list for method output_type
-	24, // [24:28] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	8,  // 3: mpfleet.v1.Host.applied:type_name -> mpfleet.v1.AppliedState
+	12, // 4: mpfleet.v1.Host.health:type_name -> mpfleet.v1.MptcpHealth
+	27, // 5: mpfleet.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	15, // 6: mpfleet.v1.Host.last_plan:type_name -> mpfleet.v1.PlanOperation
+	5,  // 7: mpfleet.v1.Host.problems:type_name -> mpfleet.v1.HostProblem
+	2,  // 8: mpfleet.v1.HostProblem.code:type_name -> mpfleet.v1.HostProblem.Code
+	7,  // 9: mpfleet.v1.HostFacts.interfaces:type_name -> mpfleet.v1.Interface
+	9,  // 10: mpfleet.v1.AppliedState.endpoints:type_name -> mpfleet.v1.AppliedEndpoint
+	28, // 11: mpfleet.v1.AppliedState.limits:type_name -> mpfleet.v1.Limits
+	10, // 12: mpfleet.v1.AppliedState.rules:type_name -> mpfleet.v1.AppliedRule
+	11, // 13: mpfleet.v1.AppliedState.routes:type_name -> mpfleet.v1.AppliedRoute
+	25, // 14: mpfleet.v1.AppliedState.sysctls:type_name -> mpfleet.v1.AppliedState.SysctlsEntry
+	29, // 15: mpfleet.v1.AppliedEndpoint.flags:type_name -> mpfleet.v1.EndpointFlag
+	26, // 16: mpfleet.v1.MptcpHealth.counters:type_name -> mpfleet.v1.MptcpHealth.CountersEntry
+	27, // 17: mpfleet.v1.MptcpHealth.read_time:type_name -> google.protobuf.Timestamp
+	14, // 18: mpfleet.v1.MptcpHealth.connections_list:type_name -> mpfleet.v1.MptcpConnection
+	13, // 19: mpfleet.v1.MptcpHealth.paths:type_name -> mpfleet.v1.PathStatus
+	1,  // 20: mpfleet.v1.PathStatus.state:type_name -> mpfleet.v1.PathState
+	27, // 21: mpfleet.v1.PathStatus.last_check_time:type_name -> google.protobuf.Timestamp
+	30, // 22: mpfleet.v1.PathStatus.probe_latency:type_name -> google.protobuf.Duration
+	0,  // 23: mpfleet.v1.ListHostsRequest.sync_state:type_name -> mpfleet.v1.SyncState
+	4,  // 24: mpfleet.v1.ListHostsResponse.hosts:type_name -> mpfleet.v1.Host
+	3,  // 25: mpfleet.v1.HostEvent.type:type_name -> mpfleet.v1.HostEvent.Type
+	4,  // 26: mpfleet.v1.HostEvent.host:type_name -> mpfleet.v1.Host
+	31, // 27: mpfleet.v1.PlanPolicyRequest.policy:type_name -> mpfleet.v1.MultipathPolicy
+	23, // 28: mpfleet.v1.PlanPolicyResponse.hosts:type_name -> mpfleet.v1.HostPlan
+	15, // 29: mpfleet.v1.HostPlan.operations:type_name -> mpfleet.v1.PlanOperation
+	16, // 30: mpfleet.v1.HostService.GetHost:input_type -> mpfleet.v1.GetHostRequest
+	17, // 31: mpfleet.v1.HostService.ListHosts:input_type -> mpfleet.v1.ListHostsRequest
+	19, // 32: mpfleet.v1.HostService.WatchHosts:input_type -> mpfleet.v1.WatchHostsRequest
+	21, // 33: mpfleet.v1.HostService.PlanPolicy:input_type -> mpfleet.v1.PlanPolicyRequest
+	4,  // 34: mpfleet.v1.HostService.GetHost:output_type -> mpfleet.v1.Host
+	18, // 35: mpfleet.v1.HostService.ListHosts:output_type -> mpfleet.v1.ListHostsResponse
+	20, // 36: mpfleet.v1.HostService.WatchHosts:output_type -> mpfleet.v1.HostEvent
+	22, // 37: mpfleet.v1.HostService.PlanPolicy:output_type -> mpfleet.v1.PlanPolicyResponse
+	34, // [34:38] is the sub-list for method output_type
+	30, // [30:34] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_mpfleet_v1_host_proto_init() }
@@ -1778,8 +2192,8 @@ func file_mpfleet_v1_host_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mpfleet_v1_host_proto_rawDesc), len(file_mpfleet_v1_host_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   21,
+			NumEnums:      4,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

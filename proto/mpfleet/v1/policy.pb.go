@@ -9,6 +9,7 @@ package mpfleetv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -159,7 +160,11 @@ type MultipathPolicy struct {
 	// Source-based policy routing for every selected address.
 	Routing *Routing `protobuf:"bytes,4,opt,name=routing,proto3" json:"routing,omitempty"`
 	// MPTCP sysctls under net.mptcp. Only the ones set here are managed.
-	Sysctls       *Sysctls `protobuf:"bytes,5,opt,name=sysctls,proto3" json:"sysctls,omitempty"`
+	Sysctls *Sysctls `protobuf:"bytes,5,opt,name=sysctls,proto3" json:"sysctls,omitempty"`
+	// MPTCP listeners every managed path is probed against: on each interval
+	// the agent opens one short MPTCP connection from each endpoint address to
+	// each target and checks that it is established as MPTCP. At most 4.
+	Probes        []*Probe `protobuf:"bytes,6,rep,name=probes,proto3" json:"probes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -229,6 +234,79 @@ func (x *MultipathPolicy) GetSysctls() *Sysctls {
 	return nil
 }
 
+func (x *MultipathPolicy) GetProbes() []*Probe {
+	if x != nil {
+		return x.Probes
+	}
+	return nil
+}
+
+// Probe is one target the agent checks its paths against.
+type Probe struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Target, "IP:port" or "[IPv6]:port", of any MPTCP listener (for example
+	// another host's `mpfleet-agent --probe-listen`). Only paths of the
+	// target's family are probed against it.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// How often to probe (default 5s; 100ms to 1h).
+	Interval *durationpb.Duration `protobuf:"bytes,2,opt,name=interval,proto3" json:"interval,omitempty"`
+	// How long one probe may take to connect (default 3s; at most interval).
+	Timeout       *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Probe) Reset() {
+	*x = Probe{}
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Probe) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Probe) ProtoMessage() {}
+
+func (x *Probe) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Probe.ProtoReflect.Descriptor instead.
+func (*Probe) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Probe) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Probe) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *Probe) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
 // Limits of the in-kernel path manager. The kernel accepts at most 8 for each.
 type Limits struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -242,7 +320,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_mpfleet_v1_policy_proto_msgTypes[1]
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -254,7 +332,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_policy_proto_msgTypes[1]
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -267,7 +345,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{1}
+	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Limits) GetSubflows() uint32 {
@@ -307,7 +385,7 @@ type EndpointRule struct {
 
 func (x *EndpointRule) Reset() {
 	*x = EndpointRule{}
-	mi := &file_mpfleet_v1_policy_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +397,7 @@ func (x *EndpointRule) String() string {
 func (*EndpointRule) ProtoMessage() {}
 
 func (x *EndpointRule) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_policy_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +410,7 @@ func (x *EndpointRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EndpointRule.ProtoReflect.Descriptor instead.
 func (*EndpointRule) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{2}
+	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EndpointRule) GetInterface() string {
@@ -386,8 +464,11 @@ type Routing struct {
 	PriorityMin uint32 `protobuf:"varint,4,opt,name=priority_min,json=priorityMin,proto3" json:"priority_min,omitempty"`
 	// Last rule priority mpfleet may use. Default 7199.
 	PriorityMax uint32 `protobuf:"varint,5,opt,name=priority_max,json=priorityMax,proto3" json:"priority_max,omitempty"`
-	// Gateways given explicitly, per interface pattern. Interfaces without one
-	// use the gateway found in the main table's routes for that interface.
+	// Gateways per interface pattern: an address (gateway) or a position in
+	// the interface's own prefix (host_index). Interfaces without one use the
+	// gateway found in the main table's routes for that interface; an address
+	// with no gateway from any source gets no default route and makes its host
+	// DEGRADED (HostProblem CODE_GATEWAY_UNKNOWN).
 	Gateways      []*GatewayOverride `protobuf:"bytes,6,rep,name=gateways,proto3" json:"gateways,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -395,7 +476,7 @@ type Routing struct {
 
 func (x *Routing) Reset() {
 	*x = Routing{}
-	mi := &file_mpfleet_v1_policy_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +488,7 @@ func (x *Routing) String() string {
 func (*Routing) ProtoMessage() {}
 
 func (x *Routing) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_policy_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +501,7 @@ func (x *Routing) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Routing.ProtoReflect.Descriptor instead.
 func (*Routing) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{3}
+	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Routing) GetEnabled() bool {
@@ -465,20 +546,30 @@ func (x *Routing) GetGateways() []*GatewayOverride {
 	return nil
 }
 
-// GatewayOverride names the gateway for interfaces matching a pattern.
+// GatewayOverride names the gateway for interfaces matching a pattern, by
+// address or by its position in each address's own prefix. Exactly one of
+// gateway and host_index is given. The first entry whose pattern matches and
+// that yields a gateway of the address's family wins.
 type GatewayOverride struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Interface name glob.
 	Interface string `protobuf:"bytes,1,opt,name=interface,proto3" json:"interface,omitempty"`
-	// Gateway address (IPv4 or IPv6).
-	Gateway       string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// Gateway address (IPv4 or IPv6); applies to addresses of its family.
+	Gateway string `protobuf:"bytes,2,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// The gateway is this host address of the interface address's own prefix:
+	// 1 is the first (198.18.2.1 in 198.18.2.0/24, 2001:db8:2::1 in
+	// 2001:db8:2::/64), 2 the second, -1 the last usable one (198.18.2.254;
+	// in IPv6, which has no broadcast address, the prefix's last address),
+	// -2 the one before. Applies to both families. An index outside the
+	// prefix, or one that lands on the host's own address, yields no gateway.
+	HostIndex     int32 `protobuf:"varint,3,opt,name=host_index,json=hostIndex,proto3" json:"host_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GatewayOverride) Reset() {
 	*x = GatewayOverride{}
-	mi := &file_mpfleet_v1_policy_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -490,7 +581,7 @@ func (x *GatewayOverride) String() string {
 func (*GatewayOverride) ProtoMessage() {}
 
 func (x *GatewayOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_policy_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -503,7 +594,7 @@ func (x *GatewayOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GatewayOverride.ProtoReflect.Descriptor instead.
 func (*GatewayOverride) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{4}
+	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GatewayOverride) GetInterface() string {
@@ -518,6 +609,13 @@ func (x *GatewayOverride) GetGateway() string {
 		return x.Gateway
 	}
 	return ""
+}
+
+func (x *GatewayOverride) GetHostIndex() int32 {
+	if x != nil {
+		return x.HostIndex
+	}
+	return 0
 }
 
 // Sysctls are MPTCP sysctls under net.mptcp. Each is optional; one the host's
@@ -549,7 +647,7 @@ type Sysctls struct {
 
 func (x *Sysctls) Reset() {
 	*x = Sysctls{}
-	mi := &file_mpfleet_v1_policy_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -561,7 +659,7 @@ func (x *Sysctls) String() string {
 func (*Sysctls) ProtoMessage() {}
 
 func (x *Sysctls) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_policy_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_policy_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -574,7 +672,7 @@ func (x *Sysctls) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sysctls.ProtoReflect.Descriptor instead.
 func (*Sysctls) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{5}
+	return file_mpfleet_v1_policy_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Sysctls) GetScheduler() string {
@@ -638,15 +736,20 @@ var File_mpfleet_v1_policy_proto protoreflect.FileDescriptor
 const file_mpfleet_v1_policy_proto_rawDesc = "" +
 	"\n" +
 	"\x17mpfleet/v1/policy.proto\x12\n" +
-	"mpfleet.v1\"\xfe\x01\n" +
+	"mpfleet.v1\x1a\x1egoogle/protobuf/duration.proto\"\xa9\x02\n" +
 	"\x0fMultipathPolicy\x12\x1d\n" +
 	"\aenabled\x18\x01 \x01(\bH\x00R\aenabled\x88\x01\x01\x12*\n" +
 	"\x06limits\x18\x02 \x01(\v2\x12.mpfleet.v1.LimitsR\x06limits\x126\n" +
 	"\tendpoints\x18\x03 \x03(\v2\x18.mpfleet.v1.EndpointRuleR\tendpoints\x12-\n" +
 	"\arouting\x18\x04 \x01(\v2\x13.mpfleet.v1.RoutingR\arouting\x12-\n" +
-	"\asysctls\x18\x05 \x01(\v2\x13.mpfleet.v1.SysctlsR\asysctlsB\n" +
+	"\asysctls\x18\x05 \x01(\v2\x13.mpfleet.v1.SysctlsR\asysctls\x12)\n" +
+	"\x06probes\x18\x06 \x03(\v2\x11.mpfleet.v1.ProbeR\x06probesB\n" +
 	"\n" +
-	"\b_enabled\"}\n" +
+	"\b_enabled\"\x8d\x01\n" +
+	"\x05Probe\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x125\n" +
+	"\binterval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\binterval\x123\n" +
+	"\atimeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"}\n" +
 	"\x06Limits\x12\x1f\n" +
 	"\bsubflows\x18\x01 \x01(\rH\x00R\bsubflows\x88\x01\x01\x12/\n" +
 	"\x11add_addr_accepted\x18\x02 \x01(\rH\x01R\x0faddAddrAccepted\x88\x01\x01B\v\n" +
@@ -664,10 +767,12 @@ const file_mpfleet_v1_policy_proto_rawDesc = "" +
 	"\ttable_max\x18\x03 \x01(\rR\btableMax\x12!\n" +
 	"\fpriority_min\x18\x04 \x01(\rR\vpriorityMin\x12!\n" +
 	"\fpriority_max\x18\x05 \x01(\rR\vpriorityMax\x127\n" +
-	"\bgateways\x18\x06 \x03(\v2\x1b.mpfleet.v1.GatewayOverrideR\bgateways\"I\n" +
+	"\bgateways\x18\x06 \x03(\v2\x1b.mpfleet.v1.GatewayOverrideR\bgateways\"h\n" +
 	"\x0fGatewayOverride\x12\x1c\n" +
 	"\tinterface\x18\x01 \x01(\tR\tinterface\x12\x18\n" +
-	"\agateway\x18\x02 \x01(\tR\agateway\"\xa4\x04\n" +
+	"\agateway\x18\x02 \x01(\tR\agateway\x12\x1d\n" +
+	"\n" +
+	"host_index\x18\x03 \x01(\x05R\thostIndex\"\xa4\x04\n" +
 	"\aSysctls\x12!\n" +
 	"\tscheduler\x18\x01 \x01(\tH\x00R\tscheduler\x88\x01\x01\x12&\n" +
 	"\fpath_manager\x18\x02 \x01(\tH\x01R\vpathManager\x88\x01\x01\x12.\n" +
@@ -711,30 +816,35 @@ func file_mpfleet_v1_policy_proto_rawDescGZIP() []byte {
 }
 
 var file_mpfleet_v1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mpfleet_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_mpfleet_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_mpfleet_v1_policy_proto_goTypes = []any{
-	(EndpointFlag)(0),       // 0: mpfleet.v1.EndpointFlag
-	(AddressFamily)(0),      // 1: mpfleet.v1.AddressFamily
-	(*MultipathPolicy)(nil), // 2: mpfleet.v1.MultipathPolicy
-	(*Limits)(nil),          // 3: mpfleet.v1.Limits
-	(*EndpointRule)(nil),    // 4: mpfleet.v1.EndpointRule
-	(*Routing)(nil),         // 5: mpfleet.v1.Routing
-	(*GatewayOverride)(nil), // 6: mpfleet.v1.GatewayOverride
-	(*Sysctls)(nil),         // 7: mpfleet.v1.Sysctls
+	(EndpointFlag)(0),           // 0: mpfleet.v1.EndpointFlag
+	(AddressFamily)(0),          // 1: mpfleet.v1.AddressFamily
+	(*MultipathPolicy)(nil),     // 2: mpfleet.v1.MultipathPolicy
+	(*Probe)(nil),               // 3: mpfleet.v1.Probe
+	(*Limits)(nil),              // 4: mpfleet.v1.Limits
+	(*EndpointRule)(nil),        // 5: mpfleet.v1.EndpointRule
+	(*Routing)(nil),             // 6: mpfleet.v1.Routing
+	(*GatewayOverride)(nil),     // 7: mpfleet.v1.GatewayOverride
+	(*Sysctls)(nil),             // 8: mpfleet.v1.Sysctls
+	(*durationpb.Duration)(nil), // 9: google.protobuf.Duration
 }
 var file_mpfleet_v1_policy_proto_depIdxs = []int32{
-	3, // 0: mpfleet.v1.MultipathPolicy.limits:type_name -> mpfleet.v1.Limits
-	4, // 1: mpfleet.v1.MultipathPolicy.endpoints:type_name -> mpfleet.v1.EndpointRule
-	5, // 2: mpfleet.v1.MultipathPolicy.routing:type_name -> mpfleet.v1.Routing
-	7, // 3: mpfleet.v1.MultipathPolicy.sysctls:type_name -> mpfleet.v1.Sysctls
-	1, // 4: mpfleet.v1.EndpointRule.family:type_name -> mpfleet.v1.AddressFamily
-	0, // 5: mpfleet.v1.EndpointRule.flags:type_name -> mpfleet.v1.EndpointFlag
-	6, // 6: mpfleet.v1.Routing.gateways:type_name -> mpfleet.v1.GatewayOverride
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	4,  // 0: mpfleet.v1.MultipathPolicy.limits:type_name -> mpfleet.v1.Limits
+	5,  // 1: mpfleet.v1.MultipathPolicy.endpoints:type_name -> mpfleet.v1.EndpointRule
+	6,  // 2: mpfleet.v1.MultipathPolicy.routing:type_name -> mpfleet.v1.Routing
+	8,  // 3: mpfleet.v1.MultipathPolicy.sysctls:type_name -> mpfleet.v1.Sysctls
+	3,  // 4: mpfleet.v1.MultipathPolicy.probes:type_name -> mpfleet.v1.Probe
+	9,  // 5: mpfleet.v1.Probe.interval:type_name -> google.protobuf.Duration
+	9,  // 6: mpfleet.v1.Probe.timeout:type_name -> google.protobuf.Duration
+	1,  // 7: mpfleet.v1.EndpointRule.family:type_name -> mpfleet.v1.AddressFamily
+	0,  // 8: mpfleet.v1.EndpointRule.flags:type_name -> mpfleet.v1.EndpointFlag
+	7,  // 9: mpfleet.v1.Routing.gateways:type_name -> mpfleet.v1.GatewayOverride
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_mpfleet_v1_policy_proto_init() }
@@ -743,15 +853,15 @@ func file_mpfleet_v1_policy_proto_init() {
 		return
 	}
 	file_mpfleet_v1_policy_proto_msgTypes[0].OneofWrappers = []any{}
-	file_mpfleet_v1_policy_proto_msgTypes[1].OneofWrappers = []any{}
-	file_mpfleet_v1_policy_proto_msgTypes[5].OneofWrappers = []any{}
+	file_mpfleet_v1_policy_proto_msgTypes[2].OneofWrappers = []any{}
+	file_mpfleet_v1_policy_proto_msgTypes[6].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mpfleet_v1_policy_proto_rawDesc), len(file_mpfleet_v1_policy_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
