@@ -270,7 +270,7 @@ func errStreamEnded(what string) error {
 // quoteEmpty replaces empty cells by "-" and folds each cell onto one line.
 func quoteEmpty(cells []string) []string {
 	for i, c := range cells {
-		cells[i] = orDefault(oneLine(c), "-")
+		cells[i] = orDefault(terminalSafe(oneLine(c)), "-")
 	}
 	return cells
 }

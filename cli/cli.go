@@ -134,7 +134,7 @@ func run(ctx context.Context, args []string, sio stdio, getenv func(string) stri
 		// of arguments.
 		err = &usageError{err: err}
 	}
-	msg := oneLine(err.Error())
+	msg := terminalSafe(oneLine(err.Error()))
 	var u *usageError
 	if errors.As(err, &u) && !u.noHint && cmd != nil {
 		msg += fmt.Sprintf(" (see '%s --help')", cmd.CommandPath())

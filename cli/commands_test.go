@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"sigs.k8s.io/yaml"
 
@@ -467,12 +468,58 @@ func testHosts() []*mpfleetv1.Host {
 					{Local: "198.18.1.2:5201", Remote: "198.18.9.9:40000", Subflows: 1, Token: 0xdeadbeef},
 					{Local: "198.18.1.2:5201", Remote: "198.18.9.9:40002", Fallback: true, Token: 7},
 				},
+				Paths: []*mpfleetv1.PathStatus{
+					{Interface: "eth0", Address: "198.18.1.2", State: mpfleetv1.PathState_PATH_STATE_OK, Gateway: "198.18.1.1", Table: 7100,
+						LastCheckTime: timestamppb.New(testNow.Add(-4 * time.Second)), ProbeLatency: durationpb.New(1234 * time.Microsecond)},
+					{Interface: "eth1", Address: "198.18.2.2", State: mpfleetv1.PathState_PATH_STATE_UNPROBED, Gateway: "198.18.2.1", Table: 7101,
+						LastCheckTime: timestamppb.New(testNow.Add(-4 * time.Second))},
+				},
 			},
 		},
 		{Name: "hosts/h2", Labels: map[string]string{"role": "web"}, Group: "groups/web", DesiredRevision: 3, AppliedRevision: 2,
 			SyncState: mpfleetv1.SyncState_SYNC_STATE_FAILED, LastError: "add endpoint: ERANGE"},
 		{Name: "hosts/h3", Labels: map[string]string{"role": "db"}, ConflictingGroups: []string{"groups/x", "groups/db"},
 			SyncState: mpfleetv1.SyncState_SYNC_STATE_CONFLICT},
+		degradedHost(),
+		{
+			Name: "hosts/h5", Labels: map[string]string{"role": "lab"}, Group: "groups/lab", DesiredRevision: 5, AppliedRevision: 5,
+			SyncState: mpfleetv1.SyncState_SYNC_STATE_DISCONNECTED, LastSeenTime: timestamppb.New(testNow.Add(-3 * time.Hour)),
+			Problems: []*mpfleetv1.HostProblem{{Code: mpfleetv1.HostProblem_CODE_LINK_DOWN, Interface: "eth1", Address: "198.18.2.5",
+				Message: "link eth1 is down: its subflows cannot be established"}},
+			Health: &mpfleetv1.MptcpHealth{ReadTime: timestamppb.New(testNow.Add(-3 * time.Hour)), Paths: []*mpfleetv1.PathStatus{
+				{Interface: "eth0", Address: "198.18.1.5", State: mpfleetv1.PathState_PATH_STATE_OK, Table: 7100},
+				{Interface: "eth1", Address: "198.18.2.5", State: mpfleetv1.PathState_PATH_STATE_LINK_DOWN, Table: 7101},
+			}},
+		},
+	}
+}
+
+// degradedHost is a host whose revision is applied but whose policy is not
+// fully realized: one address has no gateway, one path fails its probe.
+func degradedHost() *mpfleetv1.Host {
+	checked := timestamppb.New(testNow.Add(-4 * time.Second))
+	return &mpfleetv1.Host{
+		Name: "hosts/h4", Labels: map[string]string{"role": "lab"}, Group: "groups/lab", DesiredRevision: 5, AppliedRevision: 5,
+		SyncState: mpfleetv1.SyncState_SYNC_STATE_DEGRADED, Connected: true, LastSeenTime: timestamppb.New(testNow.Add(-2 * time.Second)),
+		AgentVersion: "v0.2.0",
+		Problems: []*mpfleetv1.HostProblem{
+			{Code: mpfleetv1.HostProblem_CODE_GATEWAY_UNKNOWN, Interface: "eth2", Address: "198.18.3.2",
+				Message: "no gateway known for 198.18.3.2: table 7102 gets no default route; name one in routing.gateways " +
+					"(gateway or host_index), or give eth2 a route in the main table"},
+			{Code: mpfleetv1.HostProblem_CODE_PATH_FAILED, Interface: "eth1", Address: "198.18.2.2",
+				Message: "no MPTCP connection from 198.18.2.2 reached probe 198.18.9.9:5201 within 3s"},
+		},
+		Health: &mpfleetv1.MptcpHealth{
+			ReadTime: timestamppb.New(testNow.Add(-2 * time.Second)),
+			Paths: []*mpfleetv1.PathStatus{
+				{Interface: "eth0", Address: "198.18.1.2", State: mpfleetv1.PathState_PATH_STATE_OK, Gateway: "198.18.1.1", Table: 7100,
+					LastCheckTime: checked, ProbeLatency: durationpb.New(1234 * time.Microsecond)},
+				{Interface: "eth1", Address: "198.18.2.2", State: mpfleetv1.PathState_PATH_STATE_FAILED, Gateway: "198.18.2.1", Table: 7101,
+					LastCheckTime: checked, Message: "probe 198.18.9.9:5201: connect: connection timed out after 3s"},
+				{Interface: "eth2", Address: "198.18.3.2", State: mpfleetv1.PathState_PATH_STATE_NO_GATEWAY, Table: 7102,
+					LastCheckTime: checked, Message: "no gateway known"},
+			},
+		},
 	}
 }
 
@@ -480,10 +527,12 @@ func TestGetHosts(t *testing.T) {
 	c := newController(t)
 	c.hosts.hosts = testHosts()
 	r := c.run(t, "", nil, "get", "hosts")
-	want := `NAME   GROUP   STATE      DESIRED   APPLIED   ENDPOINTS   CONNS   SUBFLOWS   LAST SEEN
-h1     web     in_sync    3         3         2           2       3          5s
-h2     web     failed     3         2         0           0       0          never
-h3     db,x    conflict   -         -         0           0       0          never
+	want := `NAME   GROUP   STATE          HEALTH                 DESIRED   APPLIED   ENDPOINTS   CONNS   SUBFLOWS   LAST SEEN
+h1     web     in_sync        ok                     3         3         2           2       3          5s
+h2     web     failed         -                      3         2         0           0       0          never
+h3     db,x    conflict       -                      -         -         0           0       0          never
+h4     lab     degraded       degraded: 2 problems   5         5         0           0       0          2s
+h5     lab     disconnected   degraded: 1 problem    5         5         0           0       0          3h
 `
 	if r.err != nil || r.stdout != want {
 		t.Errorf("get hosts: %v, printed:\n%s\nwant:\n%s", r.err, r.stdout, want)
@@ -499,7 +548,7 @@ h3     db,x    conflict   -         -         0           0       0          nev
 		t.Errorf("request %v", req)
 	}
 	wantOneLineError(t, c.run(t, "", nil, "get", "hosts", "--state", "sideways"), 2,
-		`mpfleetctl: --state "sideways": want one of in_sync, applying, drifted, failed, conflict, unmanaged, disconnected (see 'mpfleetctl get hosts --help')`)
+		`mpfleetctl: --state "sideways": want one of in_sync, applying, drifted, failed, conflict, unmanaged, disconnected, degraded (see 'mpfleetctl get hosts --help')`)
 	wantOneLineError(t, c.run(t, "", nil, "get", "hosts", "-l", "role"), 2,
 		`mpfleetctl: -l "role": want key=value[,key=value...] (see 'mpfleetctl get hosts --help')`)
 }

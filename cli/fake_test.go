@@ -501,7 +501,9 @@ func (f *fakeHosts) WatchHosts(_ *mpfleetv1.WatchHostsRequest, stream grpc.Serve
 }
 
 // PlanPolicy plans one "add-endpoint" per interface address of each host of
-// the group, or none when the candidate equals the group's policy.
+// the group, or none when the candidate equals the group's policy, and
+// reports each host's gateway_unknown problems as what cannot be rendered
+// (a stand-in for the controller's render problems).
 func (f *fakeHosts) PlanPolicy(ctx context.Context, req *mpfleetv1.PlanPolicyRequest) (*mpfleetv1.PlanPolicyResponse, error) {
 	g, err := f.groups.GetGroup(ctx, &mpfleetv1.GetGroupRequest{Name: req.GetGroup()})
 	if err != nil {
@@ -516,6 +518,11 @@ func (f *fakeHosts) PlanPolicy(ctx context.Context, req *mpfleetv1.PlanPolicyReq
 			continue
 		}
 		hp := &mpfleetv1.HostPlan{Host: h.GetName()}
+		for _, p := range h.GetProblems() {
+			if p.GetCode() == mpfleetv1.HostProblem_CODE_GATEWAY_UNKNOWN {
+				hp.Problems = append(hp.Problems, p.GetMessage())
+			}
+		}
 		if h.GetLastError() != "" {
 			hp.Error = h.GetLastError()
 		} else if !proto.Equal(req.GetPolicy(), g.GetPolicy()) {

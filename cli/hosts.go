@@ -62,13 +62,24 @@ func (a *app) getHostsCommand() *cobra.Command {
 		Short:   "List hosts, or show the named ones",
 		Long: `get hosts lists the hosts that run an agent (following all pages unless
 --limit), filtered by labels, group and sync state, or shows the named hosts.
-The table has NAME, GROUP, STATE, DESIRED and APPLIED revision, ENDPOINTS
-applied, open MPTCP CONNS and their SUBFLOWS, and LAST SEEN. Use
-"mpfleetctl describe host NAME" for everything about one host.
+The table has NAME, GROUP, STATE, HEALTH, DESIRED and APPLIED revision,
+ENDPOINTS applied, open MPTCP CONNS and their SUBFLOWS, and LAST SEEN. Use
+"mpfleetctl describe host NAME" for everything about one host, its problems
+and the state of each managed path among them.
 
-States: in_sync, applying, drifted, failed, conflict, unmanaged, disconnected.`,
+HEALTH is "ok" when the host reports no problem and none of its managed paths
+is failed, link down or without a gateway; "degraded: N problems" when it
+reports problems (what of the policy could not be realized, and broken
+paths); "-" when it never reported its health. A disconnected host shows the
+health it last reported, which the controller keeps: STATE says the agent is
+gone and LAST SEEN how old that report is.
+
+States: in_sync, applying, drifted, failed, conflict, unmanaged, disconnected,
+degraded (the revision is applied, but part of the policy could not be
+realized or a managed path is broken).`,
 		Example: `  mpfleetctl get hosts
   mpfleetctl get hosts -l role=web,zone=a --state drifted
+  mpfleetctl get hosts --state degraded
   mpfleetctl get hosts --group lab -o json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 0 && (labels != "" || group != "" || state != "") {
@@ -93,7 +104,7 @@ States: in_sync, applying, drifted, failed, conflict, unmanaged, disconnected.`,
 	}
 	cmd.Flags().StringVarP(&labels, "selector", "l", "", "only hosts with these labels: k=v,k2=v2")
 	cmd.Flags().StringVar(&group, "group", "", "only hosts of this group")
-	cmd.Flags().StringVar(&state, "state", "", "only hosts in this sync state (in_sync, drifted, failed, …)")
+	cmd.Flags().StringVar(&state, "state", "", "only hosts in this sync state (in_sync, degraded, drifted, failed, disconnected, …)")
 	cmd.Flags().IntVar(&limit, "limit", 0, "list at most N hosts (0: all)")
 	return cmd
 }
@@ -127,7 +138,7 @@ func (a *app) getHosts(ctx context.Context, names []string, req *mpfleetv1.ListH
 		obj = hosts[0]
 	}
 	return a.printObject(obj, func(w io.Writer) error {
-		t := newTable(w, "NAME", "GROUP", "STATE", "DESIRED", "APPLIED", "ENDPOINTS", "CONNS", "SUBFLOWS", "LAST SEEN")
+		t := newTable(w, "NAME", "GROUP", "STATE", "HEALTH", "DESIRED", "APPLIED", "ENDPOINTS", "CONNS", "SUBFLOWS", "LAST SEEN")
 		for _, h := range hosts {
 			t.row(hostRow(a, h)...)
 		}
@@ -159,13 +170,59 @@ func revision(n int64) string {
 	return strconv.FormatInt(n, 10)
 }
 
+// hostHealth sums up a host's health in a few words, for the HEALTH column
+// of get hosts and the Health field of describe host: "ok", "degraded: 2
+// problems", or "-" for a host that never reported its health. A
+// disconnected host keeps the health it last reported.
+func hostHealth(h *mpfleetv1.Host) string {
+	broken := 0
+	for _, p := range h.GetHealth().GetPaths() {
+		if pathBroken(p.GetState()) {
+			broken++
+		}
+	}
+	switch {
+	case len(h.GetProblems()) > 0:
+		return "degraded: " + plural(len(h.GetProblems()), "problem")
+	case broken > 0:
+		// The controller names every broken path as a problem too; this
+		// only guards against a report that does not.
+		return "degraded: " + plural(broken, "broken path")
+	case h.GetSyncState() == mpfleetv1.SyncState_SYNC_STATE_DEGRADED:
+		return "degraded"
+	case h.GetHealth().GetReadTime() == nil && len(h.GetHealth().GetPaths()) == 0:
+		return "-"
+	default:
+		return "ok"
+	}
+}
+
+// pathBroken reports whether a path state means the path does not carry
+// traffic as the policy asks. UNPROBED passed every local check; it is only
+// not known to carry MPTCP.
+func pathBroken(s mpfleetv1.PathState) bool {
+	switch s {
+	case mpfleetv1.PathState_PATH_STATE_FAILED, mpfleetv1.PathState_PATH_STATE_LINK_DOWN, mpfleetv1.PathState_PATH_STATE_NO_GATEWAY:
+		return true
+	}
+	return false
+}
+
+// plural renders "1 problem", "2 problems".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
+}
+
 func hostRow(a *app, h *mpfleetv1.Host) []string {
 	lastSeen := a.age(h.GetLastSeenTime())
 	if lastSeen == "" {
 		lastSeen = "never"
 	}
 	return []string{
-		trimName(h.GetName()), hostGroup(h), shortEnum(h.GetSyncState()),
+		trimName(h.GetName()), hostGroup(h), shortEnum(h.GetSyncState()), hostHealth(h),
 		revision(h.GetDesiredRevision()), revision(h.GetAppliedRevision()),
 		strconv.Itoa(len(h.GetApplied().GetEndpoints())),
 		strconv.FormatUint(uint64(h.GetHealth().GetConnections()), 10),
@@ -174,282 +231,11 @@ func hostRow(a *app, h *mpfleetv1.Host) []string {
 	}
 }
 
-func (a *app) describeCommand() *cobra.Command {
-	host := &cobra.Command{
-		Use:     "host NAME",
-		Aliases: []string{"hosts"},
-		Short:   "Show everything about one host",
-		Long: `describe host shows a host's labels and facts (kernel, MPTCP support,
-interfaces with addresses and gateways), its group and sync state, what the
-agent read back from the kernel (MPTCP endpoints and limits, policy routing
-rules and routes, sysctls), its MPTCP health (the fleet's "ss -M": open
-connections, subflows, fallbacks to TCP, MPTcpExt counters) and the agent's
-last plan.`,
-		Example: `  mpfleetctl describe host web-1`,
-		Args:    exactArgs(1, "NAME"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			hc, err := a.hosts()
-			if err != nil {
-				return err
-			}
-			h, err := a.getHost(cmd.Context(), hc, args[0])
-			if err != nil {
-				return err
-			}
-			return a.printObject(h, func(w io.Writer) error { return a.describeHost(w, h) })
-		},
-	}
-	cmd := &cobra.Command{
-		Use:     "describe RESOURCE NAME",
-		Short:   "Show one host in detail",
-		Example: `  mpfleetctl describe host web-1`,
-		RunE:    parentRunE("resource type", "host"),
-	}
-	cmd.AddCommand(host)
-	return cmd
-}
-
-// describeHost lays out one host for people.
-func (a *app) describeHost(w io.Writer, h *mpfleetv1.Host) error {
-	d := &describer{w: w}
-	d.field(0, "Name", trimName(h.GetName()))
-	group := trimName(h.GetGroup())
-	if len(h.GetConflictingGroups()) > 0 {
-		group = "conflict between " + joinTrimmed(h.GetConflictingGroups())
-	}
-	d.field(0, "Group", group)
-	d.field(0, "State", shortEnum(h.GetSyncState()))
-	d.field(0, "Revision", fmt.Sprintf("desired %s, applied %s", revision(h.GetDesiredRevision()), revision(h.GetAppliedRevision())))
-	conn := "no"
-	if h.GetConnected() {
-		conn = "yes"
-	}
-	if seen := a.age(h.GetLastSeenTime()); seen != "" {
-		conn += fmt.Sprintf(", last seen %s ago (%s)", seen, formatTime(h.GetLastSeenTime()))
-	}
-	d.field(0, "Connected", conn)
-	agent := h.GetAgentVersion()
-	if h.GetDryRun() {
-		agent += " (dry run: plans, applies nothing)"
-	}
-	d.field(0, "Agent", agent)
-	d.field(0, "Labels", formatLabels(h.GetLabels()))
-	d.field(0, "Last error", h.GetLastError())
-	d.flush()
-
-	f := h.GetFacts()
-	d.section(0, "Facts")
-	d.field(1, "Hostname", f.GetHostname())
-	kernel := f.GetKernelVersion()
-	if f.GetMptcpSupported() {
-		kernel += " (MPTCP supported)"
-	} else {
-		kernel += " (no MPTCP)"
-	}
-	d.field(1, "Kernel", kernel)
-	d.field(1, "Schedulers", strings.Join(f.GetAvailableSchedulers(), ", "))
-	d.field(1, "Path managers", strings.Join(f.GetAvailablePathManagers(), ", "))
-	d.field(1, "Sysctls", strings.Join(f.GetAvailableSysctls(), ", "))
-	d.flush()
-	d.section(0, "Interfaces")
-	if len(f.GetInterfaces()) == 0 {
-		d.line(1, "none reported")
-	} else {
-		t := d.table(1, "NAME", "INDEX", "STATE", "ADDRESSES", "GATEWAYS")
-		for _, i := range f.GetInterfaces() {
-			state := "down"
-			if i.GetUp() {
-				state = "up"
-			}
-			t.row(i.GetName(), strconv.Itoa(int(i.GetIndex())), state, strings.Join(i.GetAddresses(), ","), strings.Join(i.GetGateways(), ","))
-		}
-		d.flushTable(t)
-	}
-
-	ap := h.GetApplied()
-	d.section(0, "Applied")
-	limits := "-"
-	if l := ap.GetLimits(); l != nil {
-		limits = fmt.Sprintf("subflows %s, add_addr_accepted %s", optUint(l.Subflows), optUint(l.AddAddrAccepted))
-	}
-	d.field(1, "Limits", limits)
-	d.flush()
-	d.section(1, "Endpoints")
-	if len(ap.GetEndpoints()) == 0 {
-		d.line(2, "none")
-	} else {
-		t := d.table(2, "ID", "ADDRESS", "PORT", "FLAGS", "INTERFACE")
-		for _, e := range ap.GetEndpoints() {
-			port := ""
-			if e.GetPort() != 0 {
-				port = strconv.Itoa(int(e.GetPort()))
-			}
-			t.row(strconv.Itoa(int(e.GetId())), e.GetAddress(), port, formatFlags(e.GetFlags()), e.GetInterface())
-		}
-		d.flushTable(t)
-	}
-	if len(h.GetExcludedAddresses()) > 0 {
-		d.line(2, "excluded (8-endpoint kernel maximum): "+strings.Join(h.GetExcludedAddresses(), ", "))
-	}
-	d.section(1, "Rules")
-	if len(ap.GetRules()) == 0 {
-		d.line(2, "none")
-	} else {
-		t := d.table(2, "PRIORITY", "FROM", "TABLE")
-		for _, r := range ap.GetRules() {
-			t.row(strconv.Itoa(int(r.GetPriority())), r.GetFrom(), strconv.Itoa(int(r.GetTable())))
-		}
-		d.flushTable(t)
-	}
-	d.section(1, "Routes")
-	if len(ap.GetRoutes()) == 0 {
-		d.line(2, "none")
-	} else {
-		t := d.table(2, "TABLE", "DESTINATION", "GATEWAY", "INTERFACE", "SOURCE")
-		for _, r := range ap.GetRoutes() {
-			t.row(strconv.Itoa(int(r.GetTable())), r.GetDestination(), r.GetGateway(), r.GetInterface(), r.GetSource())
-		}
-		d.flushTable(t)
-	}
-	d.section(1, "Sysctls")
-	if len(ap.GetSysctls()) == 0 {
-		d.line(2, "none managed")
-	} else {
-		t := d.table(2)
-		for _, k := range sortedKeys(ap.GetSysctls()) {
-			t.row("net.mptcp." + k + " = " + ap.GetSysctls()[k])
-		}
-		d.flushTable(t)
-	}
-
-	hl := h.GetHealth()
-	title := "MPTCP health"
-	if seen := a.age(hl.GetReadTime()); seen != "" {
-		title += " (read " + seen + " ago)"
-	}
-	d.section(0, title)
-	d.field(1, "Connections", fmt.Sprintf("%d open, %d subflows, %d fell back to TCP", hl.GetConnections(), hl.GetSubflows(), hl.GetFallbacks()))
-	d.flush()
-	if len(hl.GetConnectionsList()) > 0 {
-		t := d.table(1, "LOCAL", "REMOTE", "SUBFLOWS", "FALLBACK", "TOKEN")
-		for _, c := range hl.GetConnectionsList() {
-			fb := "no"
-			if c.GetFallback() {
-				fb = "yes"
-			}
-			t.row(c.GetLocal(), c.GetRemote(), strconv.Itoa(int(c.GetSubflows())), fb, fmt.Sprintf("%08x", c.GetToken()))
-		}
-		d.flushTable(t)
-	}
-	if len(hl.GetCounters()) > 0 {
-		d.section(1, "Counters")
-		t := d.table(2)
-		for _, k := range sortedKeys(hl.GetCounters()) {
-			t.row(k, strconv.FormatUint(hl.GetCounters()[k], 10))
-		}
-		d.flushTable(t)
-	}
-	if len(h.GetLastPlan()) > 0 {
-		d.section(0, "Last plan")
-		for _, op := range h.GetLastPlan() {
-			d.line(1, planLine(op))
-		}
-	}
-	return d.err
-}
-
-func optUint(p *uint32) string {
-	if p == nil {
-		return "unset"
-	}
-	return strconv.FormatUint(uint64(*p), 10)
-}
-
 func planLine(op *mpfleetv1.PlanOperation) string {
 	if op.GetDescription() != "" {
 		return op.GetDescription()
 	}
 	return op.GetKind()
-}
-
-// describer writes the indented sections of describe host. Fields of one
-// block are aligned together until flush.
-type describer struct {
-	w      io.Writer
-	fields [][3]string // indent, label, value
-	err    error
-}
-
-const indentUnit = "  "
-
-func (d *describer) printf(format string, args ...any) {
-	if d.err == nil {
-		_, d.err = fmt.Fprintf(d.w, format, args...)
-	}
-}
-
-func (d *describer) field(level int, label, value string) {
-	if value == "" {
-		value = "-"
-	}
-	d.fields = append(d.fields, [3]string{strings.Repeat(indentUnit, level), label + ":", value})
-}
-
-func (d *describer) flush() {
-	width := 0
-	for _, f := range d.fields {
-		width = max(width, len(f[1]))
-	}
-	for _, f := range d.fields {
-		d.printf("%s%-*s %s\n", f[0], width, f[1], f[2])
-	}
-	d.fields = nil
-}
-
-func (d *describer) section(level int, title string) {
-	d.flush()
-	d.printf("%s%s:\n", strings.Repeat(indentUnit, level), title)
-}
-
-func (d *describer) line(level int, s string) {
-	d.flush()
-	d.printf("%s%s\n", strings.Repeat(indentUnit, level), s)
-}
-
-// indentWriter prefixes every line written through it.
-type indentWriter struct {
-	w       io.Writer
-	prefix  string
-	midLine bool
-}
-
-func (iw *indentWriter) Write(p []byte) (int, error) {
-	var b strings.Builder
-	for _, c := range string(p) {
-		if !iw.midLine {
-			b.WriteString(iw.prefix)
-			iw.midLine = true
-		}
-		b.WriteRune(c)
-		if c == '\n' {
-			iw.midLine = false
-		}
-	}
-	if _, err := io.WriteString(iw.w, b.String()); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (d *describer) table(level int, header ...string) *table {
-	d.flush()
-	return newTable(&indentWriter{w: d.w, prefix: strings.Repeat(indentUnit, level)}, header...)
-}
-
-func (d *describer) flushTable(t *table) {
-	if err := t.flush(); err != nil && d.err == nil {
-		d.err = err
-	}
 }
 
 func (a *app) planCommand() *cobra.Command {
@@ -460,7 +246,9 @@ func (a *app) planCommand() *cobra.Command {
 		Long: `plan asks the controller, for each Group document of the file, which kernel
 operations its policy would cause on each host of the group (computed from
 the hosts' last reported facts; nothing is applied), and prints them per
-host. A group that does not exist yet has no hosts to plan.`,
+host, with what of the policy could not be rendered as asked on a host (it
+would be degraded there: no gateway known for an address, a sysctl its
+kernel lacks). A group that does not exist yet has no hosts to plan.`,
 		Example: `  mpfleetctl plan -f deploy/examples/two-links.yaml
   mpfleetctl plan -f groups.yaml -o json`,
 		Args: cobra.NoArgs,
@@ -540,20 +328,25 @@ func (a *app) plan(ctx context.Context, ms []*manifest) error {
 		}
 		a.printf("group/%s: %d hosts, %d to change\n", r.m.ID, len(hosts), changing)
 		for _, h := range hosts {
-			name := trimName(h.GetHost())
+			name := terminalSafe(trimName(h.GetHost()))
 			switch {
 			case h.GetError() != "":
-				a.printf("  host/%s: cannot plan: %s\n", name, oneLine(h.GetError()))
+				a.printf("  host/%s: cannot plan: %s\n", name, terminalSafe(oneLine(h.GetError())))
 			case len(h.GetOperations()) == 0:
 				a.printf("  host/%s: no changes\n", name)
 			default:
 				a.printf("  host/%s: %d operations\n", name, len(h.GetOperations()))
 				for _, op := range h.GetOperations() {
-					a.printf("    %s\n", planLine(op))
+					a.printf("    %s\n", terminalSafe(planLine(op)))
 				}
 			}
 			if len(h.GetExcludedAddresses()) > 0 {
-				a.printf("    excluded (8-endpoint kernel maximum): %s\n", strings.Join(h.GetExcludedAddresses(), ", "))
+				a.printf("    excluded (8-endpoint kernel maximum): %s\n", terminalSafe(strings.Join(h.GetExcludedAddresses(), ", ")))
+			}
+			// What cannot be rendered as asked: applied, the host would be
+			// degraded.
+			for _, p := range h.GetProblems() {
+				a.printf("    problem: %s\n", terminalSafe(oneLine(p)))
 			}
 		}
 	}
@@ -664,7 +457,7 @@ func (a *app) watchHosts(ctx context.Context, req *mpfleetv1.WatchHostsRequest) 
 			}
 			last[name] = line
 		}
-		a.printf("%s %s\n", a.now().UTC().Format("15:04:05"), line)
+		a.printf("%s %s\n", a.now().UTC().Format("15:04:05"), terminalSafe(line))
 	}
 }
 

@@ -10,9 +10,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
 
 	mpfleetv1 "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
@@ -322,6 +324,9 @@ func normalizeList(path string, v any, fd protoreflect.FieldDescriptor) (any, er
 func normalizeValue(path string, v any, fd protoreflect.FieldDescriptor) (any, error) {
 	switch fd.Kind() {
 	case protoreflect.MessageKind, protoreflect.GroupKind:
+		if fd.Message().FullName() == durationName {
+			return normalizeDuration(path, v)
+		}
 		return normalizeMessage(path, v, fd.Message())
 	case protoreflect.EnumKind:
 		switch e := v.(type) {
@@ -378,6 +383,35 @@ func normalizeValue(path string, v any, fd protoreflect.FieldDescriptor) (any, e
 		return nil, fmt.Errorf("%s: want an integer from %d to %d, got %s", path, lo, hi, jsonType(num))
 	}
 	return num, nil
+}
+
+// durationName is google.protobuf.Duration, which JSON writes as a string.
+const durationName = "google.protobuf.Duration"
+
+// normalizeDuration checks a duration (a probe's interval, 5s, 100ms, 1m30s)
+// and returns it in protojson's form, decimal seconds ("0.100s"), which is
+// also what -o yaml and diff print.
+func normalizeDuration(path string, v any) (any, error) {
+	s, ok := v.(string)
+	var (
+		d   time.Duration
+		err error
+	)
+	if ok {
+		d, err = time.ParseDuration(strings.TrimSpace(s))
+	}
+	if !ok || err != nil {
+		return nil, fmt.Errorf("%s: want a duration such as 5s, 100ms or 1m30s, got %s", path, jsonType(v))
+	}
+	b, err := protojson.Marshal(durationpb.New(d))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var out string
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return out, nil
 }
 
 // intRange returns the range of an integer kind; hi is capped at MaxInt64

@@ -287,7 +287,7 @@ func TestEnumNames(t *testing.T) {
 		{shortEnum(mpfleetv1.AuditResult_AUDIT_RESULT_FAILURE), "failure"},
 		{shortEnum(mpfleetv1.EndpointFlag(42)), "42"},
 		{strings.Join(enumShortNames(flag), ","), "signal,subflow,backup,fullmesh,laminar"},
-		{strings.Join(enumShortNames(state), ","), "in_sync,applying,drifted,failed,conflict,unmanaged,disconnected"},
+		{strings.Join(enumShortNames(state), ","), "in_sync,applying,drifted,failed,conflict,unmanaged,disconnected,degraded"},
 	}
 	for _, s := range shorts {
 		if s.got != s.want {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -105,8 +107,7 @@ func (t *table) row(cells ...string) {
 		if c == "" {
 			c = "-"
 		}
-		// A tab or newline inside a cell would break the columns.
-		cells[i] = strings.NewReplacer("\t", " ", "\n", " ").Replace(c)
+		cells[i] = terminalSafe(c)
 	}
 	if t.err == nil {
 		_, t.err = fmt.Fprintln(t.tw, strings.Join(cells, "\t"))
@@ -152,6 +153,23 @@ func humanDuration(d time.Duration) string {
 	}
 }
 
+// formatLatency renders a probe's connect time to about three significant
+// digits: 850µs, 1.23ms, 12.3ms, 123ms, 1.23s.
+func formatLatency(d time.Duration) string {
+	unit := time.Microsecond
+	switch {
+	case d >= time.Second:
+		unit = 10 * time.Millisecond
+	case d >= 100*time.Millisecond:
+		unit = time.Millisecond
+	case d >= 10*time.Millisecond:
+		unit = 100 * time.Microsecond
+	case d >= time.Millisecond:
+		unit = 10 * time.Microsecond
+	}
+	return d.Round(unit).String()
+}
+
 // formatLabels renders labels as "k=v,k2=v2", sorted.
 func formatLabels(m map[string]string) string {
 	keys := sortedKeys(m)
@@ -178,4 +196,43 @@ func joinTrimmed(names []string) string {
 	}
 	slices.Sort(out)
 	return strings.Join(out, ",")
+}
+
+// terminalSafe makes text that comes from agents or the controller (host
+// names, interface names, problem and path messages, errors) safe to print
+// on a terminal, on one line. Tabs and line breaks become spaces, so they
+// cannot break table columns or forge lines. Every other control character
+// (C0, DEL and C1: ESC and CSI start every terminal escape sequence), every
+// bidirectional-text control (which can make text read in another order than
+// it is stored) and every byte that is not UTF-8 is written as a Go escape,
+// \x1b or \u202e, so it shows instead of acting.
+func terminalSafe(s string) string {
+	safe := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f {
+			safe = false
+			break
+		}
+	}
+	if safe {
+		return s // printable ASCII, the common case
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\t' || r == '\n' || r == '\r' || r == '\v' || r == '\f':
+			b.WriteByte(' ')
+		case r < 0x80 && unicode.IsControl(r):
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
 }

@@ -1,0 +1,361 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+
+	mpfleetv1 "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+)
+
+func (a *app) describeCommand() *cobra.Command {
+	host := &cobra.Command{
+		Use:     "host NAME",
+		Aliases: []string{"hosts"},
+		Short:   "Show everything about one host",
+		Long: `describe host shows a host's group, sync state and health, then what keeps
+it from running its policy as asked and the paths it manages, then its labels
+and facts (kernel, MPTCP support, interfaces with addresses and gateways),
+what the agent read back from the kernel (MPTCP endpoints and limits, policy
+routing rules and routes, sysctls), its MPTCP health (the fleet's "ss -M":
+open connections, subflows, fallbacks to TCP, MPTcpExt counters) and the
+agent's last plan.
+
+Problems (shown only when there are some) are one line each, the kind of
+problem, the interface and the address concerned, with what is wrong and how
+to fix it indented on the next line. Paths is one row per managed path (an
+interface and one of its endpoint addresses) as the agent last checked it:
+the gateway and routing table of the path, its state (ok, failed, link_down,
+no_gateway, unprobed: the local checks passed but no probe is configured), how
+long ago it was checked, the latency of its slowest probe, and why it is not
+ok. A disconnected host shows what it last reported.`,
+		Example: `  mpfleetctl describe host web-1`,
+		Args:    exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			hc, err := a.hosts()
+			if err != nil {
+				return err
+			}
+			h, err := a.getHost(cmd.Context(), hc, args[0])
+			if err != nil {
+				return err
+			}
+			return a.printObject(h, func(w io.Writer) error { return a.describeHost(w, h) })
+		},
+	}
+	cmd := &cobra.Command{
+		Use:     "describe RESOURCE NAME",
+		Short:   "Show one host in detail",
+		Example: `  mpfleetctl describe host web-1`,
+		RunE:    parentRunE("resource type", "host"),
+	}
+	cmd.AddCommand(host)
+	return cmd
+}
+
+// describeHost lays out one host for people.
+func (a *app) describeHost(w io.Writer, h *mpfleetv1.Host) error {
+	d := &describer{w: w}
+	d.field(0, "Name", trimName(h.GetName()))
+	group := trimName(h.GetGroup())
+	if len(h.GetConflictingGroups()) > 0 {
+		group = "conflict between " + joinTrimmed(h.GetConflictingGroups())
+	}
+	d.field(0, "Group", group)
+	d.field(0, "State", shortEnum(h.GetSyncState()))
+	health := hostHealth(h)
+	if !h.GetConnected() && health != "-" {
+		at := h.GetHealth().GetReadTime()
+		if at == nil {
+			at = h.GetLastSeenTime()
+		}
+		if ago := a.age(at); ago != "" {
+			health += " (last reported " + ago + " ago)"
+		}
+	}
+	d.field(0, "Health", health)
+	d.field(0, "Revision", fmt.Sprintf("desired %s, applied %s", revision(h.GetDesiredRevision()), revision(h.GetAppliedRevision())))
+	conn := "no"
+	if h.GetConnected() {
+		conn = "yes"
+	}
+	if seen := a.age(h.GetLastSeenTime()); seen != "" {
+		conn += fmt.Sprintf(", last seen %s ago (%s)", seen, formatTime(h.GetLastSeenTime()))
+	}
+	d.field(0, "Connected", conn)
+	agent := h.GetAgentVersion()
+	if h.GetDryRun() {
+		agent += " (dry run: plans, applies nothing)"
+	}
+	d.field(0, "Agent", agent)
+	d.field(0, "Labels", formatLabels(h.GetLabels()))
+	d.field(0, "Last error", h.GetLastError())
+	d.flush()
+	if len(h.GetProblems()) > 0 {
+		d.section(0, "Problems")
+		d.problems(1, h.GetProblems())
+	}
+	a.describePaths(d, h.GetHealth().GetPaths())
+
+	f := h.GetFacts()
+	d.section(0, "Facts")
+	d.field(1, "Hostname", f.GetHostname())
+	kernel := f.GetKernelVersion()
+	if f.GetMptcpSupported() {
+		kernel += " (MPTCP supported)"
+	} else {
+		kernel += " (no MPTCP)"
+	}
+	d.field(1, "Kernel", kernel)
+	d.field(1, "Schedulers", strings.Join(f.GetAvailableSchedulers(), ", "))
+	d.field(1, "Path managers", strings.Join(f.GetAvailablePathManagers(), ", "))
+	d.field(1, "Sysctls", strings.Join(f.GetAvailableSysctls(), ", "))
+	d.flush()
+	d.section(0, "Interfaces")
+	if len(f.GetInterfaces()) == 0 {
+		d.line(1, "none reported")
+	} else {
+		t := d.table(1, "NAME", "INDEX", "STATE", "ADDRESSES", "GATEWAYS")
+		for _, i := range f.GetInterfaces() {
+			state := "down"
+			if i.GetUp() {
+				state = "up"
+			}
+			t.row(i.GetName(), strconv.Itoa(int(i.GetIndex())), state, strings.Join(i.GetAddresses(), ","), strings.Join(i.GetGateways(), ","))
+		}
+		d.flushTable(t)
+	}
+
+	ap := h.GetApplied()
+	d.section(0, "Applied")
+	limits := "-"
+	if l := ap.GetLimits(); l != nil {
+		limits = fmt.Sprintf("subflows %s, add_addr_accepted %s", optUint(l.Subflows), optUint(l.AddAddrAccepted))
+	}
+	d.field(1, "Limits", limits)
+	d.flush()
+	d.section(1, "Endpoints")
+	if len(ap.GetEndpoints()) == 0 {
+		d.line(2, "none")
+	} else {
+		t := d.table(2, "ID", "ADDRESS", "PORT", "FLAGS", "INTERFACE")
+		for _, e := range ap.GetEndpoints() {
+			port := ""
+			if e.GetPort() != 0 {
+				port = strconv.Itoa(int(e.GetPort()))
+			}
+			t.row(strconv.Itoa(int(e.GetId())), e.GetAddress(), port, formatFlags(e.GetFlags()), e.GetInterface())
+		}
+		d.flushTable(t)
+	}
+	if len(h.GetExcludedAddresses()) > 0 {
+		d.line(2, "excluded (8-endpoint kernel maximum): "+strings.Join(h.GetExcludedAddresses(), ", "))
+	}
+	d.section(1, "Rules")
+	if len(ap.GetRules()) == 0 {
+		d.line(2, "none")
+	} else {
+		t := d.table(2, "PRIORITY", "FROM", "TABLE")
+		for _, r := range ap.GetRules() {
+			t.row(strconv.Itoa(int(r.GetPriority())), r.GetFrom(), strconv.Itoa(int(r.GetTable())))
+		}
+		d.flushTable(t)
+	}
+	d.section(1, "Routes")
+	if len(ap.GetRoutes()) == 0 {
+		d.line(2, "none")
+	} else {
+		t := d.table(2, "TABLE", "DESTINATION", "GATEWAY", "INTERFACE", "SOURCE")
+		for _, r := range ap.GetRoutes() {
+			t.row(strconv.Itoa(int(r.GetTable())), r.GetDestination(), r.GetGateway(), r.GetInterface(), r.GetSource())
+		}
+		d.flushTable(t)
+	}
+	d.section(1, "Sysctls")
+	if len(ap.GetSysctls()) == 0 {
+		d.line(2, "none managed")
+	} else {
+		t := d.table(2)
+		for _, k := range sortedKeys(ap.GetSysctls()) {
+			t.row("net.mptcp." + k + " = " + ap.GetSysctls()[k])
+		}
+		d.flushTable(t)
+	}
+
+	hl := h.GetHealth()
+	title := "MPTCP health"
+	if seen := a.age(hl.GetReadTime()); seen != "" {
+		title += " (read " + seen + " ago)"
+	}
+	d.section(0, title)
+	d.field(1, "Connections", fmt.Sprintf("%d open, %d subflows, %d fell back to TCP", hl.GetConnections(), hl.GetSubflows(), hl.GetFallbacks()))
+	d.flush()
+	if len(hl.GetConnectionsList()) > 0 {
+		t := d.table(1, "LOCAL", "REMOTE", "SUBFLOWS", "FALLBACK", "TOKEN")
+		for _, c := range hl.GetConnectionsList() {
+			fb := "no"
+			if c.GetFallback() {
+				fb = "yes"
+			}
+			t.row(c.GetLocal(), c.GetRemote(), strconv.Itoa(int(c.GetSubflows())), fb, fmt.Sprintf("%08x", c.GetToken()))
+		}
+		d.flushTable(t)
+	}
+	if len(hl.GetCounters()) > 0 {
+		d.section(1, "Counters")
+		t := d.table(2)
+		for _, k := range sortedKeys(hl.GetCounters()) {
+			t.row(k, strconv.FormatUint(hl.GetCounters()[k], 10))
+		}
+		d.flushTable(t)
+	}
+	if len(h.GetLastPlan()) > 0 {
+		d.section(0, "Last plan")
+		for _, op := range h.GetLastPlan() {
+			d.line(1, planLine(op))
+		}
+	}
+	return d.err
+}
+
+// problems writes one line per problem, its code, interface and address
+// aligned, and its message on the next line, indented: messages run to a
+// couple of sentences and would stretch any table.
+func (d *describer) problems(level int, ps []*mpfleetv1.HostProblem) {
+	rows := make([][3]string, len(ps))
+	var codeW, ifW int
+	for i, p := range ps {
+		rows[i] = [3]string{
+			shortEnum(p.GetCode()),
+			orDefault(terminalSafe(p.GetInterface()), "-"),
+			orDefault(terminalSafe(p.GetAddress()), "-"),
+		}
+		codeW = max(codeW, utf8.RuneCountInString(rows[i][0]))
+		ifW = max(ifW, utf8.RuneCountInString(rows[i][1]))
+	}
+	indent := strings.Repeat(indentUnit, level)
+	for i, p := range ps {
+		d.printf("%s%-*s   %-*s   %s\n", indent, codeW, rows[i][0], ifW, rows[i][1], rows[i][2])
+		if m := terminalSafe(p.GetMessage()); m != "" {
+			d.printf("%s%s%s\n", indent, indentUnit, m)
+		}
+	}
+}
+
+// describePaths writes the Paths table: each managed path as the agent last
+// checked it.
+func (a *app) describePaths(d *describer, paths []*mpfleetv1.PathStatus) {
+	d.section(0, "Paths")
+	if len(paths) == 0 {
+		d.line(1, "none reported")
+		return
+	}
+	t := d.table(1, "INTERFACE", "ADDRESS", "GATEWAY", "TABLE", "STATE", "LAST CHECK", "LATENCY", "MESSAGE")
+	for _, p := range paths {
+		table := ""
+		if p.GetTable() != 0 {
+			table = strconv.FormatUint(uint64(p.GetTable()), 10)
+		}
+		state := "unchecked"
+		if p.GetState() != mpfleetv1.PathState_PATH_STATE_UNSPECIFIED {
+			state = shortEnum(p.GetState())
+		}
+		latency := ""
+		if p.GetProbeLatency() != nil {
+			latency = formatLatency(p.GetProbeLatency().AsDuration())
+		}
+		t.row(p.GetInterface(), p.GetAddress(), p.GetGateway(), table, state, a.age(p.GetLastCheckTime()), latency, p.GetMessage())
+	}
+	d.flushTable(t)
+}
+
+func optUint(p *uint32) string {
+	if p == nil {
+		return "unset"
+	}
+	return strconv.FormatUint(uint64(*p), 10)
+}
+
+// describer writes the indented sections of describe host. Fields of one
+// block are aligned together until flush.
+type describer struct {
+	w      io.Writer
+	fields [][3]string // indent, label, value
+	err    error
+}
+
+const indentUnit = "  "
+
+func (d *describer) printf(format string, args ...any) {
+	if d.err == nil {
+		_, d.err = fmt.Fprintf(d.w, format, args...)
+	}
+}
+
+func (d *describer) field(level int, label, value string) {
+	if value == "" {
+		value = "-"
+	}
+	d.fields = append(d.fields, [3]string{strings.Repeat(indentUnit, level), label + ":", terminalSafe(value)})
+}
+
+func (d *describer) flush() {
+	width := 0
+	for _, f := range d.fields {
+		width = max(width, len(f[1]))
+	}
+	for _, f := range d.fields {
+		d.printf("%s%-*s %s\n", f[0], width, f[1], f[2])
+	}
+	d.fields = nil
+}
+
+func (d *describer) section(level int, title string) {
+	d.flush()
+	d.printf("%s%s:\n", strings.Repeat(indentUnit, level), title)
+}
+
+func (d *describer) line(level int, s string) {
+	d.flush()
+	d.printf("%s%s\n", strings.Repeat(indentUnit, level), terminalSafe(s))
+}
+
+// indentWriter prefixes every line written through it.
+type indentWriter struct {
+	w       io.Writer
+	prefix  string
+	midLine bool
+}
+
+func (iw *indentWriter) Write(p []byte) (int, error) {
+	var b strings.Builder
+	for _, c := range string(p) {
+		if !iw.midLine {
+			b.WriteString(iw.prefix)
+			iw.midLine = true
+		}
+		b.WriteRune(c)
+		if c == '\n' {
+			iw.midLine = false
+		}
+	}
+	if _, err := io.WriteString(iw.w, b.String()); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (d *describer) table(level int, header ...string) *table {
+	d.flush()
+	return newTable(&indentWriter{w: d.w, prefix: strings.Repeat(indentUnit, level)}, header...)
+}
+
+func (d *describer) flushTable(t *table) {
+	if err := t.flush(); err != nil && d.err == nil {
+		d.err = err
+	}
+}
