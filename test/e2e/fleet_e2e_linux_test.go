@@ -30,6 +30,7 @@ func TestE2EFleet(t *testing.T) {
 		{"Recovery", testRecovery},
 		{"Drift", testDrift},
 		{"AddressToEndpoint", testAddressToEndpoint},
+		{"Health", testHealth},
 		{"FailedApply", testFailedApply},
 		{"ForgedHello", testForgedHello},
 		{"GRPCurl", testGRPCurl},
