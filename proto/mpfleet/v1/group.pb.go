@@ -45,9 +45,22 @@ type Group struct {
 	// Output only. When the group was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only. When the group was last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// How a policy change reaches the group's hosts. Unset: every change goes to
+	// every host at once. Set: every UpdateGroup that changes the policy starts
+	// a rollout from the revision the hosts run to the new one (the group's
+	// first revision always applies at once: there is nothing to roll back to).
+	RolloutStrategy *RolloutStrategy `protobuf:"bytes,9,opt,name=rollout_strategy,json=rolloutStrategy,proto3" json:"rollout_strategy,omitempty"`
+	// Output only. The rollout that moves the group's hosts now,
+	// "rollouts/{rollout}"; empty when none runs. While one runs, a policy
+	// change is refused with FAILED_PRECONDITION.
+	ActiveRollout string `protobuf:"bytes,10,opt,name=active_rollout,json=activeRollout,proto3" json:"active_rollout,omitempty"`
+	// Output only. The revision the group's hosts run unless a rollout moved
+	// them: policy_revision when every change goes out at once; behind it while
+	// a rollout runs, or after one was rolled back.
+	DeployedRevision int64 `protobuf:"varint,11,opt,name=deployed_revision,json=deployedRevision,proto3" json:"deployed_revision,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Group) Reset() {
@@ -134,6 +147,27 @@ func (x *Group) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *Group) GetRolloutStrategy() *RolloutStrategy {
+	if x != nil {
+		return x.RolloutStrategy
+	}
+	return nil
+}
+
+func (x *Group) GetActiveRollout() string {
+	if x != nil {
+		return x.ActiveRollout
+	}
+	return ""
+}
+
+func (x *Group) GetDeployedRevision() int64 {
+	if x != nil {
+		return x.DeployedRevision
+	}
+	return 0
 }
 
 // Selector chooses hosts by their labels.
@@ -814,7 +848,7 @@ var File_mpfleet_v1_group_proto protoreflect.FileDescriptor
 const file_mpfleet_v1_group_proto_rawDesc = "" +
 	"\n" +
 	"\x16mpfleet/v1/group.proto\x12\n" +
-	"mpfleet.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mpfleet/v1/policy.proto\"\xdb\x02\n" +
+	"mpfleet.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mpfleet/v1/policy.proto\x1a\x18mpfleet/v1/rollout.proto\"\xf7\x03\n" +
 	"\x05Group\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x120\n" +
@@ -825,7 +859,11 @@ const file_mpfleet_v1_group_proto_rawDesc = "" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x94\x01\n" +
+	"updateTime\x12F\n" +
+	"\x10rollout_strategy\x18\t \x01(\v2\x1b.mpfleet.v1.RolloutStrategyR\x0frolloutStrategy\x12%\n" +
+	"\x0eactive_rollout\x18\n" +
+	" \x01(\tR\ractiveRollout\x12+\n" +
+	"\x11deployed_revision\x18\v \x01(\x03R\x10deployedRevision\"\x94\x01\n" +
 	"\bSelector\x12H\n" +
 	"\fmatch_labels\x18\x01 \x03(\v2%.mpfleet.v1.Selector.MatchLabelsEntryR\vmatchLabels\x1a>\n" +
 	"\x10MatchLabelsEntry\x12\x10\n" +
@@ -912,41 +950,43 @@ var file_mpfleet_v1_group_proto_goTypes = []any{
 	nil,                                 // 12: mpfleet.v1.Selector.MatchLabelsEntry
 	(*MultipathPolicy)(nil),             // 13: mpfleet.v1.MultipathPolicy
 	(*timestamppb.Timestamp)(nil),       // 14: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),       // 15: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),               // 16: google.protobuf.Empty
+	(*RolloutStrategy)(nil),             // 15: mpfleet.v1.RolloutStrategy
+	(*fieldmaskpb.FieldMask)(nil),       // 16: google.protobuf.FieldMask
+	(*emptypb.Empty)(nil),               // 17: google.protobuf.Empty
 }
 var file_mpfleet_v1_group_proto_depIdxs = []int32{
 	1,  // 0: mpfleet.v1.Group.selector:type_name -> mpfleet.v1.Selector
 	13, // 1: mpfleet.v1.Group.policy:type_name -> mpfleet.v1.MultipathPolicy
 	14, // 2: mpfleet.v1.Group.create_time:type_name -> google.protobuf.Timestamp
 	14, // 3: mpfleet.v1.Group.update_time:type_name -> google.protobuf.Timestamp
-	12, // 4: mpfleet.v1.Selector.match_labels:type_name -> mpfleet.v1.Selector.MatchLabelsEntry
-	13, // 5: mpfleet.v1.PolicyRevision.policy:type_name -> mpfleet.v1.MultipathPolicy
-	14, // 6: mpfleet.v1.PolicyRevision.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 7: mpfleet.v1.CreateGroupRequest.group:type_name -> mpfleet.v1.Group
-	0,  // 8: mpfleet.v1.ListGroupsResponse.groups:type_name -> mpfleet.v1.Group
-	0,  // 9: mpfleet.v1.UpdateGroupRequest.group:type_name -> mpfleet.v1.Group
-	15, // 10: mpfleet.v1.UpdateGroupRequest.update_mask:type_name -> google.protobuf.FieldMask
-	2,  // 11: mpfleet.v1.ListPolicyRevisionsResponse.revisions:type_name -> mpfleet.v1.PolicyRevision
-	3,  // 12: mpfleet.v1.GroupService.CreateGroup:input_type -> mpfleet.v1.CreateGroupRequest
-	4,  // 13: mpfleet.v1.GroupService.GetGroup:input_type -> mpfleet.v1.GetGroupRequest
-	5,  // 14: mpfleet.v1.GroupService.ListGroups:input_type -> mpfleet.v1.ListGroupsRequest
-	7,  // 15: mpfleet.v1.GroupService.UpdateGroup:input_type -> mpfleet.v1.UpdateGroupRequest
-	8,  // 16: mpfleet.v1.GroupService.DeleteGroup:input_type -> mpfleet.v1.DeleteGroupRequest
-	9,  // 17: mpfleet.v1.GroupService.ListPolicyRevisions:input_type -> mpfleet.v1.ListPolicyRevisionsRequest
-	11, // 18: mpfleet.v1.GroupService.GetPolicyRevision:input_type -> mpfleet.v1.GetPolicyRevisionRequest
-	0,  // 19: mpfleet.v1.GroupService.CreateGroup:output_type -> mpfleet.v1.Group
-	0,  // 20: mpfleet.v1.GroupService.GetGroup:output_type -> mpfleet.v1.Group
-	6,  // 21: mpfleet.v1.GroupService.ListGroups:output_type -> mpfleet.v1.ListGroupsResponse
-	0,  // 22: mpfleet.v1.GroupService.UpdateGroup:output_type -> mpfleet.v1.Group
-	16, // 23: mpfleet.v1.GroupService.DeleteGroup:output_type -> google.protobuf.Empty
-	10, // 24: mpfleet.v1.GroupService.ListPolicyRevisions:output_type -> mpfleet.v1.ListPolicyRevisionsResponse
-	2,  // 25: mpfleet.v1.GroupService.GetPolicyRevision:output_type -> mpfleet.v1.PolicyRevision
-	19, // [19:26] is the sub-list for method output_type
-	12, // [12:19] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	15, // 4: mpfleet.v1.Group.rollout_strategy:type_name -> mpfleet.v1.RolloutStrategy
+	12, // 5: mpfleet.v1.Selector.match_labels:type_name -> mpfleet.v1.Selector.MatchLabelsEntry
+	13, // 6: mpfleet.v1.PolicyRevision.policy:type_name -> mpfleet.v1.MultipathPolicy
+	14, // 7: mpfleet.v1.PolicyRevision.create_time:type_name -> google.protobuf.Timestamp
+	0,  // 8: mpfleet.v1.CreateGroupRequest.group:type_name -> mpfleet.v1.Group
+	0,  // 9: mpfleet.v1.ListGroupsResponse.groups:type_name -> mpfleet.v1.Group
+	0,  // 10: mpfleet.v1.UpdateGroupRequest.group:type_name -> mpfleet.v1.Group
+	16, // 11: mpfleet.v1.UpdateGroupRequest.update_mask:type_name -> google.protobuf.FieldMask
+	2,  // 12: mpfleet.v1.ListPolicyRevisionsResponse.revisions:type_name -> mpfleet.v1.PolicyRevision
+	3,  // 13: mpfleet.v1.GroupService.CreateGroup:input_type -> mpfleet.v1.CreateGroupRequest
+	4,  // 14: mpfleet.v1.GroupService.GetGroup:input_type -> mpfleet.v1.GetGroupRequest
+	5,  // 15: mpfleet.v1.GroupService.ListGroups:input_type -> mpfleet.v1.ListGroupsRequest
+	7,  // 16: mpfleet.v1.GroupService.UpdateGroup:input_type -> mpfleet.v1.UpdateGroupRequest
+	8,  // 17: mpfleet.v1.GroupService.DeleteGroup:input_type -> mpfleet.v1.DeleteGroupRequest
+	9,  // 18: mpfleet.v1.GroupService.ListPolicyRevisions:input_type -> mpfleet.v1.ListPolicyRevisionsRequest
+	11, // 19: mpfleet.v1.GroupService.GetPolicyRevision:input_type -> mpfleet.v1.GetPolicyRevisionRequest
+	0,  // 20: mpfleet.v1.GroupService.CreateGroup:output_type -> mpfleet.v1.Group
+	0,  // 21: mpfleet.v1.GroupService.GetGroup:output_type -> mpfleet.v1.Group
+	6,  // 22: mpfleet.v1.GroupService.ListGroups:output_type -> mpfleet.v1.ListGroupsResponse
+	0,  // 23: mpfleet.v1.GroupService.UpdateGroup:output_type -> mpfleet.v1.Group
+	17, // 24: mpfleet.v1.GroupService.DeleteGroup:output_type -> google.protobuf.Empty
+	10, // 25: mpfleet.v1.GroupService.ListPolicyRevisions:output_type -> mpfleet.v1.ListPolicyRevisionsResponse
+	2,  // 26: mpfleet.v1.GroupService.GetPolicyRevision:output_type -> mpfleet.v1.PolicyRevision
+	20, // [20:27] is the sub-list for method output_type
+	13, // [13:20] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_mpfleet_v1_group_proto_init() }
@@ -955,6 +995,7 @@ func file_mpfleet_v1_group_proto_init() {
 		return
 	}
 	file_mpfleet_v1_policy_proto_init()
+	file_mpfleet_v1_rollout_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

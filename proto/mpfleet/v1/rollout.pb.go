@@ -126,7 +126,25 @@ type Rollout struct {
 	// When the rollout was created (output only).
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// When it last changed (output only).
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Who started it (output only): the caller of CreateRollout, or of the
+	// UpdateGroup that started it.
+	Actor string `protobuf:"bytes,13,opt,name=actor,proto3" json:"actor,omitempty"`
+	// Why, as given with the call that started it.
+	Reason string `protobuf:"bytes,14,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When it ended (output only).
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Hosts that run the target revision because this rollout moved them
+	// (output only).
+	MovedHosts []string `protobuf:"bytes,16,rep,name=moved_hosts,json=movedHosts,proto3" json:"moved_hosts,omitempty"`
+	// What each moved host looked like just before its move, to judge its
+	// health against (output only).
+	Baselines []*HostBaseline `protobuf:"bytes,17,rep,name=baselines,proto3" json:"baselines,omitempty"`
+	// Whether an operator cancelled it (output only): a rollback that follows
+	// ends CANCELLED, not ROLLED_BACK.
+	Cancelled bool `protobuf:"varint,18,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	// Who last paused, resumed or cancelled it (output only).
+	LastOperator  string `protobuf:"bytes,19,opt,name=last_operator,json=lastOperator,proto3" json:"last_operator,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -245,6 +263,55 @@ func (x *Rollout) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Rollout) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *Rollout) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Rollout) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *Rollout) GetMovedHosts() []string {
+	if x != nil {
+		return x.MovedHosts
+	}
+	return nil
+}
+
+func (x *Rollout) GetBaselines() []*HostBaseline {
+	if x != nil {
+		return x.Baselines
+	}
+	return nil
+}
+
+func (x *Rollout) GetCancelled() bool {
+	if x != nil {
+		return x.Cancelled
+	}
+	return false
+}
+
+func (x *Rollout) GetLastOperator() string {
+	if x != nil {
+		return x.LastOperator
+	}
+	return ""
+}
+
 // RolloutStrategy says how a rollout proceeds.
 type RolloutStrategy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -261,7 +328,10 @@ type RolloutStrategy struct {
 	// Failed hosts tolerated before the rollout halts.
 	MaxFailures int32 `protobuf:"varint,6,opt,name=max_failures,json=maxFailures,proto3" json:"max_failures,omitempty"`
 	// Keep moved hosts on the new revision when halted (default: roll back).
-	NoRollback    bool `protobuf:"varint,7,opt,name=no_rollback,json=noRollback,proto3" json:"no_rollback,omitempty"`
+	NoRollback bool `protobuf:"varint,7,opt,name=no_rollback,json=noRollback,proto3" json:"no_rollback,omitempty"`
+	// How long a host must stay IN_SYNC and healthy at the target before it
+	// counts as succeeded (default 10s).
+	BakeTime      *durationpb.Duration `protobuf:"bytes,8,opt,name=bake_time,json=bakeTime,proto3" json:"bake_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -345,6 +415,254 @@ func (x *RolloutStrategy) GetNoRollback() bool {
 	return false
 }
 
+func (x *RolloutStrategy) GetBakeTime() *durationpb.Duration {
+	if x != nil {
+		return x.BakeTime
+	}
+	return nil
+}
+
+// HostBaseline is a host's health just before a rollout moved it.
+type HostBaseline struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "hosts/{host}".
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// When the host was moved.
+	MoveTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=move_time,json=moveTime,proto3" json:"move_time,omitempty"`
+	// Paths that were PATH_STATE_OK, "interface/address".
+	OkPaths []string `protobuf:"bytes,3,rep,name=ok_paths,json=okPaths,proto3" json:"ok_paths,omitempty"`
+	// Problems it had, "CODE interface address".
+	Problems []string `protobuf:"bytes,4,rep,name=problems,proto3" json:"problems,omitempty"`
+	// MPTCP fallbacks and MP_JOIN errors counted so far (sum of the counters
+	// docs/rollout.md names), and when they were read.
+	BadCounters uint64 `protobuf:"varint,5,opt,name=bad_counters,json=badCounters,proto3" json:"bad_counters,omitempty"`
+	// When bad_counters was read.
+	CountersTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=counters_time,json=countersTime,proto3" json:"counters_time,omitempty"`
+	// Rate of bad_counters before the move, per second (from the rollout's
+	// creation, or 0 when too short to tell).
+	BadRate float64 `protobuf:"fixed64,7,opt,name=bad_rate,json=badRate,proto3" json:"bad_rate,omitempty"`
+	// When the host was first seen IN_SYNC and healthy at the target.
+	HealthySince  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=healthy_since,json=healthySince,proto3" json:"healthy_since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostBaseline) Reset() {
+	*x = HostBaseline{}
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostBaseline) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostBaseline) ProtoMessage() {}
+
+func (x *HostBaseline) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostBaseline.ProtoReflect.Descriptor instead.
+func (*HostBaseline) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *HostBaseline) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *HostBaseline) GetMoveTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.MoveTime
+	}
+	return nil
+}
+
+func (x *HostBaseline) GetOkPaths() []string {
+	if x != nil {
+		return x.OkPaths
+	}
+	return nil
+}
+
+func (x *HostBaseline) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
+
+func (x *HostBaseline) GetBadCounters() uint64 {
+	if x != nil {
+		return x.BadCounters
+	}
+	return 0
+}
+
+func (x *HostBaseline) GetCountersTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CountersTime
+	}
+	return nil
+}
+
+func (x *HostBaseline) GetBadRate() float64 {
+	if x != nil {
+		return x.BadRate
+	}
+	return 0
+}
+
+func (x *HostBaseline) GetHealthySince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HealthySince
+	}
+	return nil
+}
+
+// HostFailure is a host that failed a rollout step, and why.
+type HostFailure struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "hosts/{host}".
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// Why it failed.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostFailure) Reset() {
+	*x = HostFailure{}
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostFailure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostFailure) ProtoMessage() {}
+
+func (x *HostFailure) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostFailure.ProtoReflect.Descriptor instead.
+func (*HostFailure) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HostFailure) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *HostFailure) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// HostTargets is the revision each host of a group should run: a storage
+// record of the controller (kept beside the group, written by rollouts),
+// shown here so that tools can read it.
+type HostTargets struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revision hosts run unless listed in host_revisions.
+	DefaultRevision int64 `protobuf:"varint,1,opt,name=default_revision,json=defaultRevision,proto3" json:"default_revision,omitempty"`
+	// Hosts that run another revision, by host id.
+	HostRevisions map[string]int64 `protobuf:"bytes,2,rep,name=host_revisions,json=hostRevisions,proto3" json:"host_revisions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// The policies of the revisions named above.
+	Policies map[int64]*MultipathPolicy `protobuf:"bytes,3,rep,name=policies,proto3" json:"policies,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The rollout that governs the targets, "rollouts/{rollout}", if any.
+	Rollout       string `protobuf:"bytes,4,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostTargets) Reset() {
+	*x = HostTargets{}
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostTargets) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostTargets) ProtoMessage() {}
+
+func (x *HostTargets) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostTargets.ProtoReflect.Descriptor instead.
+func (*HostTargets) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *HostTargets) GetDefaultRevision() int64 {
+	if x != nil {
+		return x.DefaultRevision
+	}
+	return 0
+}
+
+func (x *HostTargets) GetHostRevisions() map[string]int64 {
+	if x != nil {
+		return x.HostRevisions
+	}
+	return nil
+}
+
+func (x *HostTargets) GetPolicies() map[int64]*MultipathPolicy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *HostTargets) GetRollout() string {
+	if x != nil {
+		return x.Rollout
+	}
+	return ""
+}
+
 // RolloutStep is one step of a rollout.
 type RolloutStep struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -359,14 +677,16 @@ type RolloutStep struct {
 	// When the step started.
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	// When it ended.
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Why each failed host failed.
+	Failures      []*HostFailure `protobuf:"bytes,7,rep,name=failures,proto3" json:"failures,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RolloutStep) Reset() {
 	*x = RolloutStep{}
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +698,7 @@ func (x *RolloutStep) String() string {
 func (*RolloutStep) ProtoMessage() {}
 
 func (x *RolloutStep) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +711,7 @@ func (x *RolloutStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutStep.ProtoReflect.Descriptor instead.
 func (*RolloutStep) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{2}
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RolloutStep) GetIndex() int32 {
@@ -436,20 +756,31 @@ func (x *RolloutStep) GetEndTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *RolloutStep) GetFailures() []*HostFailure {
+	if x != nil {
+		return x.Failures
+	}
+	return nil
+}
+
 // CreateRolloutRequest is the request of RolloutService.CreateRollout.
 type CreateRolloutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Id of the rollout; generated when empty.
 	RolloutId string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
-	// The rollout to create.
-	Rollout       *Rollout `protobuf:"bytes,2,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// The rollout to create: group, target_revision (any revision of the
+	// group; an older one is how an operator rolls back), and strategy (unset:
+	// the group's rollout_strategy, or one canary host then the rest).
+	Rollout *Rollout `protobuf:"bytes,2,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// Why, recorded in the rollout and the audit log.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateRolloutRequest) Reset() {
 	*x = CreateRolloutRequest{}
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +792,7 @@ func (x *CreateRolloutRequest) String() string {
 func (*CreateRolloutRequest) ProtoMessage() {}
 
 func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +805,7 @@ func (x *CreateRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CreateRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{3}
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateRolloutRequest) GetRolloutId() string {
@@ -491,6 +822,13 @@ func (x *CreateRolloutRequest) GetRollout() *Rollout {
 	return nil
 }
 
+func (x *CreateRolloutRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // GetRolloutRequest is the request of RolloutService.GetRollout.
 type GetRolloutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -502,7 +840,7 @@ type GetRolloutRequest struct {
 
 func (x *GetRolloutRequest) Reset() {
 	*x = GetRolloutRequest{}
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -514,7 +852,7 @@ func (x *GetRolloutRequest) String() string {
 func (*GetRolloutRequest) ProtoMessage() {}
 
 func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -527,7 +865,7 @@ func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
 func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{4}
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetRolloutRequest) GetName() string {
@@ -552,7 +890,7 @@ type ListRolloutsRequest struct {
 
 func (x *ListRolloutsRequest) Reset() {
 	*x = ListRolloutsRequest{}
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +902,7 @@ func (x *ListRolloutsRequest) String() string {
 func (*ListRolloutsRequest) ProtoMessage() {}
 
 func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +915,7 @@ func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
 func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{5}
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListRolloutsRequest) GetPageSize() int32 {
@@ -614,7 +952,7 @@ type ListRolloutsResponse struct {
 
 func (x *ListRolloutsResponse) Reset() {
 	*x = ListRolloutsResponse{}
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +964,7 @@ func (x *ListRolloutsResponse) String() string {
 func (*ListRolloutsResponse) ProtoMessage() {}
 
 func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +977,7 @@ func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
 func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{6}
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
@@ -662,14 +1000,16 @@ type PauseRolloutRequest struct {
 	// "rollouts/{rollout}".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// If set, must match the rollout's etag.
-	Etag          string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Why, recorded in the audit log.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PauseRolloutRequest) Reset() {
 	*x = PauseRolloutRequest{}
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[7]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +1021,7 @@ func (x *PauseRolloutRequest) String() string {
 func (*PauseRolloutRequest) ProtoMessage() {}
 
 func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[7]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +1034,7 @@ func (x *PauseRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseRolloutRequest.ProtoReflect.Descriptor instead.
 func (*PauseRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{7}
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PauseRolloutRequest) GetName() string {
@@ -711,20 +1051,29 @@ func (x *PauseRolloutRequest) GetEtag() string {
 	return ""
 }
 
+func (x *PauseRolloutRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // ResumeRolloutRequest is the request of RolloutService.ResumeRollout.
 type ResumeRolloutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "rollouts/{rollout}".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// If set, must match the rollout's etag.
-	Etag          string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Why, recorded in the audit log.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ResumeRolloutRequest) Reset() {
 	*x = ResumeRolloutRequest{}
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[8]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -736,7 +1085,7 @@ func (x *ResumeRolloutRequest) String() string {
 func (*ResumeRolloutRequest) ProtoMessage() {}
 
 func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[8]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -749,7 +1098,7 @@ func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
 func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{8}
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ResumeRolloutRequest) GetName() string {
@@ -766,20 +1115,29 @@ func (x *ResumeRolloutRequest) GetEtag() string {
 	return ""
 }
 
+func (x *ResumeRolloutRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // CancelRolloutRequest is the request of RolloutService.CancelRollout.
 type CancelRolloutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "rollouts/{rollout}".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// If set, must match the rollout's etag.
-	Etag          string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Why, recorded in the audit log.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CancelRolloutRequest) Reset() {
 	*x = CancelRolloutRequest{}
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[9]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -791,7 +1149,7 @@ func (x *CancelRolloutRequest) String() string {
 func (*CancelRolloutRequest) ProtoMessage() {}
 
 func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[9]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -804,7 +1162,7 @@ func (x *CancelRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelRolloutRequest.ProtoReflect.Descriptor instead.
 func (*CancelRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{9}
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CancelRolloutRequest) GetName() string {
@@ -821,6 +1179,13 @@ func (x *CancelRolloutRequest) GetEtag() string {
 	return ""
 }
 
+func (x *CancelRolloutRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // WatchRolloutRequest is the request of RolloutService.WatchRollout.
 type WatchRolloutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -832,7 +1197,7 @@ type WatchRolloutRequest struct {
 
 func (x *WatchRolloutRequest) Reset() {
 	*x = WatchRolloutRequest{}
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[10]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +1209,7 @@ func (x *WatchRolloutRequest) String() string {
 func (*WatchRolloutRequest) ProtoMessage() {}
 
 func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_rollout_proto_msgTypes[10]
+	mi := &file_mpfleet_v1_rollout_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,7 +1222,7 @@ func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
 func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{10}
+	return file_mpfleet_v1_rollout_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchRolloutRequest) GetName() string {
@@ -872,7 +1237,7 @@ var File_mpfleet_v1_rollout_proto protoreflect.FileDescriptor
 const file_mpfleet_v1_rollout_proto_rawDesc = "" +
 	"\n" +
 	"\x18mpfleet/v1/rollout.proto\x12\n" +
-	"mpfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x05\n" +
+	"mpfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mpfleet/v1/policy.proto\"\xaa\a\n" +
 	"\aRollout\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\x12#\n" +
@@ -888,7 +1253,15 @@ const file_mpfleet_v1_rollout_proto_rawDesc = "" +
 	"\vcreate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xc1\x01\n" +
+	"updateTime\x12\x14\n" +
+	"\x05actor\x18\r \x01(\tR\x05actor\x12\x16\n" +
+	"\x06reason\x18\x0e \x01(\tR\x06reason\x125\n" +
+	"\bend_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1f\n" +
+	"\vmoved_hosts\x18\x10 \x03(\tR\n" +
+	"movedHosts\x126\n" +
+	"\tbaselines\x18\x11 \x03(\v2\x18.mpfleet.v1.HostBaselineR\tbaselines\x12\x1c\n" +
+	"\tcancelled\x18\x12 \x01(\bR\tcancelled\x12#\n" +
+	"\rlast_operator\x18\x13 \x01(\tR\flastOperator\"\xc1\x01\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTATE_PENDING\x10\x01\x12\x11\n" +
@@ -898,7 +1271,7 @@ const file_mpfleet_v1_rollout_proto_rawDesc = "" +
 	"\fSTATE_FAILED\x10\x05\x12\x13\n" +
 	"\x0fSTATE_CANCELLED\x10\x06\x12\x16\n" +
 	"\x12STATE_ROLLING_BACK\x10\a\x12\x15\n" +
-	"\x11STATE_ROLLED_BACK\x10\b\"\xa1\x02\n" +
+	"\x11STATE_ROLLED_BACK\x10\b\"\xd9\x02\n" +
 	"\x0fRolloutStrategy\x12!\n" +
 	"\fcanary_count\x18\x01 \x01(\x05R\vcanaryCount\x12%\n" +
 	"\x0ecanary_percent\x18\x02 \x01(\x05R\rcanaryPercent\x12\x1d\n" +
@@ -908,7 +1281,31 @@ const file_mpfleet_v1_rollout_proto_rawDesc = "" +
 	"\fstep_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vstepTimeout\x12!\n" +
 	"\fmax_failures\x18\x06 \x01(\x05R\vmaxFailures\x12\x1f\n" +
 	"\vno_rollback\x18\a \x01(\bR\n" +
-	"noRollback\"\xf7\x01\n" +
+	"noRollback\x126\n" +
+	"\tbake_time\x18\b \x01(\v2\x19.google.protobuf.DurationR\bbakeTime\"\xd2\x02\n" +
+	"\fHostBaseline\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x127\n" +
+	"\tmove_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bmoveTime\x12\x19\n" +
+	"\bok_paths\x18\x03 \x03(\tR\aokPaths\x12\x1a\n" +
+	"\bproblems\x18\x04 \x03(\tR\bproblems\x12!\n" +
+	"\fbad_counters\x18\x05 \x01(\x04R\vbadCounters\x12?\n" +
+	"\rcounters_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fcountersTime\x12\x19\n" +
+	"\bbad_rate\x18\a \x01(\x01R\abadRate\x12?\n" +
+	"\rhealthy_since\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\fhealthySince\"9\n" +
+	"\vHostFailure\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x84\x03\n" +
+	"\vHostTargets\x12)\n" +
+	"\x10default_revision\x18\x01 \x01(\x03R\x0fdefaultRevision\x12Q\n" +
+	"\x0ehost_revisions\x18\x02 \x03(\v2*.mpfleet.v1.HostTargets.HostRevisionsEntryR\rhostRevisions\x12A\n" +
+	"\bpolicies\x18\x03 \x03(\v2%.mpfleet.v1.HostTargets.PoliciesEntryR\bpolicies\x12\x18\n" +
+	"\arollout\x18\x04 \x01(\tR\arollout\x1a@\n" +
+	"\x12HostRevisionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1aX\n" +
+	"\rPoliciesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x03R\x03key\x121\n" +
+	"\x05value\x18\x02 \x01(\v2\x1b.mpfleet.v1.MultipathPolicyR\x05value:\x028\x01\"\xac\x02\n" +
 	"\vRolloutStep\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x14\n" +
 	"\x05hosts\x18\x02 \x03(\tR\x05hosts\x12'\n" +
@@ -916,11 +1313,13 @@ const file_mpfleet_v1_rollout_proto_rawDesc = "" +
 	"\ffailed_hosts\x18\x04 \x03(\tR\vfailedHosts\x129\n" +
 	"\n" +
 	"start_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"d\n" +
+	"\bend_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x123\n" +
+	"\bfailures\x18\a \x03(\v2\x17.mpfleet.v1.HostFailureR\bfailures\"|\n" +
 	"\x14CreateRolloutRequest\x12\x1d\n" +
 	"\n" +
 	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12-\n" +
-	"\arollout\x18\x02 \x01(\v2\x13.mpfleet.v1.RolloutR\arollout\"'\n" +
+	"\arollout\x18\x02 \x01(\v2\x13.mpfleet.v1.RolloutR\arollout\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"'\n" +
 	"\x11GetRolloutRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"g\n" +
 	"\x13ListRolloutsRequest\x12\x1b\n" +
@@ -930,16 +1329,19 @@ const file_mpfleet_v1_rollout_proto_rawDesc = "" +
 	"\x05group\x18\x03 \x01(\tR\x05group\"o\n" +
 	"\x14ListRolloutsResponse\x12/\n" +
 	"\brollouts\x18\x01 \x03(\v2\x13.mpfleet.v1.RolloutR\brollouts\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"=\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"U\n" +
 	"\x13PauseRolloutRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04etag\x18\x02 \x01(\tR\x04etag\">\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"V\n" +
 	"\x14ResumeRolloutRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04etag\x18\x02 \x01(\tR\x04etag\">\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"V\n" +
 	"\x14CancelRolloutRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04etag\x18\x02 \x01(\tR\x04etag\")\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\")\n" +
 	"\x13WatchRolloutRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name2\x8b\x04\n" +
 	"\x0eRolloutService\x12F\n" +
@@ -965,53 +1367,69 @@ func file_mpfleet_v1_rollout_proto_rawDescGZIP() []byte {
 }
 
 var file_mpfleet_v1_rollout_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mpfleet_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_mpfleet_v1_rollout_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_mpfleet_v1_rollout_proto_goTypes = []any{
 	(Rollout_State)(0),            // 0: mpfleet.v1.Rollout.State
 	(*Rollout)(nil),               // 1: mpfleet.v1.Rollout
 	(*RolloutStrategy)(nil),       // 2: mpfleet.v1.RolloutStrategy
-	(*RolloutStep)(nil),           // 3: mpfleet.v1.RolloutStep
-	(*CreateRolloutRequest)(nil),  // 4: mpfleet.v1.CreateRolloutRequest
-	(*GetRolloutRequest)(nil),     // 5: mpfleet.v1.GetRolloutRequest
-	(*ListRolloutsRequest)(nil),   // 6: mpfleet.v1.ListRolloutsRequest
-	(*ListRolloutsResponse)(nil),  // 7: mpfleet.v1.ListRolloutsResponse
-	(*PauseRolloutRequest)(nil),   // 8: mpfleet.v1.PauseRolloutRequest
-	(*ResumeRolloutRequest)(nil),  // 9: mpfleet.v1.ResumeRolloutRequest
-	(*CancelRolloutRequest)(nil),  // 10: mpfleet.v1.CancelRolloutRequest
-	(*WatchRolloutRequest)(nil),   // 11: mpfleet.v1.WatchRolloutRequest
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*HostBaseline)(nil),          // 3: mpfleet.v1.HostBaseline
+	(*HostFailure)(nil),           // 4: mpfleet.v1.HostFailure
+	(*HostTargets)(nil),           // 5: mpfleet.v1.HostTargets
+	(*RolloutStep)(nil),           // 6: mpfleet.v1.RolloutStep
+	(*CreateRolloutRequest)(nil),  // 7: mpfleet.v1.CreateRolloutRequest
+	(*GetRolloutRequest)(nil),     // 8: mpfleet.v1.GetRolloutRequest
+	(*ListRolloutsRequest)(nil),   // 9: mpfleet.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),  // 10: mpfleet.v1.ListRolloutsResponse
+	(*PauseRolloutRequest)(nil),   // 11: mpfleet.v1.PauseRolloutRequest
+	(*ResumeRolloutRequest)(nil),  // 12: mpfleet.v1.ResumeRolloutRequest
+	(*CancelRolloutRequest)(nil),  // 13: mpfleet.v1.CancelRolloutRequest
+	(*WatchRolloutRequest)(nil),   // 14: mpfleet.v1.WatchRolloutRequest
+	nil,                           // 15: mpfleet.v1.HostTargets.HostRevisionsEntry
+	nil,                           // 16: mpfleet.v1.HostTargets.PoliciesEntry
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*MultipathPolicy)(nil),       // 19: mpfleet.v1.MultipathPolicy
 }
 var file_mpfleet_v1_rollout_proto_depIdxs = []int32{
 	2,  // 0: mpfleet.v1.Rollout.strategy:type_name -> mpfleet.v1.RolloutStrategy
 	0,  // 1: mpfleet.v1.Rollout.state:type_name -> mpfleet.v1.Rollout.State
-	3,  // 2: mpfleet.v1.Rollout.steps:type_name -> mpfleet.v1.RolloutStep
-	12, // 3: mpfleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
-	12, // 4: mpfleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
-	13, // 5: mpfleet.v1.RolloutStrategy.step_timeout:type_name -> google.protobuf.Duration
-	12, // 6: mpfleet.v1.RolloutStep.start_time:type_name -> google.protobuf.Timestamp
-	12, // 7: mpfleet.v1.RolloutStep.end_time:type_name -> google.protobuf.Timestamp
-	1,  // 8: mpfleet.v1.CreateRolloutRequest.rollout:type_name -> mpfleet.v1.Rollout
-	1,  // 9: mpfleet.v1.ListRolloutsResponse.rollouts:type_name -> mpfleet.v1.Rollout
-	4,  // 10: mpfleet.v1.RolloutService.CreateRollout:input_type -> mpfleet.v1.CreateRolloutRequest
-	5,  // 11: mpfleet.v1.RolloutService.GetRollout:input_type -> mpfleet.v1.GetRolloutRequest
-	6,  // 12: mpfleet.v1.RolloutService.ListRollouts:input_type -> mpfleet.v1.ListRolloutsRequest
-	8,  // 13: mpfleet.v1.RolloutService.PauseRollout:input_type -> mpfleet.v1.PauseRolloutRequest
-	9,  // 14: mpfleet.v1.RolloutService.ResumeRollout:input_type -> mpfleet.v1.ResumeRolloutRequest
-	10, // 15: mpfleet.v1.RolloutService.CancelRollout:input_type -> mpfleet.v1.CancelRolloutRequest
-	11, // 16: mpfleet.v1.RolloutService.WatchRollout:input_type -> mpfleet.v1.WatchRolloutRequest
-	1,  // 17: mpfleet.v1.RolloutService.CreateRollout:output_type -> mpfleet.v1.Rollout
-	1,  // 18: mpfleet.v1.RolloutService.GetRollout:output_type -> mpfleet.v1.Rollout
-	7,  // 19: mpfleet.v1.RolloutService.ListRollouts:output_type -> mpfleet.v1.ListRolloutsResponse
-	1,  // 20: mpfleet.v1.RolloutService.PauseRollout:output_type -> mpfleet.v1.Rollout
-	1,  // 21: mpfleet.v1.RolloutService.ResumeRollout:output_type -> mpfleet.v1.Rollout
-	1,  // 22: mpfleet.v1.RolloutService.CancelRollout:output_type -> mpfleet.v1.Rollout
-	1,  // 23: mpfleet.v1.RolloutService.WatchRollout:output_type -> mpfleet.v1.Rollout
-	17, // [17:24] is the sub-list for method output_type
-	10, // [10:17] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	6,  // 2: mpfleet.v1.Rollout.steps:type_name -> mpfleet.v1.RolloutStep
+	17, // 3: mpfleet.v1.Rollout.create_time:type_name -> google.protobuf.Timestamp
+	17, // 4: mpfleet.v1.Rollout.update_time:type_name -> google.protobuf.Timestamp
+	17, // 5: mpfleet.v1.Rollout.end_time:type_name -> google.protobuf.Timestamp
+	3,  // 6: mpfleet.v1.Rollout.baselines:type_name -> mpfleet.v1.HostBaseline
+	18, // 7: mpfleet.v1.RolloutStrategy.step_timeout:type_name -> google.protobuf.Duration
+	18, // 8: mpfleet.v1.RolloutStrategy.bake_time:type_name -> google.protobuf.Duration
+	17, // 9: mpfleet.v1.HostBaseline.move_time:type_name -> google.protobuf.Timestamp
+	17, // 10: mpfleet.v1.HostBaseline.counters_time:type_name -> google.protobuf.Timestamp
+	17, // 11: mpfleet.v1.HostBaseline.healthy_since:type_name -> google.protobuf.Timestamp
+	15, // 12: mpfleet.v1.HostTargets.host_revisions:type_name -> mpfleet.v1.HostTargets.HostRevisionsEntry
+	16, // 13: mpfleet.v1.HostTargets.policies:type_name -> mpfleet.v1.HostTargets.PoliciesEntry
+	17, // 14: mpfleet.v1.RolloutStep.start_time:type_name -> google.protobuf.Timestamp
+	17, // 15: mpfleet.v1.RolloutStep.end_time:type_name -> google.protobuf.Timestamp
+	4,  // 16: mpfleet.v1.RolloutStep.failures:type_name -> mpfleet.v1.HostFailure
+	1,  // 17: mpfleet.v1.CreateRolloutRequest.rollout:type_name -> mpfleet.v1.Rollout
+	1,  // 18: mpfleet.v1.ListRolloutsResponse.rollouts:type_name -> mpfleet.v1.Rollout
+	19, // 19: mpfleet.v1.HostTargets.PoliciesEntry.value:type_name -> mpfleet.v1.MultipathPolicy
+	7,  // 20: mpfleet.v1.RolloutService.CreateRollout:input_type -> mpfleet.v1.CreateRolloutRequest
+	8,  // 21: mpfleet.v1.RolloutService.GetRollout:input_type -> mpfleet.v1.GetRolloutRequest
+	9,  // 22: mpfleet.v1.RolloutService.ListRollouts:input_type -> mpfleet.v1.ListRolloutsRequest
+	11, // 23: mpfleet.v1.RolloutService.PauseRollout:input_type -> mpfleet.v1.PauseRolloutRequest
+	12, // 24: mpfleet.v1.RolloutService.ResumeRollout:input_type -> mpfleet.v1.ResumeRolloutRequest
+	13, // 25: mpfleet.v1.RolloutService.CancelRollout:input_type -> mpfleet.v1.CancelRolloutRequest
+	14, // 26: mpfleet.v1.RolloutService.WatchRollout:input_type -> mpfleet.v1.WatchRolloutRequest
+	1,  // 27: mpfleet.v1.RolloutService.CreateRollout:output_type -> mpfleet.v1.Rollout
+	1,  // 28: mpfleet.v1.RolloutService.GetRollout:output_type -> mpfleet.v1.Rollout
+	10, // 29: mpfleet.v1.RolloutService.ListRollouts:output_type -> mpfleet.v1.ListRolloutsResponse
+	1,  // 30: mpfleet.v1.RolloutService.PauseRollout:output_type -> mpfleet.v1.Rollout
+	1,  // 31: mpfleet.v1.RolloutService.ResumeRollout:output_type -> mpfleet.v1.Rollout
+	1,  // 32: mpfleet.v1.RolloutService.CancelRollout:output_type -> mpfleet.v1.Rollout
+	1,  // 33: mpfleet.v1.RolloutService.WatchRollout:output_type -> mpfleet.v1.Rollout
+	27, // [27:34] is the sub-list for method output_type
+	20, // [20:27] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_mpfleet_v1_rollout_proto_init() }
@@ -1019,13 +1437,14 @@ func file_mpfleet_v1_rollout_proto_init() {
 	if File_mpfleet_v1_rollout_proto != nil {
 		return
 	}
+	file_mpfleet_v1_policy_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mpfleet_v1_rollout_proto_rawDesc), len(file_mpfleet_v1_rollout_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
