@@ -120,7 +120,7 @@ func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server
 	pb.RegisterGroupServiceServer(srv, &groupService{c: c})
 	pb.RegisterAuditServiceServer(srv, &auditService{c: c})
 	pb.RegisterHostServiceServer(srv, &hostService{c: c})
-	pb.RegisterRolloutServiceServer(srv, &pb.UnimplementedRolloutServiceServer{})
+	pb.RegisterRolloutServiceServer(srv, &rolloutService{c: c})
 	pb.RegisterAgentServiceServer(srv, &agentService{h: c.hub})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(srv, hs)

@@ -83,7 +83,7 @@ func (s *groupService) CreateGroup(ctx context.Context, req *pb.CreateGroupReque
 		return nil, toStatus(err)
 	}
 	s.c.waitCache(ctx, rev)
-	return g, nil
+	return s.c.decorateGroup(g), nil
 }
 
 func (s *groupService) GetGroup(ctx context.Context, req *pb.GetGroupRequest) (*pb.Group, error) {
@@ -93,7 +93,7 @@ func (s *groupService) GetGroup(ctx context.Context, req *pb.GetGroupRequest) (*
 		return nil, toStatus(err)
 	}
 	g, err := s.c.store.GetGroup(ctx, id)
-	return g, toStatus(err)
+	return s.c.decorateGroup(g), toStatus(err)
 }
 
 func (s *groupService) ListGroups(ctx context.Context, req *pb.ListGroupsRequest) (*pb.ListGroupsResponse, error) {
@@ -109,6 +109,9 @@ func (s *groupService) ListGroups(ctx context.Context, req *pb.ListGroupsRequest
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	for _, g := range gs {
+		s.c.decorateGroup(g)
+	}
 	resp := &pb.ListGroupsResponse{Groups: gs}
 	if more {
 		resp.NextPageToken = encodeToken("g", strings.TrimPrefix(gs[len(gs)-1].GetName(), "groups/"))
@@ -117,7 +120,7 @@ func (s *groupService) ListGroups(ctx context.Context, req *pb.ListGroupsRequest
 }
 
 // mutableGroupFields are the update_mask paths a client may name.
-var mutableGroupFields = map[string]bool{"description": true, "selector": true, "policy": true}
+var mutableGroupFields = map[string]bool{"description": true, "selector": true, "policy": true, "rollout_strategy": true}
 
 func (s *groupService) UpdateGroup(ctx context.Context, req *pb.UpdateGroupRequest) (*pb.Group, error) {
 	id, paths, err := checkUpdate(req)
@@ -144,12 +147,18 @@ func (s *groupService) UpdateGroup(ctx context.Context, req *pb.UpdateGroupReque
 		g, err := apply(cur)
 		return g, toStatus(err)
 	}
-	g, rev, err := s.c.store.UpdateGroup(ctx, id, in.GetEtag(), apply, meta(ctx, req.GetReason()))
+	m := meta(ctx, req.GetReason())
+	var started string
+	g, rev, err := s.c.store.UpdateGroupWith(ctx, id, in.GetEtag(), apply, m, s.c.policyHook(m, &started))
 	if err != nil {
 		s.c.auditFailure(ctx, "groups.update", store.GroupName(id), req.GetReason(), err)
 		return nil, toStatus(err)
 	}
 	s.c.waitCache(ctx, rev)
+	g = s.c.decorateGroup(g)
+	if started != "" {
+		g.ActiveRollout = started
+	}
 	return g, nil
 }
 
@@ -165,7 +174,7 @@ func checkUpdate(req *pb.UpdateGroupRequest) (string, []string, error) {
 	id := policy.GroupIDFromName(&vs, "group.name", in.GetName())
 	paths := req.GetUpdateMask().GetPaths()
 	if len(paths) == 0 || (len(paths) == 1 && paths[0] == "*") {
-		paths = []string{"description", "selector", "policy"}
+		paths = []string{"description", "selector", "policy", "rollout_strategy"}
 	}
 	for i, p := range paths {
 		top, _, _ := strings.Cut(p, ".")

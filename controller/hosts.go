@@ -23,7 +23,7 @@ type hostService struct {
 // hostView is a host as the API shows it: its last reported status, plus
 // what follows from the current groups (membership, desired revision) and
 // from the sessions (connected or not).
-func hostView(h *pb.Host, replica string, groups map[string]*pb.Group) *pb.Host {
+func hostView(h *pb.Host, replica string, groups map[string]*pb.Group, targets map[string]*pb.HostTargets) *pb.Host {
 	v := proto.Clone(h).(*pb.Host)
 	v.Connected = replica != ""
 	ids := policy.Assign(groups, v.GetLabels())
@@ -35,7 +35,7 @@ func hostView(h *pb.Host, replica string, groups map[string]*pb.Group) *pb.Host 
 		}
 	case 1:
 		v.Group = store.GroupName(ids[0])
-		v.DesiredRevision = groups[ids[0]].GetPolicyRevision()
+		v.DesiredRevision, _ = hostTarget(groups[ids[0]], targets[ids[0]], strings.TrimPrefix(v.GetName(), "hosts/"))
 		if v.Connected && (v.SyncState == pb.SyncState_SYNC_STATE_UNMANAGED || v.SyncState == pb.SyncState_SYNC_STATE_CONFLICT) {
 			// Assigned since the agent last reported: it is about to apply.
 			v.SyncState = pb.SyncState_SYNC_STATE_APPLYING
@@ -75,7 +75,7 @@ func (s *hostService) GetHost(_ context.Context, req *pb.GetHostRequest) (*pb.Ho
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "host %q: not found", id)
 	}
-	return hostView(h, replica, s.c.cache.Groups()), nil
+	return hostView(h, replica, s.c.cache.Groups(), s.c.cache.Targets()), nil
 }
 
 // hostFilter selects hosts for ListHosts and WatchHosts.
@@ -128,7 +128,7 @@ func (s *hostService) ListHosts(_ context.Context, req *pb.ListHostsRequest) (*p
 	if err != nil {
 		return nil, err
 	}
-	hosts, sessions, groups := s.c.cache.Hosts(), s.c.cache.Sessions(), s.c.cache.Groups()
+	hosts, sessions, groups, targets := s.c.cache.Hosts(), s.c.cache.Sessions(), s.c.cache.Groups(), s.c.cache.Targets()
 	ids := make([]string, 0, len(hosts))
 	for id := range hosts {
 		if id > after {
@@ -138,7 +138,7 @@ func (s *hostService) ListHosts(_ context.Context, req *pb.ListHostsRequest) (*p
 	sort.Strings(ids)
 	resp := &pb.ListHostsResponse{}
 	for _, id := range ids {
-		v := hostView(hosts[id], sessions[id], groups)
+		v := hostView(hosts[id], sessions[id], groups, targets)
 		if !f.match(v) {
 			continue
 		}
@@ -159,8 +159,8 @@ func (s *hostService) WatchHosts(req *pb.WatchHostsRequest, stream pb.HostServic
 	}
 	for {
 		sub, groups, hosts, _ := s.c.cache.Subscribe(4096)
-		sessions := s.c.cache.Sessions()
-		err := s.watch(ctx, stream, f, sub, groups, hosts, sessions)
+		sessions, targets := s.c.cache.Sessions(), s.c.cache.Targets()
+		err := s.watch(ctx, stream, f, sub, groups, hosts, sessions, targets)
 		sub.Close()
 		if !errors.Is(err, store.ErrLagged) && !errors.Is(err, store.ErrResync) {
 			return err
@@ -169,14 +169,15 @@ func (s *hostService) WatchHosts(req *pb.WatchHostsRequest, stream pb.HostServic
 }
 
 func (s *hostService) watch(ctx context.Context, stream pb.HostService_WatchHostsServer, f hostFilter,
-	sub *store.Subscription, groups map[string]*pb.Group, hosts map[string]*pb.Host, sessions map[string]string) error {
+	sub *store.Subscription, groups map[string]*pb.Group, hosts map[string]*pb.Host, sessions map[string]string,
+	targets map[string]*pb.HostTargets) error {
 	// What the client was last sent, to send only real changes.
 	sent := map[string]*pb.Host{}
 	emit := func(id string) error {
 		h, ok := hosts[id]
 		var v *pb.Host
 		if ok {
-			v = hostView(h, sessions[id], groups)
+			v = hostView(h, sessions[id], groups, targets)
 		}
 		prev, had := sent[id]
 		switch {
@@ -216,11 +217,16 @@ func (s *hostService) watch(ctx context.Context, stream pb.HostService_WatchHost
 			return sub.Err()
 		case ev := <-sub.C():
 			switch {
-			case ev.GroupID != "":
-				if ev.Group == nil {
+			case ev.GroupID != "" || ev.TargetsGroup != "":
+				switch {
+				case ev.GroupID != "" && ev.Group == nil:
 					delete(groups, ev.GroupID)
-				} else {
+				case ev.GroupID != "":
 					groups[ev.GroupID] = ev.Group
+				case ev.Targets == nil:
+					delete(targets, ev.TargetsGroup)
+				default:
+					targets[ev.TargetsGroup] = ev.Targets
 				}
 				// Membership and desired revisions may change for every host.
 				for id := range hosts {
@@ -249,4 +255,27 @@ func (s *hostService) watch(ctx context.Context, stream pb.HostService_WatchHost
 			}
 		}
 	}
+}
+
+// hostTarget is the revision a host of group g should run, and its policy:
+// the group's policy_revision when the group has no host targets (every
+// change goes to every host at once), else the host's own target or the
+// group's default one.
+func hostTarget(g *pb.Group, t *pb.HostTargets, hostID string) (int64, *pb.MultipathPolicy) {
+	if t == nil {
+		return g.GetPolicyRevision(), g.GetPolicy()
+	}
+	rev := t.GetDefaultRevision()
+	if r, ok := t.GetHostRevisions()[hostID]; ok {
+		rev = r
+	}
+	if rev == g.GetPolicyRevision() {
+		return rev, g.GetPolicy()
+	}
+	if p, ok := t.GetPolicies()[rev]; ok {
+		return rev, p
+	}
+	// A record without the policy of its revision is a bug; the group's
+	// current policy is the safe answer.
+	return g.GetPolicyRevision(), g.GetPolicy()
 }

@@ -51,6 +51,7 @@ type hub struct {
 	mu       sync.Mutex
 	sessions map[string]*session
 	groups   map[string]*pb.Group
+	targets  map[string]*pb.HostTargets
 	prepared map[string]*grpc.PreparedMsg // desired key → encoded message
 	lease    clientv3.LeaseID
 	ready    chan struct{}
@@ -76,6 +77,7 @@ func newHub(c *Controller, opts HubOptions) *hub {
 		c: c, opts: opts, log: c.log.With("component", "hub"),
 		sessions: map[string]*session{},
 		groups:   map[string]*pb.Group{},
+		targets:  map[string]*pb.HostTargets{},
 		prepared: map[string]*grpc.PreparedMsg{},
 		ready:    make(chan struct{}),
 	}
@@ -93,7 +95,7 @@ func (h *hub) run(ctx context.Context) {
 	}
 	for ctx.Err() == nil {
 		sub, groups, _, _ := h.c.cache.Subscribe(4096)
-		h.setGroups(groups)
+		h.setGroups(groups, h.c.cache.Targets())
 		err := h.follow(ctx, sub)
 		sub.Close()
 		if ctx.Err() == nil {
@@ -110,14 +112,19 @@ func (h *hub) follow(ctx context.Context, sub *store.Subscription) error {
 		case <-sub.Done():
 			return sub.Err()
 		case ev := <-sub.C():
-			if ev.GroupID == "" {
+			if ev.GroupID == "" && ev.TargetsGroup == "" {
 				continue
 			}
 			h.mu.Lock()
-			if ev.Group == nil {
+			switch {
+			case ev.GroupID != "" && ev.Group == nil:
 				delete(h.groups, ev.GroupID)
-			} else {
+			case ev.GroupID != "":
 				h.groups[ev.GroupID] = ev.Group
+			case ev.Targets == nil:
+				delete(h.targets, ev.TargetsGroup)
+			default:
+				h.targets[ev.TargetsGroup] = ev.Targets
 			}
 			h.reassignLocked()
 			h.mu.Unlock()
@@ -125,10 +132,10 @@ func (h *hub) follow(ctx context.Context, sub *store.Subscription) error {
 	}
 }
 
-func (h *hub) setGroups(groups map[string]*pb.Group) {
+func (h *hub) setGroups(groups map[string]*pb.Group, targets map[string]*pb.HostTargets) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.groups = groups
+	h.groups, h.targets = groups, targets
 	h.reassignLocked()
 	select {
 	case <-h.ready:
@@ -150,18 +157,19 @@ func (h *hub) closeAll() {
 
 // desiredFor returns the desired configuration of a host with labels, and
 // the key under which it is encoded once.
-func desiredFor(groups map[string]*pb.Group, labels map[string]string) (string, *pb.DesiredConfig) {
+func desiredFor(groups map[string]*pb.Group, targets map[string]*pb.HostTargets, hostID string, labels map[string]string) (string, *pb.DesiredConfig) {
 	ids := policy.Assign(groups, labels)
 	switch len(ids) {
 	case 0:
 		return "unmanaged", &pb.DesiredConfig{Assignment: pb.DesiredConfig_ASSIGNMENT_UNMANAGED}
 	case 1:
 		g := groups[ids[0]]
-		return fmt.Sprintf("managed/%s/%d", ids[0], g.GetPolicyRevision()), &pb.DesiredConfig{
+		rev, pol := hostTarget(g, targets[ids[0]], hostID)
+		return fmt.Sprintf("managed/%s/%d", ids[0], rev), &pb.DesiredConfig{
 			Assignment: pb.DesiredConfig_ASSIGNMENT_MANAGED,
 			Group:      g.GetName(),
-			Revision:   g.GetPolicyRevision(),
-			Policy:     g.GetPolicy(),
+			Revision:   rev,
+			Policy:     pol,
 		}
 	default:
 		names := make([]string, len(ids))
@@ -181,7 +189,7 @@ func desiredFor(groups map[string]*pb.Group, labels map[string]string) (string, 
 func (h *hub) reassignLocked() {
 	used := map[string]bool{}
 	for _, s := range h.sessions {
-		key, d := desiredFor(h.groups, s.labels)
+		key, d := desiredFor(h.groups, h.targets, s.id, s.labels)
 		used[key] = true
 		s.setDesired(key, d)
 	}
@@ -391,7 +399,7 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 		old.cancel() // the newest connection of a host wins
 	}
 	h.sessions[id] = s
-	key, d := desiredFor(h.groups, s.labels)
+	key, d := desiredFor(h.groups, h.targets, s.id, s.labels)
 	s.setDesired(key, d)
 	h.mu.Unlock()
 	defer func() {

@@ -25,7 +25,7 @@ type Retention struct {
 
 // runLeader campaigns for leadership among the controller replicas sharing
 // the etcd prefix and, while leading, does the work that must happen once:
-// audit retention. The campaign is guarded by the session's Done channel, and
+// rollouts and audit retention. The campaign is guarded by the session's Done channel, and
 // every leader-only write is fenced by a compare on the leader key's create
 // revision, so a replica that lost its lease cannot act as a second leader.
 func (c *Controller) runLeader(ctx context.Context, replica string) {
@@ -65,6 +65,15 @@ func (c *Controller) runLeader(ctx context.Context, replica string) {
 }
 
 func (c *Controller) leaderWork(ctx context.Context, fence clientv3.Cmp) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.runRollouts(ctx, fence)
+		cancel() // a fenced write found this replica no longer leads
+	}()
+	defer func() { <-done }()
 	r := c.retention
 	if r.MaxEvents == 0 && r.MaxAge == 0 {
 		<-ctx.Done()

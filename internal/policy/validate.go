@@ -137,6 +137,7 @@ func ValidateGroup(vs *Violations, field string, g *pb.Group) {
 	}
 	ValidateLabels(vs, field+".selector.match_labels", g.GetSelector().GetMatchLabels())
 	ValidatePolicy(vs, field+".policy", g.GetPolicy())
+	ValidateStrategy(vs, field+".rollout_strategy", g.GetRolloutStrategy())
 }
 
 // ValidatePolicy checks a multipath policy against what the kernel accepts.
@@ -285,6 +286,42 @@ func validateRouting(vs *Violations, field string, r *pb.Routing) {
 			} else if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
 				vs.add(gf+".gateway", "%s cannot be a gateway", a)
 			}
+		}
+	}
+}
+
+// ValidateStrategy checks a rollout strategy (nil is valid: the defaults).
+func ValidateStrategy(vs *Violations, field string, s *pb.RolloutStrategy) {
+	if s == nil {
+		return
+	}
+	for _, c := range []struct {
+		name string
+		v    int32
+		max  int32
+	}{
+		{"canary_count", s.GetCanaryCount(), 1 << 20}, {"canary_percent", s.GetCanaryPercent(), 100},
+		{"batch_size", s.GetBatchSize(), 1 << 20}, {"batch_percent", s.GetBatchPercent(), 100},
+		{"max_failures", s.GetMaxFailures(), 1 << 20},
+	} {
+		if c.v < 0 || c.v > c.max {
+			vs.add(field+"."+c.name, "is %d; must be 0 to %d", c.v, c.max)
+		}
+	}
+	for _, d := range []struct {
+		name     string
+		v        interface{ AsDuration() time.Duration }
+		set      bool
+		min, max time.Duration
+	}{
+		{"step_timeout", s.GetStepTimeout(), s.StepTimeout != nil, time.Second, 24 * time.Hour},
+		{"bake_time", s.GetBakeTime(), s.BakeTime != nil, 0, 24 * time.Hour},
+	} {
+		if !d.set {
+			continue
+		}
+		if v := d.v.AsDuration(); v < d.min || v > d.max {
+			vs.add(field+"."+d.name, "is %v; must be %v to %v", v, d.min, d.max)
 		}
 	}
 }

@@ -41,6 +41,13 @@ type Event struct {
 	// SessionID is set when a host's session appears (Replica set) or ends.
 	SessionID string
 	Replica   string
+	// RolloutID is set for rollout changes.
+	RolloutID string
+	Rollout   *pb.Rollout
+	// TargetsGroup is set when a group's host targets change; Targets is nil
+	// when they were removed.
+	TargetsGroup string
+	Targets      *pb.HostTargets
 }
 
 // Cache keeps ONE etcd watch on the store's prefix and an in-memory copy of
@@ -56,6 +63,8 @@ type Cache struct {
 	groups  map[string]*pb.Group
 	hosts   map[string]*pb.Host
 	sess    map[string]string // host id → replica holding its stream
+	rolls   map[string]*pb.Rollout
+	targets map[string]*pb.HostTargets
 	subs    map[*Subscription]struct{}
 	changed chan struct{} // closed and replaced on every revision change
 	stopped bool
@@ -71,6 +80,8 @@ func NewCache(s *Store, log *slog.Logger) *Cache {
 		groups:  map[string]*pb.Group{},
 		hosts:   map[string]*pb.Host{},
 		sess:    map[string]string{},
+		rolls:   map[string]*pb.Rollout{},
+		targets: map[string]*pb.HostTargets{},
 		subs:    map[*Subscription]struct{}{},
 		changed: make(chan struct{}),
 	}
@@ -152,8 +163,36 @@ func (c *Cache) list(ctx context.Context) (int64, error) {
 	for _, kv := range sresp.Kvs {
 		sess[strings.TrimPrefix(string(kv.Key), c.s.sessionsPrefix())] = string(kv.Value)
 	}
+	rolls := map[string]*pb.Rollout{}
+	rresp, err := c.s.c.Get(ctx, c.s.rolloutsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil {
+		return 0, fmt.Errorf("list rollouts: %w", err)
+	}
+	for _, kv := range rresp.Kvs {
+		r, err := decode(string(kv.Key), kv.Value, &pb.Rollout{})
+		if err != nil {
+			c.log.Error("skipping corrupt rollout", "key", string(kv.Key), "err", err)
+			continue
+		}
+		r.Etag = Etag(kv.ModRevision)
+		rolls[strings.TrimPrefix(string(kv.Key), c.s.rolloutsPrefix())] = r
+	}
+	targets := map[string]*pb.HostTargets{}
+	tresp, err := c.s.c.Get(ctx, c.s.targetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil {
+		return 0, fmt.Errorf("list targets: %w", err)
+	}
+	for _, kv := range tresp.Kvs {
+		t, err := decode(string(kv.Key), kv.Value, &pb.HostTargets{})
+		if err != nil {
+			c.log.Error("skipping corrupt targets", "key", string(kv.Key), "err", err)
+			continue
+		}
+		targets[strings.TrimPrefix(string(kv.Key), c.s.targetsPrefix())] = t
+	}
 	c.mu.Lock()
 	c.groups, c.hosts, c.sess, c.rev, c.ready = groups, hosts, sess, rev, true
+	c.rolls, c.targets = rolls, targets
 	// Subscribers took their snapshot before this list (or subscribed before
 	// the first one, with an empty snapshot): make them take a new one.
 	for s := range c.subs {
@@ -242,6 +281,37 @@ func (c *Cache) apply(evs []*clientv3.Event, rev int64) {
 			} else {
 				c.sess[id] = string(e.Kv.Value)
 				ev.Replica = string(e.Kv.Value)
+			}
+			out = append(out, ev)
+		case strings.HasPrefix(key, c.s.rolloutsPrefix()):
+			id := strings.TrimPrefix(key, c.s.rolloutsPrefix())
+			ev := Event{Rev: e.Kv.ModRevision, RolloutID: id}
+			if del {
+				delete(c.rolls, id)
+			} else {
+				r, err := decode(key, e.Kv.Value, &pb.Rollout{})
+				if err != nil {
+					c.log.Error("skipping corrupt rollout", "key", key, "err", err)
+					continue
+				}
+				r.Etag = Etag(e.Kv.ModRevision)
+				c.rolls[id] = r
+				ev.Rollout = r
+			}
+			out = append(out, ev)
+		case strings.HasPrefix(key, c.s.targetsPrefix()):
+			id := strings.TrimPrefix(key, c.s.targetsPrefix())
+			ev := Event{Rev: e.Kv.ModRevision, TargetsGroup: id}
+			if del {
+				delete(c.targets, id)
+			} else {
+				t, err := decode(key, e.Kv.Value, &pb.HostTargets{})
+				if err != nil {
+					c.log.Error("skipping corrupt targets", "key", key, "err", err)
+					continue
+				}
+				c.targets[id] = t
+				ev.Targets = t
 			}
 			out = append(out, ev)
 		case strings.HasPrefix(key, c.s.auditPrefix()) && !del:
@@ -341,6 +411,45 @@ func (c *Cache) Host(id string) (*pb.Host, string, bool) {
 	defer c.mu.RUnlock()
 	h, ok := c.hosts[id]
 	return h, c.sess[id], ok
+}
+
+// Rollouts returns the cached rollouts by id. The values must not be
+// modified.
+func (c *Cache) Rollouts() map[string]*pb.Rollout {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string]*pb.Rollout, len(c.rolls))
+	for k, v := range c.rolls {
+		out[k] = v
+	}
+	return out
+}
+
+// Rollout returns one cached rollout.
+func (c *Cache) Rollout(id string) (*pb.Rollout, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	r, ok := c.rolls[id]
+	return r, ok
+}
+
+// Targets returns the cached host targets by group id. The values must not
+// be modified.
+func (c *Cache) Targets() map[string]*pb.HostTargets {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string]*pb.HostTargets, len(c.targets))
+	for k, v := range c.targets {
+		out[k] = v
+	}
+	return out
+}
+
+// Changed returns a channel closed at the cache's next change.
+func (c *Cache) Changed() <-chan struct{} {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.changed
 }
 
 // Sessions returns host id → replica for every connected host.

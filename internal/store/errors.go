@@ -16,6 +16,9 @@ var (
 	ErrContention = errors.New("too much write contention")
 	// ErrNotLeader: a leader-only write found this replica no longer leads.
 	ErrNotLeader = errors.New("this controller replica is no longer the leader")
+	// ErrFailedPrecondition: the system is not in a state the call needs
+	// (a rollout runs).
+	ErrFailedPrecondition = errors.New("failed precondition")
 	// ErrCorrupt: a stored value does not decode.
 	ErrCorrupt = errors.New("stored value is corrupt")
 )

@@ -189,6 +189,13 @@ func (s *Store) newEvent(m Meta, action, resource string, before, after proto.Me
 	return ev
 }
 
+// Event returns an audit event of a call by m (not yet sealed).
+func (s *Store) Event(m Meta, action, resource string, before, after proto.Message) *pb.AuditEvent {
+	return s.newEvent(m, action, resource, before, after)
+}
+
+func nowProto(s *Store) *timestamppb.Timestamp { return timestamppb.New(s.now()) }
+
 // GroupName returns "groups/{id}".
 func GroupName(id string) string { return "groups/" + id }
 
@@ -210,6 +217,7 @@ func (s *Store) CreateGroup(ctx context.Context, id string, g *pb.Group, m Meta)
 		g.Name = GroupName(id)
 		g.PolicyRevision = 1
 		g.Etag = ""
+		g.ActiveRollout, g.DeployedRevision = "", 0
 		g.CreateTime, g.UpdateTime = now, now
 		rev := &pb.PolicyRevision{
 			Name: RevisionName(id, 1), Revision: 1, Policy: g.GetPolicy(),
@@ -306,6 +314,13 @@ type UpdateFunc func(cur *pb.Group) (*pb.Group, error)
 // group's. A change of policy makes a new policy revision. An update that
 // changes nothing writes nothing and returns the stored group.
 func (s *Store) UpdateGroup(ctx context.Context, id, etag string, fn UpdateFunc, m Meta) (*pb.Group, int64, error) {
+	return s.UpdateGroupWith(ctx, id, etag, fn, m, nil)
+}
+
+// UpdateGroupWith is UpdateGroup with a hook that adds to the transaction
+// of an update that changes the policy (a rollout it starts, say). The hook
+// runs again on every retry.
+func (s *Store) UpdateGroupWith(ctx context.Context, id, etag string, fn UpdateFunc, m Meta, hook PolicyHook) (*pb.Group, int64, error) {
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		cur, modRev, err := s.getGroup(ctx, id)
 		if err != nil {
@@ -318,9 +333,11 @@ func (s *Store) UpdateGroup(ctx context.Context, id, etag string, fn UpdateFunc,
 		if err != nil {
 			return nil, 0, err
 		}
-		// Output-only fields are the store's.
+		// Output-only fields are the store's (active_rollout and
+		// deployed_revision are shown, never stored).
 		next.Name, next.CreateTime, next.PolicyRevision, next.UpdateTime, next.Etag =
 			cur.Name, cur.CreateTime, cur.PolicyRevision, cur.UpdateTime, cur.Etag
+		next.ActiveRollout, next.DeployedRevision = "", 0
 		if proto.Equal(next, cur) {
 			return cur, modRev, nil
 		}
@@ -346,14 +363,24 @@ func (s *Store) UpdateGroup(ctx context.Context, id, etag string, fn UpdateFunc,
 		before := proto.Clone(cur).(*pb.Group)
 		before.Etag = ""
 		ev := s.newEvent(m, "groups.update", cur.Name, before, next)
-		hcmp, hops, err := s.auditOps(ev, h)
+		evs := []*pb.AuditEvent{ev}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.groupKey(id)), "=", modRev)}
+		if hook != nil && next.PolicyRevision != cur.PolicyRevision {
+			extra, err := hook(ctx, cur, next)
+			if err != nil {
+				return nil, 0, err
+			}
+			if extra != nil {
+				cmps = append(cmps, extra.Cmps...)
+				ops = append(ops, extra.Ops...)
+				evs = append(evs, extra.Events...)
+			}
+		}
+		hcmp, hops, err := s.auditOpsN(evs, h)
 		if err != nil {
 			return nil, 0, err
 		}
-		resp, err := s.c.Txn(ctx).If(
-			clientv3.Compare(clientv3.ModRevision(s.groupKey(id)), "=", modRev),
-			hcmp,
-		).Then(append(ops, hops...)...).Else(
+		resp, err := s.c.Txn(ctx).If(append(cmps, hcmp)...).Then(append(ops, hops...)...).Else(
 			clientv3.OpGet(s.groupKey(id), clientv3.WithKeysOnly()),
 		).Commit()
 		if err != nil {
@@ -405,6 +432,7 @@ func (s *Store) DeleteGroup(ctx context.Context, id, etag string, m Meta) (int64
 		).Then(append([]clientv3.Op{
 			clientv3.OpDelete(s.groupKey(id)),
 			clientv3.OpDelete(s.revisionsPrefix(id), clientv3.WithPrefix()),
+			clientv3.OpDelete(s.targetsKey(id)),
 		}, hops...)...).Else(
 			clientv3.OpGet(s.groupKey(id), clientv3.WithKeysOnly()),
 		).Commit()
