@@ -1,7 +1,7 @@
 // Package cli implements mpfleetctl, the command-line client of the mpfleet
-// controller: it applies group manifests (YAML), reads groups, policy
-// revisions, hosts and the audit log, and prints them as a table, JSON or
-// YAML.
+// controller: it applies group manifests (YAML), starts and follows rollouts
+// of policy revisions, reads groups, policy revisions, hosts and the audit
+// log, and prints them as a table, JSON or YAML.
 //
 // Run is the whole program; cmd/mpfleetctl/main.go only calls it and exits
 // with ExitCode. Every error reaches the user as one line on stderr,
@@ -37,7 +37,11 @@ const envPrefix = "MPFLEET_"
 // given as "-f -" from stdin and writing results to stdout. An error is also
 // printed to stderr as one line; pass it to ExitCode for the exit status.
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return run(ctx, args, stdio{in: stdin, out: stdout, err: stderr}, os.Getenv, time.Now)
+	sio := stdio{in: stdin, out: stdout, err: stderr}
+	if f, ok := stdout.(interface{ Fd() uintptr }); ok && os.Getenv("TERM") != "dumb" {
+		sio.width, sio.tty = terminalWidth(f.Fd())
+	}
+	return run(ctx, args, sio, os.Getenv, time.Now)
 }
 
 // ExitCode returns the exit status for an error returned by Run: 0 for nil,
@@ -85,6 +89,10 @@ func refusef(format string, args ...any) error {
 type stdio struct {
 	in       io.Reader
 	out, err io.Writer
+	// tty is set when out is a terminal: progress is then redrawn in
+	// place. width is its width in columns, 0 if unknown.
+	tty   bool
+	width int
 }
 
 // app holds the global flags and the state of one invocation.
@@ -156,7 +164,9 @@ func (a *app) rootCommand() *cobra.Command {
 (which hosts use which links for MPTCP, with which endpoint flags, limits,
 sysctls and policy routing), shows groups, their policy revisions and the
 hosts with what is applied on them and their MPTCP health, plans a change
-before it is made, and reads the hash-chained audit log.
+before it is made, rolls a new policy revision out to a group's hosts in
+steps (a canary, then batches) and follows it, and reads the hash-chained
+audit log.
 
 Plaintext is used only for a loopback controller; any other address needs
 --tls (or --insecure to allow plaintext). A bearer token (--token) is sent
@@ -168,6 +178,7 @@ MPFLEET_TOKEN, MPFLEET_CA_FILE, …). A flag on the command line wins.`,
 		Example: `  mpfleetctl apply -f deploy/examples/two-links.yaml
   mpfleetctl get groups
   mpfleetctl get hosts --group lab
+  mpfleetctl rollout start lab --canary 1 --batch 25% --wait
   mpfleetctl --controller ctl.example:7400 --tls --ca-file ca.pem get hosts`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
@@ -181,7 +192,7 @@ MPFLEET_TOKEN, MPFLEET_CA_FILE, …). A flag on the command line wins.`,
 	f := root.PersistentFlags()
 	f.StringVar(&a.controller, "controller", DefaultController, "controller address, host:port")
 	f.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml")
-	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "deadline of each call to the controller (0: none; watches run until interrupted)")
+	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "deadline of each call to the controller (0: none; watches run until interrupted); given to apply --wait, also how long to wait for hosts")
 	f.StringVar(&a.token, "token", "", "bearer token sent as authorization metadata (only over TLS or to a loopback controller)")
 	f.BoolVar(&a.tls, "tls", false, "connect with TLS (implied by --ca-file, --cert-file, --key-file, --server-name)")
 	f.StringVar(&a.caFile, "ca-file", "", "PEM file of the CA certificates that verify the controller (default: the system's)")
@@ -200,6 +211,8 @@ MPFLEET_TOKEN, MPFLEET_CA_FILE, …). A flag on the command line wins.`,
 		a.diffCommand(),
 		a.auditCommand(),
 		a.watchCommand(),
+		a.rolloutCommand(),
+		a.rollbackCommand(),
 	)
 	return root
 }
@@ -243,8 +256,9 @@ func (a *app) setup(cmd *cobra.Command) error {
 
 // groupNamePrefix and friends are the resource name prefixes of the API.
 const (
-	groupPrefix = "groups/"
-	hostPrefix  = "hosts/"
+	groupPrefix   = "groups/"
+	hostPrefix    = "hosts/"
+	rolloutPrefix = "rollouts/"
 )
 
 // groupName returns "groups/{id}" for a group id or name.
@@ -255,6 +269,11 @@ func groupName(s string) string {
 // hostName returns "hosts/{id}" for a host id or name.
 func hostName(s string) string {
 	return hostPrefix + strings.TrimPrefix(s, hostPrefix)
+}
+
+// rolloutName returns "rollouts/{id}" for a rollout id or name.
+func rolloutName(s string) string {
+	return rolloutPrefix + strings.TrimPrefix(s, rolloutPrefix)
 }
 
 // isCanceled reports whether err comes from the user interrupting the

@@ -205,16 +205,22 @@ func TestGetGroups(t *testing.T) {
 		})
 	}
 
+	// b has a rollout moving its hosts from revision 3 to 4; c's
+	// controller does not say what its hosts run.
+	b := c.groups.groups["groups/b"]
+	b.PolicyRevision, b.DeployedRevision, b.ActiveRollout = 4, 3, "rollouts/b-4"
+	c.groups.groups["groups/c"].DeployedRevision = 0
+
 	r := c.run(t, "", nil, "get", "groups")
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	want := `NAME   REVISION   SELECTOR         ENDPOINT RULES                                                 ROUTING   UPDATED
-a      1          role=a,zone=z1   eth* [subflow,backup]; 2001:db8::/32 ipv6 [signal] port 8080   on        1h
-b      1          role=b,zone=z1   eth* [subflow,backup]; 2001:db8::/32 ipv6 [signal] port 8080   off       1h
-c      1          role=c,zone=z1   eth* [subflow,backup]; 2001:db8::/32 ipv6 [signal] port 8080   off       1h
-d      1          role=d,zone=z1   eth* [subflow,backup]; 2001:db8::/32 ipv6 [signal] port 8080   off       1h
-e      1          role=e,zone=z1   eth* [subflow,backup]; 2001:db8::/32 ipv6 [signal] port 8080   off       1h
+	want := `NAME   REVISION   DEPLOYED   ROLLOUT   SELECTOR         ENDPOINT RULES                                                 ROUTING   UPDATED
+a      1          1          -         role=a,zone=z1   eth* [subflow,backup]; 2001:db8::/32 ipv6 [signal] port 8080   on        1h
+b      4          3          b-4       role=b,zone=z1   eth* [subflow,backup]; 2001:db8::/32 ipv6 [signal] port 8080   off       1h
+c      1          -          -         role=c,zone=z1   eth* [subflow,backup]; 2001:db8::/32 ipv6 [signal] port 8080   off       1h
+d      1          1          -         role=d,zone=z1   eth* [subflow,backup]; 2001:db8::/32 ipv6 [signal] port 8080   off       1h
+e      1          1          -         role=e,zone=z1   eth* [subflow,backup]; 2001:db8::/32 ipv6 [signal] port 8080   off       1h
 `
 	if r.stdout != want {
 		t.Errorf("get groups printed:\n%s\nwant:\n%s", r.stdout, want)

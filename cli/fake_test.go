@@ -41,10 +41,11 @@ type call struct {
 // controller is an in-memory stand-in for the mpfleet controller, served
 // over real gRPC on a loopback listener.
 type controller struct {
-	addr   string
-	groups *fakeGroups
-	audit  *fakeAudit
-	hosts  *fakeHosts
+	addr     string
+	groups   *fakeGroups
+	audit    *fakeAudit
+	hosts    *fakeHosts
+	rollouts *fakeRollouts
 
 	mu    sync.Mutex
 	calls []call
@@ -58,6 +59,7 @@ func newController(t *testing.T) *controller {
 		hosts:  &fakeHosts{},
 	}
 	c.hosts.groups = c.groups
+	c.rollouts = &fakeRollouts{groups: c.groups, watches: map[string][]*mpfleetv1.Rollout{}}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +77,7 @@ func newController(t *testing.T) *controller {
 	mpfleetv1.RegisterGroupServiceServer(srv, c.groups)
 	mpfleetv1.RegisterAuditServiceServer(srv, c.audit)
 	mpfleetv1.RegisterHostServiceServer(srv, c.hosts)
+	mpfleetv1.RegisterRolloutServiceServer(srv, c.rollouts)
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	c.addr = lis.Addr().String()
@@ -222,6 +225,7 @@ func (f *fakeGroups) create(id string, in *mpfleetv1.Group, actor, reason string
 	g := proto.Clone(in).(*mpfleetv1.Group)
 	g.Name = groupName(id)
 	g.PolicyRevision = 1
+	g.DeployedRevision = 1 // the first revision applies at once
 	g.Etag = f.nextEtag()
 	g.CreateTime = timestamppb.New(testNow.Add(-time.Hour))
 	g.UpdateTime = g.CreateTime
@@ -286,6 +290,9 @@ func (f *fakeGroups) UpdateGroup(_ context.Context, req *mpfleetv1.UpdateGroupRe
 	if err := validate(req.GetGroup()); err != nil {
 		return nil, err
 	}
+	if r := cur.GetActiveRollout(); r != "" && slices.Contains(req.GetUpdateMask().GetPaths(), "policy") && !proto.Equal(cur.GetPolicy(), req.GetGroup().GetPolicy()) {
+		return nil, status.Errorf(codes.FailedPrecondition, "group %s: %s is running; wait for it to end or cancel it", cur.GetName(), r)
+	}
 	if req.GetValidateOnly() {
 		return req.GetGroup(), nil
 	}
@@ -310,6 +317,13 @@ func (f *fakeGroups) UpdateGroup(_ context.Context, req *mpfleetv1.UpdateGroupRe
 			Name: fmt.Sprintf("%s/revisions/%d", g.Name, g.PolicyRevision), Revision: g.PolicyRevision,
 			Policy: g.Policy, CreateTime: timestamppb.New(testNow), Actor: "anonymous@127.0.0.1", Reason: req.GetReason(),
 		})
+		// A group with a rollout strategy starts a rollout, named after
+		// the group and the revision; one without goes out at once.
+		if g.GetRolloutStrategy() != nil {
+			g.ActiveRollout = fmt.Sprintf("rollouts/%s-%d", trimName(g.GetName()), g.GetPolicyRevision())
+		} else {
+			g.DeployedRevision = g.PolicyRevision
+		}
 	}
 	g.Etag = f.nextEtag()
 	g.UpdateTime = timestamppb.New(testNow)
@@ -448,6 +462,10 @@ type fakeHosts struct {
 	events   []*mpfleetv1.HostEvent // sent by WatchHosts
 	requests []*mpfleetv1.ListHostsRequest
 	plans    []*mpfleetv1.PlanPolicyRequest
+	watches  []*mpfleetv1.WatchHostsRequest
+	// With block, WatchHosts keeps the stream open after sending, like the
+	// real controller.
+	block bool
 }
 
 func (f *fakeHosts) GetHost(_ context.Context, req *mpfleetv1.GetHostRequest) (*mpfleetv1.Host, error) {
@@ -488,14 +506,25 @@ func (f *fakeHosts) ListHosts(_ context.Context, req *mpfleetv1.ListHostsRequest
 	return &mpfleetv1.ListHostsResponse{Hosts: items, NextPageToken: next}, err
 }
 
-func (f *fakeHosts) WatchHosts(_ *mpfleetv1.WatchHostsRequest, stream grpc.ServerStreamingServer[mpfleetv1.HostEvent]) error {
+// WatchHosts sends the scripted events, leaving out hosts of other groups
+// when the request names one, then ends the stream (or, with block, waits
+// for the client to end it).
+func (f *fakeHosts) WatchHosts(req *mpfleetv1.WatchHostsRequest, stream grpc.ServerStreamingServer[mpfleetv1.HostEvent]) error {
 	f.mu.Lock()
+	f.watches = append(f.watches, req)
 	events := slices.Clone(f.events)
+	block := f.block
 	f.mu.Unlock()
 	for _, e := range events {
+		if req.GetGroup() != "" && e.GetType() != mpfleetv1.HostEvent_TYPE_SYNCED && e.GetHost().GetGroup() != req.GetGroup() {
+			continue
+		}
 		if err := stream.Send(e); err != nil {
 			return err
 		}
+	}
+	if block {
+		<-stream.Context().Done()
 	}
 	return nil
 }

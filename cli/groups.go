@@ -4,22 +4,15 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	mpfleetv1 "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
-
-// updatePaths are the fields apply replaces on an existing group.
-var updatePaths = []string{"description", "selector", "policy"}
 
 func (a *app) groups() (mpfleetv1.GroupServiceClient, error) {
 	conn, err := a.client()
@@ -27,205 +20,6 @@ func (a *app) groups() (mpfleetv1.GroupServiceClient, error) {
 		return nil, err
 	}
 	return mpfleetv1.NewGroupServiceClient(conn), nil
-}
-
-// readManifests reads and parses the file given with -f ("-": stdin).
-func (a *app) readManifests(file string) ([]*manifest, error) {
-	var (
-		data   []byte
-		err    error
-		source = file
-	)
-	switch file {
-	case "":
-		return nil, usagef("-f FILE is required (-f - reads stdin)")
-	case "-":
-		source = "stdin"
-		data, err = io.ReadAll(a.io.in)
-	default:
-		data, err = os.ReadFile(file)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return parseManifests(source, data)
-}
-
-func (a *app) applyCommand() *cobra.Command {
-	var (
-		file, reason string
-		dryRun       bool
-	)
-	cmd := &cobra.Command{
-		Use:   "apply -f FILE",
-		Short: "Create or update groups from a YAML file",
-		Long: `apply makes the controller's groups match the Group documents of a YAML
-file (several documents separated by "---"; "-f -" reads stdin). A group
-that does not exist is created; one that exists is updated (description,
-selector and policy, guarded by its etag) unless it already equals the
-document, in which case nothing is written. Every document is parsed and
-validated by the controller before any group is written, so a bad document
-changes nothing. See docs/cli.md for the format.
-
-It prints one line per group:
-  group/web created (revision 1)
-  group/web configured (revision 2)
-  group/web unchanged`,
-		Example: `  mpfleetctl apply -f deploy/examples/two-links.yaml --reason "add second uplink"
-  mpfleetctl apply -f groups.yaml --dry-run
-  cat groups.yaml | mpfleetctl apply -f -`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ms, err := a.readManifests(file)
-			if err != nil {
-				return err
-			}
-			return a.apply(cmd.Context(), ms, reason, dryRun)
-		},
-	}
-	cmd.Flags().StringVarP(&file, "filename", "f", "", "YAML file of Group documents (- for stdin)")
-	cmd.Flags().StringVar(&reason, "reason", "", "why the change is made (recorded in the audit log and the new revision)")
-	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "validate on the controller and print what would change; write nothing")
-	return cmd
-}
-
-// groupChange is what apply does to one group.
-type groupChange struct {
-	m       *manifest
-	current *mpfleetv1.Group // nil: the group does not exist
-	verb    string           // created, configured or unchanged
-}
-
-func (a *app) apply(ctx context.Context, ms []*manifest, reason string, dryRun bool) error {
-	gc, err := a.groups()
-	if err != nil {
-		return err
-	}
-	// First read every group and have the controller validate every
-	// change; only then write.
-	changes := make([]groupChange, 0, len(ms))
-	for _, m := range ms {
-		cur, err := a.getGroupIfExists(ctx, gc, m.ID)
-		if err != nil {
-			return fmt.Errorf("group %q: %w", m.ID, err)
-		}
-		c := groupChange{m: m, current: cur, verb: "configured"}
-		switch {
-		case cur == nil:
-			c.verb = "created"
-		case sameSpec(cur, m.Group):
-			c.verb = "unchanged"
-		}
-		if c.verb != "unchanged" {
-			if _, err := a.writeGroup(ctx, gc, c, reason, true); err != nil {
-				return fmt.Errorf("group %q (document %d, line %d): %w", m.ID, m.Index, m.Line, err)
-			}
-		}
-		changes = append(changes, c)
-	}
-	for _, c := range changes {
-		switch {
-		case c.verb == "unchanged":
-			a.printf("group/%s unchanged\n", c.m.ID)
-		case dryRun:
-			a.printf("group/%s %s (dry run)\n", c.m.ID, c.verb)
-		default:
-			g, err := a.writeGroup(ctx, gc, c, reason, false)
-			if err != nil {
-				return fmt.Errorf("group %q: %w", c.m.ID, err)
-			}
-			a.printf("group/%s %s (revision %d)\n", c.m.ID, c.verb, g.GetPolicyRevision())
-		}
-	}
-	return nil
-}
-
-// getGroupIfExists returns the group, or nil if it does not exist.
-func (a *app) getGroupIfExists(ctx context.Context, gc mpfleetv1.GroupServiceClient, id string) (*mpfleetv1.Group, error) {
-	cctx, cancel := a.callCtx(ctx)
-	defer cancel()
-	g, err := gc.GetGroup(cctx, &mpfleetv1.GetGroupRequest{Name: groupName(id)})
-	if status.Code(err) == codes.NotFound {
-		return nil, nil
-	}
-	return g, a.rpcErr(err)
-}
-
-// writeGroup creates or updates one group.
-func (a *app) writeGroup(ctx context.Context, gc mpfleetv1.GroupServiceClient, c groupChange, reason string, validateOnly bool) (*mpfleetv1.Group, error) {
-	cctx, cancel := a.callCtx(ctx)
-	defer cancel()
-	want := c.m.Group
-	var (
-		g   *mpfleetv1.Group
-		err error
-	)
-	if c.current == nil {
-		g, err = gc.CreateGroup(cctx, &mpfleetv1.CreateGroupRequest{
-			GroupId: c.m.ID,
-			Group: &mpfleetv1.Group{
-				Description: want.GetDescription(),
-				Selector:    want.GetSelector(),
-				Policy:      want.GetPolicy(),
-			},
-			Reason:       reason,
-			ValidateOnly: validateOnly,
-		})
-	} else {
-		g, err = gc.UpdateGroup(cctx, &mpfleetv1.UpdateGroupRequest{
-			Group: &mpfleetv1.Group{
-				Name:        groupName(c.m.ID),
-				Description: want.GetDescription(),
-				Selector:    want.GetSelector(),
-				Policy:      want.GetPolicy(),
-				Etag:        c.current.GetEtag(),
-			},
-			UpdateMask:   &fieldmaskpb.FieldMask{Paths: updatePaths},
-			Reason:       reason,
-			ValidateOnly: validateOnly,
-		})
-	}
-	return g, a.rpcErr(err)
-}
-
-// sameSpec reports whether two groups have equal description, selector and
-// policy. An empty message counts as unset: "limits: {}" says nothing more
-// than no limits.
-func sameSpec(x, y *mpfleetv1.Group) bool {
-	spec := func(g *mpfleetv1.Group) *mpfleetv1.Group {
-		s := proto.Clone(&mpfleetv1.Group{
-			Description: g.GetDescription(),
-			Selector:    g.GetSelector(),
-			Policy:      g.GetPolicy(),
-		}).(*mpfleetv1.Group)
-		pruneEmpty(s.ProtoReflect())
-		return s
-	}
-	return proto.Equal(spec(x), spec(y))
-}
-
-// pruneEmpty clears the singular message fields of m that hold nothing,
-// recursively. It reports whether m is empty afterwards.
-func pruneEmpty(m protoreflect.Message) bool {
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		switch {
-		case fd.IsList() && fd.Message() != nil:
-			for i := 0; i < v.List().Len(); i++ {
-				pruneEmpty(v.List().Get(i).Message())
-			}
-		case !fd.IsMap() && !fd.IsList() && fd.Message() != nil:
-			if pruneEmpty(v.Message()) {
-				m.Clear(fd)
-			}
-		}
-		return true
-	})
-	empty := true
-	m.Range(func(protoreflect.FieldDescriptor, protoreflect.Value) bool {
-		empty = false
-		return false
-	})
-	return empty
 }
 
 // getCommand is the parent of the get commands.
@@ -262,8 +56,12 @@ func (a *app) getGroupsCommand() *cobra.Command {
 		Short:   "List groups, or show the named ones",
 		Long: `get groups lists every group (following all pages unless --limit), or shows
 the named groups. The table has NAME, REVISION (of the current policy),
-SELECTOR, ENDPOINT RULES, ROUTING and UPDATED; -o json and -o yaml print the
-API's form (one Group when one is named, else {"groups": [...]}).`,
+DEPLOYED (the revision the group's hosts run unless a rollout moved them:
+behind REVISION while a rollout runs or after one was rolled back), ROLLOUT
+(the rollout moving the group's hosts now, "-" when none), SELECTOR,
+ENDPOINT RULES, ROUTING and UPDATED; -o json and -o yaml print the API's form
+(one Group when one is named, else {"groups": [...]}), which also holds the
+group's rollout_strategy.`,
 		Example: `  mpfleetctl get groups
   mpfleetctl get group web -o json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -304,9 +102,10 @@ func (a *app) getGroups(ctx context.Context, names []string, limit int) error {
 		obj = groups[0]
 	}
 	return a.printObject(obj, func(w io.Writer) error {
-		t := newTable(w, "NAME", "REVISION", "SELECTOR", "ENDPOINT RULES", "ROUTING", "UPDATED")
+		t := newTable(w, "NAME", "REVISION", "DEPLOYED", "ROLLOUT", "SELECTOR", "ENDPOINT RULES", "ROUTING", "UPDATED")
 		for _, g := range groups {
 			t.row(trimName(g.GetName()), strconv.FormatInt(g.GetPolicyRevision(), 10),
+				revision(g.GetDeployedRevision()), trimName(g.GetActiveRollout()),
 				formatLabels(g.GetSelector().GetMatchLabels()), formatRules(g.GetPolicy().GetEndpoints()),
 				onOff(g.GetPolicy().GetRouting().GetEnabled()), a.age(g.GetUpdateTime()))
 		}

@@ -306,9 +306,10 @@ policy:
 }
 
 // TestDocsSampleOutput runs every "$ mpfleetctl …" block of docs/cli.md
-// against the fake controller holding testHosts and compares what it prints
-// with the block, so the samples cannot drift from the code. A block ending
-// in a "…" line shows only the start of the output.
+// against the fake controller holding testHosts and the groups and rollouts
+// of seedDocsRollouts, and compares what it prints with the block, so the
+// samples cannot drift from the code. A block ending in a "…" line shows
+// only the start of the output.
 func TestDocsSampleOutput(t *testing.T) {
 	data, err := os.ReadFile("../docs/cli.md")
 	if err != nil {
@@ -320,6 +321,7 @@ func TestDocsSampleOutput(t *testing.T) {
 	}
 	c := newController(t)
 	c.hosts.hosts = testHosts()
+	seedDocsRollouts(c)
 	for _, b := range blocks {
 		args := strings.Fields(strings.TrimPrefix(b[1], "$ mpfleetctl "))
 		want, partial := strings.CutSuffix(b[2], "…\n")
