@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,7 +19,16 @@ import (
 )
 
 // updatePaths are the fields apply replaces on an existing group.
+// A manifest without rolloutStrategy leaves the group's as it is.
 var updatePaths = []string{"description", "selector", "policy"}
+
+// maskFor is updatePaths, plus rollout_strategy when the manifest sets one.
+func maskFor(want *mpfleetv1.Group) []string {
+	if want.GetRolloutStrategy() != nil {
+		return append(slices.Clone(updatePaths), "rollout_strategy")
+	}
+	return updatePaths
+}
 
 // readManifests reads and parses the file given with -f ("-": stdin).
 func (a *app) readManifests(file string) ([]*manifest, error) {
@@ -146,7 +156,7 @@ func (a *app) apply(ctx context.Context, ms []*manifest, opts applyOptions) erro
 		switch {
 		case cur == nil:
 			c.verb = "created"
-		case sameSpec(cur, m.Group):
+		case sameSpec(cur, m.Group) && (m.Group.GetRolloutStrategy() == nil || proto.Equal(cur.GetRolloutStrategy(), m.Group.GetRolloutStrategy())):
 			c.verb = "unchanged"
 		}
 		if c.verb != "unchanged" {
@@ -210,9 +220,10 @@ func (a *app) writeGroup(ctx context.Context, gc mpfleetv1.GroupServiceClient, c
 		g, err = gc.CreateGroup(cctx, &mpfleetv1.CreateGroupRequest{
 			GroupId: c.m.ID,
 			Group: &mpfleetv1.Group{
-				Description: want.GetDescription(),
-				Selector:    want.GetSelector(),
-				Policy:      want.GetPolicy(),
+				Description:     want.GetDescription(),
+				Selector:        want.GetSelector(),
+				Policy:          want.GetPolicy(),
+				RolloutStrategy: want.GetRolloutStrategy(),
 			},
 			Reason:       reason,
 			ValidateOnly: validateOnly,
@@ -220,13 +231,14 @@ func (a *app) writeGroup(ctx context.Context, gc mpfleetv1.GroupServiceClient, c
 	} else {
 		g, err = gc.UpdateGroup(cctx, &mpfleetv1.UpdateGroupRequest{
 			Group: &mpfleetv1.Group{
-				Name:        groupName(c.m.ID),
-				Description: want.GetDescription(),
-				Selector:    want.GetSelector(),
-				Policy:      want.GetPolicy(),
-				Etag:        c.current.GetEtag(),
+				Name:            groupName(c.m.ID),
+				Description:     want.GetDescription(),
+				Selector:        want.GetSelector(),
+				Policy:          want.GetPolicy(),
+				RolloutStrategy: want.GetRolloutStrategy(),
+				Etag:            c.current.GetEtag(),
 			},
-			UpdateMask:   &fieldmaskpb.FieldMask{Paths: updatePaths},
+			UpdateMask:   &fieldmaskpb.FieldMask{Paths: maskFor(want)},
 			Reason:       reason,
 			ValidateOnly: validateOnly,
 		})

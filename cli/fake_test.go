@@ -307,6 +307,8 @@ func (f *fakeGroups) UpdateGroup(_ context.Context, req *mpfleetv1.UpdateGroupRe
 			g.Selector = req.GetGroup().GetSelector()
 		case "policy":
 			g.Policy = req.GetGroup().GetPolicy()
+		case "rollout_strategy":
+			g.RolloutStrategy = req.GetGroup().GetRolloutStrategy()
 		default:
 			return nil, status.Errorf(codes.InvalidArgument, "update_mask: unknown path %q", p)
 		}

@@ -34,7 +34,7 @@ type manifest struct {
 }
 
 // manifestKeys are the top-level keys of a Group document.
-var manifestKeys = []string{"kind", "name", "description", "selector", "policy"}
+var manifestKeys = []string{"kind", "name", "description", "selector", "rolloutStrategy", "policy"}
 
 // groupIDPattern is the API's rule for group ids.
 var groupIDPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
@@ -200,7 +200,7 @@ func parseManifest(d document) (*manifest, error) {
 		return nil, err
 	}
 	body := map[string]any{}
-	for _, k := range []string{"description", "selector", "policy"} {
+	for _, k := range []string{"description", "selector", "rolloutStrategy", "policy"} {
 		if v, ok := obj[k]; ok {
 			body[k] = v
 		}

@@ -1,0 +1,43 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// TestApplyRolloutStrategy: a manifest's rolloutStrategy is sent (and only
+// then is rollout_strategy in the mask); a manifest without one leaves the
+// group's strategy alone; a strategy change alone is an update.
+func TestApplyRolloutStrategy(t *testing.T) {
+	c := newController(t)
+	withStrategy := strings.Replace(twoGroups, "policy:\n", "rolloutStrategy:\n  canaryCount: 1\n  batchPercent: 50\n  bakeTime: 30s\npolicy:\n", 1)
+	if r := c.run(t, withStrategy, nil, "apply", "-f", "-"); r.err != nil {
+		t.Fatalf("apply: %v (stderr %q)", r.err, r.stderr)
+	}
+	g := c.groups.groups["groups/web"]
+	if s := g.GetRolloutStrategy(); s.GetCanaryCount() != 1 || s.GetBatchPercent() != 50 || s.GetBakeTime().AsDuration().Seconds() != 30 {
+		t.Fatalf("stored strategy %v", s)
+	}
+	// The same file again: unchanged.
+	if r := c.run(t, withStrategy, nil, "apply", "-f", "-"); r.err != nil || !strings.Contains(r.stdout, "group/web unchanged") {
+		t.Fatalf("second apply: %v, %q", r.err, r.stdout)
+	}
+	// Only the strategy changes: an update with rollout_strategy in the mask.
+	changed := strings.Replace(withStrategy, "batchPercent: 50", "batchPercent: 25", 1)
+	if r := c.run(t, changed, nil, "apply", "-f", "-"); r.err != nil || !strings.Contains(r.stdout, "group/web configured") {
+		t.Fatalf("strategy change: %v, %q", r.err, r.stdout)
+	}
+	u := c.groups.updates[len(c.groups.updates)-1]
+	if !cmp.Equal(u.GetUpdateMask().GetPaths(), []string{"description", "selector", "policy", "rollout_strategy"}) {
+		t.Errorf("mask %v", u.GetUpdateMask().GetPaths())
+	}
+	// A manifest without a strategy leaves it.
+	if r := c.run(t, twoGroups, nil, "apply", "-f", "-"); r.err != nil {
+		t.Fatalf("apply without a strategy: %v", r.err)
+	}
+	if s := c.groups.groups["groups/web"].GetRolloutStrategy(); s.GetBatchPercent() != 25 {
+		t.Errorf("strategy after a manifest without one: %v", s)
+	}
+}
