@@ -59,6 +59,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
@@ -420,6 +421,7 @@ type loop struct {
 	pathProblems  []*pb.HostProblem
 	sentPaths     []*pb.PathStatus // as last reported
 	sentPathsOnce bool
+	probeGen      uint64 // bumped before every apply; older rounds are dropped
 }
 
 // maxChase bounds the reconciles in a row that a kernel still differing
@@ -659,6 +661,7 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 		l.effective, l.held, l.lastRendered, l.lastPlan, l.excluded = nil, nil, nil, nil, nil
 		l.lastGood, l.refused = nil, ""
 		l.setPaths(nil, nil, nil)
+		l.pushProbes()
 		l.publishApplied()
 		l.save(d)
 		if d.GetAssignment() == pb.DesiredConfig_ASSIGNMENT_CONFLICT {
@@ -835,6 +838,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	l.excluded = r.Excluded
 
 	if l.a.opts.DryRun {
+		l.pushProbes()
 		l.lastPlan = ops
 		l.applied = policy.AppliedFromState(actual, ifaces)
 		l.dryRevision = 0
@@ -855,6 +859,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	}
 
 	if len(ops) == 0 {
+		l.pushProbes()
 		l.lastRendered = rendered
 		l.applied = policy.AppliedFromState(actual, ifaces)
 		l.clearFlapped(ifaces)
@@ -880,7 +885,31 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.setState(pb.SyncState_SYNC_STATE_DRIFTED, "")
 		l.sendReport(ctx)
 	}
-	if err := reconcile.Apply(ctx, k, ops); err != nil {
+	// Probe rounds begun against the kernel as it was are dropped; the
+	// paths are probed again once it holds the new state.
+	l.probeGen++
+	err = reconcile.Apply(ctx, k, ops)
+	for try := 0; err != nil && kernelRaced(err) && try < 2; try++ {
+		// The kernel changed between the read and the apply (an endpoint it
+		// made itself for a join took an address or an ID): the journal
+		// undid the apply; read, plan and apply again.
+		l.log.Info("the kernel changed during the apply; planning again", "err", err)
+		now, rerr := k.Read(ctx, cfg)
+		if rerr != nil {
+			break
+		}
+		again, perr := reconcile.Plan(cfg, now)
+		if perr != nil {
+			break
+		}
+		again = append(again, l.recreate(cfg, now, again, ifaces)...)
+		again, held = protect(again, now, l.localAddr())
+		actual, ops = now, again
+		l.lastPlan = ops
+		err = reconcile.Apply(ctx, k, ops)
+	}
+	if err != nil {
+		l.pushProbes()
 		l.failed(ctx, d, err.Error(), ops, newRev)
 		return
 	}
@@ -891,6 +920,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	}
 	if newRev && !l.confirm(ctx) {
 		l.rollBack(ctx, d, k, cfg, actual, ifaces)
+		l.pushProbes()
 		return
 	}
 	l.lastRendered = rendered
@@ -905,6 +935,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.event(pb.AgentEvent_KIND_DRIFT_REPAIRED, d, "the kernel had changed under the agent; repaired", ops)
 	}
 	// Check the paths as the kernel is now.
+	l.pushProbes()
 	l.a.prober.now()
 	l.settle(held)
 	if err == nil {
@@ -922,6 +953,12 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		}
 	}
 	l.sendReport(ctx)
+}
+
+// kernelRaced reports whether an apply failed because the kernel changed
+// its endpoints between the read and the apply: an address or ID taken.
+func kernelRaced(err error) bool {
+	return errors.Is(err, mptcp.ErrEndpointExists) || errors.Is(err, syscall.EBUSY)
 }
 
 // settle sets the state after a reconcile that left the kernel as desired,
@@ -964,20 +1001,26 @@ func (l *loop) problems() []*pb.HostProblem {
 	return slices.Concat(out, l.rendProblems, l.pathProblems)
 }
 
-// setPaths takes the paths, probes and problems of a render, hands the
-// paths that are up and the probes to the prober, and judges the paths.
+// setPaths takes the paths, probes and problems of a render and judges the
+// paths; pushProbes hands them to the prober, once the kernel holds what
+// the render asks.
 func (l *loop) setPaths(paths []policy.Path, targets []probeTarget, problems []*pb.HostProblem) {
 	l.paths, l.targets, l.rendProblems = paths, targets, problems
 	l.results.forget(paths, targets)
-	spec := probeSpec{targets: targets}
-	for _, p := range paths {
+	l.judgePaths()
+}
+
+// pushProbes hands the paths that are up and the probes to the prober; a
+// changed set is probed at once.
+func (l *loop) pushProbes() {
+	spec := probeSpec{targets: l.targets, gen: l.probeGen}
+	for _, p := range l.paths {
 		spec.paths = append(spec.paths, probePath{key: pathKey{p.Addr.Addr(), p.IfIndex}, up: p.Up && (!p.Routed || p.Gateway.IsValid())})
 	}
-	if len(targets) == 0 {
+	if len(l.targets) == 0 {
 		spec.paths = nil
 	}
 	l.a.prober.set(spec)
-	l.judgePaths()
 }
 
 func (l *loop) judgePaths() {
@@ -1000,7 +1043,7 @@ func (l *loop) onProbes(ctx context.Context, outs []probeOutcome) {
 	if l.effective == nil {
 		return
 	}
-	l.results.merge(outs, l.paths)
+	l.results.merge(outs, l.paths, l.probeGen)
 	l.judgePaths()
 	before, beforeErr := l.state, l.lastError
 	if (l.state == pb.SyncState_SYNC_STATE_IN_SYNC || l.state == pb.SyncState_SYNC_STATE_DEGRADED) && len(l.heldNotes) == 0 && l.refused == "" {

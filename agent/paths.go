@@ -59,14 +59,17 @@ type probePath struct {
 }
 
 // probeSpec is what the prober probes: the paths that are up, and the
-// targets.
+// targets. Gen is the loop's probe generation when it was handed over: the
+// loop bumps it before every apply, so that a round begun against the kernel
+// as it was before is told apart and dropped.
 type probeSpec struct {
 	paths   []probePath
 	targets []probeTarget
+	gen     uint64
 }
 
 func (s probeSpec) equal(o probeSpec) bool {
-	return slices.Equal(s.paths, o.paths) && slices.Equal(s.targets, o.targets)
+	return slices.Equal(s.paths, o.paths) && slices.Equal(s.targets, o.targets) && s.gen == o.gen
 }
 
 // probeOutcome is one probe of one path against one target.
@@ -75,6 +78,7 @@ type probeOutcome struct {
 	target netip.AddrPort
 	res    ProbeResult
 	at     time.Time
+	gen    uint64 // of the spec the round began with
 }
 
 // prober runs the probes of the current spec, each target on its interval,
@@ -144,7 +148,7 @@ func (p *prober) run(ctx context.Context) {
 			}
 		}
 		if len(due) > 0 && len(spec.paths) > 0 {
-			outs := p.round(ctx, spec.paths, due)
+			outs := p.round(ctx, spec.paths, due, spec.gen)
 			select {
 			case p.out <- outs:
 			case <-ctx.Done():
@@ -168,7 +172,7 @@ func (p *prober) run(ctx context.Context) {
 
 // round probes every path that is up against every due target of its
 // family, all at once, and returns when each probe has ended.
-func (p *prober) round(ctx context.Context, paths []probePath, due []probeTarget) []probeOutcome {
+func (p *prober) round(ctx context.Context, paths []probePath, due []probeTarget, gen uint64) []probeOutcome {
 	var (
 		mu   sync.Mutex
 		outs []probeOutcome
@@ -185,7 +189,7 @@ func (p *prober) round(ctx context.Context, paths []probePath, due []probeTarget
 			wg.Go(func() {
 				res := p.sys.Probe(ctx, pp.key.addr, pp.key.index, t.addr, t.timeout)
 				mu.Lock()
-				outs = append(outs, probeOutcome{path: pp.key, target: t.addr, res: res, at: time.Now()})
+				outs = append(outs, probeOutcome{path: pp.key, target: t.addr, res: res, at: time.Now(), gen: gen})
 				mu.Unlock()
 			})
 		}
@@ -197,15 +201,17 @@ func (p *prober) round(ctx context.Context, paths []probePath, due []probeTarget
 // pathResults are the latest probe outcomes of each path, by target.
 type pathResults map[pathKey]map[netip.AddrPort]probeOutcome
 
-// merge takes a round's outcomes, for the paths that still exist.
-func (r pathResults) merge(outs []probeOutcome, paths []policy.Path) {
+// merge takes a round's outcomes, for the paths that still exist, unless
+// the round began before the kernel last changed (gen is not the current
+// one).
+func (r pathResults) merge(outs []probeOutcome, paths []policy.Path, gen uint64) {
 	live := map[pathKey]bool{}
 	for _, p := range paths {
 		live[pathKey{p.Addr.Addr(), p.IfIndex}] = p.Up
 	}
 	for _, o := range outs {
-		if !live[o.path] {
-			continue // gone or down since the round began
+		if !live[o.path] || o.gen != gen {
+			continue // gone or down since the round began, or a stale round
 		}
 		if r[o.path] == nil {
 			r[o.path] = map[netip.AddrPort]probeOutcome{}

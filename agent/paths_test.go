@@ -2,14 +2,18 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/policy"
+	"github.com/mpfleet/mpfleet/internal/reconcile"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -216,7 +220,7 @@ func TestPathStatuses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			res := pathResults{}
-			res.merge(tt.outs, tt.paths)
+			res.merge(tt.outs, tt.paths, 0)
 			st, probs := pathStatuses(tt.paths, tt.targets, res, map[int]string{2: "eth0", 3: "eth1"}, time.Now())
 			if len(st) != 1 || st[0].GetState().String() != "PATH_STATE_"+tt.want {
 				t.Fatalf("statuses %v, want one %s", st, tt.want)
@@ -245,9 +249,44 @@ func TestPathStatuses(t *testing.T) {
 	}
 	// A path that went down forgets its outcomes.
 	res := pathResults{}
-	res.merge([]probeOutcome{out(p4, t4, ok)}, []policy.Path{p4})
+	res.merge([]probeOutcome{out(p4, t4, ok)}, []policy.Path{p4}, 0)
+	// A round begun before the last apply is dropped.
+	stale := out(p4, t4, ProbeResult{RouteLink: 2})
+	stale.gen = 1
+	res.merge([]probeOutcome{stale}, []policy.Path{p4}, 2)
+	if o := res[pathKey{p4.Addr.Addr(), 3}][t4.addr]; o.res.RouteLink != 3 {
+		t.Errorf("a stale round's outcome was taken: %+v", o)
+	}
 	res.forget([]policy.Path{path(a4, false, true, "198.18.1.1")}, []probeTarget{t4})
 	if len(res) != 0 {
 		t.Errorf("outcomes kept for a path that is down: %v", res)
+	}
+}
+
+// TestAgentRetriesAKernelRace: an endpoint the kernel made itself between
+// the read and the apply (an ID taken) makes the agent read, plan and apply
+// again, not refuse the revision.
+func TestAgentRetriesAKernelRace(t *testing.T) {
+	h := newHarness(t)
+	raced := 0
+	h.k.FailOn(func(_ int, op reconcile.Op) error {
+		if op.Kind == reconcile.AddEndpoint && raced == 0 {
+			raced++
+			return fmt.Errorf("mptcp add endpoint: %w", errors.Join(syscall.EBUSY, mptcp.ErrEndpointExists))
+		}
+		return nil
+	})
+	p := testPolicy()
+	h.ctrl.setDesired(managed(1, p))
+	h.start()
+	h.ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
+	h.waitConverged(p)
+	for _, r := range h.ctrl.reportsSince(0) {
+		if r.GetSyncState() == pb.SyncState_SYNC_STATE_FAILED {
+			t.Errorf("reported FAILED for a race the agent retried: %q", r.GetLastError())
+		}
+	}
+	if raced != 1 {
+		t.Errorf("the race was injected %d times", raced)
 	}
 }
