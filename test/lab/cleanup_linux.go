@@ -133,10 +133,12 @@ func pidsIn(inodes map[uint64]string) []int {
 	return pids
 }
 
-func isHost(s string) bool { return slices.Contains(Hosts, Host(s)) }
+// isHost reports whether s names a namespace of a lab: one of Hosts or an
+// extra host h1 to h16.
+func isHost(s string) bool { return slices.Contains(Hosts, Host(s)) || fleetIndex(Host(s)) != 0 }
 
 func startsWithHost(s string) bool {
-	for _, h := range Hosts {
+	for _, h := range append(slices.Clone(Hosts), FleetHosts(MaxFleetHosts)...) {
 		if strings.HasPrefix(s, string(h)) {
 			return true
 		}

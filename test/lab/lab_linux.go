@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -65,6 +66,13 @@ type Config struct {
 	// allowed; otherwise the root namespace's default (bbr on some
 	// machines, whose pacing over tbf gives erratic figures) leaks in.
 	CongestionControl string
+	// Hosts is the number of extra hosts, 0 to MaxFleetHosts, named h1 to
+	// hN (see [FleetHosts]) and built like the client: data links eth1 and
+	// eth2 through the router, each in a subnet of its own, a default
+	// route through eth1 only, and mgmt0 on the management network. By
+	// default none: the lab is the client, the server, the router and the
+	// controller.
+	Hosts int
 }
 
 func (c Config) withDefaults() Config {
@@ -89,6 +97,7 @@ var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,4}$`)
 type Lab struct {
 	cfg    Config
 	prefix string
+	hosts  []Host // every namespace: Hosts, then the extra hosts
 	ns     map[Host]netns.NsHandle
 	nl     map[Host]*netlink.Handle
 
@@ -104,6 +113,9 @@ var errPrefixTaken = errors.New("prefix in use")
 // The caller's namespace is never changed.
 func Up(ctx context.Context, cfg Config) (*Lab, error) {
 	cfg = cfg.withDefaults()
+	if cfg.Hosts < 0 || cfg.Hosts > MaxFleetHosts {
+		return nil, fmt.Errorf("lab: Hosts %d: want 0 to %d extra hosts", cfg.Hosts, MaxFleetHosts)
+	}
 	if cfg.Prefix != "" {
 		if !prefixRE.MatchString(cfg.Prefix) {
 			return nil, fmt.Errorf("lab: prefix %q: want 1-5 lowercase letters or digits starting with a letter", cfg.Prefix)
@@ -157,10 +169,11 @@ func up(ctx context.Context, cfg Config) (*Lab, error) {
 	l := &Lab{
 		cfg:    cfg,
 		prefix: cfg.Prefix,
+		hosts:  append(slices.Clone(Hosts), FleetHosts(cfg.Hosts)...),
 		ns:     make(map[Host]netns.NsHandle),
 		nl:     make(map[Host]*netlink.Handle),
 	}
-	for i, h := range Hosts {
+	for i, h := range l.hosts {
 		ns, err := nstest.Create(l.NSName(h))
 		if err != nil {
 			if errors.Is(err, fs.ErrExist) {
@@ -190,7 +203,8 @@ func up(ctx context.Context, cfg Config) (*Lab, error) {
 
 // Attach opens the running lab with exactly the given prefix, for example
 // one that the mpfleet-lab command brought up. Rate, Burst and Queue of its
-// Config are unknown (zero); IPv6 is read from the kernel.
+// Config are unknown (zero); IPv6 is read from the kernel, Hosts from the
+// extra hosts' namespaces that exist.
 func Attach(prefix string) (*Lab, error) {
 	if !prefixRE.MatchString(prefix) {
 		return nil, fmt.Errorf("lab: prefix %q: want 1-5 lowercase letters or digits starting with a letter", prefix)
@@ -198,10 +212,18 @@ func Attach(prefix string) (*Lab, error) {
 	l := &Lab{
 		cfg:    Config{Prefix: prefix},
 		prefix: prefix,
+		hosts:  slices.Clone(Hosts),
 		ns:     make(map[Host]netns.NsHandle),
 		nl:     make(map[Host]*netlink.Handle),
 	}
-	for _, h := range Hosts {
+	for _, h := range FleetHosts(MaxFleetHosts) {
+		if _, err := os.Stat(l.NSPath(h)); err != nil {
+			break
+		}
+		l.hosts = append(l.hosts, h)
+		l.cfg.Hosts++
+	}
+	for _, h := range l.hosts {
 		ns, err := netns.GetFromName(l.NSName(h))
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("lab %s: open namespace %s: %w", prefix, l.NSName(h), err), l.Close())
@@ -230,6 +252,9 @@ func (l *Lab) Prefix() string { return l.prefix }
 // Config returns the configuration the lab was built with, defaults filled
 // in.
 func (l *Lab) Config() Config { return l.cfg }
+
+// FleetHosts returns the lab's extra hosts, h1 to hN for Config.Hosts N.
+func (l *Lab) FleetHosts() []Host { return FleetHosts(l.cfg.Hosts) }
 
 // NSName returns the name of the namespace of h, "<prefix>-<h>".
 func (l *Lab) NSName(h Host) string { return l.prefix + "-" + string(h) }
@@ -263,7 +288,7 @@ func (l *Lab) Do(h Host, fn func() error) error {
 
 // build creates links, addresses, qdiscs, routes and sysctls.
 func (l *Lab) build(ctx context.Context) error {
-	for _, h := range Hosts {
+	for _, h := range l.hosts {
 		if err := l.Do(h, func() error { return l.sysctls(h) }); err != nil {
 			return fmt.Errorf("%s: %w", h, err)
 		}
@@ -275,7 +300,7 @@ func (l *Lab) build(ctx context.Context) error {
 			return fmt.Errorf("%s: lo up: %w", h, err)
 		}
 	}
-	for _, h := range []Host{Client, Server} {
+	for _, h := range l.endHosts() {
 		for _, k := range DataLinks {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -288,7 +313,7 @@ func (l *Lab) build(ctx context.Context) error {
 	if err := l.mgmtNet(); err != nil {
 		return fmt.Errorf("management network: %w", err)
 	}
-	for _, h := range []Host{Client, Server} {
+	for _, h := range l.endHosts() {
 		if err := l.defaultRoutes(h); err != nil {
 			return fmt.Errorf("%s: default route: %w", h, err)
 		}
@@ -298,7 +323,7 @@ func (l *Lab) build(ctx context.Context) error {
 			return fmt.Errorf("router: ipv6 ingress filter: %w", err)
 		}
 	}
-	for _, h := range []Host{Client, Server, Controller} {
+	for _, h := range l.hosts {
 		for _, k := range []Link{Link1, Link2, Mgmt} {
 			if Iface(h, k) == "" {
 				continue
@@ -309,6 +334,12 @@ func (l *Lab) build(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// endHosts returns the lab's hosts with data links: the client, the server
+// and the extra hosts.
+func (l *Lab) endHosts() []Host {
+	return append([]Host{Client, Server}, l.FleetHosts()...)
 }
 
 // waitUp waits until both ends of the link of h are operationally up:
@@ -345,6 +376,13 @@ func (l *Lab) sysctls(h Host) error {
 			[2]string{"net/ipv6/conf/all/keep_addr_on_down", "1"},
 			[2]string{"net/ipv6/conf/default/keep_addr_on_down", "1"},
 			[2]string{"net/ipv6/conf/default/accept_ra", "0"},
+			// No duplicate address detection: the lab's addresses are
+			// unique by plan, and DAD kept every link-local address
+			// tentative for about 2 s after Up, during which the first
+			// connection through a gateway took 2 s (its SYN sent
+			// three times; TestIntegrationIPv6Ready).
+			[2]string{"net/ipv6/conf/all/accept_dad", "0"},
+			[2]string{"net/ipv6/conf/default/accept_dad", "0"},
 		)
 	} else {
 		s = append(s,
@@ -475,7 +513,7 @@ func (l *Lab) mgmtNet() error {
 	if err := rh.LinkSetUp(brl); err != nil {
 		return err
 	}
-	for _, h := range []Host{Controller, Client, Server} {
+	for _, h := range append([]Host{Controller}, l.endHosts()...) {
 		rl, hl, err := l.veth(RouterIface(h, Mgmt), h, Iface(h, Mgmt))
 		if err != nil {
 			return err
@@ -537,7 +575,7 @@ const (
 // otherwise. Packets for the router itself match the local table first.
 func (l *Lab) ingressFilter6() error {
 	rh := l.nl[Router]
-	for _, h := range []Host{Client, Server} {
+	for _, h := range l.endHosts() {
 		for _, k := range DataLinks {
 			allow := netlink.NewRule()
 			allow.Family = unix.AF_INET6

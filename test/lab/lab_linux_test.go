@@ -202,7 +202,7 @@ func waitInNamespace(t *testing.T, pid int, path string) {
 }
 
 // TestIntegrationCommand drives the mpfleet-lab command's up, status and
-// down with a prefix of its own.
+// down with a prefix of its own and two extra hosts.
 func TestIntegrationCommand(t *testing.T) {
 	integration(t)
 	ctx := context.Background()
@@ -215,10 +215,10 @@ func TestIntegrationCommand(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = lab.Cleanup(prefix) })
 	var out, errOut strings.Builder
-	if err := lab.Run(ctx, []string{"up", "--prefix", prefix, "--rate", "50M"}, &out, &errOut); err != nil {
+	if err := lab.Run(ctx, []string{"up", "--prefix", prefix, "--rate", "50M", "--hosts", "2"}, &out, &errOut); err != nil {
 		t.Fatalf("up: %v\n%s", err, errOut.String())
 	}
-	for _, w := range []string{prefix + "-client", "198.18.12.2/24", "50 Mbit/s"} {
+	for _, w := range []string{prefix + "-client", "198.18.12.2/24", "50 Mbit/s", prefix + "-h2", "198.18.24.2/24", "h2-eth2"} {
 		if !strings.Contains(out.String(), w) {
 			t.Errorf("up printed no %q:\n%s", w, out.String())
 		}
@@ -227,8 +227,9 @@ func TestIntegrationCommand(t *testing.T) {
 		t.Error("second up succeeded")
 	}
 	out.Reset()
-	if err := lab.Run(ctx, []string{"status", "--prefix", prefix}, &out, &errOut); err != nil || !strings.Contains(out.String(), prefix+"-server") {
-		t.Errorf("status: %v\n%s", err, out.String())
+	if err := lab.Run(ctx, []string{"status", "--prefix", prefix}, &out, &errOut); err != nil ||
+		!strings.Contains(out.String(), prefix+"-server") || !strings.Contains(out.String(), "198.18.100.12/24") || strings.Contains(out.String(), prefix+"-h3") {
+		t.Errorf("status: %v, want the server and h1-h2 (198.18.100.12), not h3:\n%s", err, out.String())
 	}
 	if err := lab.Run(ctx, []string{"down", "--prefix", prefix}, &out, &errOut); err != nil {
 		t.Fatalf("down: %v", err)

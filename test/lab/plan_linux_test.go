@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 )
@@ -21,6 +22,17 @@ func TestPlan(t *testing.T) {
 		{Client, Mgmt, "mgmt0", "mgmt-client", "198.18.100.2", "invalid IP", "2001:db8:100::2", "invalid IP"},
 		{Server, Mgmt, "mgmt0", "mgmt-server", "198.18.100.3", "invalid IP", "2001:db8:100::3", "invalid IP"},
 		{Controller, Mgmt, "mgmt0", "mgmt-ctl", "198.18.100.1", "invalid IP", "2001:db8:100::1", "invalid IP"},
+		{"h1", Link1, "eth1", "h1-eth1", "198.18.21.2", "198.18.21.1", "2001:db8:21::2", "2001:db8:21::1"},
+		{"h1", Link2, "eth2", "h1-eth2", "198.18.22.2", "198.18.22.1", "2001:db8:22::2", "2001:db8:22::1"},
+		{"h1", Mgmt, "mgmt0", "mgmt-h1", "198.18.100.11", "invalid IP", "2001:db8:100::11", "invalid IP"},
+		{"h6", Link1, "eth1", "h6-eth1", "198.18.31.2", "198.18.31.1", "2001:db8:31::2", "2001:db8:31::1"},
+		{"h6", Link2, "eth2", "h6-eth2", "198.18.32.2", "198.18.32.1", "2001:db8:32::2", "2001:db8:32::1"},
+		{"h6", Mgmt, "mgmt0", "mgmt-h6", "198.18.100.16", "invalid IP", "2001:db8:100::16", "invalid IP"},
+		{"h16", Link2, "eth2", "h16-eth2", "198.18.52.2", "198.18.52.1", "2001:db8:52::2", "2001:db8:52::1"},
+		{"h16", Mgmt, "mgmt0", "mgmt-h16", "198.18.100.26", "invalid IP", "2001:db8:100::26", "invalid IP"},
+		{"h17", Link1, "", "", "invalid IP", "invalid IP", "invalid IP", "invalid IP"},
+		{"h0", Link1, "", "", "invalid IP", "invalid IP", "invalid IP", "invalid IP"},
+		{"h01", Link1, "", "", "invalid IP", "invalid IP", "invalid IP", "invalid IP"},
 		{Controller, Link1, "", "", "invalid IP", "invalid IP", "invalid IP", "invalid IP"},
 		{Router, Link1, "", "", "invalid IP", "invalid IP", "invalid IP", "invalid IP"},
 	} {
@@ -41,7 +53,7 @@ func TestPlan(t *testing.T) {
 	}
 	// Every lab address is in the benchmarking and documentation ranges.
 	bench, doc := netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("2001:db8::/32")
-	for _, h := range Hosts {
+	for _, h := range append(Hosts, FleetHosts(MaxFleetHosts)...) {
 		for _, k := range []Link{Mgmt, Link1, Link2} {
 			for _, a := range []netip.Addr{Addr(h, k), Gateway(h, k)} {
 				if a.IsValid() && !bench.Contains(a) {
@@ -57,6 +69,59 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+// TestFleetPlan checks the plan of the largest lab: every data link has a
+// subnet of its own, every address is unique, and the router's interface
+// names are unique and fit IFNAMSIZ.
+func TestFleetPlan(t *testing.T) {
+	if got := FleetHosts(3); len(got) != 3 || got[0] != "h1" || got[2] != "h3" {
+		t.Errorf("FleetHosts(3) = %q, want [h1 h2 h3]", got)
+	}
+	if got := len(FleetHosts(MaxFleetHosts + 1)); got != MaxFleetHosts {
+		t.Errorf("FleetHosts(%d) has %d hosts, want %d", MaxFleetHosts+1, got, MaxFleetHosts)
+	}
+	if FleetHost(0) != "" || FleetHost(MaxFleetHosts+1) != "" {
+		t.Errorf("FleetHost out of range: %q, %q", FleetHost(0), FleetHost(MaxFleetHosts+1))
+	}
+	seen := make(map[string]string)
+	unique := func(kind, v, who string) {
+		t.Helper()
+		if other, ok := seen[kind+" "+v]; ok {
+			t.Errorf("%s %s: %s and %s", kind, v, other, who)
+		}
+		seen[kind+" "+v] = who
+	}
+	for _, h := range append([]Host{Client, Server, Controller}, FleetHosts(MaxFleetHosts)...) {
+		for _, k := range []Link{Link1, Link2, Mgmt} {
+			if Iface(h, k) == "" {
+				if h != Controller || k == Mgmt {
+					t.Errorf("%s has no %s", h, k)
+				}
+				continue
+			}
+			who := fmt.Sprintf("%s %s", h, k)
+			r := RouterIface(h, k)
+			if len(r) > 15 {
+				t.Errorf("%s: router interface %q longer than IFNAMSIZ-1 (15)", who, r)
+			}
+			unique("router interface", r, who)
+			unique("address", Addr(h, k).String(), who)
+			unique("address", Addr6(h, k).String(), who)
+			if k != Mgmt {
+				unique("subnet", Subnet(h, k).String(), who)
+				unique("subnet", Subnet6(h, k).String(), who)
+				if g := Gateway(h, k); !Subnet(h, k).Contains(g) || g == Addr(h, k) {
+					t.Errorf("%s: gateway %s, address %s, subnet %s", who, g, Addr(h, k), Subnet(h, k))
+				}
+			} else if Subnet(h, k) != Subnet(Controller, Mgmt) {
+				t.Errorf("%s: management subnet %s, want the controller's %s", who, Subnet(h, k), Subnet(Controller, Mgmt))
+			}
+		}
+	}
+	if _, ok := seen["router interface "+mgmtBridge]; ok {
+		t.Errorf("an interface is named like the bridge %q", mgmtBridge)
+	}
+}
+
 func TestLabNames(t *testing.T) {
 	for _, tc := range []struct {
 		name, prefix string
@@ -69,6 +134,12 @@ func TestLabNames(t *testing.T) {
 		{"mpfa3-ctl", "mpfa3", true},
 		{"mpfl-client", "mpfl3", false},
 		{"mpft0a1b2c3d", "mpf", false},    // nstest's namespaces
+		{"mpfl-h1", "mpf", true},          // an extra host
+		{"mpfq7-h16", "mpfq", true},       // the last extra host
+		{"mpfl-h17", "mpf", false},        // beyond MaxFleetHosts
+		{"mpfl-h0", "mpf", false},         // no such host
+		{"mpfl-h01", "mpf", false},        // not how hosts are named
+		{"mpfl-h", "mpf", false},          // no number
 		{"mpfl-other", "mpf", false},      // not a host of the lab
 		{"mpfl-client-x", "mpf", false},   // not a host of the lab
 		{"toolongpfx-client", "t", false}, // prefix longer than 5

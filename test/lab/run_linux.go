@@ -16,13 +16,16 @@ import (
 func (l *Lab) Describe(w io.Writer) {
 	c := l.cfg
 	fmt.Fprintf(w, "lab %s: IPv6 %v", l.prefix, c.IPv6)
+	if c.Hosts > 0 {
+		fmt.Fprintf(w, ", extra hosts %s", hostRange(c.Hosts))
+	}
 	if c.Rate != 0 {
 		fmt.Fprintf(w, ", data links %s each way (tbf burst %d B, queue %v)", FormatRate(c.Rate), c.Burst, c.Queue)
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "namespace\tinterface\taddress\tgateway\trouter end")
-	for _, h := range []Host{Client, Server, Controller} {
+	for _, h := range append([]Host{Client, Server, Controller}, l.FleetHosts()...) {
 		ns := l.NSName(h)
 		for _, k := range []Link{Link1, Link2, Mgmt} {
 			if Iface(h, k) == "" {
@@ -54,8 +57,20 @@ func (l *Lab) Describe(w io.Writer) {
 		fmt.Fprint(w, "; IPv6: ingress rules")
 	}
 	fmt.Fprintln(w, ").")
-	fmt.Fprintln(w, "client and server: one default route, through eth1, in the main table; eth2 needs policy routing.")
+	if n := c.Hosts; n > 0 {
+		fmt.Fprintf(w, "client, server and %s: one default route, through eth1, in the main table; eth2 needs policy routing.\n", hostRange(n))
+	} else {
+		fmt.Fprintln(w, "client and server: one default route, through eth1, in the main table; eth2 needs policy routing.")
+	}
 	fmt.Fprintf(w, "run a command in a namespace: nsenter --net=%s -- CMD  (or: ip netns exec %s CMD)\n", l.NSPath(Client), l.NSName(Client))
+}
+
+// hostRange names the extra hosts of a lab with n of them: "h1" or "h1-h6".
+func hostRange(n int) string {
+	if n == 1 {
+		return string(FleetHost(1))
+	}
+	return fmt.Sprintf("%s-%s", FleetHost(1), FleetHost(n))
 }
 
 func netipString(addr string, bits int) string { return addr + "/" + strconv.Itoa(bits) }
@@ -123,6 +138,7 @@ Run "mpfleet-lab COMMAND -h" for the flags of a command. Needs root.
 		prefix := fs.String("prefix", CommandPrefix, "prefix of the lab's namespaces")
 		rate := fs.String("rate", FormatRate(DefaultRate), "rate of each direction of each data link, bit/s (k, M, G suffixes)")
 		ipv6 := fs.Bool("ipv6", false, "add IPv6 addresses and routes")
+		hosts := fs.Int("hosts", 0, fmt.Sprintf("number of extra hosts h1..hN (0 to %d), each built like the client", MaxFleetHosts))
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
@@ -130,7 +146,7 @@ Run "mpfleet-lab COMMAND -h" for the flags of a command. Needs root.
 		if err != nil {
 			return err
 		}
-		l, err := Up(ctx, Config{Prefix: *prefix, Rate: r, IPv6: *ipv6})
+		l, err := Up(ctx, Config{Prefix: *prefix, Rate: r, IPv6: *ipv6, Hosts: *hosts})
 		if errors.Is(err, errPrefixTaken) {
 			return fmt.Errorf("%w (is the lab up already? run mpfleet-lab down)", err)
 		}

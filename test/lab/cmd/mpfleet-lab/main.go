@@ -3,6 +3,7 @@
 // Command mpfleet-lab brings the mpfleet network lab up and down:
 //
 //	go run ./test/lab/cmd/mpfleet-lab up      # prefix "mpfl", prints the topology
+//	go run ./test/lab/cmd/mpfleet-lab up --hosts 6 --ipv6  # with extra hosts h1..h6
 //	go run ./test/lab/cmd/mpfleet-lab status
 //	go run ./test/lab/cmd/mpfleet-lab down
 //	go run ./test/lab/cmd/mpfleet-lab cleanup # every lab's leftovers
