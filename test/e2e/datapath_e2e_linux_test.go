@@ -31,19 +31,49 @@ func (f *fleet) useFile(t testing.TB, file string) map[string]int64 {
 	return revs
 }
 
-// testAggregation: one MPTCP connection over the two links moves at least
-// 1.8 times the bytes per second of the same transfer over one link, both
+// policySet is the data-path policies of deploy/examples for one address
+// family: two links, one link (the baseline) and two links without policy
+// routing (the control).
+type policySet struct {
+	twoLinks, oneLink, noRouting string
+	// family names the set in FIGURE lines ("" for IPv4, whose lines came
+	// first).
+	family string
+	// control, if set, applies noRouting and waits until the fleet holds
+	// it, in place of useFile (IPv6: the control's probes make the client
+	// DEGRADED, never IN_SYNC).
+	control func(f *fleet, t testing.TB, file string)
+}
+
+// ipv4Policies are the lab's IPv4 policies.
+var ipv4Policies = policySet{twoLinks: twoLinksFile, oneLink: oneLinkFile, noRouting: noRoutingFile}
+
+// figure is the FIGURE line's name of a measure of the set.
+func (ps policySet) figure(name string) string {
+	if ps.family == "" {
+		return name
+	}
+	return name + " " + ps.family
+}
+
+// testAggregation is aggregation over IPv4, to the server's eth1 address
+// addr.
+func testAggregation(t *testing.T, f *fleet, addr string) { aggregation(t, f, ipv4Policies, addr) }
+
+// aggregation: one MPTCP connection over the two links moves at least 1.8
+// times the bytes per second of the same transfer over one link, both
 // measured here, one after the other. One link is lab-one-link.yaml: the
 // same hosts, MPTCP on, no endpoints, so the connection keeps its single
 // subflow over eth1 — the same protocol and path, minus the second link.
 // Then the control: lab-no-routing.yaml keeps the endpoints but drops the
 // policy routing, and the second link carries (almost) nothing, because
 // the join from the client's eth2 address leaves by eth1 and the router
-// drops it.
-func testAggregation(t *testing.T, f *fleet, addr string) {
+// drops it. The files are those of ps; addr is the server's eth1 address
+// of their family.
+func aggregation(t *testing.T, f *fleet, ps policySet, addr string) {
 	rate := f.rateMbps()
-	f.useFile(t, oneLinkFile)
-	t.Logf("one link (%s):", oneLinkFile)
+	f.useFile(t, ps.oneLink)
+	t.Logf("one link (%s):", ps.oneLink)
 	one := bestOf(t, 3, func() measured { return f.measure(t, addr, oneLinkBytes) },
 		func(m measured) bool { return m.Mbps >= 0.9*rate })
 	if one.link2 > oneLinkBytes/100 {
@@ -53,8 +83,8 @@ func testAggregation(t *testing.T, f *fleet, addr string) {
 		t.Errorf("one link: best %.1f Mbit/s over a %.0f Mbit/s link, want at least 70%%", one.Mbps, rate)
 	}
 
-	f.useFile(t, twoLinksFile)
-	t.Logf("two links (%s):", twoLinksFile)
+	f.useFile(t, ps.twoLinks)
+	t.Logf("two links (%s):", ps.twoLinks)
 	two := bestOf(t, 3, func() measured { return f.measure(t, addr, twoLinksBytes) },
 		func(m measured) bool { return m.Mbps >= 1.8*one.Mbps })
 	if two.link1 < twoLinksBytes/4 || two.link2 < twoLinksBytes/4 {
@@ -64,7 +94,7 @@ func testAggregation(t *testing.T, f *fleet, addr string) {
 		t.Errorf("two links: the connection did not use MPTCP: %s", two.Report)
 	}
 	ratio := two.Mbps / one.Mbps
-	t.Logf("FIGURE aggregation: two links %.1f Mbit/s, one link %.1f Mbit/s, ratio %.2f (limit 2.0)", two.Mbps, one.Mbps, ratio)
+	t.Logf("FIGURE %s: two links %.1f Mbit/s, one link %.1f Mbit/s, ratio %.2f (limit 2.0)", ps.figure("aggregation"), two.Mbps, one.Mbps, ratio)
 	if ratio < 1.8 {
 		t.Errorf("two links give %.2f times one link, want at least 1.8", ratio)
 	}
@@ -72,8 +102,12 @@ func testAggregation(t *testing.T, f *fleet, addr string) {
 		t.Errorf("two links: %.1f Mbit/s over two %.0f Mbit/s links: the shaping does not hold", two.Mbps, rate)
 	}
 
-	f.useFile(t, noRoutingFile)
-	t.Logf("control, no policy routing (%s):", noRoutingFile)
+	if ps.control != nil {
+		ps.control(f, t, ps.noRouting)
+	} else {
+		f.useFile(t, ps.noRouting)
+	}
+	t.Logf("control, no policy routing (%s):", ps.noRouting)
 	ctrl := f.measure(t, addr, oneLinkBytes)
 	t.Logf("  %s; client eth1 sent %d B, eth2 %d B", ctrl.Report, ctrl.link1, ctrl.link2)
 	if ctrl.link2 > oneLinkBytes/100 {
@@ -83,7 +117,7 @@ func testAggregation(t *testing.T, f *fleet, addr string) {
 		t.Errorf("without policy routing: %.1f Mbit/s, want at most one link's %.0f", ctrl.Mbps, rate)
 	}
 
-	f.useFile(t, twoLinksFile)
+	f.useFile(t, ps.twoLinks)
 }
 
 // transferInBackground starts a transfer of n bytes and returns a channel
@@ -123,11 +157,15 @@ func (f *fleet) linkDown(t testing.TB, h lab.Host, k lab.Link) func() {
 	return restore
 }
 
-// testFailover: the client's primary link (eth1, the first subflow's)
-// goes down in the middle of a two-link transfer; the transfer completes
-// over eth2 with every byte verified, and the receiver never waits a
-// second for data.
-func testFailover(t *testing.T, f *fleet, addr string) {
+// testFailover is failover over IPv4, to the server's eth1 address addr.
+func testFailover(t *testing.T, f *fleet, addr string) { failover(t, f, ipv4Policies, addr) }
+
+// failover: the client's primary link (eth1, the first subflow's) goes
+// down in the middle of a two-link transfer (ps.twoLinks applied, addr the
+// server's eth1 address of its family); the transfer completes over eth2
+// with every byte verified, and the receiver never waits a second for
+// data.
+func failover(t *testing.T, f *fleet, ps policySet, addr string) {
 	const n = 80_000_000
 	done := f.transferInBackground(addr, n)
 	time.Sleep(time.Second)
@@ -144,13 +182,13 @@ func testFailover(t *testing.T, f *fleet, addr string) {
 	if !r.Verified || r.Bytes != n {
 		t.Errorf("got %d of %d bytes, verified %v", r.Bytes, n, r.Verified)
 	}
-	t.Logf("FIGURE failover: longest stall %v at %v into the transfer", r.LongestStall.Round(time.Millisecond), r.LongestStallAt.Round(time.Millisecond))
+	t.Logf("FIGURE %s: longest stall %v at %v into the transfer", ps.figure("failover"), r.LongestStall.Round(time.Millisecond), r.LongestStallAt.Round(time.Millisecond))
 	if r.LongestStall >= time.Second {
 		t.Errorf("longest stall %v, want under 1 s", r.LongestStall)
 	}
 	up()
 	f.waitSynced(t, f.revisions(t))
-	f.waitKernel(t, lab.Client, declared[twoLinksFile][lab.Client])
+	f.waitKernel(t, lab.Client, declared[ps.twoLinks][lab.Client])
 }
 
 // testRecovery: the second link goes down for 2 s and comes back during a

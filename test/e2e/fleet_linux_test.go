@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -50,17 +51,57 @@ type fleet struct {
 	token                     string
 	agentCerts                map[lab.Host][2]string // cert, key
 
+	agentArgs map[lab.Host][]string // extra flags of every start of each agent
+
 	mu         sync.Mutex
 	controller *lab.Process
 	agents     map[lab.Host]*lab.Process
 	logs       []string
 }
 
+// fleetConfig is what fleetOptions change; the zero value is the IPv4-only
+// lab with default agents.
+type fleetConfig struct {
+	lab       lab.Config
+	agentArgs map[lab.Host][]string
+}
+
+// fleetOption changes how newFleet and newBareFleet build a fleet.
+type fleetOption func(*fleetConfig)
+
+// dualStack builds a dual-stack lab (lab.Config.IPv6): every interface has
+// its 2001:db8::/32 address too, and eth1 the IPv6 default route.
+func dualStack() fleetOption { return func(c *fleetConfig) { c.lab.IPv6 = true } }
+
+// fleetHosts adds n hosts to the lab (lab.Config.Hosts: h1..hn), each with
+// an agent certificate and the label role=mptcp-fleet; the test starts their
+// agents.
+func fleetHosts(n int) fleetOption { return func(c *fleetConfig) { c.lab.Hosts = n } }
+
+// roleOf is the role label of a lab host: roles for the client and the
+// server, fleetRole for the extra hosts.
+func roleOf(h lab.Host) string {
+	if r, ok := roles[h]; ok {
+		return r
+	}
+	return fleetRole
+}
+
+// agentFlags gives the agent of h extra flags on every start.
+func agentFlags(h lab.Host, args ...string) fleetOption {
+	return func(c *fleetConfig) {
+		if c.agentArgs == nil {
+			c.agentArgs = map[lab.Host][]string{}
+		}
+		c.agentArgs[h] = append(c.agentArgs[h], args...)
+	}
+}
+
 // newFleet builds a lab, a throwaway PKI and a token, and starts the
 // controller and both agents. Everything is removed when the test ends.
-func newFleet(t *testing.T) *fleet {
+func newFleet(t *testing.T, opts ...fleetOption) *fleet {
 	t.Helper()
-	f := newBareFleet(t)
+	f := newBareFleet(t, opts...)
 	f.startController()
 	for _, h := range []lab.Host{lab.Client, lab.Server} {
 		f.startAgent(h)
@@ -70,12 +111,16 @@ func newFleet(t *testing.T) *fleet {
 
 // newBareFleet builds a lab and a throwaway PKI and token, and starts
 // nothing.
-func newBareFleet(t *testing.T) *fleet {
+func newBareFleet(t *testing.T, opts ...fleetOption) *fleet {
 	t.Helper()
 	e2e(t)
+	var cfg fleetConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	dir := t.TempDir() // before the lab: removed after the lab's processes stop
-	l := lab.New(t, lab.Config{})
-	f := &fleet{t: t, lab: l, dir: dir, agents: map[lab.Host]*lab.Process{}, agentCerts: map[lab.Host][2]string{}}
+	l := lab.New(t, cfg.lab)
+	f := &fleet{t: t, lab: l, dir: dir, agentArgs: cfg.agentArgs, agents: map[lab.Host]*lab.Process{}, agentCerts: map[lab.Host][2]string{}}
 	t.Cleanup(f.dumpLogsOnFailure)
 	f.makePKI()
 	return f
@@ -112,7 +157,7 @@ func (f *fleet) makePKI() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range []lab.Host{lab.Client, lab.Server} {
+	for _, h := range append([]lab.Host{lab.Client, lab.Server}, f.lab.FleetHosts()...) {
 		c, k, err := ca.WriteLeaf(pki, "agent-"+string(h), testpki.Leaf{CommonName: f.hostID(h), Client: true})
 		if err != nil {
 			t.Fatal(err)
@@ -247,21 +292,22 @@ func (f *fleet) controllerRunning() bool {
 }
 
 // startAgent starts the agent of h in its namespace, with its own state
-// dir (the same on every start) and client certificate.
+// dir (the same on every start) and client certificate, the fleet's extra
+// flags for h (agentFlags), then extra.
 func (f *fleet) startAgent(h lab.Host, extra ...string) {
 	t := f.t
 	t.Helper()
-	args := append([]string{
+	args := slices.Concat([]string{
 		"--controller", f.controllerAddr(),
 		"--host-id", f.hostID(h),
-		"--labels", "role=" + roles[h],
+		"--labels", "role=" + roleOf(h),
 		"--state-dir", filepath.Join(f.dir, "state-"+string(h)),
 		"--resync-interval", resyncInterval.String(),
 		"--report-interval", reportInterval.String(),
 		"--tls-ca-file", f.ca,
 		"--tls-cert-file", f.agentCerts[h][0], "--tls-key-file", f.agentCerts[h][1],
 		"--log-level", "debug",
-	}, extra...)
+	}, f.agentArgs[h], extra)
 	cmd := f.lab.Command(context.Background(), h, bin("mpfleet-agent"), args...)
 	lf := f.logFile("agent-" + string(h))
 	defer lf.Close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -107,7 +108,7 @@ func (f *fleet) watchHost(t *testing.T, h lab.Host) *hostWatch {
 func (w *hostWatch) until(t *testing.T, timeout time.Duration, what string, ok func(*pb.Host) error) (*pb.Host, time.Time) {
 	t.Helper()
 	deadline := time.After(timeout)
-	var last error = fmt.Errorf("no update")
+	last := errors.New("no update")
 	for {
 		select {
 		case h, open := <-w.c:

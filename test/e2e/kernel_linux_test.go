@@ -109,6 +109,12 @@ const (
 	twoLinksFile  = "deploy/examples/lab-two-links.yaml"
 	oneLinkFile   = "deploy/examples/lab-one-link.yaml"
 	noRoutingFile = "deploy/examples/lab-no-routing.yaml"
+
+	// The same over IPv6 (a dual-stack lab; the endpoints select
+	// family ipv6).
+	twoLinks6File  = "deploy/examples/lab-two-links-v6.yaml"
+	oneLink6File   = "deploy/examples/lab-one-link-v6.yaml"
+	noRouting6File = "deploy/examples/lab-no-routing-v6.yaml"
 )
 
 var (
@@ -118,6 +124,9 @@ var (
 
 	clientEndpoint = wantEndpoint{lab.Addr(lab.Client, lab.Link2), mptcp.FlagFullmesh, lab.Link2}
 	serverEndpoint = wantEndpoint{lab.Addr(lab.Server, lab.Link2), mptcp.FlagSignal, lab.Link2}
+
+	clientEndpoint6 = wantEndpoint{lab.Addr6(lab.Client, lab.Link2), mptcp.FlagFullmesh, lab.Link2}
+	serverEndpoint6 = wantEndpoint{lab.Addr6(lab.Server, lab.Link2), mptcp.FlagSignal, lab.Link2}
 
 	declared = map[string]map[lab.Host]want{
 		twoLinksFile: {
@@ -131,6 +140,18 @@ var (
 		noRoutingFile: {
 			lab.Client: {limits: limits22, endpoints: []wantEndpoint{clientEndpoint}, sysctls: clientSysctls},
 			lab.Server: {limits: limits22, endpoints: []wantEndpoint{serverEndpoint}, sysctls: serverSysctls},
+		},
+		twoLinks6File: {
+			lab.Client: {limits: limits22, endpoints: []wantEndpoint{clientEndpoint6}, routed: true, sysctls: clientSysctls},
+			lab.Server: {limits: limits22, endpoints: []wantEndpoint{serverEndpoint6}, routed: true, sysctls: serverSysctls},
+		},
+		oneLink6File: {
+			lab.Client: {limits: limits22, routed: true, sysctls: clientSysctls},
+			lab.Server: {limits: limits22, routed: true, sysctls: serverSysctls},
+		},
+		noRouting6File: {
+			lab.Client: {limits: limits22, endpoints: []wantEndpoint{clientEndpoint6}, sysctls: clientSysctls},
+			lab.Server: {limits: limits22, endpoints: []wantEndpoint{serverEndpoint6}, sysctls: serverSysctls},
 		},
 	}
 )
@@ -182,10 +203,13 @@ func (w want) check(s kernelState, h lab.Host) error {
 // checkRouted checks the source-based policy routing of endpoint e: a rule
 // from its address to a table of mpfleet's range, holding the link's
 // connected route and a default route through the link's gateway, both out
-// of e's interface.
+// of e's interface (of e's address family).
 func checkRouted(s kernelState, h lab.Host, e wantEndpoint) error {
 	rng := route.DefaultRange
-	link := e.link
+	subnet, gw := lab.Subnet(h, e.link), lab.Gateway(h, e.link)
+	if e.addr.Is6() {
+		subnet, gw = lab.Subnet6(h, e.link), lab.Gateway6(h, e.link)
+	}
 	var table int
 	for _, r := range s.Rules {
 		if r.Src == netip.PrefixFrom(e.addr, e.addr.BitLen()) {
@@ -205,14 +229,14 @@ func checkRouted(s kernelState, h lab.Host, e wantEndpoint) error {
 		}
 		dev := s.Links[r.LinkIndex]
 		switch {
-		case r.Dst == lab.Subnet(h, link) && !r.Gateway.IsValid() && dev == e.dev():
+		case r.Dst == subnet && !r.Gateway.IsValid() && dev == e.dev():
 			connected = true
-		case r.Dst.Bits() == 0 && r.Gateway == lab.Gateway(h, link) && dev == e.dev():
+		case r.Dst.Bits() == 0 && r.Gateway == gw && dev == e.dev():
 			def = true
 		}
 	}
 	if !connected || !def {
-		return fmt.Errorf("table %d of %s: connected route %v, default via %s dev %s %v", table, e.addr, connected, lab.Gateway(h, link), e.dev(), def)
+		return fmt.Errorf("table %d of %s: connected route %v, default via %s dev %s %v", table, e.addr, connected, gw, e.dev(), def)
 	}
 	return nil
 }
