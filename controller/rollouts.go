@@ -528,9 +528,10 @@ func (c *Controller) rolloutEvents(r *pb.Rollout, evs []rollout.Event) []*pb.Aud
 }
 
 // runRollouts advances every active rollout while this replica leads, on
-// every change the cache sees (at most every 100 ms) and every second.
+// every change the cache sees (at most every 100 ms) and every 250 ms (bake
+// times and step timeouts pass without a change).
 func (c *Controller) runRollouts(ctx context.Context, fence clientv3.Cmp) {
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		changed := c.cache.Changed()
