@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	mpfleetv1 "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
 
 // TestApplyRolloutStrategy: a manifest's rolloutStrategy is sent (and only
@@ -40,4 +41,13 @@ func TestApplyRolloutStrategy(t *testing.T) {
 	if s := c.groups.groups["groups/web"].GetRolloutStrategy(); s.GetBatchPercent() != 25 {
 		t.Errorf("strategy after a manifest without one: %v", s)
 	}
+}
+
+func TestDeleteHost(t *testing.T) {
+	c := newController(t)
+	c.hosts.hosts = []*mpfleetv1.Host{{Name: "hosts/web-7"}, {Name: "hosts/web-8", Connected: true}}
+	if r := c.run(t, "", nil, "delete", "host", "web-7", "--reason", "gone"); r.err != nil || r.stdout != "host/web-7 deleted\n" {
+		t.Fatalf("delete host: %v, %q", r.err, r.stdout)
+	}
+	wantOneLineError(t, c.run(t, "", nil, "delete", "host", "hosts/web-8"), 1, `mpfleetctl: host "web-8": failed precondition: host "hosts/web-8" is connected`)
 }

@@ -470,6 +470,21 @@ type fakeHosts struct {
 	block bool
 }
 
+func (f *fakeHosts) DeleteHost(_ context.Context, req *mpfleetv1.DeleteHostRequest) (*emptypb.Empty, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, h := range f.hosts {
+		if h.GetName() == req.GetName() {
+			if h.GetConnected() {
+				return nil, status.Errorf(codes.FailedPrecondition, "host %q is connected", req.GetName())
+			}
+			f.hosts = append(f.hosts[:i], f.hosts[i+1:]...)
+			return &emptypb.Empty{}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "%s not found", req.GetName())
+}
+
 func (f *fakeHosts) GetHost(_ context.Context, req *mpfleetv1.GetHostRequest) (*mpfleetv1.Host, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

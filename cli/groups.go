@@ -186,13 +186,40 @@ if the group changed since that etag was read.`,
 	}
 	group.Flags().StringVar(&etag, "etag", "", "delete only if the group's etag still is this")
 	group.Flags().StringVar(&reason, "reason", "", "why the group is deleted (recorded in the audit log)")
+	var hostReason string
+	host := &cobra.Command{
+		Use:     "host NAME",
+		Aliases: []string{"hosts"},
+		Short:   "Delete a host that is not connected (admin)",
+		Long: `delete host removes a decommissioned (or forged) host from the fleet: its
+stored status, so that it no longer shows, counts or takes part in rollouts.
+A connected host is refused: stop its agent or revoke its credential first.
+It needs the admin role and is recorded in the audit log.`,
+		Example: `  mpfleetctl delete host web-7 --reason "decommissioned"`,
+		Args:    exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			hc, err := a.hosts()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			id := trimName(args[0])
+			if _, err := hc.DeleteHost(ctx, &mpfleetv1.DeleteHostRequest{Name: hostName(id), Reason: hostReason}); err != nil {
+				return fmt.Errorf("host %q: %w", id, a.rpcErr(err))
+			}
+			a.printf("host/%s deleted\n", id)
+			return nil
+		},
+	}
+	host.Flags().StringVar(&hostReason, "reason", "", "why the host is deleted (recorded in the audit log)")
 	cmd := &cobra.Command{
 		Use:     "delete RESOURCE NAME",
-		Short:   "Delete a group",
-		Example: `  mpfleetctl delete group web`,
-		RunE:    parentRunE("resource type", "group"),
+		Short:   "Delete a group or a host",
+		Example: "  mpfleetctl delete group web\n  mpfleetctl delete host web-7",
+		RunE:    parentRunE("resource type", "group, host"),
 	}
-	cmd.AddCommand(group)
+	cmd.AddCommand(group, host)
 	return cmd
 }
 

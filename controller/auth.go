@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/google/uuid"
@@ -22,8 +23,24 @@ import (
 // Role is what a caller may do.
 type Role int
 
+func (r Role) String() string {
+	switch r {
+	case RoleNone:
+		return "none"
+	case RoleViewer:
+		return "viewer"
+	case RoleOperator:
+		return "operator"
+	case RoleAdmin:
+		return "admin"
+	case RoleAgent:
+		return "agent"
+	}
+	return "unknown"
+}
+
 // Roles, each including the ones before it except RoleAgent, which may only
-// use AgentService.
+// use AgentService.Connect (and only as its own host).
 const (
 	RoleNone Role = iota
 	RoleViewer
@@ -47,11 +64,13 @@ func parseRole(s string) (Role, error) {
 }
 
 // TokenEntry is one bearer token in the tokens file. Give the token's SHA-256
-// (hex) rather than the token itself so the file holds no secret.
+// (hex) rather than the token itself so the file holds no secret. An agent
+// token is bound to one host: it may speak AgentService as that host only.
 type TokenEntry struct {
 	Name        string `json:"name"`
 	Role        string `json:"role"`
 	TokenSHA256 string `json:"tokenSHA256"`
+	Host        string `json:"host,omitempty"`
 }
 
 type tokenSet struct {
@@ -62,6 +81,7 @@ type tokenEntry struct {
 	name string
 	role Role
 	sum  []byte
+	host string // agent tokens: the host id they speak for
 }
 
 // loadTokens reads a tokens file: a YAML list of TokenEntry.
@@ -87,7 +107,13 @@ func loadTokens(path string) (*tokenSet, error) {
 		if e.Name == "" {
 			return nil, fmt.Errorf("tokens file %s: entry %d: name is required", path, i)
 		}
-		ts.entries = append(ts.entries, tokenEntry{name: e.Name, role: r, sum: sum})
+		switch {
+		case r == RoleAgent && !hostIDRe.MatchString(e.Host):
+			return nil, fmt.Errorf("tokens file %s: entry %d (%s): an agent token is bound to one host: give host (a host id), not %q; there is no shared agent token", path, i, e.Name, e.Host)
+		case r != RoleAgent && e.Host != "":
+			return nil, fmt.Errorf("tokens file %s: entry %d (%s): host is only for role agent", path, i, e.Name)
+		}
+		ts.entries = append(ts.entries, tokenEntry{name: e.Name, role: r, sum: sum, host: e.Host})
 	}
 	return ts, nil
 }
@@ -108,6 +134,17 @@ type Caller struct {
 	Role      Role
 	Peer      string
 	RequestID string
+	// Hosts are the host ids an agent credential may speak for: a
+	// certificate's common name and DNS names, or an agent token's host.
+	Hosts []string
+	// Anonymous is true when the controller authenticates nobody
+	// (development on loopback): every call is allowed.
+	Anonymous bool
+}
+
+// mayBeHost reports whether the caller may speak AgentService as host id.
+func (c Caller) mayBeHost(id string) bool {
+	return c.Anonymous || slices.Contains(c.Hosts, id)
 }
 
 type callerKey struct{}
@@ -125,31 +162,66 @@ type authenticator struct {
 	mtls   bool      // client certificates verified against a CA
 }
 
-// minRole is the role each method needs.
+// methodRoles is the authorization table: the role each method of the API
+// needs. A method missing here is denied to everyone (TestAuthorizationTable
+// fails when a method of mpfleet.v1 has no entry). Viewer < operator <
+// admin; agent credentials may call AgentService.Connect and nothing else,
+// and nothing else may call it.
+var methodRoles = map[string]Role{
+	"/mpfleet.v1.GroupService/CreateGroup":         RoleOperator,
+	"/mpfleet.v1.GroupService/GetGroup":            RoleViewer,
+	"/mpfleet.v1.GroupService/ListGroups":          RoleViewer,
+	"/mpfleet.v1.GroupService/UpdateGroup":         RoleOperator,
+	"/mpfleet.v1.GroupService/DeleteGroup":         RoleAdmin,
+	"/mpfleet.v1.GroupService/ListPolicyRevisions": RoleViewer,
+	"/mpfleet.v1.GroupService/GetPolicyRevision":   RoleViewer,
+
+	"/mpfleet.v1.HostService/GetHost":    RoleViewer,
+	"/mpfleet.v1.HostService/ListHosts":  RoleViewer,
+	"/mpfleet.v1.HostService/WatchHosts": RoleViewer,
+	"/mpfleet.v1.HostService/PlanPolicy": RoleViewer,
+	"/mpfleet.v1.HostService/DeleteHost": RoleAdmin,
+
+	"/mpfleet.v1.RolloutService/CreateRollout": RoleOperator,
+	"/mpfleet.v1.RolloutService/GetRollout":    RoleViewer,
+	"/mpfleet.v1.RolloutService/ListRollouts":  RoleViewer,
+	"/mpfleet.v1.RolloutService/PauseRollout":  RoleOperator,
+	"/mpfleet.v1.RolloutService/ResumeRollout": RoleOperator,
+	"/mpfleet.v1.RolloutService/CancelRollout": RoleOperator,
+	"/mpfleet.v1.RolloutService/WatchRollout":  RoleViewer,
+
+	"/mpfleet.v1.AuditService/ListAuditEvents":  RoleViewer,
+	"/mpfleet.v1.AuditService/WatchAuditEvents": RoleViewer,
+	"/mpfleet.v1.AuditService/VerifyAuditLog":   RoleViewer,
+
+	"/mpfleet.v1.AgentService/Connect": RoleAgent,
+}
+
+// roleUnknown is what a method missing from the table needs: nobody has it.
+const roleUnknown Role = -1
+
+// minRole is the role a method needs: the table's, none for health and
+// reflection (grpcurl and probes need no credentials), and roleUnknown for
+// anything else.
 func minRole(fullMethod string) Role {
-	svc, method, _ := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
-	switch {
-	case svc == "mpfleet.v1.AgentService":
-		return RoleAgent
-	case strings.HasPrefix(svc, "grpc.health.") || strings.HasPrefix(svc, "grpc.reflection."):
-		return RoleNone
-	case strings.HasPrefix(method, "Get"), strings.HasPrefix(method, "List"),
-		strings.HasPrefix(method, "Watch"), strings.HasPrefix(method, "Verify"),
-		method == "PlanPolicy":
-		return RoleViewer
-	case svc == "mpfleet.v1.GroupService" && strings.HasPrefix(method, "Delete"):
-		return RoleAdmin
-	default:
-		return RoleOperator
+	if r, ok := methodRoles[fullMethod]; ok {
+		return r
 	}
+	svc, _, _ := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
+	if strings.HasPrefix(svc, "grpc.health.") || strings.HasPrefix(svc, "grpc.reflection.") {
+		return RoleNone
+	}
+	return roleUnknown
 }
 
 func allowed(have, need Role) bool {
-	if need == RoleNone {
+	switch {
+	case need == RoleNone:
 		return true
-	}
-	if need == RoleAgent || have == RoleAgent {
-		return have == RoleAgent || have == RoleAdmin
+	case need == roleUnknown:
+		return false
+	case need == RoleAgent || have == RoleAgent:
+		return have == need
 	}
 	return have >= need
 }
@@ -169,7 +241,7 @@ func (a *authenticator) identify(ctx context.Context, fullMethod string) (contex
 
 	switch {
 	case a.tokens == nil && !a.mtls:
-		c.Actor, c.Role = "anonymous", RoleAdmin
+		c.Actor, c.Role, c.Anonymous = "anonymous", RoleAdmin, true
 	default:
 		if auth := md.Get("authorization"); len(auth) > 0 && a.tokens != nil {
 			tok, ok := strings.CutPrefix(auth[0], "Bearer ")
@@ -181,31 +253,43 @@ func (a *authenticator) identify(ctx context.Context, fullMethod string) (contex
 				return ctx, status.Error(codes.Unauthenticated, "unknown bearer token")
 			}
 			c.Actor, c.Role = e.name, e.role
-		} else if cn := clientCertName(ctx); cn != "" {
-			// A verified client certificate identifies an agent.
+			if e.role == RoleAgent {
+				c.Actor, c.Hosts = "agent:"+e.host, []string{e.host}
+			}
+		} else if cn, names := clientCertNames(ctx); cn != "" {
+			// A verified client certificate identifies an agent, bound to
+			// the hosts it names.
 			c.Actor, c.Role = "cert:"+cn, RoleAgent
+			for _, n := range append([]string{cn}, names...) {
+				if hostIDRe.MatchString(n) && !slices.Contains(c.Hosts, n) {
+					c.Hosts = append(c.Hosts, n)
+				}
+			}
 		}
 	}
 	need := minRole(fullMethod)
 	if need != RoleNone && c.Actor == "" {
 		return ctx, status.Error(codes.Unauthenticated, "no credentials: send a bearer token or a client certificate")
 	}
-	if !allowed(c.Role, need) {
-		return ctx, status.Errorf(codes.PermissionDenied, "%s may not call %s", c.Actor, fullMethod)
+	if !c.Anonymous && !allowed(c.Role, need) {
+		return ctx, status.Errorf(codes.PermissionDenied, "%s (role %s) may not call %s", c.Actor, c.Role, fullMethod)
 	}
 	return context.WithValue(ctx, callerKey{}, c), nil
 }
 
-func clientCertName(ctx context.Context) string {
+// clientCertNames returns the common name and DNS names of the caller's
+// verified client certificate.
+func clientCertNames(ctx context.Context) (string, []string) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return ""
+		return "", nil
 	}
 	ti, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.PeerCertificates) == 0 {
-		return ""
+		return "", nil
 	}
-	return ti.State.PeerCertificates[0].Subject.CommonName
+	c := ti.State.PeerCertificates[0]
+	return c.Subject.CommonName, c.DNSNames
 }
 
 func (a *authenticator) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 type hostService struct {
@@ -278,4 +279,21 @@ func hostTarget(g *pb.Group, t *pb.HostTargets, hostID string) (int64, *pb.Multi
 	// A record without the policy of its revision is a bug; the group's
 	// current policy is the safe answer.
 	return g.GetPolicyRevision(), g.GetPolicy()
+}
+
+func (s *hostService) DeleteHost(ctx context.Context, req *pb.DeleteHostRequest) (*emptypb.Empty, error) {
+	id, err := hostID("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetReason()) > policy.MaxDescription {
+		return nil, invalid("reason", "is %d bytes; at most %d", len(req.GetReason()), policy.MaxDescription)
+	}
+	rev, err := s.c.store.DeleteHost(ctx, id, meta(ctx, req.GetReason()))
+	if err != nil {
+		s.c.auditFailure(ctx, "hosts.delete", req.GetName(), req.GetReason(), err)
+		return nil, toStatus(err)
+	}
+	s.c.waitCache(ctx, rev)
+	return &emptypb.Empty{}, nil
 }

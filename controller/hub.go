@@ -295,6 +295,7 @@ type session struct {
 	id     string
 	labels map[string]string
 	cancel context.CancelFunc
+	peer   string
 
 	mu          sync.Mutex
 	desiredKey  string
@@ -365,8 +366,8 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 		return toStatus(err)
 	}
 	id := hello.GetHostId()
-	if cn, ok := strings.CutPrefix(caller.Actor, "cert:"); ok && cn != id {
-		return status.Errorf(codes.PermissionDenied, "certificate %q may not speak for host %q", cn, id)
+	if !caller.mayBeHost(id) {
+		return status.Errorf(codes.PermissionDenied, "%s may not speak for host %q (it is bound to %s)", caller.Actor, id, strings.Join(caller.Hosts, ", "))
 	}
 	select {
 	case <-h.ready:
@@ -381,7 +382,7 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s := &session{
-		id: id, labels: hello.GetLabels(), cancel: cancel,
+		id: id, labels: hello.GetLabels(), cancel: cancel, peer: caller.Peer,
 		notify:   make(chan struct{}, 1),
 		confirms: make(chan uint64, 16),
 		status: &pb.Host{
@@ -396,7 +397,13 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 		return status.Error(codes.Unavailable, "controller shutting down")
 	}
 	if old := h.sessions[id]; old != nil {
-		old.cancel() // the newest connection of a host wins
+		if caller.Anonymous {
+			// Nobody is authenticated: anyone could claim the host id, so
+			// nobody evicts a stream that is alive.
+			h.mu.Unlock()
+			return status.Errorf(codes.AlreadyExists, "host %q is connected (from %s); a second stream is refused while the first lives", id, old.peer)
+		}
+		old.cancel() // the host's own credential reconnects: the newest wins
 	}
 	h.sessions[id] = s
 	key, d := desiredFor(h.groups, h.targets, s.id, s.labels)
@@ -650,9 +657,9 @@ func (h *hub) recordEvent(ctx context.Context, s *session, caller Caller, action
 	if resource == "" {
 		resource = store.HostName(s.id)
 	}
-	actor := "agent:" + s.id
-	if strings.HasPrefix(caller.Actor, "cert:") {
-		actor = caller.Actor
+	actor := caller.Actor // the authenticated identity, never a name the agent gives
+	if caller.Anonymous {
+		actor = "agent:" + s.id
 	}
 	a := &pb.AuditEvent{
 		Actor: actor, Action: action, Resource: resource, Host: store.HostName(s.id),

@@ -69,3 +69,50 @@ func (s *Store) DeleteSession(ctx context.Context, id, replica string) error {
 	}
 	return nil
 }
+
+// DeleteHost removes a host's stored status, with its audit event, if no
+// controller holds a session of it: ErrNotFound when there is no such host,
+// ErrFailedPrecondition while it is connected.
+func (s *Store) DeleteHost(ctx context.Context, id string, m Meta) (int64, error) {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		resp, err := s.c.Get(ctx, s.hostKey(id))
+		if err != nil {
+			return 0, fmt.Errorf("delete host %q: %w", id, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return 0, fmt.Errorf("host %q: %w", id, ErrNotFound)
+		}
+		before, err := decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, &pb.Host{})
+		if err != nil {
+			return 0, err
+		}
+		h, err := s.readHead(ctx)
+		if err != nil {
+			return 0, err
+		}
+		hcmp, hops, err := s.auditOpsN([]*pb.AuditEvent{s.newEvent(m, "hosts.delete", HostName(id), before, nil)}, h)
+		if err != nil {
+			return 0, err
+		}
+		tr, err := s.c.Txn(ctx).If(
+			clientv3.Compare(clientv3.ModRevision(s.hostKey(id)), "=", resp.Kvs[0].ModRevision),
+			clientv3.Compare(clientv3.CreateRevision(s.sessionKey(id)), "=", 0),
+			hcmp,
+		).Then(append([]clientv3.Op{clientv3.OpDelete(s.hostKey(id))}, hops...)...).Else(
+			clientv3.OpGet(s.sessionKey(id), clientv3.WithCountOnly()),
+		).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("delete host %q: %w", id, err)
+		}
+		if tr.Succeeded {
+			return tr.Header.Revision, nil
+		}
+		if tr.Responses[0].GetResponseRange().Count > 0 {
+			return 0, fmt.Errorf("host %q is connected: stop its agent or revoke its credential first: %w", id, ErrFailedPrecondition)
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return 0, err
+		}
+	}
+	return 0, fmt.Errorf("delete host %q: %w", id, ErrContention)
+}

@@ -111,11 +111,20 @@ type AuditEvent struct {
 	PeerAddress string `protobuf:"bytes,14,opt,name=peer_address,json=peerAddress,proto3" json:"peer_address,omitempty"`
 	// Reason given by the caller, or a summary of an agent event.
 	Reason string `protobuf:"bytes,15,opt,name=reason,proto3" json:"reason,omitempty"`
-	// SHA-256 hash of the previous event (empty for the first).
+	// Hash of the previous event (empty for the first).
 	PrevHash []byte `protobuf:"bytes,16,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
-	// SHA-256 over prev_hash and this event's deterministic encoding without
-	// hash.
-	Hash          []byte `protobuf:"bytes,17,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Hash of this event's deterministic encoding without hash (which includes
+	// prev_hash and key_id): HMAC-SHA256 with the controller's audit key when
+	// key_id is set, plain SHA-256 for an unkeyed event written before the
+	// controller had an audit key.
+	Hash []byte `protobuf:"bytes,17,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Id of the audit key that keys hash (a fingerprint, not the key); empty
+	// for an unkeyed event. Once one event is keyed every later one is.
+	KeyId string `protobuf:"bytes,18,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// What retention removed, on "audit.checkpoint" events (and on the
+	// "audit.key_introduced" event of a log pruned before checkpoints were
+	// kept).
+	Checkpoint    *AuditCheckpoint `protobuf:"bytes,19,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -269,6 +278,95 @@ func (x *AuditEvent) GetHash() []byte {
 	return nil
 }
 
+func (x *AuditEvent) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetCheckpoint() *AuditCheckpoint {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+// AuditCheckpoint records that the oldest events of the log were removed by
+// retention, so that verification from the oldest retained event can tell a
+// legitimate prune from events deleted by hand.
+type AuditCheckpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// First sequence removed (the oldest retained event before the prune).
+	FirstSequence uint64 `protobuf:"varint,1,opt,name=first_sequence,json=firstSequence,proto3" json:"first_sequence,omitempty"`
+	// Last sequence removed: every event up to and including it is pruned.
+	LastSequence uint64 `protobuf:"varint,2,opt,name=last_sequence,json=lastSequence,proto3" json:"last_sequence,omitempty"`
+	// Hash of the last removed event: the prev_hash of the event after it.
+	LastHash []byte `protobuf:"bytes,3,opt,name=last_hash,json=lastHash,proto3" json:"last_hash,omitempty"`
+	// How many events were removed (last_sequence - first_sequence + 1).
+	Events        uint64 `protobuf:"varint,4,opt,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditCheckpoint) Reset() {
+	*x = AuditCheckpoint{}
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditCheckpoint) ProtoMessage() {}
+
+func (x *AuditCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditCheckpoint.ProtoReflect.Descriptor instead.
+func (*AuditCheckpoint) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AuditCheckpoint) GetFirstSequence() uint64 {
+	if x != nil {
+		return x.FirstSequence
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetLastSequence() uint64 {
+	if x != nil {
+		return x.LastSequence
+	}
+	return 0
+}
+
+func (x *AuditCheckpoint) GetLastHash() []byte {
+	if x != nil {
+		return x.LastHash
+	}
+	return nil
+}
+
+func (x *AuditCheckpoint) GetEvents() uint64 {
+	if x != nil {
+		return x.Events
+	}
+	return 0
+}
+
 // ListAuditEventsRequest is the request of AuditService.ListAuditEvents. All
 // filters given must match.
 type ListAuditEventsRequest struct {
@@ -297,7 +395,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_mpfleet_v1_audit_proto_msgTypes[1]
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +407,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_audit_proto_msgTypes[1]
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +420,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{1}
+	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ListAuditEventsRequest) GetPageSize() int32 {
@@ -394,7 +492,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_mpfleet_v1_audit_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +504,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_audit_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +517,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{2}
+	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -455,7 +553,7 @@ type WatchAuditEventsRequest struct {
 
 func (x *WatchAuditEventsRequest) Reset() {
 	*x = WatchAuditEventsRequest{}
-	mi := &file_mpfleet_v1_audit_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +565,7 @@ func (x *WatchAuditEventsRequest) String() string {
 func (*WatchAuditEventsRequest) ProtoMessage() {}
 
 func (x *WatchAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_audit_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +578,7 @@ func (x *WatchAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{3}
+	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *WatchAuditEventsRequest) GetAfterSequence() uint64 {
@@ -527,7 +625,7 @@ type VerifyAuditLogRequest struct {
 
 func (x *VerifyAuditLogRequest) Reset() {
 	*x = VerifyAuditLogRequest{}
-	mi := &file_mpfleet_v1_audit_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +637,7 @@ func (x *VerifyAuditLogRequest) String() string {
 func (*VerifyAuditLogRequest) ProtoMessage() {}
 
 func (x *VerifyAuditLogRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_audit_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,13 +650,15 @@ func (x *VerifyAuditLogRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditLogRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditLogRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{4}
+	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{5}
 }
 
 // VerifyAuditLogResponse is the response of AuditService.VerifyAuditLog.
 type VerifyAuditLogResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Whether the whole retained chain verified.
+	// Whether the whole retained chain verified: every link and hash, the
+	// chain head, the key of every keyed event, and a checkpoint for any
+	// events missing before first_sequence.
 	Ok bool `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
 	// Events checked.
 	EventsChecked uint64 `protobuf:"varint,2,opt,name=events_checked,json=eventsChecked,proto3" json:"events_checked,omitempty"`
@@ -571,14 +671,33 @@ type VerifyAuditLogResponse struct {
 	// What is wrong with it.
 	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Hash of the last event (the chain head), hex.
-	HeadHash      string `protobuf:"bytes,7,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HeadHash string `protobuf:"bytes,7,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	// Id of the audit key the controller verifies with (empty: it has none).
+	KeyId string `protobuf:"bytes,8,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// Events checked whose hash is keyed (HMAC-SHA256 with the audit key):
+	// rewriting them takes the key, not just write access to etcd.
+	KeyedEvents uint64 `protobuf:"varint,9,opt,name=keyed_events,json=keyedEvents,proto3" json:"keyed_events,omitempty"`
+	// Events checked that are unkeyed (plain SHA-256): written before the audit
+	// key was introduced. The first keyed event's hash covers them, so they
+	// cannot be changed now without detection, but before the key was
+	// introduced they were only as safe as etcd.
+	UnkeyedEvents uint64 `protobuf:"varint,10,opt,name=unkeyed_events,json=unkeyedEvents,proto3" json:"unkeyed_events,omitempty"`
+	// Sequence of the first keyed event (0: none).
+	FirstKeyedSequence uint64 `protobuf:"varint,11,opt,name=first_keyed_sequence,json=firstKeyedSequence,proto3" json:"first_keyed_sequence,omitempty"`
+	// Events before first_sequence that are no longer in the log
+	// (first_sequence - 1). When ok, every one of them was removed by
+	// retention, as checkpoint_sequence records.
+	PrunedEvents uint64 `protobuf:"varint,12,opt,name=pruned_events,json=prunedEvents,proto3" json:"pruned_events,omitempty"`
+	// Sequence of the checkpoint event that accounts for the pruned events (0
+	// when none are pruned, or none accounts for them).
+	CheckpointSequence uint64 `protobuf:"varint,13,opt,name=checkpoint_sequence,json=checkpointSequence,proto3" json:"checkpoint_sequence,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *VerifyAuditLogResponse) Reset() {
 	*x = VerifyAuditLogResponse{}
-	mi := &file_mpfleet_v1_audit_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +709,7 @@ func (x *VerifyAuditLogResponse) String() string {
 func (*VerifyAuditLogResponse) ProtoMessage() {}
 
 func (x *VerifyAuditLogResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_audit_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_audit_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +722,7 @@ func (x *VerifyAuditLogResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditLogResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditLogResponse) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{5}
+	return file_mpfleet_v1_audit_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *VerifyAuditLogResponse) GetOk() bool {
@@ -655,12 +774,54 @@ func (x *VerifyAuditLogResponse) GetHeadHash() string {
 	return ""
 }
 
+func (x *VerifyAuditLogResponse) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *VerifyAuditLogResponse) GetKeyedEvents() uint64 {
+	if x != nil {
+		return x.KeyedEvents
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetUnkeyedEvents() uint64 {
+	if x != nil {
+		return x.UnkeyedEvents
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetFirstKeyedSequence() uint64 {
+	if x != nil {
+		return x.FirstKeyedSequence
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetPrunedEvents() uint64 {
+	if x != nil {
+		return x.PrunedEvents
+	}
+	return 0
+}
+
+func (x *VerifyAuditLogResponse) GetCheckpointSequence() uint64 {
+	if x != nil {
+		return x.CheckpointSequence
+	}
+	return 0
+}
+
 var File_mpfleet_v1_audit_proto protoreflect.FileDescriptor
 
 const file_mpfleet_v1_audit_proto_rawDesc = "" +
 	"\n" +
 	"\x16mpfleet/v1/audit.proto\x12\n" +
-	"mpfleet.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x04\n" +
+	"mpfleet.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x04\n" +
 	"\n" +
 	"AuditEvent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
@@ -682,7 +843,16 @@ const file_mpfleet_v1_audit_proto_rawDesc = "" +
 	"\fpeer_address\x18\x0e \x01(\tR\vpeerAddress\x12\x16\n" +
 	"\x06reason\x18\x0f \x01(\tR\x06reason\x12\x1b\n" +
 	"\tprev_hash\x18\x10 \x01(\fR\bprevHash\x12\x12\n" +
-	"\x04hash\x18\x11 \x01(\fR\x04hash\"\xa4\x02\n" +
+	"\x04hash\x18\x11 \x01(\fR\x04hash\x12\x15\n" +
+	"\x06key_id\x18\x12 \x01(\tR\x05keyId\x12;\n" +
+	"\n" +
+	"checkpoint\x18\x13 \x01(\v2\x1b.mpfleet.v1.AuditCheckpointR\n" +
+	"checkpoint\"\x92\x01\n" +
+	"\x0fAuditCheckpoint\x12%\n" +
+	"\x0efirst_sequence\x18\x01 \x01(\x04R\rfirstSequence\x12#\n" +
+	"\rlast_sequence\x18\x02 \x01(\x04R\flastSequence\x12\x1b\n" +
+	"\tlast_hash\x18\x03 \x01(\fR\blastHash\x12\x16\n" +
+	"\x06events\x18\x04 \x01(\x04R\x06events\"\xa4\x02\n" +
 	"\x16ListAuditEventsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -703,7 +873,7 @@ const file_mpfleet_v1_audit_proto_rawDesc = "" +
 	"\bresource\x18\x03 \x01(\tR\bresource\x12\x16\n" +
 	"\x06action\x18\x04 \x01(\tR\x06action\x12\x12\n" +
 	"\x04host\x18\x05 \x01(\tR\x04host\"\x17\n" +
-	"\x15VerifyAuditLogRequest\"\xfe\x01\n" +
+	"\x15VerifyAuditLogRequest\"\xe7\x03\n" +
 	"\x16VerifyAuditLogResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12%\n" +
 	"\x0eevents_checked\x18\x02 \x01(\x04R\reventsChecked\x12%\n" +
@@ -711,7 +881,14 @@ const file_mpfleet_v1_audit_proto_rawDesc = "" +
 	"\rlast_sequence\x18\x04 \x01(\x04R\flastSequence\x12,\n" +
 	"\x12first_bad_sequence\x18\x05 \x01(\x04R\x10firstBadSequence\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x1b\n" +
-	"\thead_hash\x18\a \x01(\tR\bheadHash*_\n" +
+	"\thead_hash\x18\a \x01(\tR\bheadHash\x12\x15\n" +
+	"\x06key_id\x18\b \x01(\tR\x05keyId\x12!\n" +
+	"\fkeyed_events\x18\t \x01(\x04R\vkeyedEvents\x12%\n" +
+	"\x0eunkeyed_events\x18\n" +
+	" \x01(\x04R\runkeyedEvents\x120\n" +
+	"\x14first_keyed_sequence\x18\v \x01(\x04R\x12firstKeyedSequence\x12#\n" +
+	"\rpruned_events\x18\f \x01(\x04R\fprunedEvents\x12/\n" +
+	"\x13checkpoint_sequence\x18\r \x01(\x04R\x12checkpointSequence*_\n" +
 	"\vAuditResult\x12\x1c\n" +
 	"\x18AUDIT_RESULT_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14AUDIT_RESULT_SUCCESS\x10\x01\x12\x18\n" +
@@ -734,37 +911,39 @@ func file_mpfleet_v1_audit_proto_rawDescGZIP() []byte {
 }
 
 var file_mpfleet_v1_audit_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_mpfleet_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_mpfleet_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_mpfleet_v1_audit_proto_goTypes = []any{
 	(AuditResult)(0),                // 0: mpfleet.v1.AuditResult
 	(*AuditEvent)(nil),              // 1: mpfleet.v1.AuditEvent
-	(*ListAuditEventsRequest)(nil),  // 2: mpfleet.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil), // 3: mpfleet.v1.ListAuditEventsResponse
-	(*WatchAuditEventsRequest)(nil), // 4: mpfleet.v1.WatchAuditEventsRequest
-	(*VerifyAuditLogRequest)(nil),   // 5: mpfleet.v1.VerifyAuditLogRequest
-	(*VerifyAuditLogResponse)(nil),  // 6: mpfleet.v1.VerifyAuditLogResponse
-	(*timestamppb.Timestamp)(nil),   // 7: google.protobuf.Timestamp
-	(*anypb.Any)(nil),               // 8: google.protobuf.Any
+	(*AuditCheckpoint)(nil),         // 2: mpfleet.v1.AuditCheckpoint
+	(*ListAuditEventsRequest)(nil),  // 3: mpfleet.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil), // 4: mpfleet.v1.ListAuditEventsResponse
+	(*WatchAuditEventsRequest)(nil), // 5: mpfleet.v1.WatchAuditEventsRequest
+	(*VerifyAuditLogRequest)(nil),   // 6: mpfleet.v1.VerifyAuditLogRequest
+	(*VerifyAuditLogResponse)(nil),  // 7: mpfleet.v1.VerifyAuditLogResponse
+	(*timestamppb.Timestamp)(nil),   // 8: google.protobuf.Timestamp
+	(*anypb.Any)(nil),               // 9: google.protobuf.Any
 }
 var file_mpfleet_v1_audit_proto_depIdxs = []int32{
-	7,  // 0: mpfleet.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	8,  // 1: mpfleet.v1.AuditEvent.before:type_name -> google.protobuf.Any
-	8,  // 2: mpfleet.v1.AuditEvent.after:type_name -> google.protobuf.Any
+	8,  // 0: mpfleet.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	9,  // 1: mpfleet.v1.AuditEvent.before:type_name -> google.protobuf.Any
+	9,  // 2: mpfleet.v1.AuditEvent.after:type_name -> google.protobuf.Any
 	0,  // 3: mpfleet.v1.AuditEvent.result:type_name -> mpfleet.v1.AuditResult
-	7,  // 4: mpfleet.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	7,  // 5: mpfleet.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
-	1,  // 6: mpfleet.v1.ListAuditEventsResponse.events:type_name -> mpfleet.v1.AuditEvent
-	2,  // 7: mpfleet.v1.AuditService.ListAuditEvents:input_type -> mpfleet.v1.ListAuditEventsRequest
-	4,  // 8: mpfleet.v1.AuditService.WatchAuditEvents:input_type -> mpfleet.v1.WatchAuditEventsRequest
-	5,  // 9: mpfleet.v1.AuditService.VerifyAuditLog:input_type -> mpfleet.v1.VerifyAuditLogRequest
-	3,  // 10: mpfleet.v1.AuditService.ListAuditEvents:output_type -> mpfleet.v1.ListAuditEventsResponse
-	1,  // 11: mpfleet.v1.AuditService.WatchAuditEvents:output_type -> mpfleet.v1.AuditEvent
-	6,  // 12: mpfleet.v1.AuditService.VerifyAuditLog:output_type -> mpfleet.v1.VerifyAuditLogResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	2,  // 4: mpfleet.v1.AuditEvent.checkpoint:type_name -> mpfleet.v1.AuditCheckpoint
+	8,  // 5: mpfleet.v1.ListAuditEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	8,  // 6: mpfleet.v1.ListAuditEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	1,  // 7: mpfleet.v1.ListAuditEventsResponse.events:type_name -> mpfleet.v1.AuditEvent
+	3,  // 8: mpfleet.v1.AuditService.ListAuditEvents:input_type -> mpfleet.v1.ListAuditEventsRequest
+	5,  // 9: mpfleet.v1.AuditService.WatchAuditEvents:input_type -> mpfleet.v1.WatchAuditEventsRequest
+	6,  // 10: mpfleet.v1.AuditService.VerifyAuditLog:input_type -> mpfleet.v1.VerifyAuditLogRequest
+	4,  // 11: mpfleet.v1.AuditService.ListAuditEvents:output_type -> mpfleet.v1.ListAuditEventsResponse
+	1,  // 12: mpfleet.v1.AuditService.WatchAuditEvents:output_type -> mpfleet.v1.AuditEvent
+	7,  // 13: mpfleet.v1.AuditService.VerifyAuditLog:output_type -> mpfleet.v1.VerifyAuditLogResponse
+	11, // [11:14] is the sub-list for method output_type
+	8,  // [8:11] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_mpfleet_v1_audit_proto_init() }
@@ -778,7 +957,7 @@ func file_mpfleet_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mpfleet_v1_audit_proto_rawDesc), len(file_mpfleet_v1_audit_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,7 +37,8 @@ type AuditServiceClient interface {
 	// starting after after_sequence (0: only new events).
 	WatchAuditEvents(ctx context.Context, in *WatchAuditEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AuditEvent], error)
 	// VerifyAuditLog recomputes the hash chain over the retained events and
-	// reports the first break.
+	// reports the first break, which events are keyed, and whether pruned
+	// events are accounted for by a checkpoint.
 	VerifyAuditLog(ctx context.Context, in *VerifyAuditLogRequest, opts ...grpc.CallOption) (*VerifyAuditLogResponse, error)
 }
 
@@ -101,7 +102,8 @@ type AuditServiceServer interface {
 	// starting after after_sequence (0: only new events).
 	WatchAuditEvents(*WatchAuditEventsRequest, grpc.ServerStreamingServer[AuditEvent]) error
 	// VerifyAuditLog recomputes the hash chain over the retained events and
-	// reports the first break.
+	// reports the first break, which events are keyed, and whether pruned
+	// events are accounted for by a checkpoint.
 	VerifyAuditLog(context.Context, *VerifyAuditLogRequest) (*VerifyAuditLogResponse, error)
 	mustEmbedUnimplementedAuditServiceServer()
 }

@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -254,7 +255,7 @@ func (x HostProblem_Code) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HostProblem_Code.Descriptor instead.
 func (HostProblem_Code) EnumDescriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{1, 0}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{2, 0}
 }
 
 // Type of a HostEvent.
@@ -311,7 +312,62 @@ func (x HostEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HostEvent_Type.Descriptor instead.
 func (HostEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{16, 0}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{17, 0}
+}
+
+// DeleteHostRequest is the request of HostService.DeleteHost.
+type DeleteHostRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "hosts/{host}".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Why, recorded in the audit log.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteHostRequest) Reset() {
+	*x = DeleteHostRequest{}
+	mi := &file_mpfleet_v1_host_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteHostRequest) ProtoMessage() {}
+
+func (x *DeleteHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_host_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteHostRequest.ProtoReflect.Descriptor instead.
+func (*DeleteHostRequest) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DeleteHostRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteHostRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // Host is one machine (or network namespace) that runs an agent.
@@ -362,7 +418,7 @@ type Host struct {
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[0]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -374,7 +430,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[0]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -387,7 +443,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{0}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Host) GetName() string {
@@ -534,7 +590,7 @@ type HostProblem struct {
 
 func (x *HostProblem) Reset() {
 	*x = HostProblem{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +602,7 @@ func (x *HostProblem) String() string {
 func (*HostProblem) ProtoMessage() {}
 
 func (x *HostProblem) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +615,7 @@ func (x *HostProblem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProblem.ProtoReflect.Descriptor instead.
 func (*HostProblem) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{1}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *HostProblem) GetCode() HostProblem_Code {
@@ -613,7 +669,7 @@ type HostFacts struct {
 
 func (x *HostFacts) Reset() {
 	*x = HostFacts{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -625,7 +681,7 @@ func (x *HostFacts) String() string {
 func (*HostFacts) ProtoMessage() {}
 
 func (x *HostFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -638,7 +694,7 @@ func (x *HostFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostFacts.ProtoReflect.Descriptor instead.
 func (*HostFacts) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{2}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *HostFacts) GetHostname() string {
@@ -709,7 +765,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +777,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +790,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{3}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Interface) GetName() string {
@@ -791,7 +847,7 @@ type AppliedState struct {
 
 func (x *AppliedState) Reset() {
 	*x = AppliedState{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +859,7 @@ func (x *AppliedState) String() string {
 func (*AppliedState) ProtoMessage() {}
 
 func (x *AppliedState) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +872,7 @@ func (x *AppliedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedState.ProtoReflect.Descriptor instead.
 func (*AppliedState) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{4}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AppliedState) GetEndpoints() []*AppliedEndpoint {
@@ -873,7 +929,7 @@ type AppliedEndpoint struct {
 
 func (x *AppliedEndpoint) Reset() {
 	*x = AppliedEndpoint{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +941,7 @@ func (x *AppliedEndpoint) String() string {
 func (*AppliedEndpoint) ProtoMessage() {}
 
 func (x *AppliedEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +954,7 @@ func (x *AppliedEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedEndpoint.ProtoReflect.Descriptor instead.
 func (*AppliedEndpoint) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{5}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AppliedEndpoint) GetId() uint32 {
@@ -951,7 +1007,7 @@ type AppliedRule struct {
 
 func (x *AppliedRule) Reset() {
 	*x = AppliedRule{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1019,7 @@ func (x *AppliedRule) String() string {
 func (*AppliedRule) ProtoMessage() {}
 
 func (x *AppliedRule) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1032,7 @@ func (x *AppliedRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRule.ProtoReflect.Descriptor instead.
 func (*AppliedRule) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{6}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AppliedRule) GetPriority() uint32 {
@@ -1019,7 +1075,7 @@ type AppliedRoute struct {
 
 func (x *AppliedRoute) Reset() {
 	*x = AppliedRoute{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1087,7 @@ func (x *AppliedRoute) String() string {
 func (*AppliedRoute) ProtoMessage() {}
 
 func (x *AppliedRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1100,7 @@ func (x *AppliedRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRoute.ProtoReflect.Descriptor instead.
 func (*AppliedRoute) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{7}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AppliedRoute) GetTable() uint32 {
@@ -1106,7 +1162,7 @@ type MptcpHealth struct {
 
 func (x *MptcpHealth) Reset() {
 	*x = MptcpHealth{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1118,7 +1174,7 @@ func (x *MptcpHealth) String() string {
 func (*MptcpHealth) ProtoMessage() {}
 
 func (x *MptcpHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1131,7 +1187,7 @@ func (x *MptcpHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MptcpHealth.ProtoReflect.Descriptor instead.
 func (*MptcpHealth) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{8}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MptcpHealth) GetConnections() uint32 {
@@ -1210,7 +1266,7 @@ type PathStatus struct {
 
 func (x *PathStatus) Reset() {
 	*x = PathStatus{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1222,7 +1278,7 @@ func (x *PathStatus) String() string {
 func (*PathStatus) ProtoMessage() {}
 
 func (x *PathStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1235,7 +1291,7 @@ func (x *PathStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathStatus.ProtoReflect.Descriptor instead.
 func (*PathStatus) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{9}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PathStatus) GetInterface() string {
@@ -1313,7 +1369,7 @@ type MptcpConnection struct {
 
 func (x *MptcpConnection) Reset() {
 	*x = MptcpConnection{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1381,7 @@ func (x *MptcpConnection) String() string {
 func (*MptcpConnection) ProtoMessage() {}
 
 func (x *MptcpConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1394,7 @@ func (x *MptcpConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MptcpConnection.ProtoReflect.Descriptor instead.
 func (*MptcpConnection) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{10}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MptcpConnection) GetLocal() string {
@@ -1389,7 +1445,7 @@ type PlanOperation struct {
 
 func (x *PlanOperation) Reset() {
 	*x = PlanOperation{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1457,7 @@ func (x *PlanOperation) String() string {
 func (*PlanOperation) ProtoMessage() {}
 
 func (x *PlanOperation) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1470,7 @@ func (x *PlanOperation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanOperation.ProtoReflect.Descriptor instead.
 func (*PlanOperation) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{11}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PlanOperation) GetKind() string {
@@ -1442,7 +1498,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1510,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1523,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{12}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetHostRequest) GetName() string {
@@ -1496,7 +1552,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1564,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1577,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{13}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListHostsRequest) GetPageSize() int32 {
@@ -1572,7 +1628,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1640,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1653,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{14}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1627,7 +1683,7 @@ type WatchHostsRequest struct {
 
 func (x *WatchHostsRequest) Reset() {
 	*x = WatchHostsRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1695,7 @@ func (x *WatchHostsRequest) String() string {
 func (*WatchHostsRequest) ProtoMessage() {}
 
 func (x *WatchHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1708,7 @@ func (x *WatchHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchHostsRequest.ProtoReflect.Descriptor instead.
 func (*WatchHostsRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{15}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchHostsRequest) GetGroup() string {
@@ -1682,7 +1738,7 @@ type HostEvent struct {
 
 func (x *HostEvent) Reset() {
 	*x = HostEvent{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1750,7 @@ func (x *HostEvent) String() string {
 func (*HostEvent) ProtoMessage() {}
 
 func (x *HostEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1763,7 @@ func (x *HostEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostEvent.ProtoReflect.Descriptor instead.
 func (*HostEvent) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{16}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HostEvent) GetType() HostEvent_Type {
@@ -1737,7 +1793,7 @@ type PlanPolicyRequest struct {
 
 func (x *PlanPolicyRequest) Reset() {
 	*x = PlanPolicyRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +1805,7 @@ func (x *PlanPolicyRequest) String() string {
 func (*PlanPolicyRequest) ProtoMessage() {}
 
 func (x *PlanPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +1818,7 @@ func (x *PlanPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PlanPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{17}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PlanPolicyRequest) GetGroup() string {
@@ -1790,7 +1846,7 @@ type PlanPolicyResponse struct {
 
 func (x *PlanPolicyResponse) Reset() {
 	*x = PlanPolicyResponse{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[18]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1802,7 +1858,7 @@ func (x *PlanPolicyResponse) String() string {
 func (*PlanPolicyResponse) ProtoMessage() {}
 
 func (x *PlanPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[18]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1815,7 +1871,7 @@ func (x *PlanPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PlanPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{18}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PlanPolicyResponse) GetHosts() []*HostPlan {
@@ -1845,7 +1901,7 @@ type HostPlan struct {
 
 func (x *HostPlan) Reset() {
 	*x = HostPlan{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[19]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +1913,7 @@ func (x *HostPlan) String() string {
 func (*HostPlan) ProtoMessage() {}
 
 func (x *HostPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[19]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +1926,7 @@ func (x *HostPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostPlan.ProtoReflect.Descriptor instead.
 func (*HostPlan) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{19}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HostPlan) GetHost() string {
@@ -1913,7 +1969,10 @@ var File_mpfleet_v1_host_proto protoreflect.FileDescriptor
 const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\n" +
 	"\x15mpfleet/v1/host.proto\x12\n" +
-	"mpfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mpfleet/v1/policy.proto\"\xc7\x06\n" +
+	"mpfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mpfleet/v1/policy.proto\"?\n" +
+	"\x11DeleteHostRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xc7\x06\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1c.mpfleet.v1.Host.LabelsEntryR\x06labels\x12+\n" +
@@ -2078,14 +2137,16 @@ const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\x11PATH_STATE_FAILED\x10\x02\x12\x18\n" +
 	"\x14PATH_STATE_LINK_DOWN\x10\x03\x12\x19\n" +
 	"\x15PATH_STATE_NO_GATEWAY\x10\x04\x12\x17\n" +
-	"\x13PATH_STATE_UNPROBED\x10\x052\xa3\x02\n" +
+	"\x13PATH_STATE_UNPROBED\x10\x052\xe8\x02\n" +
 	"\vHostService\x127\n" +
 	"\aGetHost\x12\x1a.mpfleet.v1.GetHostRequest\x1a\x10.mpfleet.v1.Host\x12H\n" +
 	"\tListHosts\x12\x1c.mpfleet.v1.ListHostsRequest\x1a\x1d.mpfleet.v1.ListHostsResponse\x12D\n" +
 	"\n" +
 	"WatchHosts\x12\x1d.mpfleet.v1.WatchHostsRequest\x1a\x15.mpfleet.v1.HostEvent0\x01\x12K\n" +
 	"\n" +
-	"PlanPolicy\x12\x1d.mpfleet.v1.PlanPolicyRequest\x1a\x1e.mpfleet.v1.PlanPolicyResponseB7Z5github.com/mpfleet/mpfleet/proto/mpfleet/v1;mpfleetv1b\x06proto3"
+	"PlanPolicy\x12\x1d.mpfleet.v1.PlanPolicyRequest\x1a\x1e.mpfleet.v1.PlanPolicyResponse\x12C\n" +
+	"\n" +
+	"DeleteHost\x12\x1d.mpfleet.v1.DeleteHostRequest\x1a\x16.google.protobuf.EmptyB7Z5github.com/mpfleet/mpfleet/proto/mpfleet/v1;mpfleetv1b\x06proto3"
 
 var (
 	file_mpfleet_v1_host_proto_rawDescOnce sync.Once
@@ -2100,82 +2161,86 @@ func file_mpfleet_v1_host_proto_rawDescGZIP() []byte {
 }
 
 var file_mpfleet_v1_host_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_mpfleet_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_mpfleet_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_mpfleet_v1_host_proto_goTypes = []any{
 	(SyncState)(0),                // 0: mpfleet.v1.SyncState
 	(PathState)(0),                // 1: mpfleet.v1.PathState
 	(HostProblem_Code)(0),         // 2: mpfleet.v1.HostProblem.Code
 	(HostEvent_Type)(0),           // 3: mpfleet.v1.HostEvent.Type
-	(*Host)(nil),                  // 4: mpfleet.v1.Host
-	(*HostProblem)(nil),           // 5: mpfleet.v1.HostProblem
-	(*HostFacts)(nil),             // 6: mpfleet.v1.HostFacts
-	(*Interface)(nil),             // 7: mpfleet.v1.Interface
-	(*AppliedState)(nil),          // 8: mpfleet.v1.AppliedState
-	(*AppliedEndpoint)(nil),       // 9: mpfleet.v1.AppliedEndpoint
-	(*AppliedRule)(nil),           // 10: mpfleet.v1.AppliedRule
-	(*AppliedRoute)(nil),          // 11: mpfleet.v1.AppliedRoute
-	(*MptcpHealth)(nil),           // 12: mpfleet.v1.MptcpHealth
-	(*PathStatus)(nil),            // 13: mpfleet.v1.PathStatus
-	(*MptcpConnection)(nil),       // 14: mpfleet.v1.MptcpConnection
-	(*PlanOperation)(nil),         // 15: mpfleet.v1.PlanOperation
-	(*GetHostRequest)(nil),        // 16: mpfleet.v1.GetHostRequest
-	(*ListHostsRequest)(nil),      // 17: mpfleet.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),     // 18: mpfleet.v1.ListHostsResponse
-	(*WatchHostsRequest)(nil),     // 19: mpfleet.v1.WatchHostsRequest
-	(*HostEvent)(nil),             // 20: mpfleet.v1.HostEvent
-	(*PlanPolicyRequest)(nil),     // 21: mpfleet.v1.PlanPolicyRequest
-	(*PlanPolicyResponse)(nil),    // 22: mpfleet.v1.PlanPolicyResponse
-	(*HostPlan)(nil),              // 23: mpfleet.v1.HostPlan
-	nil,                           // 24: mpfleet.v1.Host.LabelsEntry
-	nil,                           // 25: mpfleet.v1.AppliedState.SysctlsEntry
-	nil,                           // 26: mpfleet.v1.MptcpHealth.CountersEntry
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
-	(*Limits)(nil),                // 28: mpfleet.v1.Limits
-	(EndpointFlag)(0),             // 29: mpfleet.v1.EndpointFlag
-	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
-	(*MultipathPolicy)(nil),       // 31: mpfleet.v1.MultipathPolicy
+	(*DeleteHostRequest)(nil),     // 4: mpfleet.v1.DeleteHostRequest
+	(*Host)(nil),                  // 5: mpfleet.v1.Host
+	(*HostProblem)(nil),           // 6: mpfleet.v1.HostProblem
+	(*HostFacts)(nil),             // 7: mpfleet.v1.HostFacts
+	(*Interface)(nil),             // 8: mpfleet.v1.Interface
+	(*AppliedState)(nil),          // 9: mpfleet.v1.AppliedState
+	(*AppliedEndpoint)(nil),       // 10: mpfleet.v1.AppliedEndpoint
+	(*AppliedRule)(nil),           // 11: mpfleet.v1.AppliedRule
+	(*AppliedRoute)(nil),          // 12: mpfleet.v1.AppliedRoute
+	(*MptcpHealth)(nil),           // 13: mpfleet.v1.MptcpHealth
+	(*PathStatus)(nil),            // 14: mpfleet.v1.PathStatus
+	(*MptcpConnection)(nil),       // 15: mpfleet.v1.MptcpConnection
+	(*PlanOperation)(nil),         // 16: mpfleet.v1.PlanOperation
+	(*GetHostRequest)(nil),        // 17: mpfleet.v1.GetHostRequest
+	(*ListHostsRequest)(nil),      // 18: mpfleet.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),     // 19: mpfleet.v1.ListHostsResponse
+	(*WatchHostsRequest)(nil),     // 20: mpfleet.v1.WatchHostsRequest
+	(*HostEvent)(nil),             // 21: mpfleet.v1.HostEvent
+	(*PlanPolicyRequest)(nil),     // 22: mpfleet.v1.PlanPolicyRequest
+	(*PlanPolicyResponse)(nil),    // 23: mpfleet.v1.PlanPolicyResponse
+	(*HostPlan)(nil),              // 24: mpfleet.v1.HostPlan
+	nil,                           // 25: mpfleet.v1.Host.LabelsEntry
+	nil,                           // 26: mpfleet.v1.AppliedState.SysctlsEntry
+	nil,                           // 27: mpfleet.v1.MptcpHealth.CountersEntry
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(*Limits)(nil),                // 29: mpfleet.v1.Limits
+	(EndpointFlag)(0),             // 30: mpfleet.v1.EndpointFlag
+	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
+	(*MultipathPolicy)(nil),       // 32: mpfleet.v1.MultipathPolicy
+	(*emptypb.Empty)(nil),         // 33: google.protobuf.Empty
 }
 var file_mpfleet_v1_host_proto_depIdxs = []int32{
-	24, // 0: mpfleet.v1.Host.labels:type_name -> mpfleet.v1.Host.LabelsEntry
-	6,  // 1: mpfleet.v1.Host.facts:type_name -> mpfleet.v1.HostFacts
+	25, // 0: mpfleet.v1.Host.labels:type_name -> mpfleet.v1.Host.LabelsEntry
+	7,  // 1: mpfleet.v1.Host.facts:type_name -> mpfleet.v1.HostFacts
 	0,  // 2: mpfleet.v1.Host.sync_state:type_name -> mpfleet.v1.SyncState
-	8,  // 3: mpfleet.v1.Host.applied:type_name -> mpfleet.v1.AppliedState
-	12, // 4: mpfleet.v1.Host.health:type_name -> mpfleet.v1.MptcpHealth
-	27, // 5: mpfleet.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	15, // 6: mpfleet.v1.Host.last_plan:type_name -> mpfleet.v1.PlanOperation
-	5,  // 7: mpfleet.v1.Host.problems:type_name -> mpfleet.v1.HostProblem
+	9,  // 3: mpfleet.v1.Host.applied:type_name -> mpfleet.v1.AppliedState
+	13, // 4: mpfleet.v1.Host.health:type_name -> mpfleet.v1.MptcpHealth
+	28, // 5: mpfleet.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	16, // 6: mpfleet.v1.Host.last_plan:type_name -> mpfleet.v1.PlanOperation
+	6,  // 7: mpfleet.v1.Host.problems:type_name -> mpfleet.v1.HostProblem
 	2,  // 8: mpfleet.v1.HostProblem.code:type_name -> mpfleet.v1.HostProblem.Code
-	7,  // 9: mpfleet.v1.HostFacts.interfaces:type_name -> mpfleet.v1.Interface
-	9,  // 10: mpfleet.v1.AppliedState.endpoints:type_name -> mpfleet.v1.AppliedEndpoint
-	28, // 11: mpfleet.v1.AppliedState.limits:type_name -> mpfleet.v1.Limits
-	10, // 12: mpfleet.v1.AppliedState.rules:type_name -> mpfleet.v1.AppliedRule
-	11, // 13: mpfleet.v1.AppliedState.routes:type_name -> mpfleet.v1.AppliedRoute
-	25, // 14: mpfleet.v1.AppliedState.sysctls:type_name -> mpfleet.v1.AppliedState.SysctlsEntry
-	29, // 15: mpfleet.v1.AppliedEndpoint.flags:type_name -> mpfleet.v1.EndpointFlag
-	26, // 16: mpfleet.v1.MptcpHealth.counters:type_name -> mpfleet.v1.MptcpHealth.CountersEntry
-	27, // 17: mpfleet.v1.MptcpHealth.read_time:type_name -> google.protobuf.Timestamp
-	14, // 18: mpfleet.v1.MptcpHealth.connections_list:type_name -> mpfleet.v1.MptcpConnection
-	13, // 19: mpfleet.v1.MptcpHealth.paths:type_name -> mpfleet.v1.PathStatus
+	8,  // 9: mpfleet.v1.HostFacts.interfaces:type_name -> mpfleet.v1.Interface
+	10, // 10: mpfleet.v1.AppliedState.endpoints:type_name -> mpfleet.v1.AppliedEndpoint
+	29, // 11: mpfleet.v1.AppliedState.limits:type_name -> mpfleet.v1.Limits
+	11, // 12: mpfleet.v1.AppliedState.rules:type_name -> mpfleet.v1.AppliedRule
+	12, // 13: mpfleet.v1.AppliedState.routes:type_name -> mpfleet.v1.AppliedRoute
+	26, // 14: mpfleet.v1.AppliedState.sysctls:type_name -> mpfleet.v1.AppliedState.SysctlsEntry
+	30, // 15: mpfleet.v1.AppliedEndpoint.flags:type_name -> mpfleet.v1.EndpointFlag
+	27, // 16: mpfleet.v1.MptcpHealth.counters:type_name -> mpfleet.v1.MptcpHealth.CountersEntry
+	28, // 17: mpfleet.v1.MptcpHealth.read_time:type_name -> google.protobuf.Timestamp
+	15, // 18: mpfleet.v1.MptcpHealth.connections_list:type_name -> mpfleet.v1.MptcpConnection
+	14, // 19: mpfleet.v1.MptcpHealth.paths:type_name -> mpfleet.v1.PathStatus
 	1,  // 20: mpfleet.v1.PathStatus.state:type_name -> mpfleet.v1.PathState
-	27, // 21: mpfleet.v1.PathStatus.last_check_time:type_name -> google.protobuf.Timestamp
-	30, // 22: mpfleet.v1.PathStatus.probe_latency:type_name -> google.protobuf.Duration
+	28, // 21: mpfleet.v1.PathStatus.last_check_time:type_name -> google.protobuf.Timestamp
+	31, // 22: mpfleet.v1.PathStatus.probe_latency:type_name -> google.protobuf.Duration
 	0,  // 23: mpfleet.v1.ListHostsRequest.sync_state:type_name -> mpfleet.v1.SyncState
-	4,  // 24: mpfleet.v1.ListHostsResponse.hosts:type_name -> mpfleet.v1.Host
+	5,  // 24: mpfleet.v1.ListHostsResponse.hosts:type_name -> mpfleet.v1.Host
 	3,  // 25: mpfleet.v1.HostEvent.type:type_name -> mpfleet.v1.HostEvent.Type
-	4,  // 26: mpfleet.v1.HostEvent.host:type_name -> mpfleet.v1.Host
-	31, // 27: mpfleet.v1.PlanPolicyRequest.policy:type_name -> mpfleet.v1.MultipathPolicy
-	23, // 28: mpfleet.v1.PlanPolicyResponse.hosts:type_name -> mpfleet.v1.HostPlan
-	15, // 29: mpfleet.v1.HostPlan.operations:type_name -> mpfleet.v1.PlanOperation
-	16, // 30: mpfleet.v1.HostService.GetHost:input_type -> mpfleet.v1.GetHostRequest
-	17, // 31: mpfleet.v1.HostService.ListHosts:input_type -> mpfleet.v1.ListHostsRequest
-	19, // 32: mpfleet.v1.HostService.WatchHosts:input_type -> mpfleet.v1.WatchHostsRequest
-	21, // 33: mpfleet.v1.HostService.PlanPolicy:input_type -> mpfleet.v1.PlanPolicyRequest
-	4,  // 34: mpfleet.v1.HostService.GetHost:output_type -> mpfleet.v1.Host
-	18, // 35: mpfleet.v1.HostService.ListHosts:output_type -> mpfleet.v1.ListHostsResponse
-	20, // 36: mpfleet.v1.HostService.WatchHosts:output_type -> mpfleet.v1.HostEvent
-	22, // 37: mpfleet.v1.HostService.PlanPolicy:output_type -> mpfleet.v1.PlanPolicyResponse
-	34, // [34:38] is the sub-list for method output_type
-	30, // [30:34] is the sub-list for method input_type
+	5,  // 26: mpfleet.v1.HostEvent.host:type_name -> mpfleet.v1.Host
+	32, // 27: mpfleet.v1.PlanPolicyRequest.policy:type_name -> mpfleet.v1.MultipathPolicy
+	24, // 28: mpfleet.v1.PlanPolicyResponse.hosts:type_name -> mpfleet.v1.HostPlan
+	16, // 29: mpfleet.v1.HostPlan.operations:type_name -> mpfleet.v1.PlanOperation
+	17, // 30: mpfleet.v1.HostService.GetHost:input_type -> mpfleet.v1.GetHostRequest
+	18, // 31: mpfleet.v1.HostService.ListHosts:input_type -> mpfleet.v1.ListHostsRequest
+	20, // 32: mpfleet.v1.HostService.WatchHosts:input_type -> mpfleet.v1.WatchHostsRequest
+	22, // 33: mpfleet.v1.HostService.PlanPolicy:input_type -> mpfleet.v1.PlanPolicyRequest
+	4,  // 34: mpfleet.v1.HostService.DeleteHost:input_type -> mpfleet.v1.DeleteHostRequest
+	5,  // 35: mpfleet.v1.HostService.GetHost:output_type -> mpfleet.v1.Host
+	19, // 36: mpfleet.v1.HostService.ListHosts:output_type -> mpfleet.v1.ListHostsResponse
+	21, // 37: mpfleet.v1.HostService.WatchHosts:output_type -> mpfleet.v1.HostEvent
+	23, // 38: mpfleet.v1.HostService.PlanPolicy:output_type -> mpfleet.v1.PlanPolicyResponse
+	33, // 39: mpfleet.v1.HostService.DeleteHost:output_type -> google.protobuf.Empty
+	35, // [35:40] is the sub-list for method output_type
+	30, // [30:35] is the sub-list for method input_type
 	30, // [30:30] is the sub-list for extension type_name
 	30, // [30:30] is the sub-list for extension extendee
 	0,  // [0:30] is the sub-list for field type_name
@@ -2193,7 +2258,7 @@ func file_mpfleet_v1_host_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mpfleet_v1_host_proto_rawDesc), len(file_mpfleet_v1_host_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -11,6 +11,7 @@ import (
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 )
 
 // This is a compile-time assertion to ensure that this generated file
@@ -23,6 +24,7 @@ const (
 	HostService_ListHosts_FullMethodName  = "/mpfleet.v1.HostService/ListHosts"
 	HostService_WatchHosts_FullMethodName = "/mpfleet.v1.HostService/WatchHosts"
 	HostService_PlanPolicy_FullMethodName = "/mpfleet.v1.HostService/PlanPolicy"
+	HostService_DeleteHost_FullMethodName = "/mpfleet.v1.HostService/DeleteHost"
 )
 
 // HostServiceClient is the client API for HostService service.
@@ -43,6 +45,10 @@ type HostServiceClient interface {
 	// operations a group's policy (or a candidate policy) would cause. Nothing is
 	// applied.
 	PlanPolicy(ctx context.Context, in *PlanPolicyRequest, opts ...grpc.CallOption) (*PlanPolicyResponse, error)
+	// DeleteHost removes a host that is not connected (decommissioned, or
+	// forged): its stored status and its place in rollouts to come. Admin only;
+	// FAILED_PRECONDITION while its agent is connected.
+	DeleteHost(ctx context.Context, in *DeleteHostRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
 type hostServiceClient struct {
@@ -102,6 +108,16 @@ func (c *hostServiceClient) PlanPolicy(ctx context.Context, in *PlanPolicyReques
 	return out, nil
 }
 
+func (c *hostServiceClient) DeleteHost(ctx context.Context, in *DeleteHostRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, HostService_DeleteHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HostServiceServer is the server API for HostService service.
 // All implementations must embed UnimplementedHostServiceServer
 // for forward compatibility.
@@ -120,6 +136,10 @@ type HostServiceServer interface {
 	// operations a group's policy (or a candidate policy) would cause. Nothing is
 	// applied.
 	PlanPolicy(context.Context, *PlanPolicyRequest) (*PlanPolicyResponse, error)
+	// DeleteHost removes a host that is not connected (decommissioned, or
+	// forged): its stored status and its place in rollouts to come. Admin only;
+	// FAILED_PRECONDITION while its agent is connected.
+	DeleteHost(context.Context, *DeleteHostRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedHostServiceServer()
 }
 
@@ -141,6 +161,9 @@ func (UnimplementedHostServiceServer) WatchHosts(*WatchHostsRequest, grpc.Server
 }
 func (UnimplementedHostServiceServer) PlanPolicy(context.Context, *PlanPolicyRequest) (*PlanPolicyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PlanPolicy not implemented")
+}
+func (UnimplementedHostServiceServer) DeleteHost(context.Context, *DeleteHostRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteHost not implemented")
 }
 func (UnimplementedHostServiceServer) mustEmbedUnimplementedHostServiceServer() {}
 func (UnimplementedHostServiceServer) testEmbeddedByValue()                     {}
@@ -228,6 +251,24 @@ func _HostService_PlanPolicy_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HostService_DeleteHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).DeleteHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_DeleteHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).DeleteHost(ctx, req.(*DeleteHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // HostService_ServiceDesc is the grpc.ServiceDesc for HostService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -246,6 +287,10 @@ var HostService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PlanPolicy",
 			Handler:    _HostService_PlanPolicy_Handler,
+		},
+		{
+			MethodName: "DeleteHost",
+			Handler:    _HostService_DeleteHost_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
