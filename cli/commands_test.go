@@ -390,17 +390,45 @@ func TestAuditList(t *testing.T) {
 
 func TestAuditVerify(t *testing.T) {
 	c := newController(t)
-	c.audit.verify = &mpfleetv1.VerifyAuditLogResponse{Ok: true, EventsChecked: 42, FirstSequence: 1, LastSequence: 42, HeadHash: "ab12"}
-	r := c.run(t, "", nil, "audit", "verify")
-	if r.err != nil || r.stdout != "OK: 42 events verified (sequences 1 to 42), head ab12\n" {
-		t.Errorf("verify: %v, printed %q", r.err, r.stdout)
+	for _, tc := range []struct {
+		resp *mpfleetv1.VerifyAuditLogResponse
+		want string
+	}{
+		{&mpfleetv1.VerifyAuditLogResponse{Ok: true, EventsChecked: 42, FirstSequence: 1, LastSequence: 42, HeadHash: "ab12",
+			KeyId: "0123456789abcdef", KeyedEvents: 42, FirstKeyedSequence: 1},
+			"OK: 42 events verified (sequences 1 to 42), head ab12\n" +
+				"  keyed: all 42 events, with audit key 0123456789abcdef\n" +
+				"  pruned: none (the log starts at sequence 1)\n"},
+		{&mpfleetv1.VerifyAuditLogResponse{Ok: true, EventsChecked: 42, FirstSequence: 8, LastSequence: 49, HeadHash: "ab12",
+			KeyId: "0123456789abcdef", KeyedEvents: 40, UnkeyedEvents: 2, FirstKeyedSequence: 10, PrunedEvents: 7, CheckpointSequence: 30},
+			"OK: 42 events verified (sequences 8 to 49), head ab12\n" +
+				"  keyed: 40 events from sequence 10, with audit key 0123456789abcdef; 2 older events unkeyed (plain SHA-256, written before the key was introduced)\n" +
+				"  pruned: events 1..7, removed by retention as the checkpoint at sequence 30 records\n"},
+		// A controller that predates audit keys and checkpoints.
+		{&mpfleetv1.VerifyAuditLogResponse{Ok: true, EventsChecked: 5, FirstSequence: 3, LastSequence: 7, HeadHash: "ab12"},
+			"OK: 5 events verified (sequences 3 to 7), head ab12\n" +
+				"  keyed: not reported (the controller predates audit keys: plain SHA-256 hashes, which anyone who can write etcd can recompute)\n" +
+				"  pruned: events 1..2 (not checked against a checkpoint: the controller predates them)\n"},
+	} {
+		c.audit.verify = tc.resp
+		r := c.run(t, "", nil, "audit", "verify")
+		if r.err != nil || r.stdout != tc.want {
+			t.Errorf("verify: %v, printed\n%s\nwant\n%s", r.err, r.stdout, tc.want)
+		}
 	}
 	c.audit.verify = &mpfleetv1.VerifyAuditLogResponse{EventsChecked: 17, FirstSequence: 1, LastSequence: 42, FirstBadSequence: 17, Reason: "hash mismatch"}
-	r = c.run(t, "", nil, "audit", "verify")
+	r := c.run(t, "", nil, "audit", "verify")
 	if r.stdout != "BROKEN: sequence 17: hash mismatch (17 events checked from sequence 1)\n" {
 		t.Errorf("verify of a broken chain printed %q", r.stdout)
 	}
 	wantOneLineError(t, r, 1, "mpfleetctl: audit log does not verify: first bad sequence 17: hash mismatch")
+	c.audit.verify = &mpfleetv1.VerifyAuditLogResponse{EventsChecked: 3, FirstSequence: 4, LastSequence: 6, FirstBadSequence: 1,
+		Reason: "events 1..3 missing and no checkpoint accounts for them: they were deleted by hand, not by retention", PrunedEvents: 3}
+	r = c.run(t, "", nil, "audit", "verify")
+	if r.stdout != "BROKEN: sequence 1: events 1..3 missing and no checkpoint accounts for them: they were deleted by hand, not by retention (3 events checked from sequence 4)\n" || r.code() != 1 {
+		t.Errorf("verify of a log with its start deleted printed %q, exit %d", r.stdout, r.code())
+	}
+	c.audit.verify = &mpfleetv1.VerifyAuditLogResponse{EventsChecked: 17, FirstSequence: 1, LastSequence: 42, FirstBadSequence: 17, Reason: "hash mismatch"}
 
 	r = c.run(t, "", nil, "audit", "verify", "-o", "json")
 	var resp mpfleetv1.VerifyAuditLogResponse

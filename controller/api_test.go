@@ -49,11 +49,11 @@ func start(t testing.TB) *env {
 }
 
 // startWith is start with options (the logger and a short session TTL are
-// set for the test).
-func startWith(t testing.TB, opts controller.Options) *env {
+// set for the test), and options of the store (an audit key).
+func startWith(t testing.TB, opts controller.Options, sopts ...store.Option) *env {
 	t.Helper()
 	_, cli := etcdtest.Embedded(t)
-	st := store.New(cli, "/mpfleet/v1/")
+	st := store.New(cli, "/mpfleet/v1/", sopts...)
 	cache := store.NewCache(st, quietLog())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)

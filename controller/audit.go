@@ -3,7 +3,12 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/mpfleet/mpfleet/internal/audit"
 	"github.com/mpfleet/mpfleet/internal/store"
@@ -163,4 +168,55 @@ func (c *Controller) auditFailure(ctx context.Context, action, resource, reason 
 	if _, aerr := c.store.AppendAudit(actx, ev); aerr != nil {
 		c.log.Error("audit: cannot record failure", "action", action, "resource", resource, "err", aerr)
 	}
+}
+
+// auditKeyFile is the default audit key file in the data dir.
+const auditKeyFile = "audit.key"
+
+// loadAuditKey reads --audit-key-file, which must exist, or by default
+// <data-dir>/audit.key, which is generated on first start. A key file that
+// cannot be read or is too short stops the controller.
+func loadAuditKey(f Flags, log *slog.Logger) (*audit.Key, error) {
+	path := f.AuditKeyFile
+	var k *audit.Key
+	if path != "" {
+		var err error
+		if k, err = audit.LoadKeyFile(path); err != nil {
+			return nil, fmt.Errorf("--audit-key-file: %w", err)
+		}
+	} else {
+		path = filepath.Join(f.DataDir, auditKeyFile)
+		var created bool
+		var err error
+		if k, created, err = audit.LoadOrCreateKeyFile(path); err != nil {
+			return nil, fmt.Errorf("audit key (--audit-key-file, by default <data-dir>/%s): %w", auditKeyFile, err)
+		}
+		if created {
+			log.Info("generated a new audit key", "file", path, "key-id", k.ID())
+			if len(f.EtcdEndpoints) > 0 {
+				log.Warn("with --etcd-endpoints every controller replica needs the same audit key: copy this file to the others and give it with --audit-key-file", "file", path)
+			}
+		}
+	}
+	if st, err := os.Stat(path); err == nil && st.Mode().Perm()&0o077 != 0 {
+		log.Warn("the audit key file can be read by other users; make it mode 0600", "file", path, "mode", st.Mode().Perm().String())
+	}
+	log.Info("audit chain keyed", "key-id", k.ID(), "key-file", path)
+	return k, nil
+}
+
+// keyAuditChain makes sure the audit chain continues with this controller's
+// key before it serves (see store.KeyAuditChain): a chain keyed with another
+// key stops the controller.
+func keyAuditChain(ctx context.Context, st *store.Store, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	added, err := st.KeyAuditChain(ctx)
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	if added {
+		log.Info("audit key introduced: the existing events are unkeyed, every new one is keyed", "key-id", st.AuditKeyID())
+	}
+	return nil
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
@@ -71,6 +73,9 @@ type TokenEntry struct {
 	Role        string `json:"role"`
 	TokenSHA256 string `json:"tokenSHA256"`
 	Host        string `json:"host,omitempty"`
+	// Expires, if set, ends the token: calls with it are refused and its
+	// open streams closed (RFC 3339, e.g. 2027-01-31T00:00:00Z).
+	Expires *time.Time `json:"expires,omitempty"`
 }
 
 type tokenSet struct {
@@ -78,11 +83,14 @@ type tokenSet struct {
 }
 
 type tokenEntry struct {
-	name string
-	role Role
-	sum  []byte
-	host string // agent tokens: the host id they speak for
+	name    string
+	role    Role
+	sum     []byte
+	host    string    // agent tokens: the host id they speak for
+	expires time.Time // zero: never
 }
+
+func (e tokenEntry) expired(now time.Time) bool { return !e.expires.IsZero() && !now.Before(e.expires) }
 
 // loadTokens reads a tokens file: a YAML list of TokenEntry.
 func loadTokens(path string) (*tokenSet, error) {
@@ -113,15 +121,23 @@ func loadTokens(path string) (*tokenSet, error) {
 		case r != RoleAgent && e.Host != "":
 			return nil, fmt.Errorf("tokens file %s: entry %d (%s): host is only for role agent", path, i, e.Name)
 		}
-		ts.entries = append(ts.entries, tokenEntry{name: e.Name, role: r, sum: sum, host: e.Host})
+		te := tokenEntry{name: e.Name, role: r, sum: sum, host: e.Host}
+		if e.Expires != nil {
+			te.expires = *e.Expires
+		}
+		ts.entries = append(ts.entries, te)
 	}
 	return ts, nil
 }
 
 func (ts *tokenSet) lookup(token string) (tokenEntry, bool) {
 	sum := sha256.Sum256([]byte(token))
+	return ts.bySum(sum[:])
+}
+
+func (ts *tokenSet) bySum(sum []byte) (tokenEntry, bool) {
 	for _, e := range ts.entries {
-		if subtle.ConstantTimeCompare(sum[:], e.sum) == 1 {
+		if subtle.ConstantTimeCompare(sum, e.sum) == 1 {
 			return e, true
 		}
 	}
@@ -140,6 +156,9 @@ type Caller struct {
 	// Anonymous is true when the controller authenticates nobody
 	// (development on loopback): every call is allowed.
 	Anonymous bool
+
+	tokenSum []byte              // the bearer token's sum, if one
+	chain    []*x509.Certificate // the verified client certificate chain, if one
 }
 
 // mayBeHost reports whether the caller may speak AgentService as host id.
@@ -156,10 +175,24 @@ func callerFrom(ctx context.Context) Caller {
 
 // authenticator identifies callers. With no tokens and no client CA every
 // caller is "anonymous" with the admin role: that is only allowed on loopback
-// (see Run).
+// (see Run). Its credentials come from a credStore, which reloads them.
 type authenticator struct {
-	tokens *tokenSet // nil: no bearer tokens
-	mtls   bool      // client certificates verified against a CA
+	creds *credStore
+}
+
+func (a *authenticator) tokens() *tokenSet {
+	if a.creds == nil {
+		return nil
+	}
+	return a.creds.tokens.Load()
+}
+
+func (a *authenticator) mtls() bool {
+	if a.creds == nil {
+		return false
+	}
+	cfg := a.creds.tls.Load()
+	return cfg != nil && cfg.ClientCAs != nil
 }
 
 // methodRoles is the authorization table: the role each method of the API
@@ -239,24 +272,31 @@ func (a *authenticator) identify(ctx context.Context, fullMethod string) (contex
 	}
 	_ = grpc.SetHeader(ctx, metadata.Pairs("x-request-id", c.RequestID))
 
+	tokens := a.tokens()
 	switch {
-	case a.tokens == nil && !a.mtls:
+	case tokens == nil && !a.mtls():
 		c.Actor, c.Role, c.Anonymous = "anonymous", RoleAdmin, true
 	default:
-		if auth := md.Get("authorization"); len(auth) > 0 && a.tokens != nil {
+		if auth := md.Get("authorization"); len(auth) > 0 && tokens != nil {
 			tok, ok := strings.CutPrefix(auth[0], "Bearer ")
 			if !ok {
 				return ctx, status.Error(codes.Unauthenticated, "authorization metadata must be \"Bearer TOKEN\"")
 			}
-			e, ok := a.tokens.lookup(strings.TrimSpace(tok))
+			e, ok := tokens.lookup(strings.TrimSpace(tok))
 			if !ok {
 				return ctx, status.Error(codes.Unauthenticated, "unknown bearer token")
 			}
+			if e.expired(time.Now()) {
+				return ctx, status.Errorf(codes.Unauthenticated, "token %q: %v at %s", e.name, errExpired, e.expires.Format(time.RFC3339))
+			}
+			sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+			c.tokenSum = sum[:]
 			c.Actor, c.Role = e.name, e.role
 			if e.role == RoleAgent {
 				c.Actor, c.Hosts = "agent:"+e.host, []string{e.host}
 			}
-		} else if cn, names := clientCertNames(ctx); cn != "" {
+		} else if cn, names, chain := clientCertNames(ctx); cn != "" {
+			c.chain = chain
 			// A verified client certificate identifies an agent, bound to
 			// the hosts it names.
 			c.Actor, c.Role = "cert:"+cn, RoleAgent
@@ -278,18 +318,18 @@ func (a *authenticator) identify(ctx context.Context, fullMethod string) (contex
 }
 
 // clientCertNames returns the common name and DNS names of the caller's
-// verified client certificate.
-func clientCertNames(ctx context.Context) (string, []string) {
+// verified client certificate, and its verified chain.
+func clientCertNames(ctx context.Context) (string, []string, []*x509.Certificate) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return "", nil
+		return "", nil, nil
 	}
 	ti, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(ti.State.VerifiedChains) == 0 || len(ti.State.PeerCertificates) == 0 {
-		return "", nil
+		return "", nil, nil
 	}
 	c := ti.State.PeerCertificates[0]
-	return c.Subject.CommonName, c.DNSNames
+	return c.Subject.CommonName, c.DNSNames, ti.State.VerifiedChains[0]
 }
 
 func (a *authenticator) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -311,6 +351,14 @@ func (a *authenticator) stream(srv any, ss grpc.ServerStream, info *grpc.StreamS
 	ctx, err := a.identify(ss.Context(), info.FullMethod)
 	if err != nil {
 		return err
+	}
+	if a.creds != nil {
+		// A stream lives as long as the credential that opened it.
+		c := callerFrom(ctx)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		defer a.creds.track(&openStream{cancel: cancel, token: c.tokenSum, chain: c.chain, actor: c.Actor})()
 	}
 	return h(srv, wrappedStream{ss, ctx})
 }

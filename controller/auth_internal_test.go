@@ -63,12 +63,14 @@ func TestAuthorizationTable(t *testing.T) {
 // authenticator as a request would be.
 func TestAuthorizationMatrix(t *testing.T) {
 	sum := func(s string) []byte { h := sha256.Sum256([]byte(s)); return h[:] }
-	a := &authenticator{tokens: &tokenSet{entries: []tokenEntry{
+	store := &credStore{}
+	store.tokens.Store(&tokenSet{entries: []tokenEntry{
 		{name: "victor", role: RoleViewer, sum: sum("v")},
 		{name: "olga", role: RoleOperator, sum: sum("o")},
 		{name: "adam", role: RoleAdmin, sum: sum("a")},
 		{name: "web-1-agent", role: RoleAgent, sum: sum("g"), host: "web-1"},
-	}}}
+	}})
+	a := &authenticator{creds: store}
 	creds := []struct {
 		name  string
 		token string

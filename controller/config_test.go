@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"log/slog"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -23,7 +24,7 @@ func TestDeployConfigParses(t *testing.T) {
 	if f.Listen != "0.0.0.0:7400" || f.TLSClientCAFile == "" || f.TokensFile == "" {
 		t.Fatalf("parsed %+v", f)
 	}
-	if _, err := serverSecurity(Flags{Listen: f.Listen}); err == nil {
+	if _, err := serverSecurity(Flags{Listen: f.Listen}, slog.New(slog.DiscardHandler)); err == nil {
 		t.Fatal("a non-loopback listen without TLS was accepted")
 	}
 }

@@ -92,18 +92,17 @@ func (c *Controller) waitCache(ctx context.Context, rev int64) {
 
 // ServerOptions configure the gRPC server.
 type ServerOptions struct {
-	// TLS, if not nil, is the server's TLS configuration.
+	// TLS, if not nil, is the server's fixed TLS configuration (no client
+	// authentication).
 	TLS *tls.Config
-	// Tokens, if not nil, are the accepted bearer tokens.
-	Tokens *tokenSet
-	// MTLS says client certificates are verified (agents authenticate so).
-	MTLS bool
+	// creds are the credentials Run loads from files and reloads.
+	creds *credStore
 }
 
 // NewServer returns a gRPC server with every mpfleet service, health and
 // reflection (v1 and v1alpha) registered, and the health status.
 func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server) {
-	a := &authenticator{tokens: opts.Tokens, mtls: opts.MTLS}
+	a := &authenticator{creds: opts.creds}
 	sopts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(recoverUnary(c.log), a.unary),
 		grpc.ChainStreamInterceptor(recoverStream(c.log), a.stream),
@@ -113,7 +112,10 @@ func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.MaxRecvMsgSize(8 << 20),
 	}
-	if opts.TLS != nil {
+	switch {
+	case opts.creds != nil && opts.creds.serverTLS() != nil:
+		sopts = append(sopts, grpc.Creds(credentials.NewTLS(opts.creds.serverTLS())))
+	case opts.TLS != nil:
 		sopts = append(sopts, grpc.Creds(credentials.NewTLS(opts.TLS)))
 	}
 	srv := grpc.NewServer(sopts...)
@@ -143,31 +145,35 @@ type Flags struct {
 	TLSKeyFile      string
 	TLSClientCAFile string
 	TokensFile      string
+	ReloadInterval  time.Duration
 	Insecure        bool
 	LogLevel        string
 	Config          string
 	AuditMaxEvents  uint64
 	AuditMaxAge     time.Duration
+	AuditKeyFile    string
 }
 
 func flagSet(f *Flags) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("mpfleet-controller", pflag.ContinueOnError)
 	fs.StringVar(&f.Listen, "listen", "127.0.0.1:7400", "gRPC listen address")
-	fs.StringVar(&f.DataDir, "data-dir", "/var/lib/mpfleet", "directory of the embedded etcd (unused with --etcd-endpoints)")
+	fs.StringVar(&f.DataDir, "data-dir", "/var/lib/mpfleet", "directory of the embedded etcd (unused with --etcd-endpoints) and of the default --audit-key-file")
 	fs.StringSliceVar(&f.EtcdEndpoints, "etcd-endpoints", nil, "use this existing etcd cluster (comma-separated URLs) instead of an embedded one")
 	fs.StringVar(&f.EtcdPrefix, "etcd-prefix", store.DefaultPrefix, "etcd key prefix of all mpfleet data")
-	fs.StringVar(&f.EtcdClientURL, "etcd-client-url", store.DefaultEmbedClientURL, "client URL of the embedded etcd (keep it on loopback)")
-	fs.StringVar(&f.EtcdPeerURL, "etcd-peer-url", store.DefaultEmbedPeerURL, "peer URL of the embedded etcd (keep it on loopback)")
+	fs.StringVar(&f.EtcdClientURL, "etcd-client-url", "", "client URL of the embedded etcd: a unix socket (unix:///path) or http://LOOPBACK:PORT; nothing else is allowed (default: unix socket <data-dir>/"+store.EmbedSocket+")")
+	fs.StringVar(&f.EtcdPeerURL, "etcd-peer-url", "", "peer URL of the embedded etcd, http://LOOPBACK:PORT (default: none; a single member has no peers)")
 	fs.StringVar(&f.EtcdCAFile, "etcd-ca-file", "", "CA bundle to verify an external etcd's TLS certificate")
 	fs.StringVar(&f.EtcdCertFile, "etcd-cert-file", "", "client certificate for an external etcd")
 	fs.StringVar(&f.EtcdKeyFile, "etcd-key-file", "", "client key for an external etcd")
 	fs.StringVar(&f.TLSCertFile, "tls-cert-file", "", "server certificate (PEM); enables TLS")
 	fs.StringVar(&f.TLSKeyFile, "tls-key-file", "", "server key (PEM)")
 	fs.StringVar(&f.TLSClientCAFile, "tls-client-ca-file", "", "CA bundle to verify client certificates (agents' mutual TLS)")
-	fs.StringVar(&f.TokensFile, "tokens-file", "", "YAML list of {name, role, tokenSHA256} bearer tokens for people and scripts")
+	fs.StringVar(&f.TokensFile, "tokens-file", "", "YAML list of {name, role, tokenSHA256[, host][, expires]} bearer tokens (agent tokens name their host)")
+	fs.DurationVar(&f.ReloadInterval, "reload-interval", 2*time.Second, "how often to check the tokens file, TLS certificate and client CA for changes and reload them (0: only on SIGHUP)")
 	fs.BoolVar(&f.Insecure, "insecure", false, "allow plaintext without authentication on a non-loopback --listen (never in production)")
 	fs.Uint64Var(&f.AuditMaxEvents, "audit-retention-events", 200000, "keep at most this many audit events (0: no limit); the leader prunes the oldest")
 	fs.DurationVar(&f.AuditMaxAge, "audit-retention-age", 0, "drop audit events older than this, e.g. 8760h (0: no limit)")
+	fs.StringVar(&f.AuditKeyFile, "audit-key-file", "", "secret key (hex, 32+ bytes) that keys the audit chain's hashes; every replica needs the same file (default: <data-dir>/audit.key, generated on first start)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
 	return fs
@@ -211,7 +217,14 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	sopts, err := serverSecurity(f)
+	sopts, err := serverSecurity(f, log)
+	if err != nil {
+		return err
+	}
+	if err := checkEmbedFlags(f); err != nil {
+		return err
+	}
+	auditKey, err := loadAuditKey(f, log)
 	if err != nil {
 		return err
 	}
@@ -225,7 +238,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var etcdTLS *tls.Config
 	var embedded *store.Embedded
 	if len(f.EtcdEndpoints) == 0 {
-		log.Info("starting embedded etcd", "data-dir", f.DataDir, "client-url", f.EtcdClientURL)
+		log.Info("starting embedded etcd", "data-dir", f.DataDir)
 		embedded, err = store.StartEmbedded(ctx, store.EmbedConfig{DataDir: f.DataDir, ClientURL: f.EtcdClientURL, PeerURL: f.EtcdPeerURL})
 		if err != nil {
 			return err
@@ -255,7 +268,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("etcd at %s: %w", strings.Join(endpoints, ","), err)
 	}
 
-	st := store.New(cli, f.EtcdPrefix)
+	st := store.New(cli, f.EtcdPrefix, store.WithAuditKey(auditKey))
+	if err := keyAuditChain(ctx, st, log); err != nil {
+		return err
+	}
 	cache := store.NewCache(st, log.With("component", "cache"))
 	c := New(st, cache, Options{Log: log, Retention: Retention{MaxEvents: f.AuditMaxEvents, MaxAge: f.AuditMaxAge}})
 	srv, hs := c.NewServer(sopts)
@@ -269,11 +285,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := cache.WaitRevision(ctx, 1); err != nil {
 		return err
 	}
+	// Credentials reload on SIGHUP and when their files change.
+	hup, stopHUP := notifyHUP()
+	defer stopHUP()
+	wg.Add(1)
+	go func() { defer wg.Done(); sopts.creds.watch(runCtx, hup, f.ReloadInterval) }()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
-	log.Info("mpfleet controller serving", "listen", lis.Addr().String(), "etcd", strings.Join(endpoints, ","), "prefix", f.EtcdPrefix, "tls", sopts.TLS != nil)
+	log.Info("mpfleet controller serving", "listen", lis.Addr().String(), "etcd", strings.Join(endpoints, ","), "prefix", f.EtcdPrefix, "tls", f.TLSCertFile != "")
 
 	var embeddedErr <-chan error
 	if embedded != nil {
@@ -329,41 +350,24 @@ func isLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func serverSecurity(f Flags) (ServerOptions, error) {
+func serverSecurity(f Flags, log *slog.Logger) (ServerOptions, error) {
 	var o ServerOptions
-	if f.TokensFile != "" {
-		ts, err := loadTokens(f.TokensFile)
-		if err != nil {
-			return o, err
-		}
-		o.Tokens = ts
-	}
 	if (f.TLSCertFile == "") != (f.TLSKeyFile == "") {
 		return o, errors.New("--tls-cert-file and --tls-key-file must be given together")
 	}
-	if f.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(f.TLSCertFile, f.TLSKeyFile)
-		if err != nil {
-			return o, fmt.Errorf("TLS key pair: %w", err)
-		}
-		o.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		if f.TLSClientCAFile != "" {
-			pool, err := loadPool(f.TLSClientCAFile)
-			if err != nil {
-				return o, err
-			}
-			o.TLS.ClientCAs = pool
-			o.TLS.ClientAuth = tls.VerifyClientCertIfGiven
-			o.MTLS = true
-		}
-	} else if f.TLSClientCAFile != "" {
+	if f.TLSCertFile == "" && f.TLSClientCAFile != "" {
 		return o, errors.New("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
 	}
+	creds, err := newCredStore(f, log)
+	if err != nil {
+		return o, err
+	}
+	o.creds = creds
 	if !isLoopback(f.Listen) && !f.Insecure {
-		if o.TLS == nil {
+		if f.TLSCertFile == "" {
 			return o, fmt.Errorf("refusing plaintext on non-loopback address %s: give --tls-cert-file and --tls-key-file, or --insecure", f.Listen)
 		}
-		if o.Tokens == nil && !o.MTLS {
+		if f.TokensFile == "" && f.TLSClientCAFile == "" {
 			return o, fmt.Errorf("refusing unauthenticated access on non-loopback address %s: give --tokens-file and/or --tls-client-ca-file, or --insecure", f.Listen)
 		}
 	}
@@ -380,6 +384,21 @@ func loadPool(path string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("%s: no PEM certificates", path)
 	}
 	return pool, nil
+}
+
+// checkEmbedFlags refuses embedded etcd URLs that are not local, before
+// anything starts.
+func checkEmbedFlags(f Flags) error {
+	if len(f.EtcdEndpoints) > 0 {
+		return nil
+	}
+	if err := store.CheckEmbedClientURL(f.EtcdClientURL); err != nil {
+		return fmt.Errorf("--etcd-client-url %w", err)
+	}
+	if err := store.CheckEmbedPeerURL(f.EtcdPeerURL); err != nil {
+		return fmt.Errorf("--etcd-peer-url %w", err)
+	}
+	return nil
 }
 
 func etcdClientTLS(f Flags) (*tls.Config, error) {

@@ -11,9 +11,10 @@ import (
 )
 
 // Retention bounds the audit log so that etcd stays within its quota. The
-// leader prunes the oldest events; the newest is always kept, so the chain
-// head stays verifiable, and VerifyAuditLog starts at the oldest retained
-// event.
+// leader prunes the oldest events. Each prune first appends an
+// "audit.checkpoint" event that records what it removes (store.PruneAudit),
+// so the chain head stays anchored and VerifyAuditLog, which starts at the
+// oldest retained event, can tell the prune from events deleted by hand.
 type Retention struct {
 	// MaxEvents keeps at most this many events (0: no limit).
 	MaxEvents uint64
@@ -105,8 +106,10 @@ func (c *Controller) pruneAudit(ctx context.Context, fence clientv3.Cmp, r Reten
 		return err
 	}
 	var upTo uint64
+	// The prune adds its checkpoint event: count it, so that a pass leaves
+	// exactly MaxEvents and the next one has nothing to do.
 	if r.MaxEvents > 0 && last-first+1 > r.MaxEvents {
-		upTo = last - r.MaxEvents
+		upTo = last + 1 - r.MaxEvents
 	}
 	if r.MaxAge > 0 {
 		old, err := c.store.AuditSeqBefore(ctx, time.Now().Add(-r.MaxAge))
@@ -120,7 +123,7 @@ func (c *Controller) pruneAudit(ctx context.Context, fence clientv3.Cmp, r Reten
 	}
 	n, err := c.store.PruneAudit(ctx, fence, upTo)
 	if n > 0 {
-		c.log.Info("audit retention pruned events", "deleted", n, "up_to", upTo)
+		c.log.Info("audit retention pruned events", "deleted", n, "from", first, "up_to", upTo)
 	}
 	return err
 }

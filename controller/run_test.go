@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,13 +53,20 @@ type running struct {
 
 func runController(t *testing.T, args ...string) *running {
 	t.Helper()
+	return runControllerWith(t, grpc.WithTransportCredentials(insecure.NewCredentials()), args...)
+}
+
+// runControllerWith is runController with the client connection's
+// credentials (TLS, for a controller serving TLS).
+func runControllerWith(t *testing.T, creds grpc.DialOption, args ...string) *running {
+	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", etcdtest.FreePort(t))
 	args = append([]string{"--listen", addr, "--log-level", "warn"}, args...)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	logs := &syncBuf{}
 	go func() { errc <- controller.Run(ctx, args, logs, logs) }()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, creds)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +166,9 @@ func TestExternalEtcd(t *testing.T) {
 	}
 	ep := etcdtest.Process(t, bin)
 	ctx := ctxT(t)
-	r := runController(t, "--etcd-endpoints", ep, "--etcd-prefix", "/ext/", "--data-dir", filepath.Join(t.TempDir(), "unused"))
+	// Every replica needs the same audit key.
+	keyFile := writeAuditKey(t, 1)
+	r := runController(t, "--etcd-endpoints", ep, "--etcd-prefix", "/ext/", "--data-dir", filepath.Join(t.TempDir(), "unused"), "--audit-key-file", keyFile)
 	if _, err := pb.NewGroupServiceClient(r.conn).CreateGroup(ctx, &pb.CreateGroupRequest{GroupId: "web", Group: webGroup()}); err != nil {
 		t.Fatal(err)
 	}
@@ -169,9 +179,14 @@ func TestExternalEtcd(t *testing.T) {
 		t.Fatalf("group not in external etcd: %v %v", resp, err)
 	}
 	// A second controller replica on the same etcd sees it.
-	r2 := runController(t, "--etcd-endpoints", ep, "--etcd-prefix", "/ext/")
+	r2 := runController(t, "--etcd-endpoints", ep, "--etcd-prefix", "/ext/", "--audit-key-file", keyFile)
 	if _, err := pb.NewGroupServiceClient(r2.conn).GetGroup(ctx, &pb.GetGroupRequest{Name: "groups/web"}); err != nil {
 		t.Fatal(err)
+	}
+	// A replica with another key refuses to start.
+	err = controller.Run(ctx, []string{"--listen", "127.0.0.1:0", "--etcd-endpoints", ep, "--etcd-prefix", "/ext/", "--audit-key-file", writeAuditKey(t, 2)}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "every controller replica needs the same audit key file") {
+		t.Fatalf("a replica with another audit key: err = %v, want a refusal", err)
 	}
 	if _, err := os.Stat(filepath.Join(t.TempDir(), "unused")); err == nil {
 		t.Fatal("embedded etcd data dir created although --etcd-endpoints was given")

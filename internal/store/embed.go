@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -11,26 +12,92 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
-// Default loopback URLs of the embedded etcd member: next to the controller's
-// 7400, and away from etcd's well-known 2379/2380 so that a real etcd on the
-// same machine is never confused with mpfleet's.
+// The embedded etcd member is local only: nothing off the machine may reach
+// it, since whoever can write etcd can rewrite mpfleet's state. By default
+// its clients connect over a unix socket in the data dir (DataDir/etcd is
+// mode 0700, so only the controller's user can connect) and it has no peer
+// listener at all: a single member has no peers. Other URLs must be
+// loopback.
 const (
-	DefaultEmbedClientURL = "http://127.0.0.1:7401"
-	DefaultEmbedPeerURL   = "http://127.0.0.1:7402"
+	// EmbedSocket is the default client socket, relative to the data dir.
+	EmbedSocket = "etcd/client.sock"
+	// maxSocketPath is the longest unix socket path Linux takes (sun_path
+	// holds 108 bytes with the terminating NUL).
+	maxSocketPath = 107
+	// unlistenedPeerURL is the peer URL a member without a peer listener
+	// advertises: etcd needs one, nothing dials it.
+	unlistenedPeerURL = "http://127.0.0.1:0"
+	// unixAdvertiseURL is the client URL a member on a unix socket
+	// advertises: etcd wants "host:port" there, which cannot name an
+	// absolute socket path, and nothing dials it (the controller is the
+	// member's only client).
+	unixAdvertiseURL = "unix://localhost:0"
 )
 
 // EmbedConfig configures an embedded single-member etcd.
 type EmbedConfig struct {
 	// DataDir holds the member's data (DataDir/etcd).
 	DataDir string
-	// ClientURL and PeerURL are where it listens; loopback by default.
+	// ClientURL is where it serves clients: empty for the unix socket
+	// DataDir/etcd/client.sock, else unix:///absolute/path or
+	// http://LOOPBACK:PORT (see CheckEmbedClientURL).
 	ClientURL string
-	PeerURL   string
+	// PeerURL is where it serves peers: empty for nowhere (a single member
+	// has no peers), else http://LOOPBACK:PORT.
+	PeerURL string
 	// StartTimeout bounds the wait for the member to be ready (default 60s).
 	StartTimeout time.Duration
 	// LogLevel of etcd's own logger (default "fatal": etcd reports errors
 	// that matter through Err, and its shutdown chatter is noise).
 	LogLevel string
+}
+
+// CheckEmbedClientURL checks that u is a client URL that keeps the embedded
+// etcd local: a unix socket with an absolute path (unix:///path), or plain
+// http on a loopback address (127.0.0.1, ::1 or localhost) with a port. ""
+// is the default socket.
+func CheckEmbedClientURL(u string) error { return checkLocalURL(u, true) }
+
+// CheckEmbedPeerURL checks that u is a peer URL that keeps the embedded etcd
+// local: plain http on a loopback address with a port. "" is no peer
+// listener.
+func CheckEmbedPeerURL(u string) error { return checkLocalURL(u, false) }
+
+func checkLocalURL(raw string, unix bool) error {
+	if raw == "" {
+		return nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return err
+	}
+	switch {
+	case u.Scheme == "unix" && unix:
+		if u.Host != "" || !filepath.IsAbs(u.Path) {
+			return fmt.Errorf("%q: want unix:///absolute/path (three slashes)", raw)
+		}
+		if len(u.Path) > maxSocketPath {
+			return fmt.Errorf("%q: a unix socket path has at most %d bytes", raw, maxSocketPath)
+		}
+		return nil
+	case u.Scheme == "http":
+		host, port, err := net.SplitHostPort(u.Host)
+		if err != nil || port == "" || u.Path != "" || u.RawQuery != "" || u.User != nil {
+			return fmt.Errorf("%q: want http://LOOPBACK:PORT", raw)
+		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			instead := "a loopback address (http://127.0.0.1:PORT)"
+			if unix {
+				instead = "a unix socket (unix:///path) or " + instead
+			}
+			return fmt.Errorf("%q is not local: the embedded etcd must not be reachable from other machines, since whoever can write to it can rewrite mpfleet's state; use %s, or an etcd cluster of your own with --etcd-endpoints", raw, instead)
+		}
+		return nil
+	case unix:
+		return fmt.Errorf("%q: want unix:///absolute/path or http://LOOPBACK:PORT (the embedded etcd is local only; https and unixs are not supported)", raw)
+	default:
+		return fmt.Errorf("%q: want http://LOOPBACK:PORT (the embedded etcd is local only)", raw)
+	}
 }
 
 // Embedded is a running embedded etcd member.
@@ -45,11 +112,11 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	if cfg.DataDir == "" {
 		return nil, fmt.Errorf("embedded etcd: data dir is required")
 	}
-	if cfg.ClientURL == "" {
-		cfg.ClientURL = DefaultEmbedClientURL
+	if err := CheckEmbedClientURL(cfg.ClientURL); err != nil {
+		return nil, fmt.Errorf("embedded etcd: client URL %w", err)
 	}
-	if cfg.PeerURL == "" {
-		cfg.PeerURL = DefaultEmbedPeerURL
+	if err := CheckEmbedPeerURL(cfg.PeerURL); err != nil {
+		return nil, fmt.Errorf("embedded etcd: peer URL %w", err)
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 60 * time.Second
@@ -57,24 +124,43 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "fatal"
 	}
-	cu, err := url.Parse(cfg.ClientURL)
+	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
-		return nil, fmt.Errorf("embedded etcd: client url %q: %w", cfg.ClientURL, err)
+		return nil, fmt.Errorf("embedded etcd: %w", err)
 	}
-	pu, err := url.Parse(cfg.PeerURL)
-	if err != nil {
-		return nil, fmt.Errorf("embedded etcd: peer url %q: %w", cfg.PeerURL, err)
-	}
-	dir := filepath.Join(cfg.DataDir, "etcd")
+	dir := filepath.Join(dataDir, "etcd")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	// The directory is the socket's guard: only its owner may enter it.
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	if cfg.ClientURL == "" {
+		cfg.ClientURL = "unix://" + filepath.Join(dataDir, EmbedSocket)
+		if err := CheckEmbedClientURL(cfg.ClientURL); err != nil {
+			return nil, fmt.Errorf("embedded etcd: client socket in data dir %s: %w (choose a shorter data dir, or a loopback client URL)", dataDir, err)
+		}
+	}
+	cu, _ := url.Parse(cfg.ClientURL) // checked above
+	adv := *cu
+	if cu.Scheme == "unix" {
+		au, _ := url.Parse(unixAdvertiseURL)
+		adv = *au
 	}
 	ec := embed.NewConfig()
 	ec.Name = "mpfleet"
 	ec.Dir = dir
 	ec.ListenClientUrls = []url.URL{*cu}
-	ec.AdvertiseClientUrls = []url.URL{*cu}
-	ec.ListenPeerUrls = []url.URL{*pu}
+	ec.AdvertiseClientUrls = []url.URL{adv}
+	ec.ListenPeerUrls = nil
+	peer := unlistenedPeerURL
+	if cfg.PeerURL != "" {
+		pu, _ := url.Parse(cfg.PeerURL) // checked above
+		ec.ListenPeerUrls = []url.URL{*pu}
+		peer = pu.String()
+	}
+	pu, _ := url.Parse(peer)
 	ec.AdvertisePeerUrls = []url.URL{*pu}
 	ec.InitialCluster = ec.Name + "=" + pu.String()
 	ec.LogLevel = cfg.LogLevel
@@ -101,10 +187,11 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Embedded{e: e, clientURL: cu.String()}, nil
+	return &Embedded{e: e, clientURL: cfg.ClientURL}, nil
 }
 
-// Endpoints returns the client endpoints to dial.
+// Endpoints returns the client endpoints to dial (unix:///path for a
+// socket, which the etcd client takes as is).
 func (e *Embedded) Endpoints() []string { return []string{e.clientURL} }
 
 // Err reports a fatal error of the running member.

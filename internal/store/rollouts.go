@@ -153,20 +153,19 @@ func (s *Store) holds(ctx context.Context, c clientv3.Cmp) (bool, error) {
 func (s *Store) auditOpsN(evs []*pb.AuditEvent, h head) (clientv3.Cmp, []clientv3.Op, error) {
 	cmp := clientv3.Compare(clientv3.ModRevision(s.auditHeadKey()), "=", h.modRev)
 	var ops []clientv3.Op
-	seq, hash := h.seq, h.hash
+	seq, hash, keyID := h.seq, h.hash, h.keyID
 	for _, ev := range evs {
 		if ev.Time == nil {
 			ev.Time = nowProto(s)
 		}
-		c, o, err := s.auditOps(ev, head{seq: seq, hash: hash, modRev: h.modRev})
+		c, o, err := s.auditOps(ev, head{seq: seq, hash: hash, keyID: keyID, modRev: h.modRev})
 		if err != nil {
 			return c, nil, err
 		}
 		ops = append(ops, o[0]) // the event; its head put is replaced below
-		seq, hash = ev.GetSequence(), ev.GetHash()
+		seq, hash, keyID = ev.GetSequence(), ev.GetHash(), ev.GetKeyId()
 	}
-	last := evs[len(evs)-1]
-	ops = append(ops, clientv3.OpPut(s.auditHeadKey(), encode(&pb.AuditEvent{Name: last.Name, Sequence: last.Sequence, Hash: last.Hash})))
+	ops = append(ops, clientv3.OpPut(s.auditHeadKey(), encode(headRecord(evs[len(evs)-1]))))
 	return cmp, ops, nil
 }
 

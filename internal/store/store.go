@@ -9,7 +9,8 @@
 // A change, its policy revision and its audit event are written in one etcd
 // transaction. The audit chain head (its last sequence and hash) is one key
 // that every audited write compares, so events get gap-free sequences in
-// commit order.
+// commit order. With an audit key (WithAuditKey) every event's hash is keyed
+// (see package audit), and retention checkpoints what it prunes.
 package store
 
 import (
@@ -40,18 +41,31 @@ type Store struct {
 	c      *clientv3.Client
 	prefix string
 	now    func() time.Time
+	key    *audit.Key
 }
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithAuditKey keys the hash of every audit event the store writes with k,
+// and verifies the chain with it. Without it events are unkeyed (plain
+// SHA-256), and a keyed chain does not verify.
+func WithAuditKey(k *audit.Key) Option { return func(s *Store) { s.key = k } }
 
 // New returns a Store using prefix (DefaultPrefix if empty; a trailing "/" is
 // added if missing).
-func New(c *clientv3.Client, prefix string) *Store {
+func New(c *clientv3.Client, prefix string, opts ...Option) *Store {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &Store{c: c, prefix: prefix, now: time.Now}
+	s := &Store{c: c, prefix: prefix, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Client returns the etcd client.
@@ -106,43 +120,6 @@ func encode(m proto.Message) string {
 		panic(fmt.Sprintf("store: encode %T: %v", m, err))
 	}
 	return string(b)
-}
-
-// head is the audit chain head as stored.
-type head struct {
-	seq    uint64
-	hash   []byte
-	modRev int64 // 0 if no event yet
-}
-
-func (s *Store) readHead(ctx context.Context, opts ...clientv3.OpOption) (head, error) {
-	resp, err := s.c.Get(ctx, s.auditHeadKey(), opts...)
-	if err != nil {
-		return head{}, fmt.Errorf("read audit head: %w", err)
-	}
-	if len(resp.Kvs) == 0 {
-		return head{}, nil
-	}
-	kv := resp.Kvs[0]
-	ev, err := decode(string(kv.Key), kv.Value, &pb.AuditEvent{})
-	if err != nil {
-		return head{}, err
-	}
-	return head{seq: ev.GetSequence(), hash: ev.GetHash(), modRev: kv.ModRevision}, nil
-}
-
-// auditOps seals ev after h and returns the compare and puts that append it.
-func (s *Store) auditOps(ev *pb.AuditEvent, h head) (clientv3.Cmp, []clientv3.Op, error) {
-	if err := audit.Seal(ev, h.seq, h.hash); err != nil {
-		return clientv3.Cmp{}, nil, err
-	}
-	// The head stores a copy of the last event without before/after.
-	hd := &pb.AuditEvent{Name: ev.Name, Sequence: ev.Sequence, Hash: ev.Hash}
-	cmp := clientv3.Compare(clientv3.ModRevision(s.auditHeadKey()), "=", h.modRev)
-	return cmp, []clientv3.Op{
-		clientv3.OpPut(s.auditKey(ev.Sequence), encode(ev)),
-		clientv3.OpPut(s.auditHeadKey(), encode(hd)),
-	}, nil
 }
 
 func backoff(ctx context.Context, attempt int) error {
@@ -497,144 +474,7 @@ func (s *Store) GetRevision(ctx context.Context, id string, n int64) (*pb.Policy
 	return decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, &pb.PolicyRevision{})
 }
 
-// AppendAudit appends an event that goes with no other change (a failed call,
-// an agent event). It fills sequence, name, hashes and, if unset, time.
-func (s *Store) AppendAudit(ctx context.Context, ev *pb.AuditEvent) (*pb.AuditEvent, error) {
-	ev = proto.Clone(ev).(*pb.AuditEvent)
-	if ev.Time == nil {
-		ev.Time = timestamppb.New(s.now())
-	}
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		h, err := s.readHead(ctx)
-		if err != nil {
-			return nil, err
-		}
-		hcmp, hops, err := s.auditOps(ev, h)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := s.c.Txn(ctx).If(hcmp).Then(hops...).Commit()
-		if err != nil {
-			return nil, fmt.Errorf("append audit event: %w", err)
-		}
-		if resp.Succeeded {
-			return ev, nil
-		}
-		if err := backoff(ctx, attempt); err != nil {
-			return nil, err
-		}
-	}
-	return nil, fmt.Errorf("append audit event: %w", ErrContention)
-}
-
-// AuditQuery selects audit events.
-type AuditQuery struct {
-	Filter     audit.Filter
-	AfterSeq   uint64    // only events with a larger sequence
-	Start, End time.Time // zero: unbounded
-	Limit      int
-}
-
-// ListAudit returns up to q.Limit matching events, oldest first, and the
-// sequence to continue after (0 when there are no more).
-func (s *Store) ListAudit(ctx context.Context, q AuditQuery) ([]*pb.AuditEvent, uint64, error) {
-	const chunk = 512
-	var out []*pb.AuditEvent
-	after := q.AfterSeq
-	for {
-		resp, err := s.c.Get(ctx, s.auditKey(after+1),
-			clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.auditPrefix())), clientv3.WithLimit(chunk))
-		if err != nil {
-			return nil, 0, fmt.Errorf("list audit events: %w", err)
-		}
-		for _, kv := range resp.Kvs {
-			ev, err := decode(string(kv.Key), kv.Value, &pb.AuditEvent{})
-			if err != nil {
-				return nil, 0, err
-			}
-			after = ev.GetSequence()
-			t := ev.GetTime().AsTime()
-			if !q.Start.IsZero() && t.Before(q.Start) {
-				continue
-			}
-			if !q.End.IsZero() && !t.Before(q.End) {
-				continue
-			}
-			if !q.Filter.Match(ev) {
-				continue
-			}
-			out = append(out, ev)
-			if len(out) == q.Limit {
-				if more, err := s.auditAfter(ctx, after); err != nil || !more {
-					return out, 0, err
-				}
-				return out, after, nil
-			}
-		}
-		if !resp.More {
-			return out, 0, nil
-		}
-	}
-}
-
-func (s *Store) auditAfter(ctx context.Context, seq uint64) (bool, error) {
-	resp, err := s.c.Get(ctx, s.auditKey(seq+1),
-		clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.auditPrefix())), clientv3.WithCountOnly())
-	if err != nil {
-		return false, fmt.Errorf("list audit events: %w", err)
-	}
-	return resp.Count > 0, nil
-}
-
-// VerifyAudit recomputes the hash chain over every retained event, at one
-// consistent etcd revision, and checks it against the chain head.
-func (s *Store) VerifyAudit(ctx context.Context) (*pb.VerifyAuditLogResponse, error) {
-	// Read the head and every event at one revision.
-	hresp, err := s.c.Get(ctx, s.auditHeadKey(), clientv3.WithCountOnly())
-	if err != nil {
-		return nil, fmt.Errorf("verify audit log: %w", err)
-	}
-	atRev := hresp.Header.Revision
-	h, err := s.readHead(ctx, clientv3.WithRev(atRev))
-	if err != nil {
-		return nil, err
-	}
-	var v audit.Verifier
-	from := s.auditPrefix()
-	for {
-		resp, err := s.c.Get(ctx, from, clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.auditPrefix())),
-			clientv3.WithLimit(512), clientv3.WithRev(atRev))
-		if err != nil {
-			return nil, fmt.Errorf("verify audit log: %w", err)
-		}
-		for _, kv := range resp.Kvs {
-			ev, err := decode(string(kv.Key), kv.Value, &pb.AuditEvent{})
-			if err != nil {
-				// A value that no longer decodes was altered: verify an empty
-				// event in its place, which cannot match the chain.
-				seq, _ := strconv.ParseUint(strings.TrimPrefix(string(kv.Key), s.auditPrefix()), 10, 64)
-				ev = &pb.AuditEvent{Sequence: seq, Name: fmt.Sprintf("auditEvents/%d", seq)}
-			}
-			if !v.Add(ev) {
-				return v.Result(), nil
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-	}
-	v.CheckHead(h.seq, h.hash)
-	return v.Result(), nil
-}
-
 func (s *Store) hostsPrefix() string { return s.prefix + "hosts/" }
-
-// AuditHead returns the sequence of the newest audit event (0 if none).
-func (s *Store) AuditHead(ctx context.Context) (uint64, error) {
-	h, err := s.readHead(ctx)
-	return h.seq, err
-}
 
 // LeaderFence is the compare that fences a leader-only write: the leader key
 // still exists with the create revision it had when this replica won.
@@ -644,79 +484,3 @@ func LeaderFence(key string, createRev int64) clientv3.Cmp {
 
 // ElectionPrefix is where controller replicas campaign for leadership.
 func (s *Store) ElectionPrefix() string { return s.prefix + "leader" }
-
-// AuditRange returns the first and last retained audit sequences (0, 0 when
-// the log is empty).
-func (s *Store) AuditRange(ctx context.Context) (first, last uint64, err error) {
-	resp, err := s.c.Get(ctx, s.auditPrefix(), clientv3.WithPrefix(), clientv3.WithLimit(1), clientv3.WithKeysOnly())
-	if err != nil {
-		return 0, 0, fmt.Errorf("audit range: %w", err)
-	}
-	if len(resp.Kvs) == 0 {
-		return 0, 0, nil
-	}
-	first, err = strconv.ParseUint(strings.TrimPrefix(string(resp.Kvs[0].Key), s.auditPrefix()), 10, 64)
-	if err != nil {
-		return 0, 0, fmt.Errorf("audit range: key %q: %w", resp.Kvs[0].Key, ErrCorrupt)
-	}
-	last, err = s.AuditHead(ctx)
-	return first, last, err
-}
-
-// AuditSeqBefore returns the sequence of the last retained event older than
-// t (0 if none), scanning from the oldest.
-func (s *Store) AuditSeqBefore(ctx context.Context, t time.Time) (uint64, error) {
-	var seq uint64
-	from := s.auditPrefix()
-	for {
-		resp, err := s.c.Get(ctx, from, clientv3.WithRange(clientv3.GetPrefixRangeEnd(s.auditPrefix())), clientv3.WithLimit(256))
-		if err != nil {
-			return 0, fmt.Errorf("audit scan: %w", err)
-		}
-		for _, kv := range resp.Kvs {
-			ev, err := decode(string(kv.Key), kv.Value, &pb.AuditEvent{})
-			if err != nil {
-				return seq, err
-			}
-			if !ev.GetTime().AsTime().Before(t) {
-				return seq, nil
-			}
-			seq = ev.GetSequence()
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return seq, nil
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-	}
-}
-
-// PruneAudit deletes retained audit events with sequences up to and
-// including upTo, in batches, each fenced by fence (leader-only work). The
-// newest event is never deleted: it anchors the chain head.
-func (s *Store) PruneAudit(ctx context.Context, fence clientv3.Cmp, upTo uint64) (uint64, error) {
-	head, err := s.AuditHead(ctx)
-	if err != nil || head == 0 {
-		return 0, err
-	}
-	if upTo >= head {
-		upTo = head - 1
-	}
-	var deleted uint64
-	for {
-		first, _, err := s.AuditRange(ctx)
-		if err != nil || first == 0 || first > upTo {
-			return deleted, err
-		}
-		end := min(first+1000, upTo+1)
-		resp, err := s.c.Txn(ctx).If(fence).Then(
-			clientv3.OpDelete(s.auditKey(first), clientv3.WithRange(s.auditKey(end))),
-		).Commit()
-		if err != nil {
-			return deleted, fmt.Errorf("prune audit: %w", err)
-		}
-		if !resp.Succeeded {
-			return deleted, fmt.Errorf("prune audit: %w", ErrNotLeader)
-		}
-		deleted += uint64(resp.Responses[0].GetResponseDeleteRange().Deleted)
-	}
-}
