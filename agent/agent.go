@@ -32,7 +32,11 @@
 // that the in-kernel path manager opens subflows over it again where they
 // were lost ("signal" endpoints are not: see recreate). No
 // op that would delete the rule or routes the controller connection leaves by
-// is applied. Reports follow every change of state and come every report
+// is applied. A rule or route inside the routing range that mpfleet did not
+// make (it lacks route.Protocol) is never changed or deleted: the agent keeps
+// its own out of that table and priority and reports it (CODE_ROUTING_CONFLICT,
+// DEGRADED); what an agent made before route.Protocol is adopted when it is
+// exactly what the policy wants (see foreign.go). Reports follow every change of state and come every report
 // interval with fresh health. A lost connection is retried with full-jitter
 // exponential backoff; the kernel is never flushed on a disconnect or at
 // exit.
@@ -823,10 +827,16 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.failed(ctx, d, "read the kernel: "+err.Error(), nil, false)
 		return
 	}
-	// A sysctl the kernel lacks is reported, and the rest applied.
+	// A sysctl the kernel lacks is reported, and the rest applied. Rules and
+	// routes that mpfleet did not make inside its range are reported, left
+	// alone and kept apart from: an address whose table or priority one
+	// holds moves to a free one.
 	cfg, lacks := cfg.WithoutUnsupported(actual)
+	cfg, moves := reconcile.AvoidForeign(cfg, actual)
 	rendered, _ := json.Marshal(cfg)
-	l.setPaths(r.Paths, probeTargets(d.GetPolicy().GetProbes()), append(slices.Clone(r.Problems), policy.SysctlProblems(lacks)...))
+	paths := movePaths(r.Paths, moves)
+	l.setPaths(paths, probeTargets(d.GetPolicy().GetProbes()), slices.Concat(r.Problems, policy.SysctlProblems(lacks),
+		conflictProblems(cfg, actual, cfg.OwnedRange(), moves, paths)))
 	ops, err := reconcile.Plan(cfg, actual)
 	if err != nil {
 		l.failed(ctx, d, "plan: "+err.Error(), nil, newRev)
@@ -1222,7 +1232,8 @@ func (l *loop) rollBack(ctx context.Context, d *pb.DesiredConfig, k reconcile.Ke
 	var ops reconcile.Ops
 	now, err := k.Read(rctx, prev)
 	if err == nil {
-		ops, err = reconcile.Plan(prev, now)
+		// What the apply adopted gets its old protocol back.
+		ops, err = reconcile.PlanRevert(prev, before, now)
 	}
 	if err == nil {
 		err = reconcile.Apply(rctx, k, ops)

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mpfleet/mpfleet/internal/route"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
 
@@ -232,32 +233,37 @@ func validateRouting(vs *Violations, field string, r *pb.Routing) {
 	if r == nil {
 		return
 	}
+	// The kernel's reserved tables and rule priorities are refused through
+	// route.TablesReserved and route.PrioritiesReserved, the rules
+	// route.Range.Validate applies on every agent: what is accepted here,
+	// every agent can apply. 0 is "unset" on the wire, so table 0 and
+	// priority 0 can only come as a half-given range.
 	tmin, tmax := r.GetTableMin(), r.GetTableMax()
 	if (tmin == 0) != (tmax == 0) {
-		vs.add(field+".table_min", "table_min and table_max must be given together")
+		vs.add(field+".table_min", "table_min and table_max must be given together (0 is unset, and table 0 is reserved)")
 	} else if tmin != 0 {
 		switch {
 		case tmin > tmax:
 			vs.add(field+".table_min", "is %d, above table_max %d", tmin, tmax)
+		case route.TablesReserved(tmin, tmax):
+			vs.add(field+".table_min", "range %d-%d includes a reserved table (253 default, 254 main, 255 local)", tmin, tmax)
 		case tmax-tmin+1 < minRangeWidth:
 			vs.add(field+".table_max", "range %d-%d holds %d tables; at least %d are needed (one per endpoint)", tmin, tmax, tmax-tmin+1, minRangeWidth)
-		case tmin <= 255 && tmax >= 253:
-			vs.add(field+".table_min", "range %d-%d includes a reserved table (253 default, 254 main, 255 local)", tmin, tmax)
 		case tmax == 0xFFFFFFFF:
 			vs.add(field+".table_max", "must be below 4294967295")
 		}
 	}
 	pmin, pmax := r.GetPriorityMin(), r.GetPriorityMax()
 	if (pmin == 0) != (pmax == 0) {
-		vs.add(field+".priority_min", "priority_min and priority_max must be given together")
+		vs.add(field+".priority_min", "priority_min and priority_max must be given together (0 is unset, and priority 0 is the local table's rule)")
 	} else if pmin != 0 {
 		switch {
 		case pmin > pmax:
 			vs.add(field+".priority_min", "is %d, above priority_max %d", pmin, pmax)
+		case route.PrioritiesReserved(pmin, pmax):
+			vs.add(field+".priority_max", "is %d; must be below %d (the main table's rule; %d is the default table's)", pmax, route.PriorityMain, route.PriorityDefault)
 		case pmax-pmin+1 < minRangeWidth:
 			vs.add(field+".priority_max", "range %d-%d holds %d priorities; at least %d are needed (one per endpoint)", pmin, pmax, pmax-pmin+1, minRangeWidth)
-		case pmax >= 32766:
-			vs.add(field+".priority_max", "is %d; must be below 32766 (the main table's rule)", pmax)
 		}
 	}
 	if n := len(r.GetGateways()); n > MaxGatewayOverrides {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/mpfleet/mpfleet/internal/route"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -167,6 +168,54 @@ func TestGroupID(t *testing.T) {
 	}
 }
 
+// TestValidateRoutingReserved: routing ranges that include a table or rule
+// priority the kernel reserves are refused, naming the field; everything
+// accepted is a range every agent's route.Range.Validate accepts.
+func TestValidateRoutingReserved(t *testing.T) {
+	tests := []struct {
+		name                   string
+		tmin, tmax, pmin, pmax uint32
+		want                   string // the violated field; "" for none
+	}{
+		{"defaults", 0, 0, 0, 0, ""},
+		{"low tables", 1, 8, 0, 0, ""},
+		{"tables just below default", 245, 252, 0, 0, ""},
+		{"tables just above local", 256, 263, 0, 0, ""},
+		{"table 0", 0, 300, 0, 0, "table_min"},
+		{"table 253 (default)", 246, 253, 0, 0, "table_min"},
+		{"table 254 (main)", 254, 261, 0, 0, "table_min"},
+		{"table 255 (local)", 255, 262, 0, 0, "table_min"},
+		{"all reserved tables inside", 1, 1000, 0, 0, "table_min"},
+		{"narrow and reserved: reserved first", 253, 255, 0, 0, "table_min"},
+		{"highest table", 4294967287, 4294967295, 0, 0, "table_max"},
+		{"low priorities", 0, 0, 1, 8, ""},
+		{"priorities just below main", 0, 0, 32758, 32765, ""},
+		{"priority 0 (local)", 0, 0, 0, 100, "priority_min"},
+		{"priority 32766 (main)", 0, 0, 32759, 32766, "priority_max"},
+		{"priority 32767 (default)", 0, 0, 32760, 32767, "priority_max"},
+		{"priorities after default", 0, 0, 40000, 40100, "priority_max"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &pb.Routing{Enabled: true, TableMin: tt.tmin, TableMax: tt.tmax, PriorityMin: tt.pmin, PriorityMax: tt.pmax}
+			var vs Violations
+			ValidatePolicy(&vs, "policy", &pb.MultipathPolicy{Routing: r})
+			var got string
+			for _, v := range vs {
+				got = strings.TrimPrefix(v.Field, "policy.routing.")
+			}
+			if len(vs) > 1 || got != tt.want {
+				t.Fatalf("violations %v, want one on %q", vs, tt.want)
+			}
+			tmin, tmax, pmin, pmax := RoutingRange(r)
+			rerr := route.Range{TableMin: tmin, TableMax: tmax, PriorityMin: pmin, PriorityMax: pmax}.Validate()
+			if tt.want == "" && rerr != nil {
+				t.Errorf("accepted, but an agent refuses the range: %v", rerr)
+			}
+		})
+	}
+}
+
 // FuzzValidateGroup feeds arbitrary wire bytes through validation: it must
 // never panic, and everything it accepts must stay inside the kernel's limits.
 func FuzzValidateGroup(f *testing.F) {
@@ -187,6 +236,10 @@ func FuzzValidateGroup(f *testing.F) {
 			return
 		}
 		p := g.GetPolicy()
+		tmin, tmax, pmin, pmax := RoutingRange(p.GetRouting())
+		if err := (route.Range{TableMin: tmin, TableMax: tmax, PriorityMin: pmin, PriorityMax: pmax}).Validate(); err != nil {
+			t.Fatalf("accepted a routing range an agent refuses: %v", err)
+		}
 		if p.GetLimits().GetSubflows() > MaxLimit || p.GetLimits().GetAddAddrAccepted() > MaxLimit {
 			t.Fatalf("accepted limits above kernel maximum: %v", p.GetLimits())
 		}

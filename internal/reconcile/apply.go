@@ -11,10 +11,10 @@ import (
 // tests.
 type Kernel interface {
 	// Read returns the current state as Plan(desired, state) needs it:
-	// net.mptcp.enabled, the limits, all endpoints, the owned rules and
-	// routes, the sysctls desired names (one the kernel lacks is left out of
-	// State.Sysctls), and the names of the interfaces that the state or
-	// desired refer to.
+	// net.mptcp.enabled, the limits, all endpoints, mpfleet's rules and
+	// routes and, apart, the foreign ones in its range, the sysctls desired
+	// names (one the kernel lacks is left out of State.Sysctls), and the
+	// names of the interfaces that the state or desired refer to.
 	Read(ctx context.Context, desired HostConfig) (State, error)
 	// Do applies one op and returns the op that undoes it, built from what
 	// the kernel held just before (so an undo restores that, not what the

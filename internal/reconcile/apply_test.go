@@ -3,6 +3,7 @@ package reconcile
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -228,5 +229,70 @@ func TestApplyReplacesAFullSetOfEndpoints(t *testing.T) {
 		if got, want := text(after, false), text(wantState(desired, after), false); got != want {
 			t.Fatalf("state:\n%s\nwant:\n%s", got, want)
 		}
+	}
+}
+
+// TestFakeKernelForeign: the fake holds foreign entries as the kernel does:
+// deletes never reach them, an add where one holds the destination fails,
+// only a legacy one changes its protocol, and the undo gives it back.
+func TestFakeKernelForeign(t *testing.T) {
+	ctx := context.Background()
+	s1 := source(addr4(1), 2, 0)
+	l1r, l1t := legacy(s1)
+	hand := handRule(7150, "198.18.9.2/32", 100)
+	bootRoute := route.ForeignRoute{Route: route.Route{Table: 7150, Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: gw(addr4(1)), LinkIndex: 2}, Protocol: route.ProtoBoot, Type: route.TypeUnicast}
+	k := NewFakeKernel(route.Range{})
+	mustLoad(t, k, State{Foreign: append(l1r, hand), ForeignRoutes: append(l1t, bootRoute)})
+	do := func(op Op) (Op, error) { return k.Do(ctx, op) }
+	tests := []struct {
+		name string
+		op   Op
+		want error
+	}{
+		{"delete a legacy rule", Op{Kind: DelRule, Rule: ptr(s1.Rule())}, os.ErrNotExist},
+		{"delete a legacy route", Op{Kind: DelRoute, Route: &s1.Routes()[1]}, os.ErrNotExist},
+		{"delete a hand-made route", Op{Kind: DelRoute, Route: &bootRoute.Route}, os.ErrNotExist},
+		{"add over a hand-made route", Op{Kind: AddRoute, Route: ptr(bootRoute.Route)}, os.ErrExist},
+		{"add over a legacy route", Op{Kind: AddRoute, Route: &s1.Routes()[0]}, os.ErrExist},
+		{"adopt a hand-made route", Op{Kind: SetRouteProtocol, Route: &bootRoute.Route, Protocol: route.Protocol, OldProtocol: route.ProtoBoot}, route.ErrInvalid},
+		{"adopt as something else", Op{Kind: SetRuleProtocol, Rule: ptr(s1.Rule()), Protocol: route.ProtoKernel, OldProtocol: route.LegacyRuleProtocol}, route.ErrInvalid},
+		{"adopt a route that differs", Op{Kind: SetRouteProtocol, Route: ptr(bootRoute.Route), Protocol: route.Protocol, OldProtocol: route.LegacyRouteProtocol}, os.ErrNotExist},
+	}
+	for _, tt := range tests {
+		before := k.Snapshot()
+		if _, err := do(tt.op); !errors.Is(err, tt.want) {
+			t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
+		}
+		if d := cmp.Diff(before, k.Snapshot(), cmpOpts); d != "" {
+			t.Errorf("%s: a failed op changed the fake (-before +after):\n%s", tt.name, d)
+		}
+	}
+	before := k.Snapshot()
+	var undos []Op
+	for _, op := range []Op{
+		{Kind: SetRouteProtocol, Route: &s1.Routes()[0], Protocol: route.Protocol, OldProtocol: route.LegacyRouteProtocol},
+		{Kind: SetRouteProtocol, Route: &s1.Routes()[1], Protocol: route.Protocol, OldProtocol: route.LegacyRouteProtocol},
+		{Kind: SetRuleProtocol, Rule: ptr(s1.Rule()), Protocol: route.Protocol, OldProtocol: route.LegacyRuleProtocol},
+	} {
+		undo, err := do(op)
+		if err != nil {
+			t.Fatalf("%v: %v", op, err)
+		}
+		undos = append(undos, undo)
+	}
+	st := k.Snapshot()
+	if got := route.Render(st.Rules, st.Routes); got != route.Render([]route.Rule{s1.Rule()}, s1.Routes()) {
+		t.Errorf("adopted:\n%s", got)
+	}
+	if len(st.Foreign) != 1 || len(st.ForeignRoutes) != 1 {
+		t.Errorf("foreign after adoption: %v %v, want the hand-made ones", st.Foreign, st.ForeignRoutes)
+	}
+	for i := len(undos) - 1; i >= 0; i-- {
+		if _, err := do(undos[i]); err != nil {
+			t.Fatalf("undo %v: %v", undos[i], err)
+		}
+	}
+	if d := cmp.Diff(before, k.Snapshot(), cmpOpts); d != "" {
+		t.Errorf("undone adoption (-before +after):\n%s", d)
 	}
 }

@@ -16,7 +16,12 @@ import (
 // real one that matter to a plan: at most mptcp.MaxEndpoints endpoints,
 // unique endpoint addresses and IDs, in-place flag changes for backup and
 // fullmesh only, limits up to mptcp.MaxLimit, no duplicate rules or routes,
-// nothing outside the owned range, and missing objects on delete. Errors
+// nothing outside the owned range, and missing objects on delete. It holds
+// foreign rules and routes too (Load them from State.Foreign and
+// State.ForeignRoutes, as if made by hand): a route where a foreign one has
+// the table and destination is refused as the kernel refuses it, deletes
+// never touch them (the real kernel matches route.Protocol), and only a
+// legacy one may change its protocol (route.CheckAdoption). Errors
 // match the same classes as the real kernel's (os.ErrExist,
 // os.ErrNotExist, mptcp.ErrTooManyEndpoints, route.ErrOutOfRange...). A
 // failure can be injected at any op. It is safe for concurrent use.
@@ -28,6 +33,8 @@ type FakeKernel struct {
 	endpoints map[uint8]mptcp.Endpoint
 	rules     map[route.Rule]bool
 	routes    map[route.Key]route.Route
+	foreign   []route.ForeignRule
+	foreignRt []route.ForeignRoute
 	links     map[int]string
 	calls     int
 	fail      func(n int, op Op) error
@@ -116,10 +123,34 @@ func (f *FakeKernel) Load(s State) error {
 			return err
 		}
 	}
+	for _, x := range s.Foreign {
+		if !f.rng.OverlapsRule(x.Rule) {
+			return fmt.Errorf("foreign rule %v: %w", x, route.ErrOutOfRange)
+		}
+		x.Rule = x.Canonical()
+		f.foreign = append(f.foreign, x)
+	}
+	for _, x := range s.ForeignRoutes {
+		if !f.rng.HasTable(x.Table) {
+			return fmt.Errorf("foreign route %v: %w", x, route.ErrOutOfRange)
+		}
+		x.Route = x.Canonical()
+		if x.Metric == 0 && f.routeHeld(x.Key()) {
+			return fmt.Errorf("foreign route %v: %w", x, os.ErrExist)
+		}
+		f.foreignRt = append(f.foreignRt, x)
+	}
 	if s.Links != nil {
 		f.links = maps.Clone(s.Links)
 	}
 	return nil
+}
+
+// ClearForeign removes every foreign rule and route, as their owner would.
+func (f *FakeKernel) ClearForeign() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.foreign, f.foreignRt = nil, nil
 }
 
 // FailOn makes Do call fn before each op, n counting Do calls from 1 (undo
@@ -185,7 +216,29 @@ func (f *FakeKernel) read(sysctls []string) State {
 	route.SortRules(s.Rules)
 	s.Routes = slices.Collect(maps.Values(f.routes))
 	route.SortRoutes(s.Routes)
+	if len(f.foreign) > 0 {
+		s.Foreign = slices.Clone(f.foreign)
+		route.SortForeignRules(s.Foreign)
+	}
+	if len(f.foreignRt) > 0 {
+		s.ForeignRoutes = slices.Clone(f.foreignRt)
+		route.SortForeignRoutes(s.ForeignRoutes)
+	}
 	return s
+}
+
+// routeHeld reports whether a route of mpfleet's, or a foreign one with
+// metric 0, has key k: the kernel refuses another there.
+func (f *FakeKernel) routeHeld(k route.Key) bool {
+	if _, ok := f.routes[k]; ok {
+		return true
+	}
+	for _, x := range f.foreignRt {
+		if x.Key() == k && x.Metric == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Do implements Kernel.
@@ -314,7 +367,7 @@ func (f *FakeKernel) do(op Op) (Op, error) {
 		r := op.Route.Canonical()
 		cur, ok := f.routes[r.Key()]
 		if op.Kind == AddRoute {
-			if ok {
+			if f.routeHeld(r.Key()) {
 				return Op{}, os.ErrExist
 			}
 			f.routes[r.Key()] = r
@@ -327,10 +380,111 @@ func (f *FakeKernel) do(op Op) (Op, error) {
 			undo.Kind = AddRoute
 		}
 		undo.Route = ptr(r)
+	case SetRuleProtocol:
+		if op.Rule == nil {
+			return Op{}, route.ErrInvalid
+		}
+		if err := f.rng.CheckRule(*op.Rule); err != nil {
+			return Op{}, err
+		}
+		if err := route.CheckAdoption(op.OldProtocol, op.Protocol, route.LegacyRuleProtocol); err != nil {
+			return Op{}, err
+		}
+		r := op.Rule.Canonical()
+		if err := f.setRuleProtocol(r, op.OldProtocol, op.Protocol); err != nil {
+			return Op{}, err
+		}
+		undo.Rule, undo.Protocol, undo.OldProtocol = ptr(r), op.OldProtocol, op.Protocol
+	case SetRouteProtocol:
+		if op.Route == nil {
+			return Op{}, route.ErrInvalid
+		}
+		if err := f.rng.CheckRoute(*op.Route); err != nil {
+			return Op{}, err
+		}
+		if err := route.CheckAdoption(op.OldProtocol, op.Protocol, route.LegacyRouteProtocol); err != nil {
+			return Op{}, err
+		}
+		r := op.Route.Canonical()
+		if err := f.setRouteProtocol(r, op.OldProtocol, op.Protocol); err != nil {
+			return Op{}, err
+		}
+		undo.Route, undo.Protocol, undo.OldProtocol = ptr(r), op.OldProtocol, op.Protocol
 	default:
 		return Op{}, fmt.Errorf("op kind %q: %w", op.Kind, ErrInvalid)
 	}
 	return undo, nil
+}
+
+// setRuleProtocol moves rule r between mpfleet's and the foreign ones, as
+// route.Manager.SetRuleProtocol does: the one with protocol from must be
+// there and none with to; adopted from unspec, it must be alone among the
+// foreign rules with its priority, source and table.
+func (f *FakeKernel) setRuleProtocol(r route.Rule, from, to route.Proto) error {
+	idx, others := -1, 0
+	for i, x := range f.foreign {
+		switch {
+		case x.Canonical() != r:
+		case x.Plain() && x.Protocol == to:
+			return os.ErrExist
+		case x.Plain() && x.Protocol == from && idx < 0:
+			idx = i
+		default:
+			others++
+		}
+	}
+	if from == route.Protocol {
+		if !f.rules[r] {
+			return os.ErrNotExist
+		}
+		delete(f.rules, r)
+		f.foreign = append(f.foreign, route.ForeignRule{Rule: r, Protocol: to})
+		return nil
+	}
+	switch {
+	case f.rules[r]:
+		return os.ErrExist
+	case idx < 0:
+		return os.ErrNotExist
+	case others > 0 && from == route.ProtoUnspec:
+		return route.ErrConflict
+	}
+	f.foreign = slices.Delete(f.foreign, idx, idx+1)
+	f.rules[r] = true
+	return nil
+}
+
+// setRouteProtocol moves route r between mpfleet's and the foreign ones, as
+// route.Manager.SetRouteProtocol does: the table's route to r.Dst must be
+// exactly r with protocol from.
+func (f *FakeKernel) setRouteProtocol(r route.Route, from, to route.Proto) error {
+	if from == route.Protocol {
+		if cur, ok := f.routes[r.Key()]; !ok || cur != r {
+			return os.ErrNotExist
+		}
+		delete(f.routes, r.Key())
+		f.foreignRt = append(f.foreignRt, route.ForeignRoute{Route: r, Protocol: to, Type: route.TypeUnicast})
+		return nil
+	}
+	if _, ok := f.routes[r.Key()]; ok {
+		return os.ErrNotExist
+	}
+	idx := -1
+	for i, x := range f.foreignRt {
+		if x.Key() != r.Key() || x.Type != route.TypeUnicast {
+			continue
+		}
+		if x.Route != r || x.Protocol != from || !x.Plain() || idx >= 0 {
+			return os.ErrNotExist
+		}
+		idx = i
+	}
+	if idx < 0 {
+		return os.ErrNotExist
+	}
+	f.foreignRt = slices.Delete(f.foreignRt, idx, idx+1)
+	f.routes[r.Key()] = r
+	return nil
 }
 
 var _ Kernel = (*FakeKernel)(nil)

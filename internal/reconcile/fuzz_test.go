@@ -124,6 +124,37 @@ func (g *gen) routing() ([]route.Rule, []route.Route) {
 	return rules, routes
 }
 
+// foreign draws foreign entries: some of desired's rules and routes as an
+// older agent made them (which Plan adopts, unless actual has them too), and
+// hand-made ones anywhere in the range.
+func (g *gen) foreign(desired HostConfig, actual State) ([]route.ForeignRule, []route.ForeignRoute) {
+	var rules []route.ForeignRule
+	var routes []route.ForeignRoute
+	held := map[route.Key]bool{}
+	for _, r := range actual.Routes {
+		held[r.Key()] = true
+	}
+	for _, r := range desired.Rules {
+		if g.chance(4) {
+			rules = append(rules, route.ForeignRule{Rule: r.Canonical(), Protocol: route.LegacyRuleProtocol})
+		}
+	}
+	for _, r := range desired.Routes {
+		if g.chance(4) && !held[r.Key()] {
+			routes = append(routes, route.ForeignRoute{Route: r.Canonical(), Protocol: route.LegacyRouteProtocol, Type: route.TypeUnicast})
+		}
+	}
+	if g.chance(3) {
+		src := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 200, byte(g.intn(256))}), 32)
+		rules = append(rules, route.ForeignRule{Rule: route.Rule{Priority: 7100 + g.intn(40), Src: src, Table: 100}.Canonical()})
+	}
+	if g.chance(3) {
+		routes = append(routes, route.ForeignRoute{Route: route.Route{Table: 7100 + g.intn(40), Dst: netip.MustParsePrefix("198.18.200.0/24")},
+			Protocol: route.ProtoBoot, Type: route.TypeUnreachable})
+	}
+	return rules, routes
+}
+
 func (g *gen) sysctls() map[string]string {
 	m := map[string]string{}
 	for _, name := range []string{"net.mptcp.add_addr_timeout", "net.mptcp.checksum_enabled", "net.mptcp.stale_loss_cnt", "net.mptcp.scheduler"} {
@@ -162,6 +193,8 @@ func (g *gen) enabled() *bool {
 // its routes and rules, converges (the state read back is the desired one,
 // a second plan is empty), keeps the IDs of endpoints that stay, and a
 // failure injected at a random step leaves the fake exactly as it was.
+// Foreign entries are kept apart from (AvoidForeign, then Plan), survive, and
+// are adopted only when legacy and wanted.
 func checkPlan(t *testing.T, data []byte) {
 	ctx := context.Background()
 	g := &gen{b: data}
@@ -179,6 +212,7 @@ func checkPlan(t *testing.T, data []byte) {
 	}
 	desired.Endpoints = g.endpoints(mptcp.MaxEndpoints+1, ids, false)
 	desired.Rules, desired.Routes = g.routing()
+	actual.Foreign, actual.ForeignRoutes = g.foreign(desired, actual)
 
 	k := NewFakeKernel(route.Range{})
 	if err := k.Load(actual); err != nil {
@@ -189,8 +223,12 @@ func checkPlan(t *testing.T, data []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	verr := desired.Validate()
+	if verr == nil {
+		desired, _ = AvoidForeign(desired, read)
+	}
 	ops, err := Plan(desired, read)
-	if verr := desired.Validate(); verr != nil {
+	if verr != nil {
 		if err == nil || !errors.Is(err, ErrInvalid) {
 			t.Fatalf("invalid desired (%v) planned: %v, %v", verr, ops, err)
 		}
@@ -199,6 +237,7 @@ func checkPlan(t *testing.T, data []byte) {
 	if err != nil {
 		t.Fatalf("Plan: %v", err)
 	}
+	conflicts := Conflicts(desired, read)
 
 	lastRouting, firstEndpointAdd := -1, len(ops)
 	for i, op := range ops {
@@ -218,7 +257,10 @@ func checkPlan(t *testing.T, data []byte) {
 	}
 
 	if len(ops) > 0 {
-		step := 1 + int(data[len(data)-1])%len(ops)
+		step := 1
+		if len(data) > 0 {
+			step += int(data[len(data)-1]) % len(ops)
+		}
 		k.FailAt(step, errInjected)
 		if err := Apply(ctx, k, ops); !errors.Is(err, errInjected) {
 			t.Fatalf("Apply with failure at %d = %v", step, err)
@@ -241,6 +283,14 @@ func checkPlan(t *testing.T, data []byte) {
 	}
 	if again, err := Plan(desired, after); err != nil || len(again) != 0 {
 		t.Fatalf("second plan = %v, %v; want none", again, err)
+	}
+	// The foreign entries not adopted are all still there, untouched, and
+	// there is nothing left to adopt.
+	if d := cmp.Diff(conflicts, Conflicts(desired, after), cmpOpts); d != "" {
+		t.Fatalf("foreign entries changed (-before +after):\n%s\nplan:\n%v", d, ops)
+	}
+	if n := len(after.Foreign) + len(after.ForeignRoutes); n != len(conflicts) {
+		t.Fatalf("%d foreign entries after the apply, want the %d conflicts", n, len(conflicts))
 	}
 	// IDs: explicit ones as asked; an endpoint that stays (same address,
 	// port, interface and non-mutable flags, its ID not claimed) keeps its ID.

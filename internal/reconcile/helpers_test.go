@@ -63,13 +63,15 @@ func withSources(c HostConfig, f mptcp.Flags, srcs ...route.Source) HostConfig {
 }
 
 // wantState is what the kernel should hold after applying desired on top of
-// base: desired's managed fields, base's for the unmanaged ones.
+// base: desired's managed fields, base's for the unmanaged ones (foreign
+// rules and routes included).
 func wantState(desired HostConfig, base State) State {
 	s := State{
 		Enabled: base.Enabled, Limits: base.Limits,
 		Endpoints: slices.Clone(desired.Endpoints),
 		Sysctls:   map[string]string{},
 		Rules:     desired.Rules, Routes: desired.Routes,
+		Foreign: base.Foreign, ForeignRoutes: base.ForeignRoutes,
 	}
 	if desired.Enabled != nil {
 		s.Enabled = desired.Enabled

@@ -88,10 +88,10 @@ func (k *NetlinkKernel) Read(ctx context.Context, desired HostConfig) (State, er
 		}
 	})
 	wg.Go(func() {
-		if s.Rules, rtErr = k.rt.Rules(); rtErr != nil {
-			return
+		var d route.Dump
+		if d, rtErr = k.rt.Dump(); rtErr == nil {
+			s.Rules, s.Routes, s.Foreign, s.ForeignRoutes = d.Rules, d.Routes, d.ForeignRules, d.ForeignRoutes
 		}
-		s.Routes, rtErr = k.rt.Routes()
 	})
 	s.Sysctls = make(map[string]string, len(sysctls))
 	sysErr = k.ns.do(func() error {
@@ -250,6 +250,22 @@ func (k *NetlinkKernel) do(op Op) (Op, error) {
 		return k.routeOp(op, k.rt.AddRoute, DelRoute)
 	case DelRoute:
 		return k.routeOp(op, k.rt.DeleteRoute, AddRoute)
+	case SetRuleProtocol:
+		if op.Rule == nil {
+			return Op{}, ErrInvalid
+		}
+		if err := k.rt.SetRuleProtocol(*op.Rule, op.OldProtocol, op.Protocol); err != nil {
+			return Op{}, err
+		}
+		return op.Inverse()
+	case SetRouteProtocol:
+		if op.Route == nil {
+			return Op{}, ErrInvalid
+		}
+		if err := k.rt.SetRouteProtocol(*op.Route, op.OldProtocol, op.Protocol); err != nil {
+			return Op{}, err
+		}
+		return op.Inverse()
 	}
 	return Op{}, fmt.Errorf("op kind %q: %w", op.Kind, ErrInvalid)
 }

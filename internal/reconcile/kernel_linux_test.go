@@ -3,14 +3,18 @@ package reconcile
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/route"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // routerStates are desired states for one four-link lab, each reachable from
@@ -271,5 +275,209 @@ func TestIntegrationOutsideRangeUntouched(t *testing.T) {
 	}
 	if _, err := l.k.Do(context.Background(), Op{Kind: AddRule, Rule: ptr(bad.Rule())}); !errors.Is(err, route.ErrOutOfRange) {
 		t.Fatalf("Do = %v, want route.ErrOutOfRange", err)
+	}
+}
+
+// rawRange renders every rule whose priority or table is in the default range
+// and every route in its tables, with their protocols, from a raw dump.
+func (l *lab) rawRange(t *testing.T) []string {
+	t.Helper()
+	r := route.DefaultRange
+	rules, err := l.h.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, nr := range rules {
+		if r.HasPriority(nr.Priority) || r.HasTable(nr.Table) {
+			out = append(out, fmt.Sprintf("rule %d from %v lookup %d proto %d", nr.Priority, nr.Src, nr.Table, nr.Protocol))
+		}
+	}
+	routes, err := l.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, nr := range routes {
+		if r.HasTable(nr.Table) {
+			out = append(out, fmt.Sprintf("route %v table %d dev %d gw %v type %d proto %d", nr.Dst, nr.Table, nr.LinkIndex, nr.Gw, nr.Type, int(nr.Protocol)))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestIntegrationForeignSurvives: a rule and a route someone added by hand
+// inside the range survive every reconcile, are reported, and are kept apart
+// from; everything mpfleet adds carries its protocol.
+func TestIntegrationForeignSurvives(t *testing.T) {
+	l := newLab(t, 2)
+	ctx := context.Background()
+	// `ip rule add from 198.18.99.2 lookup 100 priority 7101` and
+	// `ip route add unreachable 198.18.99.0/24 table 7150`.
+	fr := netlink.NewRule()
+	fr.Priority, fr.Table = 7101, 100
+	fr.Src = &net.IPNet{IP: net.ParseIP("198.18.99.2").To4(), Mask: net.CIDRMask(32, 32)}
+	if err := l.h.RuleAdd(fr); err != nil {
+		t.Fatal(err)
+	}
+	_, dst, _ := net.ParseCIDR("198.18.99.0/24")
+	if err := l.h.RouteAdd(&netlink.Route{Table: 7150, Dst: dst, Type: unix.RTN_UNREACHABLE, Protocol: unix.RTPROT_BOOT}); err != nil {
+		t.Fatal(err)
+	}
+	foreign := l.rawRange(t)
+	if len(foreign) != 2 {
+		t.Fatalf("hand-made entries: %q", foreign)
+	}
+
+	s0, s1 := l.source(t, 0, false, 0), l.source(t, 1, true, 1)
+	desired := withSources(HostConfig{Enabled: ptr(true)}, mptcp.FlagSubflow, s0, s1)
+	actual, err := l.k.Read(ctx, desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range Conflicts(desired, actual) {
+		got = append(got, c.String()+" @ "+c.Where(route.DefaultRange))
+	}
+	want := []string{
+		"rule 7101: from 198.18.99.2 lookup 100 proto unspec @ priority 7101",
+		"route unreachable 198.18.99.0/24 table 7150 proto boot @ table 7150",
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("conflicts read from the kernel (-want +got):\n%s", d)
+	}
+	if _, err := Plan(desired, actual); !errors.Is(err, ErrConflict) {
+		t.Errorf("Plan into priority 7101 = %v, want ErrConflict", err)
+	}
+	// s1 cannot have priority 7101: it goes to 7102.
+	cfg, moves := AvoidForeign(desired, actual)
+	if len(moves) != 1 || moves[0].NewTable != 7102 || moves[0].NewPriority != 7102 {
+		t.Fatalf("moves %+v, want s1 to 7102", moves)
+	}
+	ops, err := l.reconcile(t, l.k, cfg)
+	if err != nil {
+		t.Fatalf("apply:\n%v\n%v", ops, err)
+	}
+	raw := l.rawRange(t)
+	var own []string
+	for _, line := range raw {
+		if !slices.Contains(foreign, line) {
+			own = append(own, line)
+		}
+	}
+	if len(own) != 6 || len(raw) != 8 {
+		t.Fatalf("the range holds\n%s\nwant the 2 hand-made entries and 2 rules and 4 routes of mpfleet's", strings.Join(raw, "\n"))
+	}
+	for _, line := range own {
+		if !strings.HasSuffix(line, fmt.Sprintf(" proto %d", route.Protocol)) {
+			t.Errorf("%s: does not carry mpfleet's protocol", line)
+		}
+	}
+	after, err := l.k.Read(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := Plan(cfg, after); err != nil || len(again) != 0 {
+		t.Errorf("second plan = %v, %v; want none", again, err)
+	}
+	if again, _ := AvoidForeign(desired, after); !cmp.Equal(again, cfg, cmpOpts) {
+		t.Errorf("AvoidForeign moved elsewhere the second time")
+	}
+
+	// Nothing managed: mpfleet's own go, the hand-made ones stay.
+	if ops, err := l.reconcile(t, l.k, HostConfig{}); err != nil {
+		t.Fatalf("apply:\n%v\n%v", ops, err)
+	}
+	if got := l.rawRange(t); !slices.Equal(got, foreign) {
+		t.Errorf("the range holds\n%s\nwant only the hand-made\n%s", strings.Join(got, "\n"), strings.Join(foreign, "\n"))
+	}
+}
+
+// TestIntegrationAdoptsLegacy: the rules and routes an agent made before
+// route.Protocol are adopted by the plan for the same config; a failure at
+// any step of it leaves the kernel as it was.
+func TestIntegrationAdoptsLegacy(t *testing.T) {
+	l := newLab(t, 2)
+	ctx := context.Background()
+	s0, s1 := l.source(t, 0, false, 0), l.source(t, 1, true, 1)
+	for _, s := range []route.Source{s0, s1} {
+		for _, r := range s.Routes() {
+			nr := &netlink.Route{LinkIndex: r.LinkIndex, Table: r.Table, Dst: &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
+				Scope: netlink.Scope(r.Scope), Protocol: unix.RTPROT_STATIC}
+			if r.Gateway.IsValid() {
+				nr.Gw = r.Gateway.AsSlice()
+			}
+			if r.Src.IsValid() {
+				nr.Src = r.Src.AsSlice()
+			}
+			if err := l.h.RouteAdd(nr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		x := s.Rule()
+		nr := netlink.NewRule()
+		nr.Priority, nr.Table = x.Priority, x.Table
+		nr.Src = &net.IPNet{IP: x.Src.Addr().AsSlice(), Mask: net.CIDRMask(x.Src.Bits(), x.Src.Addr().BitLen())}
+		if err := l.h.RuleAdd(nr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	desired := withSources(HostConfig{}, 0, s0, s1)
+	desired.Endpoints = nil
+	actual, err := l.k.Read(ctx, desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(actual.Foreign) != 2 || len(actual.ForeignRoutes) != 4 || len(Conflicts(desired, actual)) != 0 {
+		t.Fatalf("legacy entries read as %v %v; conflicts %v", actual.Foreign, actual.ForeignRoutes, Conflicts(desired, actual))
+	}
+	if cfg, moves := AvoidForeign(desired, actual); len(moves) != 0 || !cmp.Equal(cfg, desired, cmpOpts) {
+		t.Fatalf("AvoidForeign moved %v", moves)
+	}
+	ops, err := Plan(desired, actual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ops) != 6 {
+		t.Fatalf("plan:\n%v\nwant 4 routes and 2 rules adopted", ops)
+	}
+	for _, op := range ops {
+		if op.Kind != SetRuleProtocol && op.Kind != SetRouteProtocol {
+			t.Fatalf("plan:\n%v\nwant only adoptions", ops)
+		}
+	}
+	before, beforeRaw := l.snapshot(t), l.rawRange(t)
+	injected := errors.New("injected")
+	for step := 1; step <= len(ops); step++ {
+		err := Apply(ctx, &failingKernel{Kernel: l.k, at: step, err: injected}, ops)
+		var ae *ApplyError
+		if !errors.As(err, &ae) || ae.RollbackErr != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		if after, raw := l.snapshot(t), l.rawRange(t); after != before || !slices.Equal(raw, beforeRaw) {
+			t.Fatalf("failure at step %d: kernel not restored:\n%s\n%s\nwant:\n%s\n%s", step, after, strings.Join(raw, "\n"), before, strings.Join(beforeRaw, "\n"))
+		}
+	}
+	if err := Apply(ctx, l.k, ops); err != nil {
+		t.Fatal(err)
+	}
+	raw := l.rawRange(t)
+	if len(raw) != 6 {
+		t.Fatalf("after adoption the range holds\n%s", strings.Join(raw, "\n"))
+	}
+	for _, line := range raw {
+		if !strings.HasSuffix(line, fmt.Sprintf(" proto %d", route.Protocol)) {
+			t.Errorf("%s: not adopted", line)
+		}
+	}
+	after, err := l.k.Read(ctx, desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.Foreign)+len(after.ForeignRoutes) != 0 {
+		t.Errorf("foreign after adoption: %v %v", after.Foreign, after.ForeignRoutes)
+	}
+	if again, err := Plan(desired, after); err != nil || len(again) != 0 {
+		t.Errorf("second plan = %v, %v; want none", again, err)
 	}
 }

@@ -22,6 +22,11 @@ const (
 	DelRule          Kind = "del-rule"           // Rule
 	AddRoute         Kind = "add-route"          // Route
 	DelRoute         Kind = "del-route"          // Route
+	// SetRuleProtocol and SetRouteProtocol re-make a rule or route the
+	// kernel holds with OldProtocol with Protocol: how one that an agent
+	// made before route.Protocol is adopted (and, in an undo, given back).
+	SetRuleProtocol  Kind = "set-rule-protocol"  // Rule, Protocol, OldProtocol
+	SetRouteProtocol Kind = "set-route-protocol" // Route, Protocol, OldProtocol
 )
 
 // Op is one change to the kernel. It is a plain value: it marshals to JSON
@@ -41,6 +46,11 @@ type Op struct {
 
 	Rule  *route.Rule  `json:"rule,omitempty"`
 	Route *route.Route `json:"route,omitempty"`
+	// Protocol and OldProtocol are the routing protocols of a
+	// SetRuleProtocol or SetRouteProtocol: the new one, and the one the
+	// entry has.
+	Protocol    route.Proto `json:"protocol,omitempty"`
+	OldProtocol route.Proto `json:"old_protocol,omitempty"`
 
 	// Dev names the interface of an endpoint or route, for display only.
 	Dev string `json:"dev,omitempty"`
@@ -86,6 +96,16 @@ func (op Op) String() string {
 			break
 		}
 		return sign(op.Kind) + " route " + op.Route.Format(op.Dev)
+	case SetRuleProtocol:
+		if op.Rule == nil {
+			break
+		}
+		return fmt.Sprintf("~ rule %s proto %v (was %v)", op.Rule, op.Protocol, op.OldProtocol)
+	case SetRouteProtocol:
+		if op.Route == nil {
+			break
+		}
+		return fmt.Sprintf("~ route %s proto %v (was %v)", op.Route.Format(op.Dev), op.Protocol, op.OldProtocol)
 	}
 	return fmt.Sprintf("? %s (malformed)", op.Kind)
 }
@@ -138,6 +158,8 @@ func (op Op) Inverse() (Op, error) {
 		inv.Kind = DelRoute
 	case DelRoute:
 		inv.Kind = AddRoute
+	case SetRuleProtocol, SetRouteProtocol:
+		inv.Protocol, inv.OldProtocol = op.OldProtocol, op.Protocol
 	default:
 		return Op{}, fmt.Errorf("op kind %q: %w", op.Kind, ErrInvalid)
 	}

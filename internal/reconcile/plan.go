@@ -12,8 +12,15 @@ import (
 )
 
 // Plan computes the operations that take the kernel from actual to desired.
-// It is a pure function; an invalid desired config (ErrInvalid) or one that
-// needs what the kernel lacks (ErrUnsupported) is an error and no plan.
+// It is a pure function; an invalid desired config (ErrInvalid), one that
+// needs what the kernel lacks (ErrUnsupported), or one that would add a rule
+// or route where a foreign one holds the table or priority (ErrConflict: see
+// AvoidForeign) is an error and no plan.
+//
+// Foreign rules and routes (actual.Foreign, actual.ForeignRoutes) are never
+// deleted or changed, with one exception: a legacy one that is exactly what
+// desired wants is adopted with SetRuleProtocol or SetRouteProtocol rather
+// than added (see foreign.go).
 //
 // The order is chosen so that every step is legal on its own and no step
 // breaks traffic earlier than it must:
@@ -23,9 +30,10 @@ import (
 //     limit of mptcp.MaxEndpoints never blocks an addition, then rules, then
 //     routes (those through a gateway before the connected route that
 //     reaches it);
-//  3. additions: routes (connected routes before those through a gateway),
-//     then the rules that use them, then endpoint flag changes in place, and
-//     endpoints last: no endpoint is added before its route exists.
+//  3. additions: adopted routes, then new routes (connected routes before
+//     those through a gateway), then adopted and new rules that use them,
+//     then endpoint flag changes in place, and endpoints last: no endpoint is
+//     added before its route exists.
 //
 // Endpoints are matched by address. A match keeps its ID (unless desired
 // names another) and changes in place when only the backup or fullmesh flag
@@ -66,14 +74,44 @@ func Plan(desired HostConfig, actual State) (Ops, error) {
 	// Endpoints: decide what stays, what changes in place, what goes.
 	eadd, edel, eflags := planEndpoints(desired.Endpoints, actual.Endpoints)
 
-	// Rules and routes: sets of canonical values.
+	// Rules and routes: sets of canonical values. Legacy foreign ones that
+	// are wanted are adopted instead of added; nothing is added where a
+	// foreign one holds the table or priority.
+	adopt := adoptions(desired, actual)
+	occ := occupiedBy(actual, adopt)
 	rdel, radd := diff(canonRules(actual.Rules), canonRules(desired.Rules))
 	route.SortRules(rdel)
 	route.SortRules(radd)
+	var radopt []Op
+	radd = slices.DeleteFunc(radd, func(r route.Rule) bool {
+		i, ok := adopt.rules[r]
+		if ok {
+			radopt = append(radopt, Op{Kind: SetRuleProtocol, Rule: ptr(r), Protocol: route.Protocol, OldProtocol: actual.Foreign[i].Protocol})
+		}
+		return ok
+	})
+	for _, r := range radd {
+		if h, ok := occ.ruleHold(r); ok {
+			return nil, fmt.Errorf("rule %v: %v: %w", r, h, ErrConflict)
+		}
+	}
 	tdel, tadd := diff(canonRoutes(actual.Routes), canonRoutes(desired.Routes))
 	route.SortRoutes(tadd)
 	route.SortRoutes(tdel)
 	slices.Reverse(tdel)
+	var tadopt []Op
+	tadd = slices.DeleteFunc(tadd, func(r route.Route) bool {
+		i, ok := adopt.routes[r.Key()]
+		if ok {
+			tadopt = append(tadopt, Op{Kind: SetRouteProtocol, Route: ptr(r), Protocol: route.Protocol, OldProtocol: actual.ForeignRoutes[i].Protocol, Dev: actual.Links[r.LinkIndex]})
+		}
+		return ok
+	})
+	for _, r := range tadd {
+		if h, ok := occ.tableHold(r.Table); ok {
+			return nil, fmt.Errorf("route %v: %v: %w", r, h, ErrConflict)
+		}
+	}
 
 	// 2. Deletions.
 	for _, e := range edel {
@@ -86,9 +124,11 @@ func Plan(desired HostConfig, actual State) (Ops, error) {
 		ops = append(ops, Op{Kind: DelRoute, Route: ptr(r), Dev: actual.Links[r.LinkIndex]})
 	}
 	// 3. Additions.
+	ops = append(ops, tadopt...)
 	for _, r := range tadd {
 		ops = append(ops, Op{Kind: AddRoute, Route: ptr(r), Dev: actual.Links[r.LinkIndex]})
 	}
+	ops = append(ops, radopt...)
 	for _, r := range radd {
 		ops = append(ops, Op{Kind: AddRule, Rule: ptr(r)})
 	}

@@ -6,7 +6,12 @@
 //
 // What mpfleet owns on a host: every MPTCP endpoint and the limits once a
 // policy applies; only the sysctls the desired state names; only the rules
-// and routes inside its route.Range.
+// and routes inside its route.Range that carry its routing protocol,
+// route.Protocol. A rule or route inside the range without it is foreign
+// (State.Foreign, State.ForeignRoutes): never changed or deleted, kept apart
+// from (AvoidForeign, and Plan's ErrConflict) and reported (Conflicts),
+// except that what an agent made before route.Protocol is adopted when it is
+// exactly what is desired (see foreign.go).
 package reconcile
 
 import (
@@ -30,6 +35,11 @@ const SysctlEnabled = "net.mptcp.enabled"
 // ErrInvalid is wrapped by every error about a desired HostConfig the kernel
 // could not take; Plan returns it before anything is touched.
 var ErrInvalid = errors.New("invalid host config")
+
+// ErrConflict is wrapped when the desired state needs a table or a rule
+// priority that a foreign rule or route holds; see AvoidForeign. It matches
+// route.ErrConflict.
+var ErrConflict = fmt.Errorf("reconcile: %w", route.ErrConflict)
 
 // ErrUnsupported is wrapped when the desired state needs something the
 // host's kernel lacks (a sysctl it does not have). It matches
@@ -67,7 +77,8 @@ func (c HostConfig) SysctlNames() []string {
 	return slices.Sorted(maps.Keys(c.Sysctls))
 }
 
-func (c HostConfig) rangeOrDefault() route.Range {
+// OwnedRange returns c.Range, or route.DefaultRange when it is zero.
+func (c HostConfig) OwnedRange() route.Range {
 	if c.Range == (route.Range{}) {
 		return route.DefaultRange
 	}
@@ -81,7 +92,7 @@ var sysctlName = regexp.MustCompile(`^net\.mptcp\.[a-z0-9_]+$`)
 // Validate reports, wrapping ErrInvalid and naming the field, what in c the
 // kernel would refuse.
 func (c HostConfig) Validate() error {
-	rng := c.rangeOrDefault()
+	rng := c.OwnedRange()
 	if err := rng.Validate(); err != nil {
 		return fmt.Errorf("range: %w: %w", ErrInvalid, err)
 	}
@@ -172,9 +183,9 @@ func validateEndpoint(e mptcp.Endpoint) error {
 }
 
 // State is the kernel state of one host as read back: the same shape as
-// HostConfig, holding all endpoints and the limits, only the owned rules and
-// routes, and only the sysctls that were asked for (one the kernel lacks is
-// absent from Sysctls).
+// HostConfig, holding all endpoints and the limits, only mpfleet's own rules
+// and routes (inside the range, carrying route.Protocol), and only the
+// sysctls that were asked for (one the kernel lacks is absent from Sysctls).
 type State struct {
 	Enabled   *bool             `json:"enabled,omitempty"`
 	Limits    *mptcp.Limits     `json:"limits,omitempty"`
@@ -182,6 +193,11 @@ type State struct {
 	Sysctls   map[string]string `json:"sysctls,omitempty"`
 	Rules     []route.Rule      `json:"rules,omitempty"`
 	Routes    []route.Route     `json:"routes,omitempty"`
+	// Foreign and ForeignRoutes are the rules and routes inside the range
+	// that mpfleet did not make. Plan never deletes or changes them (but
+	// adopts legacy ones it wants, see foreign.go).
+	Foreign       []route.ForeignRule  `json:"foreign,omitempty"`
+	ForeignRoutes []route.ForeignRoute `json:"foreign_routes,omitempty"`
 	// Links names the namespace's interfaces by index; Plan uses it only to
 	// show names in Op.String.
 	Links map[int]string `json:"links,omitempty"`
@@ -209,6 +225,16 @@ func (s State) String() string {
 		b.WriteString("endpoint " + endpointString(e, "") + "\n")
 	}
 	b.WriteString(route.Render(s.Rules, s.Routes))
+	fr := slices.Clone(s.Foreign)
+	route.SortForeignRules(fr)
+	for _, f := range fr {
+		b.WriteString("foreign rule " + f.String() + "\n")
+	}
+	ft := slices.Clone(s.ForeignRoutes)
+	route.SortForeignRoutes(ft)
+	for _, f := range ft {
+		b.WriteString("foreign route " + f.String() + "\n")
+	}
 	return b.String()
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -15,8 +16,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Manager lists, adds and deletes the owned policy-routing rules and routes of
-// one network namespace over rtnetlink. It is safe for concurrent use.
+// Manager lists, adds and deletes mpfleet's policy-routing rules and routes of
+// one network namespace over rtnetlink: those inside its Range that carry
+// Protocol. It adds with Protocol and deletes matching it, so a foreign entry
+// is never deleted; it lists foreign ones apart (Dump). It is safe for
+// concurrent use.
 type Manager struct {
 	r  Range
 	mu sync.Mutex
@@ -60,12 +64,53 @@ func (m *Manager) Range() Range { return m.r }
 // table changed while it was being read).
 const dumpTries = 5
 
-// Rules returns the owned rules (priority and table both in range), sorted.
+// Dump is what the kernel holds inside a Range: mpfleet's own rules and
+// routes, and the foreign ones (see ForeignRule, ForeignRoute), each sorted.
+type Dump struct {
+	Rules         []Rule
+	Routes        []Route
+	ForeignRules  []ForeignRule
+	ForeignRoutes []ForeignRoute
+}
+
+// Dump lists the range's rules and routes, mpfleet's and foreign ones, in one
+// dump of each.
+func (m *Manager) Dump() (Dump, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var d Dump
+	var err error
+	if d.Rules, d.ForeignRules, err = m.dumpRules(); err != nil {
+		return Dump{}, err
+	}
+	if d.Routes, d.ForeignRoutes, err = m.dumpRoutes(); err != nil {
+		return Dump{}, err
+	}
+	return d, nil
+}
+
+// Rules returns mpfleet's rules in the range (priority and table both in it,
+// carrying Protocol), sorted.
 func (m *Manager) Rules() ([]Rule, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	ours, _, err := m.dumpRules()
+	return ours, err
+}
+
+// Routes returns mpfleet's unicast routes in the owned tables (carrying
+// Protocol), sorted.
+func (m *Manager) Routes() ([]Route, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ours, _, err := m.dumpRoutes()
+	return ours, err
+}
+
+// dumpRules lists every rule and sorts those that concern the range into
+// mpfleet's and foreign ones. m.mu is held.
+func (m *Manager) dumpRules() (ours []Rule, foreign []ForeignRule, err error) {
 	var nrs []netlink.Rule
-	var err error
 	for range dumpTries {
 		nrs, err = m.h.RuleListFiltered(netlink.FAMILY_ALL, nil, 0)
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
@@ -73,29 +118,28 @@ func (m *Manager) Rules() ([]Rule, error) {
 		}
 	}
 	if err != nil {
-		return nil, opErr("list rules", err)
+		return nil, nil, opErr("list rules", err)
 	}
-	var out []Rule
 	for _, nr := range nrs {
-		x := Rule{Priority: nr.Priority, Table: nr.Table, Family: Family(nr.Family)}
-		if !m.r.OwnsRule(x) {
+		f := fromNetlinkRule(nr)
+		if !m.r.OverlapsRule(f.Rule) {
 			continue
 		}
-		if nr.Src != nil {
-			x.Src = fromIPNet(nr.Src)
+		if f.Protocol == Protocol && f.Plain() && m.r.OwnsRule(f.Rule) {
+			ours = append(ours, f.Rule)
+			continue
 		}
-		out = append(out, x.Canonical())
+		foreign = append(foreign, f)
 	}
-	SortRules(out)
-	return out, nil
+	SortRules(ours)
+	SortForeignRules(foreign)
+	return ours, foreign, nil
 }
 
-// Routes returns the unicast routes in the owned tables, sorted.
-func (m *Manager) Routes() ([]Route, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+// dumpRoutes lists the routes of every table and sorts those in the owned
+// tables into mpfleet's and foreign ones. m.mu is held.
+func (m *Manager) dumpRoutes() (ours []Route, foreign []ForeignRoute, err error) {
 	var nrs []netlink.Route
-	var err error
 	for range dumpTries {
 		// Table UNSPEC with the table filter set makes the library return the
 		// routes of every table, not only main.
@@ -105,21 +149,27 @@ func (m *Manager) Routes() ([]Route, error) {
 		}
 	}
 	if err != nil {
-		return nil, opErr("list routes", err)
+		return nil, nil, opErr("list routes", err)
 	}
-	var out []Route
 	for _, nr := range nrs {
-		if !m.r.HasTable(nr.Table) || nr.Type != unix.RTN_UNICAST {
+		if !m.r.HasTable(nr.Table) {
 			continue
 		}
-		out = append(out, fromNetlinkRoute(nr))
+		f := fromNetlinkForeignRoute(nr)
+		if f.Protocol == Protocol && f.Plain() {
+			ours = append(ours, f.Route)
+			continue
+		}
+		foreign = append(foreign, f)
 	}
-	SortRoutes(out)
-	return out, nil
+	SortRoutes(ours)
+	SortForeignRoutes(foreign)
+	return ours, foreign, nil
 }
 
-// AddRule adds x; it fails with an error wrapping ErrOutOfRange for a rule
-// outside the range and os.ErrExist when the rule is there already.
+// AddRule adds x, carrying Protocol; it fails with an error wrapping
+// ErrOutOfRange for a rule outside the range and os.ErrExist when mpfleet's
+// rule is there already.
 func (m *Manager) AddRule(x Rule) error {
 	op := "add rule " + x.String()
 	if err := m.r.CheckRule(x); err != nil {
@@ -127,12 +177,15 @@ func (m *Manager) AddRule(x Rule) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	// RuleAdd asks for NLM_F_EXCL, so the kernel refuses a duplicate (EEXIST).
-	return opErr(op, m.h.RuleAdd(toNetlinkRule(x)))
+	// RuleAdd asks for NLM_F_EXCL, so the kernel refuses a duplicate (EEXIST)
+	// with the same protocol.
+	return opErr(op, m.h.RuleAdd(toNetlinkRule(x, Protocol)))
 }
 
-// DeleteRule deletes x; it fails with an error wrapping ErrOutOfRange for a
-// rule outside the range and os.ErrNotExist when there is no such rule.
+// DeleteRule deletes mpfleet's rule x; it fails with an error wrapping
+// ErrOutOfRange for a rule outside the range and os.ErrNotExist when there is
+// no such rule carrying Protocol. The kernel matches the protocol, so a
+// foreign rule that looks the same is never deleted.
 func (m *Manager) DeleteRule(x Rule) error {
 	op := "delete rule " + x.String()
 	if err := m.r.CheckRule(x); err != nil {
@@ -140,12 +193,12 @@ func (m *Manager) DeleteRule(x Rule) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return opErr(op, notFound(m.h.RuleDel(toNetlinkRule(x))))
+	return opErr(op, notFound(m.h.RuleDel(toNetlinkRule(x, Protocol))))
 }
 
-// AddRoute adds x; it fails with an error wrapping ErrOutOfRange for a route
-// outside the owned tables and os.ErrExist when the table already has a route
-// to x.Dst.
+// AddRoute adds x, carrying Protocol; it fails with an error wrapping
+// ErrOutOfRange for a route outside the owned tables and os.ErrExist when the
+// table already has a route to x.Dst (mpfleet's or not).
 func (m *Manager) AddRoute(x Route) error {
 	op := "add route " + x.String()
 	if err := m.r.CheckRoute(x); err != nil {
@@ -153,25 +206,133 @@ func (m *Manager) AddRoute(x Route) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return opErr(op, m.h.RouteAdd(toNetlinkRoute(x)))
+	return opErr(op, m.h.RouteAdd(toNetlinkRoute(x, Protocol)))
 }
 
-// DeleteRoute deletes the route x (matched on table, destination, interface,
-// gateway, source and scope, whoever added it); it fails with an error wrapping ErrOutOfRange
-// for a route outside the owned tables and os.ErrNotExist when there is no
-// such route.
+// DeleteRoute deletes mpfleet's route x (matched on table, destination,
+// interface, gateway, source, scope and Protocol); it fails with an error
+// wrapping ErrOutOfRange for a route outside the owned tables and
+// os.ErrNotExist when there is no such route carrying Protocol. The kernel
+// matches the protocol, so a foreign route is never deleted.
 func (m *Manager) DeleteRoute(x Route) error {
 	op := "delete route " + x.String()
 	if err := m.r.CheckRoute(x); err != nil {
 		return opErr(op, err)
 	}
-	nr := toNetlinkRoute(x)
-	// Match any protocol and type: the kernel compares them when they are
-	// set, and a route someone added by hand (proto boot) is still ours.
-	nr.Protocol, nr.Type = 0, 0
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return opErr(op, notFound(m.h.RouteDel(nr)))
+	return opErr(op, notFound(m.h.RouteDel(toNetlinkRoute(x, Protocol))))
+}
+
+// SetRuleProtocol re-makes the rule x, which the kernel holds with protocol
+// from, with protocol to: mpfleet adopts a rule an older agent made (from
+// LegacyRuleProtocol to Protocol), and gives it back when an apply that
+// adopted it is undone. No other exchange is allowed (ErrInvalid). The rule
+// with the new protocol is added before the old one is deleted, so the
+// source is routed throughout. It fails wrapping os.ErrNotExist when there is
+// no such rule with protocol from, os.ErrExist when there is one with
+// protocol to, and ErrConflict when from is unspec and other rules have x's
+// priority, source and table (a delete without a protocol could not tell the
+// old one from them).
+func (m *Manager) SetRuleProtocol(x Rule, from, to Proto) error {
+	op := fmt.Sprintf("set rule %v protocol %v (was %v)", x, to, from)
+	if err := m.r.CheckRule(x); err != nil {
+		return opErr(op, err)
+	}
+	if err := CheckAdoption(from, to, LegacyRuleProtocol); err != nil {
+		return opErr(op, err)
+	}
+	x = x.Canonical()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ours, foreign, err := m.dumpRules()
+	if err != nil {
+		return opErr(op, err)
+	}
+	var old, others int
+	for _, f := range append(foreign, foreignOf(ours)...) {
+		if f.Canonical() != x {
+			continue
+		}
+		switch {
+		case f.Protocol == from && f.Plain():
+			old++
+		case f.Protocol == to && f.Plain():
+			return opErr(op, fmt.Errorf("a rule with protocol %v exists: %w", to, os.ErrExist))
+		default:
+			others++
+		}
+	}
+	switch {
+	case old == 0:
+		return opErr(op, fmt.Errorf("no rule with protocol %v: %w", from, os.ErrNotExist))
+	case others > 0 && from == ProtoUnspec:
+		// The delete could not tell the old rule from them.
+		return opErr(op, fmt.Errorf("%d other rule(s) with the same priority, source and table: %w", others, ErrConflict))
+	}
+	// The kernel keeps rules of one priority in the order they were added,
+	// and deletes the first that matches; a delete without a protocol
+	// (from is unspec) matches any, and the old rule comes first.
+	if err := m.h.RuleAdd(toNetlinkRule(x, to)); err != nil {
+		return opErr(op, err)
+	}
+	if err := m.h.RuleDel(toNetlinkRule(x, from)); err != nil {
+		err = notFound(err)
+		if to != ProtoUnspec {
+			if uerr := m.h.RuleDel(toNetlinkRule(x, to)); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("the rule added with protocol %v stays: %w", to, uerr))
+			}
+		} else {
+			err = errors.Join(err, fmt.Errorf("the rule added with protocol %v stays", to))
+		}
+		return opErr(op, err)
+	}
+	return nil
+}
+
+// SetRouteProtocol re-makes the route x, which the kernel holds with protocol
+// from, with protocol to, in place (NLM_F_REPLACE): mpfleet adopts a route an
+// older agent made (from LegacyRouteProtocol to Protocol), and gives it back
+// when an apply that adopted it is undone. No other exchange is allowed
+// (ErrInvalid). It fails wrapping os.ErrNotExist unless the table's route to
+// x.Dst is exactly x with protocol from.
+func (m *Manager) SetRouteProtocol(x Route, from, to Proto) error {
+	op := fmt.Sprintf("set route %v protocol %v (was %v)", x, to, from)
+	if err := m.r.CheckRoute(x); err != nil {
+		return opErr(op, err)
+	}
+	if err := CheckAdoption(from, to, LegacyRouteProtocol); err != nil {
+		return opErr(op, err)
+	}
+	x = x.Canonical()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var nrs []netlink.Route
+	var err error
+	for range dumpTries {
+		nrs, err = m.h.RouteListFiltered(int(x.Family()), &netlink.Route{Table: x.Table}, netlink.RT_FILTER_TABLE)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return opErr(op, err)
+	}
+	found := false
+	for _, nr := range nrs {
+		f := fromNetlinkForeignRoute(nr)
+		if f.Key() != x.Key() || f.Type != TypeUnicast {
+			continue
+		}
+		if f.Route != x || f.Protocol != from || !f.Plain() {
+			return opErr(op, fmt.Errorf("the table's route to %v is %v: %w", x.Dst, f, os.ErrNotExist))
+		}
+		found = true
+	}
+	if !found {
+		return opErr(op, fmt.Errorf("no route to %v in table %d: %w", x.Dst, x.Table, os.ErrNotExist))
+	}
+	return opErr(op, m.h.RouteReplace(toNetlinkRoute(x, to)))
 }
 
 // Gateway returns the gateway of the interface linkIndex for family f, found
@@ -279,26 +440,110 @@ func (e notExistError) Error() string        { return e.err.Error() }
 func (e notExistError) Unwrap() error        { return e.err }
 func (e notExistError) Is(target error) bool { return target == os.ErrNotExist }
 
-func toNetlinkRule(x Rule) *netlink.Rule {
+// toNetlinkRule returns x as a netlink rule with protocol p (ProtoUnspec:
+// none, so that a delete matches any protocol).
+func toNetlinkRule(x Rule, p Proto) *netlink.Rule {
 	x = x.Canonical()
 	nr := netlink.NewRule()
 	nr.Priority = x.Priority
 	nr.Table = x.Table
 	nr.Family = int(x.Family)
 	nr.Src = toIPNet(x.Src)
+	nr.Protocol = uint8(p)
 	return nr
 }
 
-func toNetlinkRoute(x Route) *netlink.Route {
+// fromNetlinkRule returns nr as a ForeignRule: the part the model holds and,
+// in Detail, the rest.
+func fromNetlinkRule(nr netlink.Rule) ForeignRule {
+	f := ForeignRule{Rule: Rule{Priority: nr.Priority, Table: nr.Table, Family: Family(nr.Family)}, Protocol: Proto(nr.Protocol)}
+	if nr.Src != nil {
+		f.Src = fromIPNet(nr.Src)
+	}
+	f.Rule = f.Canonical()
+	var d []string
+	add := func(format string, args ...any) { d = append(d, fmt.Sprintf(format, args...)) }
+	if nr.Invert {
+		add("not")
+	}
+	if nr.Dst != nil {
+		add("to %s", prefixString(fromIPNet(nr.Dst).Masked()))
+	}
+	if nr.Tos != 0 {
+		add("tos %#x", nr.Tos)
+	}
+	if nr.Mark != 0 || nr.Mask != nil {
+		if nr.Mask != nil && *nr.Mask != 0xffffffff {
+			add("fwmark %#x/%#x", nr.Mark, *nr.Mask)
+		} else {
+			add("fwmark %#x", nr.Mark)
+		}
+	}
+	if nr.IifName != "" {
+		add("iif %s", nr.IifName)
+	}
+	if nr.OifName != "" {
+		add("oif %s", nr.OifName)
+	}
+	if nr.UIDRange != nil {
+		add("uidrange %d-%d", nr.UIDRange.Start, nr.UIDRange.End)
+	}
+	if nr.IPProto != 0 {
+		add("ipproto %d", nr.IPProto)
+	}
+	if nr.Sport != nil {
+		add("sport %d-%d", nr.Sport.Start, nr.Sport.End)
+	}
+	if nr.Dport != nil {
+		add("dport %d-%d", nr.Dport.Start, nr.Dport.End)
+	}
+	if nr.TunID != 0 {
+		add("tun_id %d", nr.TunID)
+	}
+	if nr.Flow > 0 {
+		add("realms %d", nr.Flow)
+	}
+	if nr.SuppressPrefixlen >= 0 {
+		add("suppress_prefixlength %d", nr.SuppressPrefixlen)
+	}
+	if nr.SuppressIfgroup >= 0 {
+		add("suppress_ifgroup %d", nr.SuppressIfgroup)
+	}
+	switch {
+	case nr.Goto >= 0:
+		add("goto %d", nr.Goto)
+	case nr.Table == 0:
+		add("no lookup (blackhole, unreachable, prohibit or nop)")
+	}
+	f.Detail = strings.Join(d, " ")
+	return f
+}
+
+// foreignOf returns mpfleet's rules as ForeignRules with Protocol.
+func foreignOf(rs []Rule) []ForeignRule {
+	out := make([]ForeignRule, len(rs))
+	for i, r := range rs {
+		out[i] = ForeignRule{Rule: r, Protocol: Protocol}
+	}
+	return out
+}
+
+// toNetlinkRoute returns x as a unicast netlink route with protocol p.
+func toNetlinkRoute(x Route, p Proto) *netlink.Route {
 	x = x.Canonical()
 	nr := &netlink.Route{
 		LinkIndex: x.LinkIndex,
 		Dst:       toIPNet(x.Dst),
 		Table:     x.Table,
 		Scope:     netlink.Scope(x.Scope),
-		Protocol:  unix.RTPROT_STATIC,
+		Protocol:  netlink.RouteProtocol(p),
 		Type:      unix.RTN_UNICAST,
 		Family:    int(x.Family()),
+	}
+	if nr.Family == unix.AF_INET6 {
+		// The metric the kernel gives an IPv6 route added without one; set,
+		// a delete matches it rather than a route of any metric.
+		nr.Priority = ipv6DefaultMetric
 	}
 	if x.Gateway.IsValid() {
 		nr.Gw = net.IP(x.Gateway.AsSlice())
@@ -326,6 +571,22 @@ func fromNetlinkRoute(nr netlink.Route) Route {
 	}
 	return x.Canonical()
 }
+
+// fromNetlinkForeignRoute returns nr as a ForeignRoute, its metric relative
+// to the kernel's default for the family (IPv6 routes added without one get
+// 1024), so that Plain holds for a route as mpfleet adds it.
+func fromNetlinkForeignRoute(nr netlink.Route) ForeignRoute {
+	f := ForeignRoute{Route: fromNetlinkRoute(nr), Protocol: Proto(nr.Protocol), Type: Type(nr.Type),
+		Metric: nr.Priority, Nexthops: len(nr.MultiPath)}
+	if f.Family() == FamilyV6 && f.Metric == ipv6DefaultMetric {
+		f.Metric = 0
+	}
+	return f
+}
+
+// ipv6DefaultMetric is the metric the kernel gives an IPv6 route added
+// without one (IP6_RT_PRIO_USER).
+const ipv6DefaultMetric = 1024
 
 func toIPNet(p netip.Prefix) *net.IPNet {
 	if !p.IsValid() {

@@ -2,12 +2,15 @@ package route
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/mpfleet/mpfleet/internal/nstest"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -325,33 +328,249 @@ func TestIntegrationOpenCurrentNamespace(t *testing.T) {
 	}
 }
 
-func TestIntegrationDeletesHandMadeOwnedRoutes(t *testing.T) {
+// rawProtocols renders, for every rule whose priority is in r and every route
+// in r's tables, "rule PRIO proto N" and "route TABLE DST proto N", straight
+// from the kernel.
+func (l *lab) rawProtocols(t *testing.T, r Range) []string {
+	t.Helper()
+	rules, err := l.h.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, nr := range rules {
+		if r.HasPriority(nr.Priority) || r.HasTable(nr.Table) {
+			out = append(out, fmt.Sprintf("rule %d from %v lookup %d proto %d", nr.Priority, nr.Src, nr.Table, nr.Protocol))
+		}
+	}
+	routes, err := l.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, nr := range routes {
+		if r.HasTable(nr.Table) {
+			out = append(out, fmt.Sprintf("route table %d %v type %d proto %d", nr.Table, nr.Dst, nr.Type, int(nr.Protocol)))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestIntegrationProtocol: every rule and route mpfleet adds carries
+// Protocol, as a raw dump shows.
+func TestIntegrationProtocol(t *testing.T) {
 	l := newLab(t)
 	i1 := l.veth(t, "veth1", "198.18.1.2/24", "2001:db8:1::2/64")
-	// Routes in an owned table added as `ip route add … table 7100` does
-	// (proto boot), in both families.
-	for _, s := range []Source{
-		{Addr: netip.MustParsePrefix("198.18.1.2/24"), LinkIndex: i1, Gateway: netip.MustParseAddr("198.18.1.1"), Table: 7100},
-		{Addr: netip.MustParsePrefix("2001:db8:1::2/64"), LinkIndex: i1, Gateway: netip.MustParseAddr("2001:db8:1::1"), Table: 7100},
-	} {
+	s4 := Source{Addr: netip.MustParsePrefix("198.18.1.2/24"), LinkIndex: i1, Gateway: netip.MustParseAddr("198.18.1.1"), Table: 7100, Priority: 7100}
+	s6 := Source{Addr: netip.MustParsePrefix("2001:db8:1::2/64"), LinkIndex: i1, Gateway: netip.MustParseAddr("fe80::1"), Table: 7101, Priority: 7101}
+	for _, s := range []Source{s4, s6} {
 		for _, r := range s.Routes() {
-			nr := toNetlinkRoute(r)
-			nr.Protocol = unix.RTPROT_BOOT
-			if err := l.h.RouteAdd(nr); err != nil {
+			if err := l.m.AddRoute(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := l.m.AddRule(s.Rule()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw := l.rawProtocols(t, DefaultRange)
+	if len(raw) != 6 {
+		t.Fatalf("raw dump of the range: %q, want 2 rules and 4 routes", raw)
+	}
+	for _, line := range raw {
+		if !strings.HasSuffix(line, " proto 173") {
+			t.Errorf("%s: does not carry mpfleet's protocol 173", line)
+		}
+	}
+	d, err := l.m.Dump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.ForeignRules)+len(d.ForeignRoutes) != 0 || len(d.Rules) != 2 || len(d.Routes) != 4 {
+		t.Errorf("Dump = %+v, want 2 rules and 4 routes of mpfleet's, nothing foreign", d)
+	}
+}
+
+// handRule adds a rule as `ip rule add` does (protocol unspec unless p).
+func (l *lab) handRule(t *testing.T, prio int, src string, table int, p Proto, mutate ...func(*netlink.Rule)) {
+	t.Helper()
+	nr := netlink.NewRule()
+	nr.Priority, nr.Table, nr.Protocol = prio, table, uint8(p)
+	if src != "" {
+		nr.Src = toIPNet(netip.MustParsePrefix(src))
+	}
+	for _, m := range mutate {
+		m(nr)
+	}
+	if err := l.h.RuleAdd(nr); err != nil {
+		t.Fatalf("add hand-made rule %d: %v", prio, err)
+	}
+}
+
+// handRoute adds a route as `ip route add` does (protocol boot unless p).
+func (l *lab) handRoute(t *testing.T, nr *netlink.Route) {
+	t.Helper()
+	if nr.Protocol == 0 {
+		nr.Protocol = unix.RTPROT_BOOT
+	}
+	if err := l.h.RouteAdd(nr); err != nil {
+		t.Fatalf("add hand-made route %v: %v", nr, err)
+	}
+}
+
+// TestIntegrationForeignEntries: rules and routes inside the range that
+// mpfleet did not make are listed as foreign, never as its own, and neither
+// deletes nor adds touch them.
+func TestIntegrationForeignEntries(t *testing.T) {
+	l := newLab(t)
+	i1 := l.veth(t, "veth1", "198.18.1.2/24", "2001:db8:1::2/64")
+	l.handRule(t, 7150, "198.18.1.3/32", 100, ProtoUnspec)                        // in our priorities, someone's table
+	l.handRule(t, 5000, "198.18.1.4/32", 7150, ProtoBoot)                         // someone's priority, our table
+	l.handRule(t, 7151, "", 7151, Protocol, func(r *netlink.Rule) { r.Mark = 1 }) // our protocol, not our shape
+	l.handRoute(t, &netlink.Route{LinkIndex: i1, Table: 7150, Dst: toIPNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: net.ParseIP("198.18.1.1")})
+	l.handRoute(t, &netlink.Route{Table: 7150, Dst: toIPNet(netip.MustParsePrefix("198.18.9.0/24")), Type: unix.RTN_UNREACHABLE})
+	l.handRoute(t, &netlink.Route{LinkIndex: i1, Table: 7152, Dst: toIPNet(netip.MustParsePrefix("2001:db8:9::/64")), Priority: 100, Protocol: netlink.RouteProtocol(Protocol)})
+	before := l.rawProtocols(t, DefaultRange)
+
+	d, err := l.m.Dump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(d.Rules) != 0 || len(d.Routes) != 0 {
+		t.Fatalf("mpfleet's own = %v %v, want none", d.Rules, d.Routes)
+	}
+	var got []string
+	for _, f := range d.ForeignRules {
+		got = append(got, "rule "+f.String())
+	}
+	for _, f := range d.ForeignRoutes {
+		got = append(got, "route "+f.String())
+	}
+	want := []string{
+		"rule 5000: from 198.18.1.4 lookup 7150 proto boot",
+		"rule 7150: from 198.18.1.3 lookup 100 proto unspec",
+		"rule 7151: from all fwmark 0x1 lookup 7151 proto mpfleet",
+		"route unreachable 198.18.9.0/24 table 7150 proto boot",
+		fmt.Sprintf("route default via 198.18.1.1 dev if%d table 7150 proto boot", i1),
+		fmt.Sprintf("route 2001:db8:9::/64 dev if%d table 7152 proto mpfleet metric 100", i1),
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("foreign entries (-want +got):\n%s", diff)
+	}
+
+	// Deleting what looks like them finds nothing of mpfleet's.
+	for _, f := range d.ForeignRules {
+		if !DefaultRange.OwnsRule(f.Rule) || !f.Src.IsValid() {
+			continue
+		}
+		if err := l.m.DeleteRule(f.Rule); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("delete %v: %v, want os.ErrNotExist", f, err)
+		}
+	}
+	for _, f := range d.ForeignRoutes {
+		if f.LinkIndex == 0 {
+			continue
+		}
+		if err := l.m.DeleteRoute(f.Route); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("delete %v: %v, want os.ErrNotExist", f, err)
+		}
+	}
+	// An add where a foreign route holds the destination fails; nothing is
+	// overwritten.
+	other := Route{Table: 7150, Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: netip.MustParseAddr("198.18.1.254"), LinkIndex: i1}
+	if err := l.m.AddRoute(other); !errors.Is(err, os.ErrExist) {
+		t.Errorf("add over a foreign route: %v, want os.ErrExist", err)
+	}
+	// Neither may the protocol of a foreign entry be changed.
+	if err := l.m.SetRouteProtocol(d.ForeignRoutes[0].Route, ProtoBoot, Protocol); !errors.Is(err, ErrInvalid) {
+		t.Errorf("adopt a hand-made (proto boot) route: %v, want ErrInvalid", err)
+	}
+	if got := l.rawProtocols(t, DefaultRange); !slices.Equal(got, before) {
+		t.Errorf("the range changed:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
+	}
+}
+
+// TestIntegrationAdoptLegacy: the rule and routes an agent made before
+// Protocol are re-made with it, without a moment when the source is not
+// routed, and given back by the undo.
+func TestIntegrationAdoptLegacy(t *testing.T) {
+	l := newLab(t)
+	i1 := l.veth(t, "veth1", "198.18.1.2/24", "2001:db8:1::2/64")
+	s4 := Source{Addr: netip.MustParsePrefix("198.18.1.2/24"), LinkIndex: i1, Gateway: netip.MustParseAddr("198.18.1.1"), Table: 7160, Priority: 7160}
+	s6 := Source{Addr: netip.MustParsePrefix("2001:db8:1::2/64"), LinkIndex: i1, Gateway: netip.MustParseAddr("2001:db8:1::1"), Table: 7161, Priority: 7161}
+	for _, s := range []Source{s4, s6} {
+		// As agents before Protocol made them: routes proto static, the rule
+		// without a protocol.
+		for _, r := range s.Routes() {
+			l.handRoute(t, toNetlinkRoute(r, ProtoStatic))
+		}
+		l.handRule(t, s.Priority, s.Rule().Src.String(), s.Table, ProtoUnspec)
+	}
+	legacy := l.rawProtocols(t, DefaultRange)
+	d, err := l.m.Dump()
+	if err != nil || len(d.Rules)+len(d.Routes) != 0 || len(d.ForeignRules) != 2 || len(d.ForeignRoutes) != 4 {
+		t.Fatalf("Dump = %+v, %v; want the legacy entries as foreign", d, err)
+	}
+
+	for _, s := range []Source{s4, s6} {
+		if err := l.m.SetRuleProtocol(s.Rule(), LegacyRuleProtocol, Protocol); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range s.Routes() {
+			if err := l.m.SetRouteProtocol(r, LegacyRouteProtocol, Protocol); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	routes, err := l.m.Routes()
-	if err != nil || len(routes) != 4 {
-		t.Fatalf("Routes() = %v, %v; want the 4 hand-made ones", routes, err)
+	d, err = l.m.Dump()
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i := len(routes) - 1; i >= 0; i-- {
-		if err := l.m.DeleteRoute(routes[i]); err != nil {
-			t.Errorf("delete hand-made %v: %v", routes[i], err)
+	want := Render([]Rule{s4.Rule(), s6.Rule()}, append(s4.Routes(), s6.Routes()...))
+	if got := Render(d.Rules, d.Routes); got != want || len(d.ForeignRules)+len(d.ForeignRoutes) != 0 {
+		t.Fatalf("after adoption: own\n%s\nforeign %v %v\nwant own\n%s", got, d.ForeignRules, d.ForeignRoutes, want)
+	}
+	raw := l.rawProtocols(t, DefaultRange)
+	if len(raw) != 6 {
+		t.Fatalf("raw after adoption: %q, want one of each", raw)
+	}
+	for _, line := range raw {
+		if !strings.HasSuffix(line, " proto 173") {
+			t.Errorf("%s: not adopted", line)
 		}
 	}
-	if got, err := l.m.Render(); err != nil || got != "" {
-		t.Fatalf("left: %q, %v", got, err)
+	// Adopting again: there is nothing legacy left.
+	if err := l.m.SetRuleProtocol(s4.Rule(), LegacyRuleProtocol, Protocol); !errors.Is(err, os.ErrExist) {
+		t.Errorf("adopt twice: %v, want os.ErrExist", err)
+	}
+
+	// The undo gives them back as they were.
+	for _, s := range []Source{s4, s6} {
+		if err := l.m.SetRuleProtocol(s.Rule(), Protocol, LegacyRuleProtocol); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range s.Routes() {
+			if err := l.m.SetRouteProtocol(r, Protocol, LegacyRouteProtocol); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := l.rawProtocols(t, DefaultRange); !slices.Equal(got, legacy) {
+		t.Errorf("after the undo:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(legacy, "\n"))
+	}
+
+	// Only an exact match is adopted: not a route that differs, not a rule
+	// with a look-alike beside it.
+	moved := s4.Routes()[1]
+	moved.Gateway = netip.MustParseAddr("198.18.1.254")
+	if err := l.m.SetRouteProtocol(moved, LegacyRouteProtocol, Protocol); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("adopt a route that differs: %v, want os.ErrNotExist", err)
+	}
+	l.handRule(t, s4.Priority, s4.Rule().Src.String(), s4.Table, ProtoBoot, func(r *netlink.Rule) { r.Mark = 7 })
+	if err := l.m.SetRuleProtocol(s4.Rule(), LegacyRuleProtocol, Protocol); !errors.Is(err, ErrConflict) {
+		t.Errorf("adopt a rule with a look-alike: %v, want ErrConflict", err)
+	}
+	if err := l.m.SetRuleProtocol(s6.Rule(), ProtoBoot, Protocol); !errors.Is(err, ErrInvalid) {
+		t.Errorf("adopt from proto boot: %v, want ErrInvalid", err)
 	}
 }

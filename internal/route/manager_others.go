@@ -47,3 +47,20 @@ func (m *Manager) LinkNames() (map[int]string, error) { return nil, errUnsupport
 
 // Render fails on this OS.
 func (m *Manager) Render() (string, error) { return "", errUnsupported }
+
+// Dump is what the kernel holds inside a Range.
+type Dump struct {
+	Rules         []Rule
+	Routes        []Route
+	ForeignRules  []ForeignRule
+	ForeignRoutes []ForeignRoute
+}
+
+// Dump fails on this OS.
+func (m *Manager) Dump() (Dump, error) { return Dump{}, errUnsupported }
+
+// SetRuleProtocol fails on this OS.
+func (m *Manager) SetRuleProtocol(Rule, Proto, Proto) error { return errUnsupported }
+
+// SetRouteProtocol fails on this OS.
+func (m *Manager) SetRouteProtocol(Route, Proto, Proto) error { return errUnsupported }

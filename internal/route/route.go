@@ -1,10 +1,13 @@
 // Package route manages mpfleet's source-based policy routing: for each managed
 // local address a rule `from ADDR lookup TABLE priority P` and, in that table,
 // the address's connected route and a default route through the interface's
-// gateway. It talks rtnetlink directly (never `ip`), and it only ever lists,
-// adds or deletes rules and routes inside the table-id and rule-priority Range
-// that mpfleet owns; everything outside that range belongs to someone else and
-// is left alone.
+// gateway. It talks rtnetlink directly (never `ip`), and it only ever adds,
+// changes or deletes rules and routes inside the table-id and rule-priority
+// Range that mpfleet owns and that carry mpfleet's routing protocol number,
+// Protocol. Everything outside the range belongs to someone else and is left
+// alone; an entry inside it without Protocol is foreign (ForeignRule,
+// ForeignRoute): it is listed, so that it can be reported, and never changed
+// or deleted.
 package route
 
 import (
@@ -46,19 +49,57 @@ var ErrOutOfRange = errors.New("outside mpfleet's owned range")
 // ErrInvalid is wrapped by errors about a malformed rule or route.
 var ErrInvalid = errors.New("invalid")
 
+// ErrConflict is wrapped by errors about a change that a foreign rule or
+// route (one inside the range that mpfleet did not make) stands in the way
+// of.
+var ErrConflict = errors.New("conflicts with a rule or route mpfleet did not make")
+
+// The kernel's reserved table ids and rule priorities, which no Range may
+// include.
+const (
+	// TableUnspec (0) is no table: a rule or route request without one.
+	TableUnspec = 0
+	// TableDefault, TableMain and TableLocal are the kernel's own tables.
+	TableDefault = 253
+	TableMain    = 254
+	TableLocal   = 255
+	// PriorityLocal is the rule that looks up the local table; PriorityMain
+	// and PriorityDefault those of the main and default tables. A source
+	// rule must come before PriorityMain to be consulted before the main
+	// table's default route.
+	PriorityLocal   = 0
+	PriorityMain    = 32766
+	PriorityDefault = 32767
+)
+
+// TablesReserved reports whether the tables lo..hi include a reserved one
+// (TableUnspec, TableDefault, TableMain, TableLocal).
+func TablesReserved(lo, hi uint32) bool {
+	return lo <= TableUnspec || (lo <= TableLocal && hi >= TableDefault)
+}
+
+// PrioritiesReserved reports whether the rule priorities lo..hi include
+// PriorityLocal or reach PriorityMain (and PriorityDefault after it): a
+// range above PriorityMain would come after the main table's rule, where a
+// source rule is never consulted for traffic the main table routes.
+func PrioritiesReserved(lo, hi uint32) bool {
+	return lo <= PriorityLocal || hi >= PriorityMain
+}
+
 // Validate reports whether r is usable: non-empty, ordered bounds that avoid
-// the kernel's reserved tables (0, 253–255) and the main/default rule
-// priorities (0, 32766, 32767).
+// the kernel's reserved tables (0, 253–255) and rule priorities (0, 32766,
+// 32767). policy.ValidatePolicy applies the same rules, through
+// TablesReserved and PrioritiesReserved, to what the API accepts.
 func (r Range) Validate() error {
 	switch {
-	case r.TableMin == 0 || r.TableMin > r.TableMax:
+	case r.TableMin > r.TableMax:
 		return fmt.Errorf("route range: tables %d-%d: %w", r.TableMin, r.TableMax, ErrInvalid)
-	case r.TableMin <= 255 && r.TableMax >= 253:
-		return fmt.Errorf("route range: tables %d-%d include the kernel's default/main/local tables: %w", r.TableMin, r.TableMax, ErrInvalid)
-	case r.PriorityMin == 0 || r.PriorityMin > r.PriorityMax:
+	case TablesReserved(r.TableMin, r.TableMax):
+		return fmt.Errorf("route range: tables %d-%d include a reserved table (0 unspec, 253 default, 254 main, 255 local): %w", r.TableMin, r.TableMax, ErrInvalid)
+	case r.PriorityMin > r.PriorityMax:
 		return fmt.Errorf("route range: priorities %d-%d: %w", r.PriorityMin, r.PriorityMax, ErrInvalid)
-	case r.PriorityMax >= 32766:
-		return fmt.Errorf("route range: priorities %d-%d reach the main/default rules (32766, 32767): %w", r.PriorityMin, r.PriorityMax, ErrInvalid)
+	case PrioritiesReserved(r.PriorityMin, r.PriorityMax):
+		return fmt.Errorf("route range: priorities %d-%d include a reserved rule priority (0 local, 32766 main, 32767 default): %w", r.PriorityMin, r.PriorityMax, ErrInvalid)
 	}
 	return nil
 }
@@ -75,6 +116,10 @@ func (r Range) HasPriority(p int) bool {
 
 // OwnsRule reports whether rule x is inside the range.
 func (r Range) OwnsRule(x Rule) bool { return r.HasPriority(x.Priority) && r.HasTable(x.Table) }
+
+// OverlapsRule reports whether rule x's priority or the table it looks up
+// lies in the range: such a rule that is not mpfleet's is foreign.
+func (r Range) OverlapsRule(x Rule) bool { return r.HasPriority(x.Priority) || r.HasTable(x.Table) }
 
 // OwnsRoute reports whether route x is inside the range.
 func (r Range) OwnsRoute(x Route) bool { return r.HasTable(x.Table) }
@@ -388,11 +433,11 @@ func (s Source) Routes() []Route {
 }
 
 // SortRules sorts rules by priority, then table, then source.
-func SortRules(rs []Rule) {
-	slices.SortFunc(rs, func(a, b Rule) int {
-		return cmp.Or(cmp.Compare(a.Priority, b.Priority), cmp.Compare(a.Table, b.Table),
-			a.Src.Addr().Compare(b.Src.Addr()), cmp.Compare(a.Src.Bits(), b.Src.Bits()))
-	})
+func SortRules(rs []Rule) { slices.SortFunc(rs, compareRules) }
+
+func compareRules(a, b Rule) int {
+	return cmp.Or(cmp.Compare(a.Priority, b.Priority), cmp.Compare(a.Table, b.Table),
+		a.Src.Addr().Compare(b.Src.Addr()), cmp.Compare(a.Src.Bits(), b.Src.Bits()))
 }
 
 // SortRoutes sorts routes by table, then destination (a table's connected

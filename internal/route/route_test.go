@@ -23,6 +23,11 @@ func TestRangeValidate(t *testing.T) {
 		{"local table", Range{255, 255, 100, 200}, false},
 		{"priority zero", Range{1000, 1100, 0, 200}, false},
 		{"main rule", Range{1000, 1100, 30000, 32766}, false},
+		{"default rule", Range{1000, 1100, 32760, 32767}, false},
+		{"after the default rule", Range{1000, 1100, 40000, 40100}, false},
+		{"default table", Range{253, 253, 100, 200}, false},
+		{"just above local", Range{256, 300, 100, 200}, true},
+		{"just below default", Range{1, 252, 1, 32765}, true},
 		{"reversed priorities", Range{1000, 1100, 300, 200}, false},
 	}
 	for _, tt := range tests {
@@ -163,5 +168,112 @@ func TestJSONRoundTrip(t *testing.T) {
 	}
 	if d := cmp.Diff(in, out, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); d != "" {
 		t.Fatalf("round trip of %s (-in +out):\n%s", b, d)
+	}
+}
+
+func TestReserved(t *testing.T) {
+	for _, tt := range []struct {
+		min, max uint32
+		tables   bool // TablesReserved
+		prios    bool // PrioritiesReserved
+	}{
+		{0, 0, true, true},
+		{0, 10, true, true},
+		{1, 252, false, false},
+		{253, 253, true, false},
+		{250, 254, true, false},
+		{255, 300, true, false},
+		{256, 32765, false, false},
+		{32000, 32766, false, true},
+		{32767, 32767, false, true},
+	} {
+		if got := TablesReserved(tt.min, tt.max); got != tt.tables {
+			t.Errorf("TablesReserved(%d, %d) = %v", tt.min, tt.max, got)
+		}
+		if got := PrioritiesReserved(tt.min, tt.max); got != tt.prios {
+			t.Errorf("PrioritiesReserved(%d, %d) = %v", tt.min, tt.max, got)
+		}
+	}
+}
+
+func TestProto(t *testing.T) {
+	for p, want := range map[Proto]string{0: "unspec", 3: "boot", 4: "static", 12: "bird", 173: "mpfleet", 77: "77", 186: "bgp"} {
+		if got := p.String(); got != want {
+			t.Errorf("Proto(%d).String() = %q, want %q", uint8(p), got, want)
+		}
+		b, _ := p.MarshalText()
+		var back Proto
+		if err := back.UnmarshalText(b); err != nil || back != p {
+			t.Errorf("round trip of %d through %q: %d, %v", uint8(p), b, back, err)
+		}
+	}
+	var p Proto
+	if err := p.UnmarshalText([]byte("nope")); !errors.Is(err, ErrInvalid) {
+		t.Errorf("UnmarshalText(nope) = %v", err)
+	}
+	// mpfleet's own is nobody else's: not a protocol the kernel or iproute2
+	// name, not a legacy one.
+	if n := Protocol.String(); n != "mpfleet" || Protocol == LegacyRuleProtocol || Protocol == LegacyRouteProtocol {
+		t.Errorf("Protocol %d is %q", uint8(Protocol), n)
+	}
+	for _, tt := range []struct {
+		from, to, legacy Proto
+		ok               bool
+	}{
+		{LegacyRuleProtocol, Protocol, LegacyRuleProtocol, true},
+		{Protocol, LegacyRuleProtocol, LegacyRuleProtocol, true},
+		{LegacyRouteProtocol, Protocol, LegacyRouteProtocol, true},
+		{ProtoBoot, Protocol, LegacyRouteProtocol, false},
+		{Protocol, ProtoKernel, LegacyRouteProtocol, false},
+		{LegacyRouteProtocol, Protocol, LegacyRuleProtocol, false},
+		{Protocol, Protocol, LegacyRuleProtocol, false},
+	} {
+		if err := CheckAdoption(tt.from, tt.to, tt.legacy); (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrInvalid)) {
+			t.Errorf("CheckAdoption(%v, %v, %v) = %v, want ok=%v", tt.from, tt.to, tt.legacy, err, tt.ok)
+		}
+	}
+}
+
+func TestForeignStrings(t *testing.T) {
+	src := netip.MustParsePrefix("198.18.1.2/32")
+	rules := []struct {
+		f     ForeignRule
+		want  string
+		plain bool
+	}{
+		{ForeignRule{Rule: Rule{Priority: 7150, Src: src, Table: 7150}}, "7150: from 198.18.1.2 lookup 7150 proto unspec", true},
+		{ForeignRule{Rule: Rule{Priority: 7150, Table: 7150}, Protocol: ProtoBoot, Detail: "fwmark 0x1"}, "7150: from all fwmark 0x1 lookup 7150 proto boot", false},
+		{ForeignRule{Rule: Rule{Priority: 7150, Src: src}, Detail: "goto 7000"}, "7150: from 198.18.1.2 goto 7000 proto unspec", false},
+	}
+	for _, tt := range rules {
+		if got := tt.f.String(); got != tt.want || tt.f.Plain() != tt.plain {
+			t.Errorf("%+v: %q plain %v, want %q plain %v", tt.f, got, tt.f.Plain(), tt.want, tt.plain)
+		}
+	}
+	dflt := Route{Table: 7150, Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: netip.MustParseAddr("198.18.1.1"), LinkIndex: 3}
+	routes := []struct {
+		f     ForeignRoute
+		want  string
+		plain bool
+	}{
+		{ForeignRoute{Route: dflt, Protocol: ProtoStatic, Type: TypeUnicast}, "default via 198.18.1.1 dev if3 table 7150 proto static", true},
+		{ForeignRoute{Route: dflt, Protocol: ProtoBoot, Type: TypeUnicast, Metric: 100}, "default via 198.18.1.1 dev if3 table 7150 proto boot metric 100", false},
+		{ForeignRoute{Route: Route{Table: 7150, Dst: netip.MustParsePrefix("198.18.9.0/24")}, Protocol: ProtoBoot, Type: TypeBlackhole}, "blackhole 198.18.9.0/24 table 7150 proto boot", false},
+		{ForeignRoute{Route: Route{Table: 7150, Dst: netip.MustParsePrefix("::/0")}, Protocol: 12, Type: TypeUnicast, Nexthops: 2}, "default table 7150 proto bird (2 nexthops)", false},
+	}
+	for _, tt := range routes {
+		if got := tt.f.String(); got != tt.want || tt.f.Plain() != tt.plain {
+			t.Errorf("%+v: %q plain %v, want %q plain %v", tt.f, got, tt.f.Plain(), tt.want, tt.plain)
+		}
+	}
+	// JSON, as a State carries them.
+	in := []ForeignRoute{routes[2].f}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []ForeignRoute
+	if err := json.Unmarshal(b, &out); err != nil || !cmp.Equal(in, out, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }), cmp.Comparer(func(a, b netip.Addr) bool { return a == b })) {
+		t.Errorf("JSON round trip of %s: %+v, %v", b, out, err)
 	}
 }
