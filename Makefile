@@ -118,11 +118,16 @@ lint: $(TOOLS)/.golangci-lint-$(GOLANGCI_LINT_VERSION) check-fmt vet check-proto
 
 # Every test runs with -race. Tests needing root or a kernel feature skip
 # elsewhere; with CI=true a skip is a failure (checked here and in the tests).
+# The lab packages (test/lab, test/e2e) run after the rest, one at a time:
+# their throughput and stall figures must not share the CPU with other tests.
 .PHONY: test
 test: deps tools lint ## install what is needed, run all checks and every test (root for the kernel tests)
 	@mkdir -p $(CACHE)
 	@status=0; \
-	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v $(PKGS) 2>&1 | tee $(CACHE)/test.log | \
+	( a=0; b=0; \
+	  $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v $$($(GO) list $(PKGS) | grep -v -e '/test/lab' -e '/test/e2e') || a=$$?; \
+	  $(GO) test -race -count=1 -p 1 -timeout $(TEST_TIMEOUT) -v ./test/lab/... ./test/e2e/... || b=$$?; \
+	  exit $$(( a | b )) ) 2>&1 | tee $(CACHE)/test.log | \
 		{ grep -E '^(--- (FAIL|SKIP)|FAIL|ok|panic:|\s+\S+_test\.go:[0-9]+:)' || true; } || status=$$?; \
 	skips=$$(grep -cE '^\s*--- SKIP' $(CACHE)/test.log || true); \
 	fails=$$(grep -cE '^\s*--- FAIL|^FAIL' $(CACHE)/test.log || true); \

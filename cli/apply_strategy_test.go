@@ -51,3 +51,27 @@ func TestDeleteHost(t *testing.T) {
 	}
 	wantOneLineError(t, c.run(t, "", nil, "delete", "host", "hosts/web-8"), 1, `mpfleetctl: host "web-8": failed precondition: host "hosts/web-8" is connected`)
 }
+
+func TestLabelHost(t *testing.T) {
+	c := newController(t)
+	c.hosts.hosts = []*mpfleetv1.Host{{Name: "hosts/web-7", Labels: map[string]string{"role": "web", "zone": "a"}}}
+	if r := c.run(t, "", nil, "label", "host", "web-7", "rack=r1", "zone-", "--reason", "moved"); r.err != nil || r.stdout != "host/web-7 labeled (rack=r1,role=web)\n" {
+		t.Fatalf("label: %v, %q", r.err, r.stdout)
+	}
+	u := c.hosts.labelled[0]
+	if !cmp.Equal(u.GetHost().GetLabels(), map[string]string{"role": "web", "rack": "r1"}) || u.GetReason() != "moved" ||
+		!cmp.Equal(u.GetUpdateMask().GetPaths(), []string{"labels"}) {
+		t.Errorf("request %v", u)
+	}
+	r := c.run(t, "", nil, "label", "host", "web-7", "role=db")
+	if r.err == nil || !strings.Contains(r.stderr, "--overwrite") {
+		t.Errorf("changing a label without --overwrite: %v, %q", r.err, r.stderr)
+	}
+	if r := c.run(t, "", nil, "label", "host", "web-7", "role=db", "--overwrite"); r.err != nil {
+		t.Fatal(r.err)
+	}
+	// A host not yet connected can be labelled.
+	if r := c.run(t, "", nil, "label", "host", "new-1", "role=web"); r.err != nil {
+		t.Fatal(r.err)
+	}
+}

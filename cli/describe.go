@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"maps"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -93,6 +94,9 @@ func (a *app) describeHost(w io.Writer, h *mpfleetv1.Host) error {
 	}
 	d.field(0, "Agent", agent)
 	d.field(0, "Labels", formatLabels(h.GetLabels()))
+	if len(h.GetReportedLabels()) > 0 && !maps.Equal(h.GetReportedLabels(), h.GetLabels()) {
+		d.field(0, "Reported labels", formatLabels(h.GetReportedLabels()))
+	}
 	d.field(0, "Last error", h.GetLastError())
 	d.flush()
 	if len(h.GetProblems()) > 0 {

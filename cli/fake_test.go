@@ -465,6 +465,7 @@ type fakeHosts struct {
 	requests []*mpfleetv1.ListHostsRequest
 	plans    []*mpfleetv1.PlanPolicyRequest
 	watches  []*mpfleetv1.WatchHostsRequest
+	labelled []*mpfleetv1.UpdateHostRequest
 	// With block, WatchHosts keeps the stream open after sending, like the
 	// real controller.
 	block bool
@@ -483,6 +484,21 @@ func (f *fakeHosts) DeleteHost(_ context.Context, req *mpfleetv1.DeleteHostReque
 		}
 	}
 	return nil, status.Errorf(codes.NotFound, "%s not found", req.GetName())
+}
+
+func (f *fakeHosts) UpdateHost(_ context.Context, req *mpfleetv1.UpdateHostRequest) (*mpfleetv1.Host, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.labelled = append(f.labelled, req)
+	for _, h := range f.hosts {
+		if h.GetName() == req.GetHost().GetName() {
+			h.Labels = req.GetHost().GetLabels()
+			return h, nil
+		}
+	}
+	h := &mpfleetv1.Host{Name: req.GetHost().GetName(), Labels: req.GetHost().GetLabels()}
+	f.hosts = append(f.hosts, h)
+	return h, nil
 }
 
 func (f *fakeHosts) GetHost(_ context.Context, req *mpfleetv1.GetHostRequest) (*mpfleetv1.Host, error) {

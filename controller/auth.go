@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/mpfleet/mpfleet/internal/policy"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -76,6 +77,9 @@ type TokenEntry struct {
 	// Expires, if set, ends the token: calls with it are refused and its
 	// open streams closed (RFC 3339, e.g. 2027-01-31T00:00:00Z).
 	Expires *time.Time `json:"expires,omitempty"`
+	// Labels, for an agent token, are bound to its host: they choose its
+	// group unless an operator labelled the host.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 type tokenSet struct {
@@ -86,8 +90,9 @@ type tokenEntry struct {
 	name    string
 	role    Role
 	sum     []byte
-	host    string    // agent tokens: the host id they speak for
-	expires time.Time // zero: never
+	host    string            // agent tokens: the host id they speak for
+	labels  map[string]string // agent tokens: labels bound to the host
+	expires time.Time         // zero: never
 }
 
 func (e tokenEntry) expired(now time.Time) bool { return !e.expires.IsZero() && !now.Before(e.expires) }
@@ -118,10 +123,15 @@ func loadTokens(path string) (*tokenSet, error) {
 		switch {
 		case r == RoleAgent && !hostIDRe.MatchString(e.Host):
 			return nil, fmt.Errorf("tokens file %s: entry %d (%s): an agent token is bound to one host: give host (a host id), not %q; there is no shared agent token", path, i, e.Name, e.Host)
-		case r != RoleAgent && e.Host != "":
-			return nil, fmt.Errorf("tokens file %s: entry %d (%s): host is only for role agent", path, i, e.Name)
+		case r != RoleAgent && (e.Host != "" || len(e.Labels) > 0):
+			return nil, fmt.Errorf("tokens file %s: entry %d (%s): host and labels are only for role agent", path, i, e.Name)
 		}
-		te := tokenEntry{name: e.Name, role: r, sum: sum, host: e.Host}
+		var vs policy.Violations
+		policy.ValidateLabels(&vs, "labels", e.Labels)
+		if err := vs.Err(); err != nil {
+			return nil, fmt.Errorf("tokens file %s: entry %d (%s): %w", path, i, e.Name, err)
+		}
+		te := tokenEntry{name: e.Name, role: r, sum: sum, host: e.Host, labels: e.Labels}
 		if e.Expires != nil {
 			te.expires = *e.Expires
 		}
@@ -153,6 +163,9 @@ type Caller struct {
 	// Hosts are the host ids an agent credential may speak for: a
 	// certificate's common name and DNS names, or an agent token's host.
 	Hosts []string
+	// Labels are the labels bound in an agent credential: a certificate's
+	// URI SANs "mpfleet:label:KEY=VALUE", or an agent token's labels.
+	Labels map[string]string
 	// Anonymous is true when the controller authenticates nobody
 	// (development on loopback): every call is allowed.
 	Anonymous bool
@@ -214,6 +227,7 @@ var methodRoles = map[string]Role{
 	"/mpfleet.v1.HostService/WatchHosts": RoleViewer,
 	"/mpfleet.v1.HostService/PlanPolicy": RoleViewer,
 	"/mpfleet.v1.HostService/DeleteHost": RoleAdmin,
+	"/mpfleet.v1.HostService/UpdateHost": RoleOperator,
 
 	"/mpfleet.v1.RolloutService/CreateRollout": RoleOperator,
 	"/mpfleet.v1.RolloutService/GetRollout":    RoleViewer,
@@ -293,10 +307,11 @@ func (a *authenticator) identify(ctx context.Context, fullMethod string) (contex
 			c.tokenSum = sum[:]
 			c.Actor, c.Role = e.name, e.role
 			if e.role == RoleAgent {
-				c.Actor, c.Hosts = "agent:"+e.host, []string{e.host}
+				c.Actor, c.Hosts, c.Labels = "agent:"+e.host, []string{e.host}, e.labels
 			}
 		} else if cn, names, chain := clientCertNames(ctx); cn != "" {
 			c.chain = chain
+			c.Labels = certLabels(chain[0])
 			// A verified client certificate identifies an agent, bound to
 			// the hosts it names.
 			c.Actor, c.Role = "cert:"+cn, RoleAgent
@@ -315,6 +330,33 @@ func (a *authenticator) identify(ctx context.Context, fullMethod string) (contex
 		return ctx, status.Errorf(codes.PermissionDenied, "%s (role %s) may not call %s", c.Actor, c.Role, fullMethod)
 	}
 	return context.WithValue(ctx, callerKey{}, c), nil
+}
+
+// LabelURIPrefix starts the URI SANs that bind labels in an agent's
+// certificate: "mpfleet:label:role=web".
+const LabelURIPrefix = "mpfleet:label:"
+
+// certLabels returns the labels a certificate binds; ones that are not valid
+// labels are left out.
+func certLabels(c *x509.Certificate) map[string]string {
+	var out map[string]string
+	for _, u := range c.URIs {
+		kv, ok := strings.CutPrefix(u.String(), LabelURIPrefix)
+		if !ok {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		var vs policy.Violations
+		policy.ValidateLabels(&vs, "label", map[string]string{k: v})
+		if !ok || len(vs) > 0 {
+			continue
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[k] = v
+	}
+	return out
 }
 
 // clientCertNames returns the common name and DNS names of the caller's

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"slices"
 	"sort"
@@ -296,4 +297,39 @@ func (s *hostService) DeleteHost(ctx context.Context, req *pb.DeleteHostRequest)
 	}
 	s.c.waitCache(ctx, rev)
 	return &emptypb.Empty{}, nil
+}
+
+func (s *hostService) UpdateHost(ctx context.Context, req *pb.UpdateHostRequest) (*pb.Host, error) {
+	var vs policy.Violations
+	id, err := hostID("host.name", req.GetHost().GetName())
+	if err != nil {
+		return nil, err
+	}
+	paths := req.GetUpdateMask().GetPaths()
+	if len(paths) == 0 {
+		paths = []string{"labels"}
+	}
+	for i, p := range paths {
+		if p != "labels" {
+			vs = append(vs, policy.FieldViolation{Field: fmt.Sprintf("update_mask.paths[%d]", i), Description: fmt.Sprintf("%q: only labels can be set on a host", p)})
+		}
+	}
+	policy.ValidateLabels(&vs, "host.labels", req.GetHost().GetLabels())
+	if len(req.GetReason()) > policy.MaxDescription {
+		vs = append(vs, policy.FieldViolation{Field: "reason", Description: fmt.Sprintf("is %d bytes; at most %d", len(req.GetReason()), policy.MaxDescription)})
+	}
+	if err := vs.Err(); err != nil {
+		return nil, toStatus(err)
+	}
+	rev, err := s.c.store.PutHostLabels(ctx, id, req.GetHost().GetLabels(), meta(ctx, req.GetReason()))
+	if err != nil {
+		s.c.auditFailure(ctx, "hosts.label", req.GetHost().GetName(), req.GetReason(), err)
+		return nil, toStatus(err)
+	}
+	s.c.waitCache(ctx, rev)
+	if h, replica, ok := s.c.cache.Host(id); ok {
+		return hostView(h, replica, s.c.cache.Groups(), s.c.cache.Targets()), nil
+	}
+	// Labelled before its agent ever connected.
+	return &pb.Host{Name: store.HostName(id), Labels: req.GetHost().GetLabels(), SyncState: pb.SyncState_SYNC_STATE_DISCONNECTED}, nil
 }

@@ -112,6 +112,12 @@ func (h *hub) follow(ctx context.Context, sub *store.Subscription) error {
 		case <-sub.Done():
 			return sub.Err()
 		case ev := <-sub.C():
+			if ev.LabelsHost != "" {
+				h.mu.Lock()
+				h.relabelLocked(ev.LabelsHost, ev.Labels, ev.Labels != nil)
+				h.mu.Unlock()
+				continue
+			}
 			if ev.GroupID == "" && ev.TargetsGroup == "" {
 				continue
 			}
@@ -153,6 +159,44 @@ func (h *hub) closeAll() {
 	for _, s := range h.sessions {
 		s.cancel()
 	}
+}
+
+// labelsOf returns the labels that choose the group of host id: without
+// authentication the agent's own; with it, those an operator gave the host,
+// else those bound in the agent's credential — never what the agent says.
+func (h *hub) labelsOf(id string, caller Caller, reported map[string]string) map[string]string {
+	if caller.Anonymous {
+		return reported
+	}
+	if l, ok := h.c.cache.HostLabels(id); ok {
+		return l
+	}
+	return caller.Labels
+}
+
+// relabel takes an operator's new labels for host id: a connected host is
+// reassigned at once and its status rewritten. Called with h.mu held.
+func (h *hub) relabelLocked(id string, labels map[string]string, given bool) {
+	s := h.sessions[id]
+	if s == nil || s.anonymous {
+		return
+	}
+	if !given {
+		labels = s.bound
+	}
+	s.mu.Lock()
+	s.labels = labels
+	st := proto.Clone(s.status).(*pb.Host)
+	st.Labels = labels
+	s.status = st
+	s.mu.Unlock()
+	key, d := desiredFor(h.groups, h.targets, s.id, labels)
+	s.setDesired(key, d)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = h.writeStatus(ctx, s, true)
+	}()
 }
 
 // desiredFor returns the desired configuration of a host with labels, and
@@ -292,10 +336,12 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // session is one connected agent.
 type session struct {
-	id     string
-	labels map[string]string
-	cancel context.CancelFunc
-	peer   string
+	id        string
+	labels    map[string]string // the labels that choose its group
+	cancel    context.CancelFunc
+	peer      string
+	anonymous bool              // no authentication: the agent's labels choose
+	bound     map[string]string // labels bound in its credential
 
 	mu          sync.Mutex
 	desiredKey  string
@@ -381,12 +427,13 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	labels := h.labelsOf(id, caller, hello.GetLabels())
 	s := &session{
-		id: id, labels: hello.GetLabels(), cancel: cancel, peer: caller.Peer,
+		id: id, labels: labels, cancel: cancel, peer: caller.Peer, anonymous: caller.Anonymous, bound: caller.Labels,
 		notify:   make(chan struct{}, 1),
 		confirms: make(chan uint64, 16),
 		status: &pb.Host{
-			Name: store.HostName(id), Labels: hello.GetLabels(), Facts: hello.GetFacts(),
+			Name: store.HostName(id), Labels: labels, ReportedLabels: hello.GetLabels(), Facts: hello.GetFacts(),
 			AgentVersion: hello.GetAgentVersion(), AppliedRevision: hello.GetAppliedRevision(),
 			DryRun: hello.GetDryRun(), LastSeenTime: timestamppb.Now(),
 		},
@@ -426,6 +473,7 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	if prev, err := h.c.store.GetHost(ctx, id); err == nil {
 		st := proto.Clone(prev).(*pb.Host)
 		st.Labels, st.Facts, st.AgentVersion, st.DryRun = s.status.Labels, s.status.Facts, s.status.AgentVersion, s.status.DryRun
+		st.ReportedLabels = s.status.ReportedLabels
 		st.LastSeenTime = s.status.LastSeenTime
 		if st.AppliedRevision == 0 {
 			st.AppliedRevision = hello.GetAppliedRevision()

@@ -48,6 +48,9 @@ type Event struct {
 	// when they were removed.
 	TargetsGroup string
 	Targets      *pb.HostTargets
+	// LabelsHost is set when the labels an operator gave a host change.
+	LabelsHost string
+	Labels     map[string]string
 }
 
 // Cache keeps ONE etcd watch on the store's prefix and an in-memory copy of
@@ -65,6 +68,7 @@ type Cache struct {
 	sess    map[string]string // host id → replica holding its stream
 	rolls   map[string]*pb.Rollout
 	targets map[string]*pb.HostTargets
+	labels  map[string]map[string]string // operator labels by host id
 	subs    map[*Subscription]struct{}
 	changed chan struct{} // closed and replaced on every revision change
 	stopped bool
@@ -82,6 +86,7 @@ func NewCache(s *Store, log *slog.Logger) *Cache {
 		sess:    map[string]string{},
 		rolls:   map[string]*pb.Rollout{},
 		targets: map[string]*pb.HostTargets{},
+		labels:  map[string]map[string]string{},
 		subs:    map[*Subscription]struct{}{},
 		changed: make(chan struct{}),
 	}
@@ -190,9 +195,22 @@ func (c *Cache) list(ctx context.Context) (int64, error) {
 		}
 		targets[strings.TrimPrefix(string(kv.Key), c.s.targetsPrefix())] = t
 	}
+	labels := map[string]map[string]string{}
+	lresp, err := c.s.c.Get(ctx, c.s.hostLabelsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil {
+		return 0, fmt.Errorf("list host labels: %w", err)
+	}
+	for _, kv := range lresp.Kvs {
+		h, err := decode(string(kv.Key), kv.Value, &pb.Host{})
+		if err != nil {
+			c.log.Error("skipping corrupt host labels", "key", string(kv.Key), "err", err)
+			continue
+		}
+		labels[strings.TrimPrefix(string(kv.Key), c.s.hostLabelsPrefix())] = h.GetLabels()
+	}
 	c.mu.Lock()
 	c.groups, c.hosts, c.sess, c.rev, c.ready = groups, hosts, sess, rev, true
-	c.rolls, c.targets = rolls, targets
+	c.rolls, c.targets, c.labels = rolls, targets, labels
 	// Subscribers took their snapshot before this list (or subscribed before
 	// the first one, with an empty snapshot): make them take a new one.
 	for s := range c.subs {
@@ -314,6 +332,21 @@ func (c *Cache) apply(evs []*clientv3.Event, rev int64) {
 				ev.Targets = t
 			}
 			out = append(out, ev)
+		case strings.HasPrefix(key, c.s.hostLabelsPrefix()):
+			id := strings.TrimPrefix(key, c.s.hostLabelsPrefix())
+			ev := Event{Rev: e.Kv.ModRevision, LabelsHost: id}
+			if del {
+				delete(c.labels, id)
+			} else {
+				h, err := decode(key, e.Kv.Value, &pb.Host{})
+				if err != nil {
+					c.log.Error("skipping corrupt host labels", "key", key, "err", err)
+					continue
+				}
+				c.labels[id] = h.GetLabels()
+				ev.Labels = h.GetLabels()
+			}
+			out = append(out, ev)
 		case strings.HasPrefix(key, c.s.auditPrefix()) && !del:
 			a, err := decode(key, e.Kv.Value, &pb.AuditEvent{})
 			if err != nil {
@@ -411,6 +444,15 @@ func (c *Cache) Host(id string) (*pb.Host, string, bool) {
 	defer c.mu.RUnlock()
 	h, ok := c.hosts[id]
 	return h, c.sess[id], ok
+}
+
+// HostLabels returns the labels an operator gave host id, and whether any
+// were given.
+func (c *Cache) HostLabels(id string) (map[string]string, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	l, ok := c.labels[id]
+	return l, ok
 }
 
 // Rollouts returns the cached rollouts by id. The values must not be

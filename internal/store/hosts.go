@@ -98,7 +98,7 @@ func (s *Store) DeleteHost(ctx context.Context, id string, m Meta) (int64, error
 			clientv3.Compare(clientv3.ModRevision(s.hostKey(id)), "=", resp.Kvs[0].ModRevision),
 			clientv3.Compare(clientv3.CreateRevision(s.sessionKey(id)), "=", 0),
 			hcmp,
-		).Then(append([]clientv3.Op{clientv3.OpDelete(s.hostKey(id))}, hops...)...).Else(
+		).Then(append([]clientv3.Op{clientv3.OpDelete(s.hostKey(id)), clientv3.OpDelete(s.hostLabelsKey(id))}, hops...)...).Else(
 			clientv3.OpGet(s.sessionKey(id), clientv3.WithCountOnly()),
 		).Commit()
 		if err != nil {
@@ -115,4 +115,66 @@ func (s *Store) DeleteHost(ctx context.Context, id string, m Meta) (int64, error
 		}
 	}
 	return 0, fmt.Errorf("delete host %q: %w", id, ErrContention)
+}
+
+// Operator labels: hostlabels/{id} holds the labels an operator set on a
+// host (UpdateHost), kept apart from the status its agent reports, so that
+// no agent report can change them.
+
+func (s *Store) hostLabelsPrefix() string      { return s.prefix + "hostlabels/" }
+func (s *Store) hostLabelsKey(id string) string { return s.hostLabelsPrefix() + id }
+
+// PutHostLabels sets the labels an operator gave host id, and the labels of
+// its stored status if it has one, with their audit event, in one
+// transaction. It returns the etcd revision of the write.
+func (s *Store) PutHostLabels(ctx context.Context, id string, labels map[string]string, m Meta) (int64, error) {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		lresp, err := s.c.Get(ctx, s.hostLabelsKey(id))
+		if err != nil {
+			return 0, fmt.Errorf("label host %q: %w", id, err)
+		}
+		before := &pb.Host{Name: HostName(id)}
+		var lrev int64
+		if len(lresp.Kvs) > 0 {
+			if before, err = decode(string(lresp.Kvs[0].Key), lresp.Kvs[0].Value, &pb.Host{}); err != nil {
+				return 0, err
+			}
+			lrev = lresp.Kvs[0].ModRevision
+		}
+		after := &pb.Host{Name: HostName(id), Labels: labels}
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(s.hostLabelsKey(id)), "=", lrev)}
+		ops := []clientv3.Op{clientv3.OpPut(s.hostLabelsKey(id), encode(after))}
+		hresp, err := s.c.Get(ctx, s.hostKey(id))
+		if err != nil {
+			return 0, fmt.Errorf("label host %q: %w", id, err)
+		}
+		if len(hresp.Kvs) > 0 {
+			st, err := decode(string(hresp.Kvs[0].Key), hresp.Kvs[0].Value, &pb.Host{})
+			if err != nil {
+				return 0, err
+			}
+			st.Labels = labels
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.hostKey(id)), "=", hresp.Kvs[0].ModRevision))
+			ops = append(ops, clientv3.OpPut(s.hostKey(id), encode(st)))
+		}
+		h, err := s.readHead(ctx)
+		if err != nil {
+			return 0, err
+		}
+		hcmp, hops, err := s.auditOpsN([]*pb.AuditEvent{s.newEvent(m, "hosts.label", HostName(id), before, after)}, h)
+		if err != nil {
+			return 0, err
+		}
+		tr, err := s.c.Txn(ctx).If(append(cmps, hcmp)...).Then(append(ops, hops...)...).Commit()
+		if err != nil {
+			return 0, fmt.Errorf("label host %q: %w", id, err)
+		}
+		if tr.Succeeded {
+			return tr.Header.Revision, nil
+		}
+		if err := backoff(ctx, attempt); err != nil {
+			return 0, err
+		}
+	}
+	return 0, fmt.Errorf("label host %q: %w", id, ErrContention)
 }

@@ -17,11 +17,14 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -81,6 +84,9 @@ type Leaf struct {
 	// Server and Client select the extended key usages. Neither means
 	// both.
 	Server, Client bool
+	// Labels are bound in the certificate as URI SANs
+	// "mpfleet:label:KEY=VALUE" (an agent's group-choosing labels).
+	Labels map[string]string
 }
 
 // Issue makes a key and a certificate for l signed by the CA, and returns
@@ -116,6 +122,13 @@ func (ca *CA) Issue(l Leaf) (certPEM, keyPEM []byte, err error) {
 	}
 	for _, a := range l.IPs {
 		tmpl.IPAddresses = append(tmpl.IPAddresses, net.IP(a.AsSlice()))
+	}
+	for _, k := range slices.Sorted(maps.Keys(l.Labels)) {
+		u, err := url.Parse("mpfleet:label:" + k + "=" + l.Labels[k])
+		if err != nil {
+			return nil, nil, fmt.Errorf("testpki: label %s: %w", k, err)
+		}
+		tmpl.URIs = append(tmpl.URIs, u)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {

@@ -46,6 +46,10 @@ var logLevel = "info"
 // flapHost is the host whose eth2 section 7 takes down and up.
 var flapHost = lab.Client
 
+// demoRoles are the lab hosts' roles, which deploy/examples/lab-*.yaml
+// select.
+var demoRoles = map[lab.Host]string{lab.Client: "mptcp-client", lab.Server: "mptcp-server"}
+
 func main() {
 	bin := flag.String("bin", "bin", "directory holding mpfleet-controller, mpfleet-agent and mpfleetctl")
 	logs := flag.String("logs", "", "copy the controller's and the agents' logs into this directory at the end")
@@ -396,7 +400,10 @@ func (d *demo) pki() error {
 		return err
 	}
 	for _, h := range []lab.Host{lab.Client, lab.Server} {
-		if _, _, err := ca.WriteLeaf(d.dir, "agent-"+string(h), testpki.Leaf{CommonName: d.hostID(h), Client: true}); err != nil {
+		// The certificate binds the host's role: with authentication on, the
+		// labels an agent reports do not choose its group.
+		if _, _, err := ca.WriteLeaf(d.dir, "agent-"+string(h), testpki.Leaf{CommonName: d.hostID(h), Client: true,
+			Labels: map[string]string{"role": demoRoles[h]}}); err != nil {
 			return err
 		}
 	}
@@ -453,7 +460,7 @@ func (d *demo) startController() error {
 }
 
 func (d *demo) startAgent(h lab.Host) error {
-	role := map[lab.Host]string{lab.Client: "mptcp-client", lab.Server: "mptcp-server"}[h]
+	role := demoRoles[h]
 	return d.startProcess(h, "mpfleet-agent",
 		"--controller", d.controllerAddr(), "--host-id", d.hostID(h), "--labels", "role="+role,
 		"--state-dir", d.path("state-"+string(h)),

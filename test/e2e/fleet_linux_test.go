@@ -158,7 +158,10 @@ func (f *fleet) makePKI() {
 		t.Fatal(err)
 	}
 	for _, h := range append([]lab.Host{lab.Client, lab.Server}, f.lab.FleetHosts()...) {
-		c, k, err := ca.WriteLeaf(pki, "agent-"+string(h), testpki.Leaf{CommonName: f.hostID(h), Client: true})
+		// The certificate binds the host's role: with authentication on,
+		// the labels an agent reports do not choose its group.
+		c, k, err := ca.WriteLeaf(pki, "agent-"+string(h), testpki.Leaf{CommonName: f.hostID(h), Client: true,
+			Labels: map[string]string{"role": roleOf(h)}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	emptypb "google.golang.org/protobuf/types/known/emptypb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -255,7 +256,7 @@ func (x HostProblem_Code) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HostProblem_Code.Descriptor instead.
 func (HostProblem_Code) EnumDescriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{2, 0}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{3, 0}
 }
 
 // Type of a HostEvent.
@@ -312,7 +313,71 @@ func (x HostEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use HostEvent_Type.Descriptor instead.
 func (HostEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{17, 0}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{18, 0}
+}
+
+// UpdateHostRequest is the request of HostService.UpdateHost.
+type UpdateHostRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host: name "hosts/{host}" and the new labels.
+	Host *Host `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// Fields to update: "labels" (the only mutable field).
+	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	// Why, recorded in the audit log.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateHostRequest) Reset() {
+	*x = UpdateHostRequest{}
+	mi := &file_mpfleet_v1_host_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateHostRequest) ProtoMessage() {}
+
+func (x *UpdateHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_host_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateHostRequest.ProtoReflect.Descriptor instead.
+func (*UpdateHostRequest) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *UpdateHostRequest) GetHost() *Host {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
+func (x *UpdateHostRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+func (x *UpdateHostRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // DeleteHostRequest is the request of HostService.DeleteHost.
@@ -328,7 +393,7 @@ type DeleteHostRequest struct {
 
 func (x *DeleteHostRequest) Reset() {
 	*x = DeleteHostRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[0]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -340,7 +405,7 @@ func (x *DeleteHostRequest) String() string {
 func (*DeleteHostRequest) ProtoMessage() {}
 
 func (x *DeleteHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[0]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -353,7 +418,7 @@ func (x *DeleteHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteHostRequest.ProtoReflect.Descriptor instead.
 func (*DeleteHostRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{0}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *DeleteHostRequest) GetName() string {
@@ -375,7 +440,9 @@ type Host struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Resource name, "hosts/{host}".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Labels the agent registered with; groups select hosts by them.
+	// Labels groups select the host by. With authentication on: the labels an
+	// operator set (UpdateHost), else those bound in the agent's credential;
+	// without: the labels the agent registered with.
 	Labels map[string]string `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// What the agent found on the host.
 	Facts *HostFacts `protobuf:"bytes,3,opt,name=facts,proto3" json:"facts,omitempty"`
@@ -411,14 +478,17 @@ type Host struct {
 	// What of the policy could not be realized on this host, and the managed
 	// paths known broken, each naming the interface or address and the fix.
 	// A host with problems is DEGRADED (unless a worse state applies).
-	Problems      []*HostProblem `protobuf:"bytes,18,rep,name=problems,proto3" json:"problems,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Problems []*HostProblem `protobuf:"bytes,18,rep,name=problems,proto3" json:"problems,omitempty"`
+	// Labels the agent itself reported (--labels). With authentication on they
+	// are facts only: they do not choose the group.
+	ReportedLabels map[string]string `protobuf:"bytes,19,rep,name=reported_labels,json=reportedLabels,proto3" json:"reported_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -430,7 +500,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[1]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -443,7 +513,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{1}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Host) GetName() string {
@@ -572,6 +642,13 @@ func (x *Host) GetProblems() []*HostProblem {
 	return nil
 }
 
+func (x *Host) GetReportedLabels() map[string]string {
+	if x != nil {
+		return x.ReportedLabels
+	}
+	return nil
+}
+
 // HostProblem is one thing that keeps a host from running its policy as
 // asked.
 type HostProblem struct {
@@ -590,7 +667,7 @@ type HostProblem struct {
 
 func (x *HostProblem) Reset() {
 	*x = HostProblem{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +679,7 @@ func (x *HostProblem) String() string {
 func (*HostProblem) ProtoMessage() {}
 
 func (x *HostProblem) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[2]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +692,7 @@ func (x *HostProblem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostProblem.ProtoReflect.Descriptor instead.
 func (*HostProblem) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{2}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *HostProblem) GetCode() HostProblem_Code {
@@ -669,7 +746,7 @@ type HostFacts struct {
 
 func (x *HostFacts) Reset() {
 	*x = HostFacts{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +758,7 @@ func (x *HostFacts) String() string {
 func (*HostFacts) ProtoMessage() {}
 
 func (x *HostFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[3]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +771,7 @@ func (x *HostFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostFacts.ProtoReflect.Descriptor instead.
 func (*HostFacts) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{3}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HostFacts) GetHostname() string {
@@ -765,7 +842,7 @@ type Interface struct {
 
 func (x *Interface) Reset() {
 	*x = Interface{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +854,7 @@ func (x *Interface) String() string {
 func (*Interface) ProtoMessage() {}
 
 func (x *Interface) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[4]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +867,7 @@ func (x *Interface) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Interface.ProtoReflect.Descriptor instead.
 func (*Interface) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{4}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Interface) GetName() string {
@@ -847,7 +924,7 @@ type AppliedState struct {
 
 func (x *AppliedState) Reset() {
 	*x = AppliedState{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +936,7 @@ func (x *AppliedState) String() string {
 func (*AppliedState) ProtoMessage() {}
 
 func (x *AppliedState) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[5]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +949,7 @@ func (x *AppliedState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedState.ProtoReflect.Descriptor instead.
 func (*AppliedState) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{5}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AppliedState) GetEndpoints() []*AppliedEndpoint {
@@ -929,7 +1006,7 @@ type AppliedEndpoint struct {
 
 func (x *AppliedEndpoint) Reset() {
 	*x = AppliedEndpoint{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -941,7 +1018,7 @@ func (x *AppliedEndpoint) String() string {
 func (*AppliedEndpoint) ProtoMessage() {}
 
 func (x *AppliedEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -954,7 +1031,7 @@ func (x *AppliedEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedEndpoint.ProtoReflect.Descriptor instead.
 func (*AppliedEndpoint) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{6}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AppliedEndpoint) GetId() uint32 {
@@ -1007,7 +1084,7 @@ type AppliedRule struct {
 
 func (x *AppliedRule) Reset() {
 	*x = AppliedRule{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1096,7 @@ func (x *AppliedRule) String() string {
 func (*AppliedRule) ProtoMessage() {}
 
 func (x *AppliedRule) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[7]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1109,7 @@ func (x *AppliedRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRule.ProtoReflect.Descriptor instead.
 func (*AppliedRule) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{7}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AppliedRule) GetPriority() uint32 {
@@ -1075,7 +1152,7 @@ type AppliedRoute struct {
 
 func (x *AppliedRoute) Reset() {
 	*x = AppliedRoute{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +1164,7 @@ func (x *AppliedRoute) String() string {
 func (*AppliedRoute) ProtoMessage() {}
 
 func (x *AppliedRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[8]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,7 +1177,7 @@ func (x *AppliedRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRoute.ProtoReflect.Descriptor instead.
 func (*AppliedRoute) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{8}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AppliedRoute) GetTable() uint32 {
@@ -1162,7 +1239,7 @@ type MptcpHealth struct {
 
 func (x *MptcpHealth) Reset() {
 	*x = MptcpHealth{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1251,7 @@ func (x *MptcpHealth) String() string {
 func (*MptcpHealth) ProtoMessage() {}
 
 func (x *MptcpHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[9]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1264,7 @@ func (x *MptcpHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MptcpHealth.ProtoReflect.Descriptor instead.
 func (*MptcpHealth) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{9}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MptcpHealth) GetConnections() uint32 {
@@ -1266,7 +1343,7 @@ type PathStatus struct {
 
 func (x *PathStatus) Reset() {
 	*x = PathStatus{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1278,7 +1355,7 @@ func (x *PathStatus) String() string {
 func (*PathStatus) ProtoMessage() {}
 
 func (x *PathStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[10]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1291,7 +1368,7 @@ func (x *PathStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathStatus.ProtoReflect.Descriptor instead.
 func (*PathStatus) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{10}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PathStatus) GetInterface() string {
@@ -1369,7 +1446,7 @@ type MptcpConnection struct {
 
 func (x *MptcpConnection) Reset() {
 	*x = MptcpConnection{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1458,7 @@ func (x *MptcpConnection) String() string {
 func (*MptcpConnection) ProtoMessage() {}
 
 func (x *MptcpConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[11]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1471,7 @@ func (x *MptcpConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MptcpConnection.ProtoReflect.Descriptor instead.
 func (*MptcpConnection) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{11}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MptcpConnection) GetLocal() string {
@@ -1445,7 +1522,7 @@ type PlanOperation struct {
 
 func (x *PlanOperation) Reset() {
 	*x = PlanOperation{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1534,7 @@ func (x *PlanOperation) String() string {
 func (*PlanOperation) ProtoMessage() {}
 
 func (x *PlanOperation) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[12]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1547,7 @@ func (x *PlanOperation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanOperation.ProtoReflect.Descriptor instead.
 func (*PlanOperation) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{12}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PlanOperation) GetKind() string {
@@ -1498,7 +1575,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1510,7 +1587,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[13]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1523,7 +1600,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{13}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetHostRequest) GetName() string {
@@ -1552,7 +1629,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1564,7 +1641,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[14]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1577,7 +1654,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{14}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListHostsRequest) GetPageSize() int32 {
@@ -1628,7 +1705,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1717,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[15]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1730,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{15}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1683,7 +1760,7 @@ type WatchHostsRequest struct {
 
 func (x *WatchHostsRequest) Reset() {
 	*x = WatchHostsRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1695,7 +1772,7 @@ func (x *WatchHostsRequest) String() string {
 func (*WatchHostsRequest) ProtoMessage() {}
 
 func (x *WatchHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[16]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1708,7 +1785,7 @@ func (x *WatchHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchHostsRequest.ProtoReflect.Descriptor instead.
 func (*WatchHostsRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{16}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchHostsRequest) GetGroup() string {
@@ -1738,7 +1815,7 @@ type HostEvent struct {
 
 func (x *HostEvent) Reset() {
 	*x = HostEvent{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1827,7 @@ func (x *HostEvent) String() string {
 func (*HostEvent) ProtoMessage() {}
 
 func (x *HostEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[17]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1840,7 @@ func (x *HostEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostEvent.ProtoReflect.Descriptor instead.
 func (*HostEvent) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{17}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *HostEvent) GetType() HostEvent_Type {
@@ -1793,7 +1870,7 @@ type PlanPolicyRequest struct {
 
 func (x *PlanPolicyRequest) Reset() {
 	*x = PlanPolicyRequest{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[18]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1882,7 @@ func (x *PlanPolicyRequest) String() string {
 func (*PlanPolicyRequest) ProtoMessage() {}
 
 func (x *PlanPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[18]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +1895,7 @@ func (x *PlanPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanPolicyRequest.ProtoReflect.Descriptor instead.
 func (*PlanPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{18}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PlanPolicyRequest) GetGroup() string {
@@ -1846,7 +1923,7 @@ type PlanPolicyResponse struct {
 
 func (x *PlanPolicyResponse) Reset() {
 	*x = PlanPolicyResponse{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[19]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +1935,7 @@ func (x *PlanPolicyResponse) String() string {
 func (*PlanPolicyResponse) ProtoMessage() {}
 
 func (x *PlanPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[19]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +1948,7 @@ func (x *PlanPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlanPolicyResponse.ProtoReflect.Descriptor instead.
 func (*PlanPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{19}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PlanPolicyResponse) GetHosts() []*HostPlan {
@@ -1901,7 +1978,7 @@ type HostPlan struct {
 
 func (x *HostPlan) Reset() {
 	*x = HostPlan{}
-	mi := &file_mpfleet_v1_host_proto_msgTypes[20]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +1990,7 @@ func (x *HostPlan) String() string {
 func (*HostPlan) ProtoMessage() {}
 
 func (x *HostPlan) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_host_proto_msgTypes[20]
+	mi := &file_mpfleet_v1_host_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2003,7 @@ func (x *HostPlan) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostPlan.ProtoReflect.Descriptor instead.
 func (*HostPlan) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{20}
+	return file_mpfleet_v1_host_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HostPlan) GetHost() string {
@@ -1969,10 +2046,15 @@ var File_mpfleet_v1_host_proto protoreflect.FileDescriptor
 const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\n" +
 	"\x15mpfleet/v1/host.proto\x12\n" +
-	"mpfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mpfleet/v1/policy.proto\"?\n" +
+	"mpfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17mpfleet/v1/policy.proto\"\x8e\x01\n" +
+	"\x11UpdateHostRequest\x12$\n" +
+	"\x04host\x18\x01 \x01(\v2\x10.mpfleet.v1.HostR\x04host\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"?\n" +
 	"\x11DeleteHostRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xc7\x06\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xd9\a\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x124\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1c.mpfleet.v1.Host.LabelsEntryR\x06labels\x12+\n" +
@@ -1994,8 +2076,12 @@ const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\x12excluded_addresses\x18\x0f \x03(\tR\x11excludedAddresses\x12\x17\n" +
 	"\adry_run\x18\x10 \x01(\bR\x06dryRun\x126\n" +
 	"\tlast_plan\x18\x11 \x03(\v2\x19.mpfleet.v1.PlanOperationR\blastPlan\x123\n" +
-	"\bproblems\x18\x12 \x03(\v2\x17.mpfleet.v1.HostProblemR\bproblems\x1a9\n" +
+	"\bproblems\x18\x12 \x03(\v2\x17.mpfleet.v1.HostProblemR\bproblems\x12M\n" +
+	"\x0freported_labels\x18\x13 \x03(\v2$.mpfleet.v1.Host.ReportedLabelsEntryR\x0ereportedLabels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aA\n" +
+	"\x13ReportedLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x03\n" +
 	"\vHostProblem\x120\n" +
@@ -2137,7 +2223,7 @@ const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\x11PATH_STATE_FAILED\x10\x02\x12\x18\n" +
 	"\x14PATH_STATE_LINK_DOWN\x10\x03\x12\x19\n" +
 	"\x15PATH_STATE_NO_GATEWAY\x10\x04\x12\x17\n" +
-	"\x13PATH_STATE_UNPROBED\x10\x052\xe8\x02\n" +
+	"\x13PATH_STATE_UNPROBED\x10\x052\xa7\x03\n" +
 	"\vHostService\x127\n" +
 	"\aGetHost\x12\x1a.mpfleet.v1.GetHostRequest\x1a\x10.mpfleet.v1.Host\x12H\n" +
 	"\tListHosts\x12\x1c.mpfleet.v1.ListHostsRequest\x1a\x1d.mpfleet.v1.ListHostsResponse\x12D\n" +
@@ -2146,7 +2232,9 @@ const file_mpfleet_v1_host_proto_rawDesc = "" +
 	"\n" +
 	"PlanPolicy\x12\x1d.mpfleet.v1.PlanPolicyRequest\x1a\x1e.mpfleet.v1.PlanPolicyResponse\x12C\n" +
 	"\n" +
-	"DeleteHost\x12\x1d.mpfleet.v1.DeleteHostRequest\x1a\x16.google.protobuf.EmptyB7Z5github.com/mpfleet/mpfleet/proto/mpfleet/v1;mpfleetv1b\x06proto3"
+	"DeleteHost\x12\x1d.mpfleet.v1.DeleteHostRequest\x1a\x16.google.protobuf.Empty\x12=\n" +
+	"\n" +
+	"UpdateHost\x12\x1d.mpfleet.v1.UpdateHostRequest\x1a\x10.mpfleet.v1.HostB7Z5github.com/mpfleet/mpfleet/proto/mpfleet/v1;mpfleetv1b\x06proto3"
 
 var (
 	file_mpfleet_v1_host_proto_rawDescOnce sync.Once
@@ -2161,89 +2249,97 @@ func file_mpfleet_v1_host_proto_rawDescGZIP() []byte {
 }
 
 var file_mpfleet_v1_host_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_mpfleet_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_mpfleet_v1_host_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_mpfleet_v1_host_proto_goTypes = []any{
 	(SyncState)(0),                // 0: mpfleet.v1.SyncState
 	(PathState)(0),                // 1: mpfleet.v1.PathState
 	(HostProblem_Code)(0),         // 2: mpfleet.v1.HostProblem.Code
 	(HostEvent_Type)(0),           // 3: mpfleet.v1.HostEvent.Type
-	(*DeleteHostRequest)(nil),     // 4: mpfleet.v1.DeleteHostRequest
-	(*Host)(nil),                  // 5: mpfleet.v1.Host
-	(*HostProblem)(nil),           // 6: mpfleet.v1.HostProblem
-	(*HostFacts)(nil),             // 7: mpfleet.v1.HostFacts
-	(*Interface)(nil),             // 8: mpfleet.v1.Interface
-	(*AppliedState)(nil),          // 9: mpfleet.v1.AppliedState
-	(*AppliedEndpoint)(nil),       // 10: mpfleet.v1.AppliedEndpoint
-	(*AppliedRule)(nil),           // 11: mpfleet.v1.AppliedRule
-	(*AppliedRoute)(nil),          // 12: mpfleet.v1.AppliedRoute
-	(*MptcpHealth)(nil),           // 13: mpfleet.v1.MptcpHealth
-	(*PathStatus)(nil),            // 14: mpfleet.v1.PathStatus
-	(*MptcpConnection)(nil),       // 15: mpfleet.v1.MptcpConnection
-	(*PlanOperation)(nil),         // 16: mpfleet.v1.PlanOperation
-	(*GetHostRequest)(nil),        // 17: mpfleet.v1.GetHostRequest
-	(*ListHostsRequest)(nil),      // 18: mpfleet.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),     // 19: mpfleet.v1.ListHostsResponse
-	(*WatchHostsRequest)(nil),     // 20: mpfleet.v1.WatchHostsRequest
-	(*HostEvent)(nil),             // 21: mpfleet.v1.HostEvent
-	(*PlanPolicyRequest)(nil),     // 22: mpfleet.v1.PlanPolicyRequest
-	(*PlanPolicyResponse)(nil),    // 23: mpfleet.v1.PlanPolicyResponse
-	(*HostPlan)(nil),              // 24: mpfleet.v1.HostPlan
-	nil,                           // 25: mpfleet.v1.Host.LabelsEntry
-	nil,                           // 26: mpfleet.v1.AppliedState.SysctlsEntry
-	nil,                           // 27: mpfleet.v1.MptcpHealth.CountersEntry
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
-	(*Limits)(nil),                // 29: mpfleet.v1.Limits
-	(EndpointFlag)(0),             // 30: mpfleet.v1.EndpointFlag
-	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
-	(*MultipathPolicy)(nil),       // 32: mpfleet.v1.MultipathPolicy
-	(*emptypb.Empty)(nil),         // 33: google.protobuf.Empty
+	(*UpdateHostRequest)(nil),     // 4: mpfleet.v1.UpdateHostRequest
+	(*DeleteHostRequest)(nil),     // 5: mpfleet.v1.DeleteHostRequest
+	(*Host)(nil),                  // 6: mpfleet.v1.Host
+	(*HostProblem)(nil),           // 7: mpfleet.v1.HostProblem
+	(*HostFacts)(nil),             // 8: mpfleet.v1.HostFacts
+	(*Interface)(nil),             // 9: mpfleet.v1.Interface
+	(*AppliedState)(nil),          // 10: mpfleet.v1.AppliedState
+	(*AppliedEndpoint)(nil),       // 11: mpfleet.v1.AppliedEndpoint
+	(*AppliedRule)(nil),           // 12: mpfleet.v1.AppliedRule
+	(*AppliedRoute)(nil),          // 13: mpfleet.v1.AppliedRoute
+	(*MptcpHealth)(nil),           // 14: mpfleet.v1.MptcpHealth
+	(*PathStatus)(nil),            // 15: mpfleet.v1.PathStatus
+	(*MptcpConnection)(nil),       // 16: mpfleet.v1.MptcpConnection
+	(*PlanOperation)(nil),         // 17: mpfleet.v1.PlanOperation
+	(*GetHostRequest)(nil),        // 18: mpfleet.v1.GetHostRequest
+	(*ListHostsRequest)(nil),      // 19: mpfleet.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),     // 20: mpfleet.v1.ListHostsResponse
+	(*WatchHostsRequest)(nil),     // 21: mpfleet.v1.WatchHostsRequest
+	(*HostEvent)(nil),             // 22: mpfleet.v1.HostEvent
+	(*PlanPolicyRequest)(nil),     // 23: mpfleet.v1.PlanPolicyRequest
+	(*PlanPolicyResponse)(nil),    // 24: mpfleet.v1.PlanPolicyResponse
+	(*HostPlan)(nil),              // 25: mpfleet.v1.HostPlan
+	nil,                           // 26: mpfleet.v1.Host.LabelsEntry
+	nil,                           // 27: mpfleet.v1.Host.ReportedLabelsEntry
+	nil,                           // 28: mpfleet.v1.AppliedState.SysctlsEntry
+	nil,                           // 29: mpfleet.v1.MptcpHealth.CountersEntry
+	(*fieldmaskpb.FieldMask)(nil), // 30: google.protobuf.FieldMask
+	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(*Limits)(nil),                // 32: mpfleet.v1.Limits
+	(EndpointFlag)(0),             // 33: mpfleet.v1.EndpointFlag
+	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
+	(*MultipathPolicy)(nil),       // 35: mpfleet.v1.MultipathPolicy
+	(*emptypb.Empty)(nil),         // 36: google.protobuf.Empty
 }
 var file_mpfleet_v1_host_proto_depIdxs = []int32{
-	25, // 0: mpfleet.v1.Host.labels:type_name -> mpfleet.v1.Host.LabelsEntry
-	7,  // 1: mpfleet.v1.Host.facts:type_name -> mpfleet.v1.HostFacts
-	0,  // 2: mpfleet.v1.Host.sync_state:type_name -> mpfleet.v1.SyncState
-	9,  // 3: mpfleet.v1.Host.applied:type_name -> mpfleet.v1.AppliedState
-	13, // 4: mpfleet.v1.Host.health:type_name -> mpfleet.v1.MptcpHealth
-	28, // 5: mpfleet.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	16, // 6: mpfleet.v1.Host.last_plan:type_name -> mpfleet.v1.PlanOperation
-	6,  // 7: mpfleet.v1.Host.problems:type_name -> mpfleet.v1.HostProblem
-	2,  // 8: mpfleet.v1.HostProblem.code:type_name -> mpfleet.v1.HostProblem.Code
-	8,  // 9: mpfleet.v1.HostFacts.interfaces:type_name -> mpfleet.v1.Interface
-	10, // 10: mpfleet.v1.AppliedState.endpoints:type_name -> mpfleet.v1.AppliedEndpoint
-	29, // 11: mpfleet.v1.AppliedState.limits:type_name -> mpfleet.v1.Limits
-	11, // 12: mpfleet.v1.AppliedState.rules:type_name -> mpfleet.v1.AppliedRule
-	12, // 13: mpfleet.v1.AppliedState.routes:type_name -> mpfleet.v1.AppliedRoute
-	26, // 14: mpfleet.v1.AppliedState.sysctls:type_name -> mpfleet.v1.AppliedState.SysctlsEntry
-	30, // 15: mpfleet.v1.AppliedEndpoint.flags:type_name -> mpfleet.v1.EndpointFlag
-	27, // 16: mpfleet.v1.MptcpHealth.counters:type_name -> mpfleet.v1.MptcpHealth.CountersEntry
-	28, // 17: mpfleet.v1.MptcpHealth.read_time:type_name -> google.protobuf.Timestamp
-	15, // 18: mpfleet.v1.MptcpHealth.connections_list:type_name -> mpfleet.v1.MptcpConnection
-	14, // 19: mpfleet.v1.MptcpHealth.paths:type_name -> mpfleet.v1.PathStatus
-	1,  // 20: mpfleet.v1.PathStatus.state:type_name -> mpfleet.v1.PathState
-	28, // 21: mpfleet.v1.PathStatus.last_check_time:type_name -> google.protobuf.Timestamp
-	31, // 22: mpfleet.v1.PathStatus.probe_latency:type_name -> google.protobuf.Duration
-	0,  // 23: mpfleet.v1.ListHostsRequest.sync_state:type_name -> mpfleet.v1.SyncState
-	5,  // 24: mpfleet.v1.ListHostsResponse.hosts:type_name -> mpfleet.v1.Host
-	3,  // 25: mpfleet.v1.HostEvent.type:type_name -> mpfleet.v1.HostEvent.Type
-	5,  // 26: mpfleet.v1.HostEvent.host:type_name -> mpfleet.v1.Host
-	32, // 27: mpfleet.v1.PlanPolicyRequest.policy:type_name -> mpfleet.v1.MultipathPolicy
-	24, // 28: mpfleet.v1.PlanPolicyResponse.hosts:type_name -> mpfleet.v1.HostPlan
-	16, // 29: mpfleet.v1.HostPlan.operations:type_name -> mpfleet.v1.PlanOperation
-	17, // 30: mpfleet.v1.HostService.GetHost:input_type -> mpfleet.v1.GetHostRequest
-	18, // 31: mpfleet.v1.HostService.ListHosts:input_type -> mpfleet.v1.ListHostsRequest
-	20, // 32: mpfleet.v1.HostService.WatchHosts:input_type -> mpfleet.v1.WatchHostsRequest
-	22, // 33: mpfleet.v1.HostService.PlanPolicy:input_type -> mpfleet.v1.PlanPolicyRequest
-	4,  // 34: mpfleet.v1.HostService.DeleteHost:input_type -> mpfleet.v1.DeleteHostRequest
-	5,  // 35: mpfleet.v1.HostService.GetHost:output_type -> mpfleet.v1.Host
-	19, // 36: mpfleet.v1.HostService.ListHosts:output_type -> mpfleet.v1.ListHostsResponse
-	21, // 37: mpfleet.v1.HostService.WatchHosts:output_type -> mpfleet.v1.HostEvent
-	23, // 38: mpfleet.v1.HostService.PlanPolicy:output_type -> mpfleet.v1.PlanPolicyResponse
-	33, // 39: mpfleet.v1.HostService.DeleteHost:output_type -> google.protobuf.Empty
-	35, // [35:40] is the sub-list for method output_type
-	30, // [30:35] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	6,  // 0: mpfleet.v1.UpdateHostRequest.host:type_name -> mpfleet.v1.Host
+	30, // 1: mpfleet.v1.UpdateHostRequest.update_mask:type_name -> google.protobuf.FieldMask
+	26, // 2: mpfleet.v1.Host.labels:type_name -> mpfleet.v1.Host.LabelsEntry
+	8,  // 3: mpfleet.v1.Host.facts:type_name -> mpfleet.v1.HostFacts
+	0,  // 4: mpfleet.v1.Host.sync_state:type_name -> mpfleet.v1.SyncState
+	10, // 5: mpfleet.v1.Host.applied:type_name -> mpfleet.v1.AppliedState
+	14, // 6: mpfleet.v1.Host.health:type_name -> mpfleet.v1.MptcpHealth
+	31, // 7: mpfleet.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	17, // 8: mpfleet.v1.Host.last_plan:type_name -> mpfleet.v1.PlanOperation
+	7,  // 9: mpfleet.v1.Host.problems:type_name -> mpfleet.v1.HostProblem
+	27, // 10: mpfleet.v1.Host.reported_labels:type_name -> mpfleet.v1.Host.ReportedLabelsEntry
+	2,  // 11: mpfleet.v1.HostProblem.code:type_name -> mpfleet.v1.HostProblem.Code
+	9,  // 12: mpfleet.v1.HostFacts.interfaces:type_name -> mpfleet.v1.Interface
+	11, // 13: mpfleet.v1.AppliedState.endpoints:type_name -> mpfleet.v1.AppliedEndpoint
+	32, // 14: mpfleet.v1.AppliedState.limits:type_name -> mpfleet.v1.Limits
+	12, // 15: mpfleet.v1.AppliedState.rules:type_name -> mpfleet.v1.AppliedRule
+	13, // 16: mpfleet.v1.AppliedState.routes:type_name -> mpfleet.v1.AppliedRoute
+	28, // 17: mpfleet.v1.AppliedState.sysctls:type_name -> mpfleet.v1.AppliedState.SysctlsEntry
+	33, // 18: mpfleet.v1.AppliedEndpoint.flags:type_name -> mpfleet.v1.EndpointFlag
+	29, // 19: mpfleet.v1.MptcpHealth.counters:type_name -> mpfleet.v1.MptcpHealth.CountersEntry
+	31, // 20: mpfleet.v1.MptcpHealth.read_time:type_name -> google.protobuf.Timestamp
+	16, // 21: mpfleet.v1.MptcpHealth.connections_list:type_name -> mpfleet.v1.MptcpConnection
+	15, // 22: mpfleet.v1.MptcpHealth.paths:type_name -> mpfleet.v1.PathStatus
+	1,  // 23: mpfleet.v1.PathStatus.state:type_name -> mpfleet.v1.PathState
+	31, // 24: mpfleet.v1.PathStatus.last_check_time:type_name -> google.protobuf.Timestamp
+	34, // 25: mpfleet.v1.PathStatus.probe_latency:type_name -> google.protobuf.Duration
+	0,  // 26: mpfleet.v1.ListHostsRequest.sync_state:type_name -> mpfleet.v1.SyncState
+	6,  // 27: mpfleet.v1.ListHostsResponse.hosts:type_name -> mpfleet.v1.Host
+	3,  // 28: mpfleet.v1.HostEvent.type:type_name -> mpfleet.v1.HostEvent.Type
+	6,  // 29: mpfleet.v1.HostEvent.host:type_name -> mpfleet.v1.Host
+	35, // 30: mpfleet.v1.PlanPolicyRequest.policy:type_name -> mpfleet.v1.MultipathPolicy
+	25, // 31: mpfleet.v1.PlanPolicyResponse.hosts:type_name -> mpfleet.v1.HostPlan
+	17, // 32: mpfleet.v1.HostPlan.operations:type_name -> mpfleet.v1.PlanOperation
+	18, // 33: mpfleet.v1.HostService.GetHost:input_type -> mpfleet.v1.GetHostRequest
+	19, // 34: mpfleet.v1.HostService.ListHosts:input_type -> mpfleet.v1.ListHostsRequest
+	21, // 35: mpfleet.v1.HostService.WatchHosts:input_type -> mpfleet.v1.WatchHostsRequest
+	23, // 36: mpfleet.v1.HostService.PlanPolicy:input_type -> mpfleet.v1.PlanPolicyRequest
+	5,  // 37: mpfleet.v1.HostService.DeleteHost:input_type -> mpfleet.v1.DeleteHostRequest
+	4,  // 38: mpfleet.v1.HostService.UpdateHost:input_type -> mpfleet.v1.UpdateHostRequest
+	6,  // 39: mpfleet.v1.HostService.GetHost:output_type -> mpfleet.v1.Host
+	20, // 40: mpfleet.v1.HostService.ListHosts:output_type -> mpfleet.v1.ListHostsResponse
+	22, // 41: mpfleet.v1.HostService.WatchHosts:output_type -> mpfleet.v1.HostEvent
+	24, // 42: mpfleet.v1.HostService.PlanPolicy:output_type -> mpfleet.v1.PlanPolicyResponse
+	36, // 43: mpfleet.v1.HostService.DeleteHost:output_type -> google.protobuf.Empty
+	6,  // 44: mpfleet.v1.HostService.UpdateHost:output_type -> mpfleet.v1.Host
+	39, // [39:45] is the sub-list for method output_type
+	33, // [33:39] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_mpfleet_v1_host_proto_init() }
@@ -2258,7 +2354,7 @@ func file_mpfleet_v1_host_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mpfleet_v1_host_proto_rawDesc), len(file_mpfleet_v1_host_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	HostService_WatchHosts_FullMethodName = "/mpfleet.v1.HostService/WatchHosts"
 	HostService_PlanPolicy_FullMethodName = "/mpfleet.v1.HostService/PlanPolicy"
 	HostService_DeleteHost_FullMethodName = "/mpfleet.v1.HostService/DeleteHost"
+	HostService_UpdateHost_FullMethodName = "/mpfleet.v1.HostService/UpdateHost"
 )
 
 // HostServiceClient is the client API for HostService service.
@@ -49,6 +50,12 @@ type HostServiceClient interface {
 	// forged): its stored status and its place in rollouts to come. Admin only;
 	// FAILED_PRECONDITION while its agent is connected.
 	DeleteHost(ctx context.Context, in *DeleteHostRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// UpdateHost sets a host's labels (update_mask "labels"), which choose its
+	// group. With authentication on, these and the labels bound in the agent's
+	// credential are the only ones that do: what an agent reports is a fact
+	// (reported_labels). A host may be labelled before its agent first
+	// connects. Operator role; audited.
+	UpdateHost(ctx context.Context, in *UpdateHostRequest, opts ...grpc.CallOption) (*Host, error)
 }
 
 type hostServiceClient struct {
@@ -118,6 +125,16 @@ func (c *hostServiceClient) DeleteHost(ctx context.Context, in *DeleteHostReques
 	return out, nil
 }
 
+func (c *hostServiceClient) UpdateHost(ctx context.Context, in *UpdateHostRequest, opts ...grpc.CallOption) (*Host, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Host)
+	err := c.cc.Invoke(ctx, HostService_UpdateHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HostServiceServer is the server API for HostService service.
 // All implementations must embed UnimplementedHostServiceServer
 // for forward compatibility.
@@ -140,6 +157,12 @@ type HostServiceServer interface {
 	// forged): its stored status and its place in rollouts to come. Admin only;
 	// FAILED_PRECONDITION while its agent is connected.
 	DeleteHost(context.Context, *DeleteHostRequest) (*emptypb.Empty, error)
+	// UpdateHost sets a host's labels (update_mask "labels"), which choose its
+	// group. With authentication on, these and the labels bound in the agent's
+	// credential are the only ones that do: what an agent reports is a fact
+	// (reported_labels). A host may be labelled before its agent first
+	// connects. Operator role; audited.
+	UpdateHost(context.Context, *UpdateHostRequest) (*Host, error)
 	mustEmbedUnimplementedHostServiceServer()
 }
 
@@ -164,6 +187,9 @@ func (UnimplementedHostServiceServer) PlanPolicy(context.Context, *PlanPolicyReq
 }
 func (UnimplementedHostServiceServer) DeleteHost(context.Context, *DeleteHostRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteHost not implemented")
+}
+func (UnimplementedHostServiceServer) UpdateHost(context.Context, *UpdateHostRequest) (*Host, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateHost not implemented")
 }
 func (UnimplementedHostServiceServer) mustEmbedUnimplementedHostServiceServer() {}
 func (UnimplementedHostServiceServer) testEmbeddedByValue()                     {}
@@ -269,6 +295,24 @@ func _HostService_DeleteHost_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _HostService_UpdateHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HostServiceServer).UpdateHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: HostService_UpdateHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HostServiceServer).UpdateHost(ctx, req.(*UpdateHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // HostService_ServiceDesc is the grpc.ServiceDesc for HostService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -291,6 +335,10 @@ var HostService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteHost",
 			Handler:    _HostService_DeleteHost_Handler,
+		},
+		{
+			MethodName: "UpdateHost",
+			Handler:    _HostService_UpdateHost_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,101 @@
+package cli
+
+import (
+	"fmt"
+	"maps"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+
+	mpfleetv1 "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+)
+
+func (a *app) labelCommand() *cobra.Command {
+	var (
+		reason    string
+		overwrite bool
+	)
+	host := &cobra.Command{
+		Use:     "host NAME KEY=VALUE... [KEY-]...",
+		Aliases: []string{"hosts"},
+		Short:   "Set or remove a host's labels, which choose its group",
+		Long: `label host sets the labels of a host (KEY=VALUE) or removes them (KEY-).
+With authentication on, these labels — set by an operator, audited — and the
+labels bound in the agent's certificate or token are what choose a host's
+group; the labels an agent reports itself are facts (REPORTED LABELS in
+describe host). Once an operator labels a host, its labels are the
+operator's: they replace the credential's. A host may be labelled before its
+agent first connects. Changing a label that has a value needs --overwrite.`,
+		Example: `  mpfleetctl label host web-7 role=web zone=fra-1
+  mpfleetctl label host web-7 role=db --overwrite --reason "now a database host"
+  mpfleetctl label host web-7 zone-`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 2 {
+				return usagef("label host: want NAME and at least one KEY=VALUE or KEY- (see 'mpfleetctl label host --help')")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := trimName(args[0])
+			set, del := map[string]string{}, map[string]bool{}
+			for _, arg := range args[1:] {
+				if k, ok := strings.CutSuffix(arg, "-"); ok && !strings.Contains(arg, "=") {
+					del[k] = true
+					continue
+				}
+				k, v, ok := strings.Cut(arg, "=")
+				if !ok || k == "" {
+					return usagef("label host: %q: want KEY=VALUE or KEY-", arg)
+				}
+				set[k] = v
+			}
+			hc, err := a.hosts()
+			if err != nil {
+				return err
+			}
+			ctx, cancel := a.callCtx(cmd.Context())
+			defer cancel()
+			labels := map[string]string{}
+			cur, err := hc.GetHost(ctx, &mpfleetv1.GetHostRequest{Name: hostName(id)})
+			switch {
+			case status.Code(err) == codes.NotFound:
+			case err != nil:
+				return fmt.Errorf("host %q: %w", id, a.rpcErr(err))
+			default:
+				maps.Copy(labels, cur.GetLabels())
+			}
+			for k, v := range set {
+				if old, ok := labels[k]; ok && old != v && !overwrite {
+					return usagef("label host: %s already has %s=%s: give --overwrite to change it", id, k, old)
+				}
+				labels[k] = v
+			}
+			for k := range del {
+				delete(labels, k)
+			}
+			h, err := hc.UpdateHost(ctx, &mpfleetv1.UpdateHostRequest{
+				Host:       &mpfleetv1.Host{Name: hostName(id), Labels: labels},
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"labels"}},
+				Reason:     reason,
+			})
+			if err != nil {
+				return fmt.Errorf("host %q: %w", id, a.rpcErr(err))
+			}
+			a.printf("host/%s labeled (%s)\n", id, terminalSafe(formatLabels(h.GetLabels())))
+			return nil
+		},
+	}
+	host.Flags().StringVar(&reason, "reason", "", "why (recorded in the audit log)")
+	host.Flags().BoolVar(&overwrite, "overwrite", false, "allow changing the value of a label the host has")
+	cmd := &cobra.Command{
+		Use:     "label RESOURCE NAME KEY=VALUE...",
+		Short:   "Label a host",
+		Example: "  mpfleetctl label host web-7 role=web",
+		RunE:    parentRunE("resource type", "host"),
+	}
+	cmd.AddCommand(host)
+	return cmd
+}
