@@ -280,9 +280,16 @@ func TestRolloutPauseResumeCancel(t *testing.T) {
 	if r.GetState() != pb.Rollout_STATE_CANCELLED {
 		t.Fatalf("state %s: %s", r.GetState(), r.GetMessage())
 	}
+	// Each agent is sent revision 2 again (the cancel's move may still be
+	// on its way when the rollout reads CANCELLED: the canary had not yet
+	// reported revision 1).
 	for _, a := range as {
-		if revs := a.revisions(); revs[len(revs)-1] != 2 {
-			t.Errorf("%s ends on %v", a.id, revs)
+		deadline := time.Now().Add(10 * time.Second)
+		for revs := a.revisions(); revs[len(revs)-1] != 2; revs = a.revisions() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s ends on %v", a.id, revs)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	list, err := rc.ListRollouts(ctxT(t), &pb.ListRolloutsRequest{Group: "groups/web"})
