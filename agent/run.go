@@ -44,7 +44,7 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("mpfleet-agent", pflag.ContinueOnError)
 	fs.StringVar(&f.Controller, "controller", "127.0.0.1:7400", "controller address, host:port")
 	fs.StringVar(&f.HostID, "host-id", "", "host id in the fleet: lower-case letters, digits, '-' and '.' (default: the host name)")
-	fs.StringToStringVar(&f.Labels, "labels", nil, "labels groups select this host by, k=v,k2=v2")
+	fs.StringToStringVar(&f.Labels, "labels", nil, "labels of this host, k=v,k2=v2: they choose its group only when the controller authenticates nobody; otherwise the operator's labels and those in the certificate do, and these are reported")
 	fs.StringVar(&f.StateDir, "state-dir", "/var/lib/mpfleet-agent", "directory of the last good configuration, re-applied at start")
 	fs.BoolVar(&f.DryRun, "dry-run", false, "compute and report plans; change nothing")
 	fs.DurationVar(&f.ResyncInterval, "resync-interval", 30*time.Second, "how often to compare the kernel with the desired state when nothing announced a change")
