@@ -67,6 +67,7 @@ func (s *groupService) CreateGroup(ctx context.Context, req *pb.CreateGroupReque
 	var vs policy.Violations
 	policy.ValidateGroupID(&vs, "group_id", req.GetGroupId())
 	policy.ValidateGroup(&vs, "group", req.GetGroup())
+	policy.ValidateReason(&vs, "reason", req.GetReason())
 	if err := vs.Err(); err != nil {
 		return nil, toStatus(err)
 	}
@@ -172,6 +173,7 @@ func checkUpdate(req *pb.UpdateGroupRequest) (string, []string, error) {
 		return "", nil, vs.Err()
 	}
 	id := policy.GroupIDFromName(&vs, "group.name", in.GetName())
+	policy.ValidateReason(&vs, "reason", req.GetReason())
 	paths := req.GetUpdateMask().GetPaths()
 	if len(paths) == 0 || (len(paths) == 1 && paths[0] == "*") {
 		paths = []string{"description", "selector", "policy", "rollout_strategy"}
@@ -243,6 +245,7 @@ func copyPath(dst, src protoreflect.Message, p string) {
 func (s *groupService) DeleteGroup(ctx context.Context, req *pb.DeleteGroupRequest) (*emptypb.Empty, error) {
 	var vs policy.Violations
 	id := policy.GroupIDFromName(&vs, "name", req.GetName())
+	policy.ValidateReason(&vs, "reason", req.GetReason())
 	if err := vs.Err(); err != nil {
 		return nil, toStatus(err)
 	}

@@ -287,8 +287,10 @@ func (s *hostService) DeleteHost(ctx context.Context, req *pb.DeleteHostRequest)
 	if err != nil {
 		return nil, err
 	}
-	if len(req.GetReason()) > policy.MaxDescription {
-		return nil, invalid("reason", "is %d bytes; at most %d", len(req.GetReason()), policy.MaxDescription)
+	var vs policy.Violations
+	policy.ValidateReason(&vs, "reason", req.GetReason())
+	if err := vs.Err(); err != nil {
+		return nil, toStatus(err)
 	}
 	rev, err := s.c.store.DeleteHost(ctx, id, meta(ctx, req.GetReason()))
 	if err != nil {
@@ -315,9 +317,7 @@ func (s *hostService) UpdateHost(ctx context.Context, req *pb.UpdateHostRequest)
 		}
 	}
 	policy.ValidateLabels(&vs, "host.labels", req.GetHost().GetLabels())
-	if len(req.GetReason()) > policy.MaxDescription {
-		vs = append(vs, policy.FieldViolation{Field: "reason", Description: fmt.Sprintf("is %d bytes; at most %d", len(req.GetReason()), policy.MaxDescription)})
-	}
+	policy.ValidateReason(&vs, "reason", req.GetReason())
 	if err := vs.Err(); err != nil {
 		return nil, toStatus(err)
 	}

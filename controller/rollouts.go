@@ -222,9 +222,7 @@ func (s *rolloutService) CreateRollout(ctx context.Context, req *pb.CreateRollou
 		vs = append(vs, policy.FieldViolation{Field: "rollout.target_revision", Description: "must not be negative"})
 	}
 	policy.ValidateStrategy(&vs, "rollout.strategy", in.GetStrategy())
-	if len(req.GetReason()) > policy.MaxDescription {
-		vs = append(vs, policy.FieldViolation{Field: "reason", Description: fmt.Sprintf("is %d bytes; at most %d", len(req.GetReason()), policy.MaxDescription)})
-	}
+	policy.ValidateReason(&vs, "reason", req.GetReason())
 	if err := vs.Err(); err != nil {
 		return nil, toStatus(err)
 	}
@@ -357,6 +355,11 @@ func (s *rolloutService) transition(ctx context.Context, name, etag, reason, act
 	id, err := rolloutIDFrom("name", name)
 	if err != nil {
 		return nil, err
+	}
+	var vs policy.Violations
+	policy.ValidateReason(&vs, "reason", reason)
+	if err := vs.Err(); err != nil {
+		return nil, toStatus(err)
 	}
 	m := meta(ctx, reason)
 	r, rRev, err := s.c.store.GetRollout(ctx, id)

@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/mpfleet/mpfleet/internal/route"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
@@ -293,6 +295,23 @@ func validateRouting(vs *Violations, field string, r *pb.Routing) {
 				vs.add(gf+".gateway", "%s cannot be a gateway", a)
 			}
 		}
+	}
+}
+
+// MaxReason bounds the reason given with a change, in bytes.
+const MaxReason = 1024
+
+// ValidateReason checks the reason given with a change: at most MaxReason
+// bytes of UTF-8 text without control characters (it is stored in the
+// audit log and printed on terminals).
+func ValidateReason(vs *Violations, field, reason string) {
+	switch {
+	case len(reason) > MaxReason:
+		vs.add(field, "is %d bytes; at most %d are allowed", len(reason), MaxReason)
+	case !utf8.ValidString(reason):
+		vs.add(field, "is not valid UTF-8")
+	case strings.IndexFunc(reason, unicode.IsControl) >= 0:
+		vs.add(field, "contains a control character (newlines and terminal escapes are refused)")
 	}
 }
 

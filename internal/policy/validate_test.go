@@ -255,3 +255,20 @@ func FuzzValidateGroup(f *testing.F) {
 		}
 	})
 }
+
+func TestValidateReason(t *testing.T) {
+	for _, tc := range []struct {
+		reason string
+		ok     bool
+	}{
+		{"", true}, {"two uplinks for the web tier", true}, {"ünïcode is fine", true},
+		{strings.Repeat("x", MaxReason), true}, {strings.Repeat("x", MaxReason+1), false},
+		{"line\nbreak", false}, {"\x1b[31mred\x1b[0m", false}, {"tab\there", false}, {"\xff\xfe", false},
+	} {
+		var vs Violations
+		ValidateReason(&vs, "reason", tc.reason)
+		if (len(vs) == 0) != tc.ok {
+			t.Errorf("ValidateReason(%q): %v, want ok=%v", tc.reason, vs, tc.ok)
+		}
+	}
+}
