@@ -120,7 +120,9 @@ func TestHostLabels(t *testing.T) {
 	}
 	r := runController(t, append(embeddedArgs(t, filepath.Join(dir, "data")), "--tokens-file", tokens)...)
 	ctx := ctxT(t)
-	as := func(tok string) context.Context { return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok) }
+	as := func(tok string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
 	gc := pb.NewGroupServiceClient(r.conn)
 	for _, g := range []struct{ id, role string }{{"web", "web"}, {"db", "db"}} {
 		grp := webGroup()

@@ -121,7 +121,7 @@ func (s *Store) DeleteHost(ctx context.Context, id string, m Meta) (int64, error
 // host (UpdateHost), kept apart from the status its agent reports, so that
 // no agent report can change them.
 
-func (s *Store) hostLabelsPrefix() string      { return s.prefix + "hostlabels/" }
+func (s *Store) hostLabelsPrefix() string       { return s.prefix + "hostlabels/" }
 func (s *Store) hostLabelsKey(id string) string { return s.hostLabelsPrefix() + id }
 
 // PutHostLabels sets the labels an operator gave host id, and the labels of
