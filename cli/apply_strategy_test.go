@@ -75,3 +75,15 @@ func TestLabelHost(t *testing.T) {
 		t.Fatal(r.err)
 	}
 }
+
+// TestManifestRefusesWhatTheAPIRefuses: the group-id rule is the API's; a
+// file that cannot be read whole is refused, not applied in part.
+func TestManifestRefusesWhatTheAPIRefuses(t *testing.T) {
+	if _, err := parseManifests("x.yaml", []byte("kind: Group\nname: a-\n")); err == nil {
+		t.Error("name a- accepted; the API refuses it")
+	}
+	huge := "kind: Group\nname: web\n# " + strings.Repeat("x", 17<<20) + "\n---\nkind: Group\nname: db\n"
+	if _, err := parseManifests("x.yaml", []byte(huge)); err == nil {
+		t.Error("a file with a line over 16 MiB was accepted in part")
+	}
+}

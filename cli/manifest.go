@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
 
+	"github.com/mpfleet/mpfleet/internal/policy"
 	mpfleetv1 "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
 
@@ -36,14 +37,14 @@ type manifest struct {
 // manifestKeys are the top-level keys of a Group document.
 var manifestKeys = []string{"kind", "name", "description", "selector", "rolloutStrategy", "policy"}
 
-// groupIDPattern is the API's rule for group ids.
-var groupIDPattern = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
-
 // parseManifests parses the YAML documents of file (named source in
 // messages). It checks every document and returns the first problem found,
 // naming the document and the field, before anything is sent anywhere.
 func parseManifests(source string, data []byte) ([]*manifest, error) {
-	docs := splitDocuments(data)
+	docs, err := splitDocuments(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
 	if len(docs) == 0 {
 		return nil, fmt.Errorf("%s: no documents", source)
 	}
@@ -86,7 +87,7 @@ type document struct {
 
 // splitDocuments splits a YAML stream at "---" lines and drops documents
 // holding only comments and blank lines.
-func splitDocuments(data []byte) []document {
+func splitDocuments(data []byte) ([]document, error) {
 	var (
 		docs  []document
 		cur   bytes.Buffer
@@ -122,8 +123,12 @@ func splitDocuments(data []byte) []document {
 		cur.WriteString(line)
 		cur.WriteByte('\n')
 	}
+	if err := sc.Err(); err != nil {
+		// Never apply what is left of a file that could not be read whole.
+		return nil, fmt.Errorf("line %d: %w (a line over 16 MiB?)", n+1, err)
+	}
 	flush(n + 1)
-	return docs
+	return docs, nil
 }
 
 func isDocMarker(line, marker string) bool {
@@ -232,7 +237,8 @@ func manifestName(v any) (string, error) {
 		return "", fmt.Errorf("name: want a string, got %s", jsonType(v))
 	}
 	id := strings.TrimPrefix(s, groupPrefix)
-	if !groupIDPattern.MatchString(id) {
+	var vs policy.Violations
+	if policy.ValidateGroupID(&vs, "name", id); len(vs) > 0 {
 		return "", fmt.Errorf("name: %q is not a valid group id (lower-case letters, digits and '-', starting with a letter, at most 63 characters)", s)
 	}
 	return id, nil

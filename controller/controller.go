@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/config"
@@ -24,6 +25,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -45,6 +47,9 @@ type Controller struct {
 	hub   *hub
 
 	retention Retention
+	sh        *storeHealth
+	leading   atomic.Bool
+	pruneNow  chan struct{}
 }
 
 // Options configure a Controller.
@@ -52,6 +57,7 @@ type Options struct {
 	Log       *slog.Logger
 	Hub       HubOptions
 	Retention Retention
+	Store     StoreHealthOptions
 }
 
 // New returns a controller over s and its cache. The caller runs the cache
@@ -61,19 +67,24 @@ func New(s *store.Store, cache *store.Cache, opts Options) *Controller {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	c := &Controller{store: s, cache: cache, log: log, retention: opts.Retention}
+	c := &Controller{store: s, cache: cache, log: log, retention: opts.Retention, pruneNow: make(chan struct{}, 1)}
+	c.sh = newStoreHealth(s, log, opts.Store)
 	c.hub = newHub(c, opts.Hub)
 	return c
 }
 
 // Run does the controller's background work until ctx ends: the agent hub
-// (session lease, group assignments) and, when this replica is elected
-// leader, audit retention.
+// (session lease, group assignments), the store's health (see
+// storehealth.go) and, when this replica is elected leader, audit
+// retention.
 func (c *Controller) Run(ctx context.Context) {
 	done := make(chan struct{})
 	go func() { defer close(done); c.runLeader(ctx, c.hub.opts.Replica) }()
+	storeDone := make(chan struct{})
+	go func() { defer close(storeDone); c.runStore(ctx) }()
 	c.hub.run(ctx)
 	<-done
+	<-storeDone
 }
 
 // DesiredEncodes reports how many desired-configuration messages the hub
@@ -125,6 +136,7 @@ func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server
 	pb.RegisterRolloutServiceServer(srv, &rolloutService{c: c})
 	pb.RegisterAgentServiceServer(srv, &agentService{h: c.hub})
 	hs := health.NewServer()
+	c.sh.attach(hs) // NOT_SERVING while etcd is unreachable or out of space
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv) // registers both v1 and v1alpha
 	return srv, hs
@@ -151,6 +163,9 @@ type Flags struct {
 	Config          string
 	AuditMaxEvents  uint64
 	AuditMaxAge     time.Duration
+	AuditMaxBytes   uint64
+	EtcdQuotaBytes  uint64
+	EtcdReqTimeout  time.Duration
 	AuditKeyFile    string
 }
 
@@ -165,6 +180,9 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.StringVar(&f.EtcdCAFile, "etcd-ca-file", "", "CA bundle to verify an external etcd's TLS certificate")
 	fs.StringVar(&f.EtcdCertFile, "etcd-cert-file", "", "client certificate for an external etcd")
 	fs.StringVar(&f.EtcdKeyFile, "etcd-key-file", "", "client key for an external etcd")
+	f.EtcdQuotaBytes = uint64(store.DefaultQuotaBytes)
+	fs.Var((*byteSize)(&f.EtcdQuotaBytes), "etcd-quota-bytes", "backend quota of the embedded etcd (e.g. 2GiB, 8GiB); past it etcd refuses writes (NOSPACE) until space is freed (an external etcd has its own --quota-backend-bytes)")
+	fs.DurationVar(&f.EtcdReqTimeout, "etcd-request-timeout", 5*time.Second, "longest wait for one etcd request; a call whose request gets no answer in time fails with UNAVAILABLE")
 	fs.StringVar(&f.TLSCertFile, "tls-cert-file", "", "server certificate (PEM); enables TLS")
 	fs.StringVar(&f.TLSKeyFile, "tls-key-file", "", "server key (PEM)")
 	fs.StringVar(&f.TLSClientCAFile, "tls-client-ca-file", "", "CA bundle to verify client certificates (agents' mutual TLS)")
@@ -173,6 +191,8 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.BoolVar(&f.Insecure, "insecure", false, "allow plaintext without authentication on a non-loopback --listen (never in production)")
 	fs.Uint64Var(&f.AuditMaxEvents, "audit-retention-events", 200000, "keep at most this many audit events (0: no limit); the leader prunes the oldest")
 	fs.DurationVar(&f.AuditMaxAge, "audit-retention-age", 0, "drop audit events older than this, e.g. 8760h (0: no limit)")
+	f.AuditMaxBytes = defaultAuditMaxBytes
+	fs.Var((*byteSize)(&f.AuditMaxBytes), "audit-retention-bytes", "keep the audit log within this size (its events' stored values; estimated for a large log), e.g. 256MiB (0: no limit); the leader prunes the oldest. Keep it well under etcd's quota")
 	fs.StringVar(&f.AuditKeyFile, "audit-key-file", "", "secret key (hex, 32+ bytes) that keys the audit chain's hashes; every replica needs the same file (default: <data-dir>/audit.key, generated on first start)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
@@ -224,6 +244,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := checkEmbedFlags(f); err != nil {
 		return err
 	}
+	if f.EtcdReqTimeout <= 0 {
+		return errors.New("--etcd-request-timeout must be positive")
+	}
 	auditKey, err := loadAuditKey(f, log)
 	if err != nil {
 		return err
@@ -239,7 +262,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var embedded *store.Embedded
 	if len(f.EtcdEndpoints) == 0 {
 		log.Info("starting embedded etcd", "data-dir", f.DataDir)
-		embedded, err = store.StartEmbedded(ctx, store.EmbedConfig{DataDir: f.DataDir, ClientURL: f.EtcdClientURL, PeerURL: f.EtcdPeerURL})
+		if f.AuditMaxBytes == 0 || f.AuditMaxBytes > f.EtcdQuotaBytes/2 {
+			log.Warn("the audit log may fill etcd: keep --audit-retention-bytes well under --etcd-quota-bytes (a quarter of it leaves room for history and the rest)",
+				"audit-retention-bytes", f.AuditMaxBytes, "etcd-quota-bytes", f.EtcdQuotaBytes)
+		}
+		embedded, err = store.StartEmbedded(ctx, store.EmbedConfig{DataDir: f.DataDir, ClientURL: f.EtcdClientURL, PeerURL: f.EtcdPeerURL, QuotaBytes: int64(f.EtcdQuotaBytes)})
 		if err != nil {
 			return err
 		}
@@ -255,6 +282,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Endpoints: endpoints, DialTimeout: 10 * time.Second, TLS: etcdTLS,
 		DialKeepAliveTime: 30 * time.Second, DialKeepAliveTimeout: 10 * time.Second,
 		Logger: etcdClientLogger(),
+		// Reconnect within seconds once etcd is back (gRPC's default
+		// backoff grows to two minutes).
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		})},
 	})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
@@ -268,12 +301,17 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("etcd at %s: %w", strings.Join(endpoints, ","), err)
 	}
 
+	// Every request of the store is bounded and fails at once while the
+	// health monitor knows etcd to be unreachable.
+	guard := store.NewGuard(f.EtcdReqTimeout)
+	cli.KV = guard.KV(cli.KV)
 	st := store.New(cli, f.EtcdPrefix, store.WithAuditKey(auditKey))
 	if err := keyAuditChain(ctx, st, log); err != nil {
 		return err
 	}
 	cache := store.NewCache(st, log.With("component", "cache"))
-	c := New(st, cache, Options{Log: log, Retention: Retention{MaxEvents: f.AuditMaxEvents, MaxAge: f.AuditMaxAge}})
+	c := New(st, cache, Options{Log: log, Retention: Retention{MaxEvents: f.AuditMaxEvents, MaxAge: f.AuditMaxAge, MaxBytes: f.AuditMaxBytes},
+		Store: StoreHealthOptions{Guard: guard}})
 	srv, hs := c.NewServer(sopts)
 
 	runCtx, stop := context.WithCancel(ctx)
@@ -290,7 +328,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	defer stopHUP()
 	wg.Add(1)
 	go func() { defer wg.Done(); sopts.creds.watch(runCtx, hup, f.ReloadInterval) }()
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	c.sh.publish() // SERVING unless etcd has failed since
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
@@ -397,6 +435,9 @@ func checkEmbedFlags(f Flags) error {
 	}
 	if err := store.CheckEmbedPeerURL(f.EtcdPeerURL); err != nil {
 		return fmt.Errorf("--etcd-peer-url %w", err)
+	}
+	if f.EtcdQuotaBytes < minEtcdQuota {
+		return fmt.Errorf("--etcd-quota-bytes %s: must be at least 16MiB (etcd's default is 2GiB)", (*byteSize)(&f.EtcdQuotaBytes))
 	}
 	return nil
 }

@@ -18,6 +18,9 @@ func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
+	if st := storeStatus(err); st != nil {
+		return st
+	}
 	if _, ok := status.FromError(err); ok {
 		return err
 	}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -377,8 +379,75 @@ func validateHello(hello *pb.AgentHello) error {
 		vs = append(vs, policy.FieldViolation{Field: "hello.host_id", Description: fmt.Sprintf("%q is not a host id: lower-case letters, digits, '-' and '.', at most 253", hello.GetHostId())})
 	}
 	policy.ValidateLabels(&vs, "hello.labels", hello.GetLabels())
-	if n := len(hello.GetFacts().GetInterfaces()); n > 1024 {
-		vs = append(vs, policy.FieldViolation{Field: "hello.facts.interfaces", Description: fmt.Sprintf("has %d interfaces; at most 1024", n)})
+	validateFacts(&vs, "hello.facts", hello.GetFacts())
+	if len(hello.GetAgentVersion()) > 128 {
+		vs = append(vs, policy.FieldViolation{Field: "hello.agent_version", Description: "longer than 128 bytes"})
+	}
+	return vs.Err()
+}
+
+// validateFacts bounds what an agent says of its host, in a hello or a
+// report alike.
+func validateFacts(vs *policy.Violations, field string, f *pb.HostFacts) {
+	add := func(sub, format string, args ...any) {
+		*vs = append(*vs, policy.FieldViolation{Field: field + sub, Description: fmt.Sprintf(format, args...)})
+	}
+	if n := len(f.GetInterfaces()); n > 1024 {
+		add(".interfaces", "has %d interfaces; at most 1024", n)
+	}
+	for _, s := range []struct {
+		name string
+		v    string
+	}{{".hostname", f.GetHostname()}, {".kernel_version", f.GetKernelVersion()}} {
+		if len(s.v) > 256 {
+			add(s.name, "longer than 256 bytes")
+		}
+	}
+	for _, l := range []struct {
+		name string
+		v    []string
+	}{{".available_sysctls", f.GetAvailableSysctls()}, {".available_schedulers", f.GetAvailableSchedulers()}, {".available_path_managers", f.GetAvailablePathManagers()}} {
+		if len(l.v) > 64 {
+			add(l.name, "has %d entries; at most 64", len(l.v))
+		}
+		for _, x := range l.v {
+			if len(x) > 64 {
+				add(l.name, "has an entry longer than 64 bytes")
+				break
+			}
+		}
+	}
+	for i, ifc := range f.GetInterfaces() {
+		if len(ifc.GetName()) > 64 || len(ifc.GetAddresses()) > 256 || len(ifc.GetGateways()) > 64 {
+			add(fmt.Sprintf(".interfaces[%d]", i), "name over 64 bytes, or over 256 addresses or 64 gateways")
+			continue
+		}
+		for _, a := range slices.Concat(ifc.GetAddresses(), ifc.GetGateways()) {
+			if len(a) > 64 {
+				add(fmt.Sprintf(".interfaces[%d]", i), "has an address or gateway longer than 64 bytes")
+				break
+			}
+		}
+	}
+}
+
+// validateEvent bounds an agent event before it reaches the audit log.
+func validateEvent(ev *pb.AgentEvent) error {
+	var vs policy.Violations
+	if len(ev.GetMessage()) > 4096 {
+		vs = append(vs, policy.FieldViolation{Field: "event.message", Description: "longer than 4096 bytes"})
+	}
+	if len(ev.GetGroup()) > 80 {
+		vs = append(vs, policy.FieldViolation{Field: "event.group", Description: "longer than 80 bytes"})
+	}
+	if n := len(ev.GetOperations()); n > 1024 {
+		vs = append(vs, policy.FieldViolation{Field: "event.operations", Description: fmt.Sprintf("has %d entries; at most 1024", n)})
+	}
+	for _, op := range ev.GetOperations() {
+		if len(op.GetKind()) > 64 || len(op.GetDescription()) > 512 {
+			vs = append(vs, policy.FieldViolation{Field: "event.operations", Description: "an operation's kind is over 64 bytes or its description over 512"})
+			break
+		}
 	}
 	return vs.Err()
 }
@@ -560,6 +629,9 @@ func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer
 	events := rate.NewLimiter(rate.Limit(5), 20)
 	for {
 		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil // the agent closed its side: a normal end
+		}
 		if err != nil {
 			return err
 		}
@@ -573,6 +645,10 @@ func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer
 			a, ok := eventActions[ev.GetKind()]
 			if !ok {
 				h.log.Warn("agent sent an event of unknown kind; ignored", "host", s.id, "kind", ev.GetKind())
+				continue
+			}
+			if err := validateEvent(ev); err != nil {
+				h.log.Warn("agent sent an invalid event; dropped", "host", s.id, "err", err)
 				continue
 			}
 			if !events.Allow() {
@@ -610,6 +686,12 @@ func validateReport(r *pb.AgentReport) error {
 	}
 	if len(r.GetLastError()) > 4096 {
 		vs = append(vs, policy.FieldViolation{Field: "report.last_error", Description: "longer than 4096 bytes"})
+	}
+	if r.GetFacts() != nil {
+		validateFacts(&vs, "report.facts", r.GetFacts())
+	}
+	if n := len(r.GetExcludedAddresses()); n > 256 {
+		vs = append(vs, policy.FieldViolation{Field: "report.excluded_addresses", Description: fmt.Sprintf("has %d entries; at most 256", n)})
 	}
 	if n := len(r.GetProblems()); n > maxReportProblems {
 		vs = append(vs, policy.FieldViolation{Field: "report.problems", Description: fmt.Sprintf("has %d entries; at most %d", n, maxReportProblems)})

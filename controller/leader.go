@@ -20,6 +20,9 @@ type Retention struct {
 	MaxEvents uint64
 	// MaxAge drops events older than this (0: no limit).
 	MaxAge time.Duration
+	// MaxBytes keeps the events' stored values within this many bytes (0:
+	// no limit), estimated for a large log (store.AuditSize).
+	MaxBytes uint64
 	// Interval between pruning passes (default 1m).
 	Interval time.Duration
 }
@@ -56,7 +59,9 @@ func (c *Controller) runLeader(ctx context.Context, replica string) {
 			continue
 		}
 		c.log.Info("leading", "replica", replica)
+		c.leading.Store(true)
 		c.leaderWork(lctx, store.LeaderFence(e.Key(), e.Rev()))
+		c.leading.Store(false)
 		cancel()
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = e.Resign(rctx)
@@ -76,7 +81,7 @@ func (c *Controller) leaderWork(ctx context.Context, fence clientv3.Cmp) {
 	}()
 	defer func() { <-done }()
 	r := c.retention
-	if r.MaxEvents == 0 && r.MaxAge == 0 {
+	if r.MaxEvents == 0 && r.MaxAge == 0 && r.MaxBytes == 0 {
 		<-ctx.Done()
 		return
 	}
@@ -96,9 +101,13 @@ func (c *Controller) leaderWork(ctx context.Context, fence clientv3.Cmp) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-c.pruneNow: // etcd just recovered from NOSPACE
 		}
 	}
 }
+
+// checkpointBytes is room for a checkpoint event's value (about 250 bytes).
+const checkpointBytes = 512
 
 func (c *Controller) pruneAudit(ctx context.Context, fence clientv3.Cmp, r Retention) error {
 	first, last, err := c.store.AuditRange(ctx)
@@ -117,6 +126,21 @@ func (c *Controller) pruneAudit(ctx context.Context, fence clientv3.Cmp, r Reten
 			return err
 		}
 		upTo = max(upTo, old)
+	}
+	if r.MaxBytes > 0 {
+		size, err := c.store.AuditSize(ctx)
+		if err != nil {
+			return err
+		}
+		// The prune adds its checkpoint event: make room for it too, so
+		// that the next pass has nothing to do.
+		if size.Bytes > r.MaxBytes {
+			seq, err := c.store.AuditSeqFreeing(ctx, size.Bytes+checkpointBytes-r.MaxBytes)
+			if err != nil {
+				return err
+			}
+			upTo = max(upTo, seq)
+		}
 	}
 	if upTo < first {
 		return nil

@@ -291,7 +291,9 @@ func validateRouting(vs *Violations, field string, r *pb.Routing) {
 				} else {
 					vs.add(gf+".gateway", "%q is not an IP address", g.GetGateway())
 				}
-			} else if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+			} else if a.Is4In6() {
+				vs.add(gf+".gateway", "%s is an IPv4-mapped IPv6 address; write the IPv4 address %s", a, a.Unmap())
+			} else if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
 				vs.add(gf+".gateway", "%s cannot be a gateway", a)
 			}
 		}

@@ -79,6 +79,10 @@ func TestValidateGroup(t *testing.T) {
 			[]string{"group.policy.routing.priority_max"}},
 		{"bad gateway", func(g *pb.Group) { g.Policy.Routing.Gateways[0].Gateway = "gw1" },
 			[]string{"group.policy.routing.gateways[0].gateway"}},
+		{"broadcast gateway", func(g *pb.Group) { g.Policy.Routing.Gateways[0].Gateway = "255.255.255.255" },
+			[]string{"group.policy.routing.gateways[0].gateway"}},
+		{"IPv4-mapped gateway", func(g *pb.Group) { g.Policy.Routing.Gateways[0].Gateway = "::ffff:0.0.0.0" },
+			[]string{"group.policy.routing.gateways[0].gateway"}},
 		{"gateway and host_index", func(g *pb.Group) { g.Policy.Routing.Gateways[0].HostIndex = 1 },
 			[]string{"group.policy.routing.gateways[0].host_index"}},
 		{"host_index alone", func(g *pb.Group) {

@@ -50,6 +50,10 @@ type EmbedConfig struct {
 	// LogLevel of etcd's own logger (default "fatal": etcd reports errors
 	// that matter through Err, and its shutdown chatter is noise).
 	LogLevel string
+	// QuotaBytes is the member's backend quota (etcd's
+	// --quota-backend-bytes; default DefaultQuotaBytes, 2 GiB). A write
+	// that would pass it raises the NOSPACE alarm (see RecoverSpace).
+	QuotaBytes int64
 }
 
 // CheckEmbedClientURL checks that u is a client URL that keeps the embedded
@@ -124,6 +128,12 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	if cfg.LogLevel == "" {
 		cfg.LogLevel = "fatal"
 	}
+	if cfg.QuotaBytes < 0 {
+		return nil, fmt.Errorf("embedded etcd: quota %d bytes: must not be negative (an unlimited quota lets etcd fill the disk)", cfg.QuotaBytes)
+	}
+	if cfg.QuotaBytes == 0 {
+		cfg.QuotaBytes = DefaultQuotaBytes
+	}
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd: %w", err)
@@ -168,7 +178,7 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	// Keep history bounded: the controller's watch re-lists after a compaction.
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = "1h"
-	ec.QuotaBackendBytes = 2 << 30
+	ec.QuotaBackendBytes = cfg.QuotaBytes
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd: start in %s: %w", dir, err)

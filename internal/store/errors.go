@@ -21,4 +21,10 @@ var (
 	ErrFailedPrecondition = errors.New("failed precondition")
 	// ErrCorrupt: a stored value does not decode.
 	ErrCorrupt = errors.New("stored value is corrupt")
+	// ErrUnavailable: etcd did not answer (down, partitioned, no leader,
+	// or no answer within the request timeout); retry later.
+	ErrUnavailable = errors.New("etcd is unreachable")
+	// ErrNoSpace: etcd is out of space (its NOSPACE alarm is raised) and
+	// refuses writes until space is freed and the alarm disarmed.
+	ErrNoSpace = errors.New("etcd is out of space (NOSPACE alarm)")
 )
