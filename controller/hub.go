@@ -107,6 +107,7 @@ func (h *hub) run(ctx context.Context) {
 }
 
 func (h *hub) follow(ctx context.Context, sub *store.Subscription) error {
+	dirty := false // groups or targets changed since the last reassign
 	for {
 		select {
 		case <-ctx.Done():
@@ -114,27 +115,31 @@ func (h *hub) follow(ctx context.Context, sub *store.Subscription) error {
 		case <-sub.Done():
 			return sub.Err()
 		case ev := <-sub.C():
-			if ev.LabelsHost != "" {
-				h.mu.Lock()
-				h.relabelLocked(ev.LabelsHost, ev.Labels, ev.Labels != nil)
-				h.mu.Unlock()
-				continue
-			}
-			if ev.GroupID == "" && ev.TargetsGroup == "" {
-				continue
-			}
 			h.mu.Lock()
 			switch {
+			case ev.LabelsHost != "":
+				h.relabelLocked(ev.LabelsHost, ev.Labels, ev.Labels != nil)
 			case ev.GroupID != "" && ev.Group == nil:
 				delete(h.groups, ev.GroupID)
+				dirty = true
 			case ev.GroupID != "":
 				h.groups[ev.GroupID] = ev.Group
-			case ev.Targets == nil:
+				dirty = true
+			case ev.TargetsGroup != "" && ev.Targets == nil:
 				delete(h.targets, ev.TargetsGroup)
-			default:
+				dirty = true
+			case ev.TargetsGroup != "":
 				h.targets[ev.TargetsGroup] = ev.Targets
+				dirty = true
 			}
-			h.reassignLocked()
+			// Reassign once the whole transaction is in: a policy change
+			// and the host targets of the rollout it starts are one write,
+			// and reassigning between them would send every host the new
+			// revision for a moment.
+			if dirty && ev.Last {
+				h.reassignLocked()
+				dirty = false
+			}
 			h.mu.Unlock()
 		}
 	}

@@ -51,6 +51,11 @@ type Event struct {
 	// LabelsHost is set when the labels an operator gave a host change.
 	LabelsHost string
 	Labels     map[string]string
+	// Last is set on the last event of one watch response: the changes of
+	// one etcd transaction (a group, its targets and its rollout) come
+	// together, and a subscriber that acts on state waits for Last so that
+	// it never acts on half of one.
+	Last bool
 }
 
 // Cache keeps ONE etcd watch on the store's prefix and an in-memory copy of
@@ -358,6 +363,9 @@ func (c *Cache) apply(evs []*clientv3.Event, rev int64) {
 	}
 	if rev > c.rev {
 		c.rev = rev
+	}
+	if len(out) > 0 {
+		out[len(out)-1].Last = true
 	}
 	for s := range c.subs {
 		for _, ev := range out {

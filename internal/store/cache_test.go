@@ -135,3 +135,47 @@ func TestCacheRelistsAfterCompaction(t *testing.T) {
 		t.Fatal("slow subscriber was not dropped")
 	}
 }
+
+// TestCacheMarksTheEndOfATransaction: the events of one transaction (here a
+// policy change and the rollout and host targets it starts) reach a
+// subscriber together, the last one marked, so that it never acts on half
+// of one.
+func TestCacheMarksTheEndOfATransaction(t *testing.T) {
+	s, _ := newStore(t)
+	ctx := context.Background()
+	c := runCache(t, s)
+	_, rev, err := s.CreateGroup(ctx, "web", group(1), meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitRevision(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	sub, _, _, _ := c.Subscribe(16)
+	defer sub.Close()
+	r := &pb.Rollout{Name: "rollouts/r1", Group: "groups/web", FromRevision: 1, TargetRevision: 2, State: pb.Rollout_STATE_PENDING}
+	if _, err := s.WriteRollout(ctx, store.RolloutWrite{RolloutID: "r1", Rollout: r, Group: "web",
+		Targets: &pb.HostTargets{DefaultRevision: 1, Rollout: "rollouts/r1"}}); err != nil {
+		t.Fatal(err)
+	}
+	var got []store.Event
+	for len(got) == 0 || !got[len(got)-1].Last {
+		select {
+		case ev := <-sub.C():
+			got = append(got, ev)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no event marked Last; got %d", len(got))
+		}
+	}
+	var rollout, targets bool
+	for i, ev := range got {
+		rollout = rollout || ev.RolloutID == "r1"
+		targets = targets || ev.TargetsGroup == "web"
+		if ev.Last != (i == len(got)-1) {
+			t.Errorf("event %d of %d: Last=%v", i, len(got), ev.Last)
+		}
+	}
+	if !rollout || !targets {
+		t.Errorf("the transaction's events %+v lack the rollout or the targets", got)
+	}
+}
