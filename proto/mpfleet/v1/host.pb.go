@@ -199,7 +199,9 @@ const (
 	// The kernel's route lookup from a managed address to a probe target
 	// leaves by another interface than the address's own: the routing does
 	// not carry the path (policy routing off, or a rule or route outside
-	// mpfleet's range takes precedence).
+	// mpfleet's range takes precedence). Or a rule or route inside mpfleet's
+	// range that mpfleet did not make (it lacks routing protocol 173): left
+	// alone and kept out of, one problem each.
 	HostProblem_CODE_ROUTING_CONFLICT HostProblem_Code = 7
 	// Operations were held back because they would cut the agent off from
 	// the controller (management-path protection).
