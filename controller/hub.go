@@ -60,6 +60,50 @@ type hub struct {
 	closing  bool
 
 	encodes atomic.Int64 // desired messages encoded (for tests and metrics)
+
+	limMu  sync.Mutex
+	limits map[string]*hostLimits // by host id, across its streams
+}
+
+// hostLimits are the rate limits of one host, kept across its streams.
+type hostLimits struct {
+	events  *rate.Limiter // audit events
+	connect *rate.Limiter // new streams
+	seen    time.Time
+}
+
+// Per-host limits: events 5/s (bursts of 20); new streams 1 every 2 s
+// (bursts of 10), far above what a healthy agent's backoff makes.
+const (
+	eventRate     = 5
+	eventBurst    = 20
+	connectEvery  = 2 * time.Second
+	connectBurst  = 10
+	maxHostLimits = 200000
+)
+
+// limitsOf returns the limits of host id, making them on first use.
+func (h *hub) limitsOf(id string) *hostLimits {
+	h.limMu.Lock()
+	defer h.limMu.Unlock()
+	if h.limits == nil {
+		h.limits = map[string]*hostLimits{}
+	}
+	l := h.limits[id]
+	if l == nil {
+		if len(h.limits) >= maxHostLimits {
+			// Forget those not seen for longest: a bound, not a cache.
+			for k, v := range h.limits {
+				if time.Since(v.seen) > time.Hour {
+					delete(h.limits, k)
+				}
+			}
+		}
+		l = &hostLimits{events: rate.NewLimiter(eventRate, eventBurst), connect: rate.NewLimiter(rate.Every(connectEvery), connectBurst)}
+		h.limits[id] = l
+	}
+	l.seen = time.Now()
+	return l
 }
 
 func newHub(c *Controller, opts HubOptions) *hub {
@@ -489,6 +533,9 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	if !caller.mayBeHost(id) {
 		return status.Errorf(codes.PermissionDenied, "%s may not speak for host %q (it is bound to %s)", caller.Actor, id, strings.Join(caller.Hosts, ", "))
 	}
+	if !h.limitsOf(id).connect.Allow() {
+		return status.Errorf(codes.ResourceExhausted, "host %q reconnects too often (more than %d in a burst, then one every %v); back off", id, connectBurst, connectEvery)
+	}
 	select {
 	case <-h.ready:
 	case <-ctx.Done():
@@ -630,8 +677,9 @@ var eventActions = map[pb.AgentEvent_Kind]struct {
 
 func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer, s *session, caller Caller) error {
 	// An agent reports a few events per reconcile; more than this is a bug or
-	// an attack, and must not flood the audit log.
-	events := rate.NewLimiter(rate.Limit(5), 20)
+	// an attack, and must not flood the audit log. The limit is the host's,
+	// not the stream's: reconnecting does not reset it.
+	events := h.limitsOf(s.id).events
 	for {
 		m, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
