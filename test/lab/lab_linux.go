@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -333,7 +334,39 @@ func (l *Lab) build(ctx context.Context) error {
 			}
 		}
 	}
+	if l.cfg.IPv6 {
+		return l.waitNotTentative(ctx)
+	}
 	return nil
+}
+
+// waitNotTentative waits until no IPv6 address of the lab is tentative.
+// With duplicate-address detection off an address is still marked so until
+// a kernel work item runs, which can wait behind the cleanup of namespaces
+// deleted just before (another lab's); a lab is ready when none is.
+func (l *Lab) waitNotTentative(ctx context.Context) error {
+	for {
+		var left []string
+		for h, nh := range l.nl {
+			addrs, err := nh.AddrList(nil, netlink.FAMILY_V6)
+			if err != nil {
+				return fmt.Errorf("%s: list addresses: %w", h, err)
+			}
+			for _, a := range addrs {
+				if a.Flags&unix.IFA_F_TENTATIVE != 0 {
+					left = append(left, string(h)+" "+a.IPNet.String())
+				}
+			}
+		}
+		if len(left) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("IPv6 addresses still tentative: %s: %w", strings.Join(left, ", "), ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // endHosts returns the lab's hosts with data links: the client, the server
