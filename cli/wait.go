@@ -104,7 +104,7 @@ func (a *app) waitHosts(ctx, parent context.Context, g *mpfleetv1.Group, timeout
 		switch {
 		case err != nil && parent.Err() != nil:
 			return fmt.Errorf("group %q: stopped waiting for its hosts (interrupted)", id)
-		case err != nil && ctx.Err() != nil:
+		case err != nil && pastDeadline(ctx):
 			return fmt.Errorf("group %q: timed out after %s waiting for its hosts: %s", id, formatDuration(timeout), hostsBehind(hosts, rev))
 		case errors.Is(err, io.EOF):
 			return fmt.Errorf("group %q: watch hosts: the controller ended the stream before the hosts were in sync: %s", id, hostsBehind(hosts, rev))
@@ -172,4 +172,15 @@ func hostsBehind(hosts map[string]*mpfleetv1.Host, rev int64) string {
 		behind = append(behind[:most], fmt.Sprintf("and %d more", len(behind)-most))
 	}
 	return msg + ": " + strings.Join(behind, ", ")
+}
+
+// pastDeadline reports whether ctx's deadline has passed: gRPC ends a
+// stream on its own timer for the deadline, which can fire a moment before
+// ctx.Err() says so.
+func pastDeadline(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
