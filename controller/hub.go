@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,7 +16,6 @@ import (
 	"github.com/mpfleet/mpfleet/internal/store"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -63,47 +61,6 @@ type hub struct {
 
 	limMu  sync.Mutex
 	limits map[string]*hostLimits // by host id, across its streams
-}
-
-// hostLimits are the rate limits of one host, kept across its streams.
-type hostLimits struct {
-	events  *rate.Limiter // audit events
-	connect *rate.Limiter // new streams
-	seen    time.Time
-}
-
-// Per-host limits: events 5/s (bursts of 20); new streams 1 every 2 s
-// (bursts of 10), far above what a healthy agent's backoff makes.
-const (
-	eventRate     = 5
-	eventBurst    = 20
-	connectEvery  = 2 * time.Second
-	connectBurst  = 10
-	maxHostLimits = 200000
-)
-
-// limitsOf returns the limits of host id, making them on first use.
-func (h *hub) limitsOf(id string) *hostLimits {
-	h.limMu.Lock()
-	defer h.limMu.Unlock()
-	if h.limits == nil {
-		h.limits = map[string]*hostLimits{}
-	}
-	l := h.limits[id]
-	if l == nil {
-		if len(h.limits) >= maxHostLimits {
-			// Forget those not seen for longest: a bound, not a cache.
-			for k, v := range h.limits {
-				if time.Since(v.seen) > time.Hour {
-					delete(h.limits, k)
-				}
-			}
-		}
-		l = &hostLimits{events: rate.NewLimiter(eventRate, eventBurst), connect: rate.NewLimiter(rate.Every(connectEvery), connectBurst)}
-		h.limits[id] = l
-	}
-	l.seen = time.Now()
-	return l
 }
 
 func newHub(c *Controller, opts HubOptions) *hub {
@@ -419,88 +376,6 @@ func (s *session) setDesired(key string, d *pb.DesiredConfig) {
 
 var hostIDRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
 
-func validateHello(hello *pb.AgentHello) error {
-	var vs policy.Violations
-	if hello == nil {
-		return invalid("hello", "the first message must be hello")
-	}
-	if !hostIDRe.MatchString(hello.GetHostId()) {
-		vs = append(vs, policy.FieldViolation{Field: "hello.host_id", Description: fmt.Sprintf("%q is not a host id: lower-case letters, digits, '-' and '.', at most 253", hello.GetHostId())})
-	}
-	policy.ValidateLabels(&vs, "hello.labels", hello.GetLabels())
-	validateFacts(&vs, "hello.facts", hello.GetFacts())
-	if len(hello.GetAgentVersion()) > 128 {
-		vs = append(vs, policy.FieldViolation{Field: "hello.agent_version", Description: "longer than 128 bytes"})
-	}
-	return vs.Err()
-}
-
-// validateFacts bounds what an agent says of its host, in a hello or a
-// report alike.
-func validateFacts(vs *policy.Violations, field string, f *pb.HostFacts) {
-	add := func(sub, format string, args ...any) {
-		*vs = append(*vs, policy.FieldViolation{Field: field + sub, Description: fmt.Sprintf(format, args...)})
-	}
-	if n := len(f.GetInterfaces()); n > 1024 {
-		add(".interfaces", "has %d interfaces; at most 1024", n)
-	}
-	for _, s := range []struct {
-		name string
-		v    string
-	}{{".hostname", f.GetHostname()}, {".kernel_version", f.GetKernelVersion()}} {
-		if len(s.v) > 256 {
-			add(s.name, "longer than 256 bytes")
-		}
-	}
-	for _, l := range []struct {
-		name string
-		v    []string
-	}{{".available_sysctls", f.GetAvailableSysctls()}, {".available_schedulers", f.GetAvailableSchedulers()}, {".available_path_managers", f.GetAvailablePathManagers()}} {
-		if len(l.v) > 64 {
-			add(l.name, "has %d entries; at most 64", len(l.v))
-		}
-		for _, x := range l.v {
-			if len(x) > 64 {
-				add(l.name, "has an entry longer than 64 bytes")
-				break
-			}
-		}
-	}
-	for i, ifc := range f.GetInterfaces() {
-		if len(ifc.GetName()) > 64 || len(ifc.GetAddresses()) > 256 || len(ifc.GetGateways()) > 64 {
-			add(fmt.Sprintf(".interfaces[%d]", i), "name over 64 bytes, or over 256 addresses or 64 gateways")
-			continue
-		}
-		for _, a := range slices.Concat(ifc.GetAddresses(), ifc.GetGateways()) {
-			if len(a) > 64 {
-				add(fmt.Sprintf(".interfaces[%d]", i), "has an address or gateway longer than 64 bytes")
-				break
-			}
-		}
-	}
-}
-
-// validateEvent bounds an agent event before it reaches the audit log.
-func validateEvent(ev *pb.AgentEvent) error {
-	var vs policy.Violations
-	if len(ev.GetMessage()) > 4096 {
-		vs = append(vs, policy.FieldViolation{Field: "event.message", Description: "longer than 4096 bytes"})
-	}
-	if len(ev.GetGroup()) > 80 {
-		vs = append(vs, policy.FieldViolation{Field: "event.group", Description: "longer than 80 bytes"})
-	}
-	if n := len(ev.GetOperations()); n > 1024 {
-		vs = append(vs, policy.FieldViolation{Field: "event.operations", Description: fmt.Sprintf("has %d entries; at most 1024", n)})
-	}
-	for _, op := range ev.GetOperations() {
-		if len(op.GetKind()) > 64 || len(op.GetDescription()) > 512 {
-			vs = append(vs, policy.FieldViolation{Field: "event.operations", Description: "an operation's kind is over 64 bytes or its description over 512"})
-			break
-		}
-	}
-	return vs.Err()
-}
-
 // connect serves one agent's stream.
 func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	ctx := stream.Context()
@@ -720,49 +595,6 @@ func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer
 			h.log.Warn("agent sent an empty or unknown message; ignored", "host", s.id)
 		}
 	}
-}
-
-// maxReportProblems bounds AgentReport.problems: every path (at most 8
-// endpoints) and every sysctl and held op, with room to spare.
-const maxReportProblems = 64
-
-func validateReport(r *pb.AgentReport) error {
-	var vs policy.Violations
-	if _, ok := pb.SyncState_name[int32(r.GetSyncState())]; !ok {
-		vs = append(vs, policy.FieldViolation{Field: "report.sync_state", Description: "unknown state"})
-	}
-	if n := len(r.GetApplied().GetEndpoints()); n > 64 {
-		vs = append(vs, policy.FieldViolation{Field: "report.applied.endpoints", Description: fmt.Sprintf("has %d entries; at most 64", n)})
-	}
-	if n := len(r.GetLastPlan()); n > 1024 {
-		vs = append(vs, policy.FieldViolation{Field: "report.last_plan", Description: fmt.Sprintf("has %d entries; at most 1024", n)})
-	}
-	if len(r.GetLastError()) > 4096 {
-		vs = append(vs, policy.FieldViolation{Field: "report.last_error", Description: "longer than 4096 bytes"})
-	}
-	if r.GetFacts() != nil {
-		validateFacts(&vs, "report.facts", r.GetFacts())
-	}
-	if n := len(r.GetExcludedAddresses()); n > 256 {
-		vs = append(vs, policy.FieldViolation{Field: "report.excluded_addresses", Description: fmt.Sprintf("has %d entries; at most 256", n)})
-	}
-	if n := len(r.GetProblems()); n > maxReportProblems {
-		vs = append(vs, policy.FieldViolation{Field: "report.problems", Description: fmt.Sprintf("has %d entries; at most %d", n, maxReportProblems)})
-	}
-	for i, p := range r.GetProblems() {
-		if len(p.GetMessage()) > 1024 || len(p.GetInterface()) > 64 || len(p.GetAddress()) > 64 {
-			vs = append(vs, policy.FieldViolation{Field: fmt.Sprintf("report.problems[%d]", i), Description: "message over 1024 bytes, or interface or address over 64"})
-		}
-	}
-	if n := len(r.GetHealth().GetPaths()); n > 64 {
-		vs = append(vs, policy.FieldViolation{Field: "report.health.paths", Description: fmt.Sprintf("has %d entries; at most 64", n)})
-	}
-	for i, p := range r.GetHealth().GetPaths() {
-		if len(p.GetMessage()) > 1024 || len(p.GetInterface()) > 64 || len(p.GetAddress()) > 64 || len(p.GetGateway()) > 64 {
-			vs = append(vs, policy.FieldViolation{Field: fmt.Sprintf("report.health.paths[%d]", i), Description: "message over 1024 bytes, or interface, address or gateway over 64"})
-		}
-	}
-	return vs.Err()
 }
 
 func (h *hub) report(ctx context.Context, s *session, r *pb.AgentReport) error {
