@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 )
@@ -13,29 +12,6 @@ import (
 // sysctlDir holds the net.mptcp sysctls. /proc/sys/net shows the namespace
 // of the thread that opens the file.
 var sysctlDir = "/proc/sys/net/mptcp"
-
-// knownSysctls are the net.mptcp sysctls mpfleet knows (DESIGN.md); which of
-// them a kernel has depends on its version.
-var knownSysctls = []string{
-	"enabled",
-	"add_addr_timeout",
-	"checksum_enabled",
-	"allow_join_initial_addr_port",
-	"stale_loss_cnt",
-	"pm_type",       // deprecated in 6.15
-	"path_manager",  // 6.15
-	"scheduler",     // 6.6
-	"close_timeout", // 6.7
-	"blackhole_timeout",
-	"syn_retrans_before_tcp_fallback", // 6.14
-	"available_schedulers",
-	"available_path_managers", // 6.15
-}
-
-// KnownSysctls returns the names (without "net.mptcp.") of the sysctls
-// mpfleet knows. A kernel may lack some: ReadSysctl and WriteSysctl then
-// return ErrSysctlUnsupported.
-func KnownSysctls() []string { return slices.Clone(knownSysctls) }
 
 // sysctlPath checks name ("enabled" or "net.mptcp.enabled") and returns its
 // file and short name.
@@ -127,20 +103,4 @@ func Sysctls() (map[string]string, error) {
 		m[e.Name()] = v
 	}
 	return m, nil
-}
-
-// MissingSysctls returns the KnownSysctls this kernel lacks, so that a
-// caller can report them instead of skipping them silently.
-func MissingSysctls() ([]string, error) {
-	present, err := Sysctls()
-	if err != nil {
-		return nil, err
-	}
-	var missing []string
-	for _, n := range knownSysctls {
-		if _, ok := present[n]; !ok {
-			missing = append(missing, n)
-		}
-	}
-	return missing, nil
 }

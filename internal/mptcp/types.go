@@ -1,6 +1,9 @@
-// Package mptcp talks to the kernel's MPTCP path manager through the mptcp_pm
-// generic netlink family, reads MPTCP connection state through sock_diag and the
-// MPTcpExt counters, and reads and writes the net.mptcp sysctls.
+// Package mptcp is the MPTCP model: endpoints, their flags and the kernel's
+// rules for them, the path manager's limits, connections and events, and the
+// error classes of the kernel's answers. It also reads the MPTcpExt counters
+// and reads and writes the net.mptcp sysctls (plain files). The mptcp_pm
+// generic netlink and sock_diag client is in package mptcpnl, so that code
+// that only models MPTCP links no netlink code.
 package mptcp
 
 import (
@@ -78,4 +81,33 @@ type Endpoint struct {
 type Limits struct {
 	Subflows        uint32
 	AddAddrAccepted uint32
+}
+
+// KnownFlags are the endpoint flags this package knows about.
+const KnownFlags = FlagSignal | FlagSubflow | FlagBackup | FlagFullmesh | FlagImplicit | FlagLaminar
+
+// MutableFlags are the flags SET_FLAGS can change on an existing endpoint.
+// Changing any other flag needs the endpoint deleted and added again.
+const MutableFlags = FlagBackup | FlagFullmesh
+
+// Validate reports whether the kernel would accept e in ADD_ADDR, following
+// the checks of net/mptcp/pm_kernel.c (Linux 6.18). Errors match ErrInvalid.
+func (e Endpoint) Validate() error {
+	switch {
+	case !e.Addr.IsValid():
+		return invalidf("endpoint has no address")
+	case e.Addr.Zone() != "":
+		return invalidf("endpoint address %s: zones are not supported", e.Addr)
+	case e.Flags&^KnownFlags != 0:
+		return invalidf("endpoint %s: unknown flags %s", e.Addr, e.Flags&^KnownFlags)
+	case e.Flags&FlagImplicit != 0:
+		return invalidf("endpoint %s: implicit endpoints are made by the kernel only", e.Addr)
+	case e.Flags&FlagSignal != 0 && e.Flags&FlagFullmesh != 0:
+		return invalidf("endpoint %s: flags signal and fullmesh cannot be combined", e.Addr)
+	case e.Port != 0 && e.Flags&(FlagSignal|FlagSubflow) != FlagSignal:
+		return invalidf("endpoint %s port %d: a port needs flag signal without subflow", e.Addr, e.Port)
+	case e.IfIndex < 0 || int64(e.IfIndex) > 1<<31-1:
+		return invalidf("endpoint %s: interface index %d out of range", e.Addr, e.IfIndex)
+	}
+	return nil
 }

@@ -73,33 +73,3 @@ func TestStrings(t *testing.T) {
 		}
 	}
 }
-
-func TestDecodeLimits(t *testing.T) {
-	b, err := encodeLimits(Limits{Subflows: 3, AddAddrAccepted: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := decodeLimits(b)
-	if err != nil || l != (Limits{Subflows: 3, AddAddrAccepted: 4}) {
-		t.Errorf("decodeLimits = %+v, %v", l, err)
-	}
-	if _, err := decodeLimits(b[:8]); err == nil {
-		t.Error("a reply with one limit decoded without error")
-	}
-}
-
-func TestDecodeEventServerSide(t *testing.T) {
-	for name, e := range map[string]Event{
-		"flag only (6.18+ without the deprecated attribute)": {Type: EventCreated, Flags: EventFlagServerSide},
-		"attribute only (before 6.18)":                       {Type: EventCreated, ServerSide: true},
-	} {
-		b, err := encodeEvent(e)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := decodeEvent(EventCreated, b)
-		if err != nil || !got.ServerSide {
-			t.Errorf("%s: decoded %+v, %v; want ServerSide", name, got, err)
-		}
-	}
-}

@@ -7,8 +7,8 @@ import (
 )
 
 // Kernel is the seam between the reconciler and one namespace's kernel
-// state. NetlinkKernel is the real one; FakeKernel keeps state in memory for
-// tests.
+// state. nlkernel.Kernel is the real one; fakekernel.Kernel keeps state in
+// memory for tests; kerneltest.Run checks that both behave alike.
 type Kernel interface {
 	// Read returns the current state as Plan(desired, state) needs it:
 	// net.mptcp.enabled, the limits, all endpoints, mpfleet's rules and

@@ -1,4 +1,4 @@
-package reconcile
+package reconcile_test
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/reconcile/fakekernel"
 	"github.com/mpfleet/mpfleet/internal/route"
 )
 
@@ -127,7 +129,7 @@ func (g *gen) routing() ([]route.Rule, []route.Route) {
 // foreign draws foreign entries: some of desired's rules and routes as an
 // older agent made them (which Plan adopts, unless actual has them too), and
 // hand-made ones anywhere in the range.
-func (g *gen) foreign(desired HostConfig, actual State) ([]route.ForeignRule, []route.ForeignRoute) {
+func (g *gen) foreign(desired reconcile.HostConfig, actual reconcile.State) ([]route.ForeignRule, []route.ForeignRoute) {
 	var rules []route.ForeignRule
 	var routes []route.ForeignRoute
 	held := map[route.Key]bool{}
@@ -198,14 +200,14 @@ func (g *gen) enabled() *bool {
 func checkPlan(t *testing.T, data []byte) {
 	ctx := context.Background()
 	g := &gen{b: data}
-	actual := State{Enabled: g.enabled(), Limits: g.limits(false), Sysctls: g.sysctls(), Endpoints: g.endpoints(mptcp.MaxEndpoints, 12, true)}
+	actual := reconcile.State{Enabled: g.enabled(), Limits: g.limits(false), Sysctls: g.sysctls(), Endpoints: g.endpoints(mptcp.MaxEndpoints, 12, true)}
 	for i := range actual.Endpoints {
 		if actual.Endpoints[i].Flags&mptcp.FlagFullmesh != 0 && actual.Endpoints[i].Flags&mptcp.FlagSignal != 0 {
 			actual.Endpoints[i].Flags &^= mptcp.FlagFullmesh
 		}
 	}
 	actual.Rules, actual.Routes = g.routing()
-	desired := HostConfig{Enabled: g.enabled(), Limits: g.limits(true), Sysctls: g.sysctls()}
+	desired := reconcile.HostConfig{Enabled: g.enabled(), Limits: g.limits(true), Sysctls: g.sysctls()}
 	ids := 0
 	if g.chance(3) {
 		ids = 10
@@ -214,7 +216,7 @@ func checkPlan(t *testing.T, data []byte) {
 	desired.Rules, desired.Routes = g.routing()
 	actual.Foreign, actual.ForeignRoutes = g.foreign(desired, actual)
 
-	k := NewFakeKernel(route.Range{})
+	k := fakekernel.New(route.Range{})
 	if err := k.Load(actual); err != nil {
 		t.Fatalf("load %+v: %v", actual, err)
 	}
@@ -225,11 +227,11 @@ func checkPlan(t *testing.T, data []byte) {
 	}
 	verr := desired.Validate()
 	if verr == nil {
-		desired, _ = AvoidForeign(desired, read)
+		desired, _ = reconcile.AvoidForeign(desired, read)
 	}
-	ops, err := Plan(desired, read)
+	ops, err := reconcile.Plan(desired, read)
 	if verr != nil {
-		if err == nil || !errors.Is(err, ErrInvalid) {
+		if err == nil || !errors.Is(err, reconcile.ErrInvalid) {
 			t.Fatalf("invalid desired (%v) planned: %v, %v", verr, ops, err)
 		}
 		return
@@ -237,16 +239,16 @@ func checkPlan(t *testing.T, data []byte) {
 	if err != nil {
 		t.Fatalf("Plan: %v", err)
 	}
-	conflicts := Conflicts(desired, read)
+	conflicts := reconcile.Conflicts(desired, read)
 
 	lastRouting, firstEndpointAdd := -1, len(ops)
 	for i, op := range ops {
 		switch op.Kind {
-		case AddRoute, AddRule:
+		case reconcile.AddRoute, reconcile.AddRule:
 			lastRouting = i
-		case AddEndpoint:
+		case reconcile.AddEndpoint:
 			firstEndpointAdd = min(firstEndpointAdd, i)
-		case DelEndpoint:
+		case reconcile.DelEndpoint:
 			if firstEndpointAdd < i {
 				t.Fatalf("endpoint deleted after one was added:\n%v", ops)
 			}
@@ -262,7 +264,7 @@ func checkPlan(t *testing.T, data []byte) {
 			step += int(data[len(data)-1]) % len(ops)
 		}
 		k.FailAt(step, errInjected)
-		if err := Apply(ctx, k, ops); !errors.Is(err, errInjected) {
+		if err := reconcile.Apply(ctx, k, ops); !errors.Is(err, errInjected) {
 			t.Fatalf("Apply with failure at %d = %v", step, err)
 		}
 		if d := cmp.Diff(before, k.Snapshot(), cmpOpts); d != "" {
@@ -271,7 +273,7 @@ func checkPlan(t *testing.T, data []byte) {
 		k.FailOn(nil)
 	}
 
-	if err := Apply(ctx, k, ops); err != nil {
+	if err := reconcile.Apply(ctx, k, ops); err != nil {
 		t.Fatalf("Apply:\n%v\n%v", ops, err)
 	}
 	after, err := k.Read(ctx, desired)
@@ -281,12 +283,12 @@ func checkPlan(t *testing.T, data []byte) {
 	if got, want := text(after, false), text(wantState(desired, after), false); got != want {
 		t.Fatalf("state after apply:\n%s\nwant:\n%s\nplan:\n%v", got, want, ops)
 	}
-	if again, err := Plan(desired, after); err != nil || len(again) != 0 {
+	if again, err := reconcile.Plan(desired, after); err != nil || len(again) != 0 {
 		t.Fatalf("second plan = %v, %v; want none", again, err)
 	}
 	// The foreign entries not adopted are all still there, untouched, and
 	// there is nothing left to adopt.
-	if d := cmp.Diff(conflicts, Conflicts(desired, after), cmpOpts); d != "" {
+	if d := cmp.Diff(conflicts, reconcile.Conflicts(desired, after), cmpOpts); d != "" {
 		t.Fatalf("foreign entries changed (-before +after):\n%s\nplan:\n%v", d, ops)
 	}
 	if n := len(after.Foreign) + len(after.ForeignRoutes); n != len(conflicts) {

@@ -155,29 +155,15 @@ func (c HostConfig) Validate() error {
 	return nil
 }
 
-// The flags the kernel knows, and those SET_FLAGS changes in place.
-const (
-	knownFlags   = mptcp.FlagSignal | mptcp.FlagSubflow | mptcp.FlagBackup | mptcp.FlagFullmesh | mptcp.FlagImplicit | mptcp.FlagLaminar
-	mutableFlags = mptcp.FlagBackup | mptcp.FlagFullmesh
-)
+// mutableFlags are the flags SET_FLAGS changes in place.
+const mutableFlags = mptcp.MutableFlags
 
-// validateEndpoint applies the kernel's ADD_ADDR checks (net/mptcp/pm_kernel.c).
+// validateEndpoint applies the kernel's ADD_ADDR checks (net/mptcp/pm_kernel.c)
+// as mptcp.Endpoint.Validate states them: the one rule for flags and port that
+// policy.ValidatePolicy asks too, so that what the API accepts every agent adds.
 func validateEndpoint(e mptcp.Endpoint) error {
-	switch {
-	case !e.Addr.IsValid():
-		return fmt.Errorf("no address: %w", ErrInvalid)
-	case e.Addr.Zone() != "":
-		return fmt.Errorf("%s: zones are not supported: %w", e.Addr, ErrInvalid)
-	case e.Flags&^knownFlags != 0:
-		return fmt.Errorf("%s: unknown flags %v: %w", e.Addr, e.Flags&^knownFlags, ErrInvalid)
-	case e.Flags&mptcp.FlagImplicit != 0:
-		return fmt.Errorf("%s: implicit endpoints are made by the kernel only: %w", e.Addr, ErrInvalid)
-	case e.Flags&mptcp.FlagSignal != 0 && e.Flags&mptcp.FlagFullmesh != 0:
-		return fmt.Errorf("%s: flags signal and fullmesh cannot be combined: %w", e.Addr, ErrInvalid)
-	case e.Port != 0 && e.Flags&(mptcp.FlagSignal|mptcp.FlagSubflow) != mptcp.FlagSignal:
-		return fmt.Errorf("%s port %d: a port needs flag signal without subflow: %w", e.Addr, e.Port, ErrInvalid)
-	case e.IfIndex < 0:
-		return fmt.Errorf("%s: interface index %d: %w", e.Addr, e.IfIndex, ErrInvalid)
+	if err := e.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
 }

@@ -46,7 +46,7 @@ const (
 // LegacyRuleProtocol and LegacyRouteProtocol are the protocols mpfleet's rules
 // and routes carried before Protocol. An entry with one of them that is
 // exactly what mpfleet wants is adopted (re-made with Protocol, see
-// Manager.SetRuleProtocol) rather than reported as foreign, so that agents
+// routenl.Manager.SetRuleProtocol) rather than reported as foreign, so that agents
 // that upgrade take over what their predecessors made.
 const (
 	LegacyRuleProtocol  = ProtoUnspec

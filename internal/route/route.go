@@ -1,13 +1,14 @@
-// Package route manages mpfleet's source-based policy routing: for each managed
+// Package route models mpfleet's source-based policy routing: for each managed
 // local address a rule `from ADDR lookup TABLE priority P` and, in that table,
 // the address's connected route and a default route through the interface's
-// gateway. It talks rtnetlink directly (never `ip`), and it only ever adds,
-// changes or deletes rules and routes inside the table-id and rule-priority
-// Range that mpfleet owns and that carry mpfleet's routing protocol number,
-// Protocol. Everything outside the range belongs to someone else and is left
-// alone; an entry inside it without Protocol is foreign (ForeignRule,
-// ForeignRoute): it is listed, so that it can be reported, and never changed
-// or deleted.
+// gateway. mpfleet only ever adds, changes or deletes rules and routes inside
+// the table-id and rule-priority Range that it owns and that carry its routing
+// protocol number, Protocol. Everything outside the range belongs to someone
+// else and is left alone; an entry inside it without Protocol is foreign
+// (ForeignRule, ForeignRoute): it is listed, so that it can be reported, and
+// never changed or deleted. The rtnetlink driver that does this (never `ip`)
+// is package routenl, so that code that only models routing links no netlink
+// code.
 package route
 
 import (
@@ -120,9 +121,6 @@ func (r Range) OwnsRule(x Rule) bool { return r.HasPriority(x.Priority) && r.Has
 // OverlapsRule reports whether rule x's priority or the table it looks up
 // lies in the range: such a rule that is not mpfleet's is foreign.
 func (r Range) OverlapsRule(x Rule) bool { return r.HasPriority(x.Priority) || r.HasTable(x.Table) }
-
-// OwnsRoute reports whether route x is inside the range.
-func (r Range) OwnsRoute(x Route) bool { return r.HasTable(x.Table) }
 
 // CheckRule returns an error wrapping ErrOutOfRange or ErrInvalid unless x is
 // a well-formed rule inside the range.

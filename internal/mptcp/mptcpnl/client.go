@@ -1,7 +1,13 @@
-package mptcp
+// Package mptcpnl talks to the kernel's MPTCP path manager through the
+// mptcp_pm generic netlink family (endpoints, limits, events) and lists MPTCP
+// connections through sock_diag. The types it takes and returns, and the
+// error classes its errors match, are package mptcp's.
+package mptcpnl
 
 import (
 	"fmt"
+
+	"github.com/mpfleet/mpfleet/internal/mptcp"
 )
 
 // DialOptions configure Dial and DialEvents. A nil *DialOptions means the
@@ -38,19 +44,15 @@ func (c *Client) Close() error { return c.c.close() }
 
 // Endpoints returns all endpoints of the namespace (a GET_ADDR dump), sorted
 // by ID.
-func (c *Client) Endpoints() ([]Endpoint, error) { return c.c.endpoints() }
-
-// Endpoint returns the endpoint with the given ID; ErrEndpointNotFound
-// (os.ErrNotExist) if there is none.
-func (c *Client) Endpoint(id uint8) (Endpoint, error) { return c.c.endpoint(id) }
+func (c *Client) Endpoints() ([]mptcp.Endpoint, error) { return c.c.endpoints() }
 
 // AddEndpoint adds e. With e.ID 0 the kernel chooses the ID; any other ID is
 // used as given. e is checked with Validate first. Errors: ErrEndpointExists
 // (os.ErrExist) for a duplicate address or ID, ErrTooManyEndpoints when the
 // namespace already holds MaxEndpoints, ErrInvalid for what the kernel refuses.
-func (c *Client) AddEndpoint(e Endpoint) error {
+func (c *Client) AddEndpoint(e mptcp.Endpoint) error {
 	if err := e.Validate(); err != nil {
-		return &OpError{Op: addOp(e), Err: err}
+		return &mptcp.OpError{Op: addOp(e), Err: err}
 	}
 	return c.c.addEndpoint(e)
 }
@@ -59,7 +61,7 @@ func (c *Client) AddEndpoint(e Endpoint) error {
 // the subflows that use it. ErrEndpointNotFound if there is none.
 func (c *Client) DeleteEndpoint(id uint8) error {
 	if id == 0 {
-		return &OpError{Op: "mptcp delete endpoint id 0", Err: invalidf("id 0 is not an endpoint ID")}
+		return &mptcp.OpError{Op: "mptcp delete endpoint id 0", Err: invalidf("id 0 is not an endpoint ID")}
 	}
 	return c.c.deleteEndpoint(id)
 }
@@ -73,25 +75,25 @@ func (c *Client) FlushEndpoints() error { return c.c.flushEndpoints() }
 // and the caller must delete and re-add the endpoint. FlagImplicit is ignored
 // in the comparison. Fullmesh cannot be set on a signal or implicit endpoint.
 // The endpoint is read first, so a missing one gives ErrEndpointNotFound.
-func (c *Client) SetEndpointFlags(id uint8, f Flags) error {
+func (c *Client) SetEndpointFlags(id uint8, f mptcp.Flags) error {
 	if id == 0 {
-		return &OpError{Op: setFlagsOp(id, f), Err: invalidf("id 0 is not an endpoint ID")}
+		return &mptcp.OpError{Op: setFlagsOp(id, f), Err: invalidf("id 0 is not an endpoint ID")}
 	}
 	return c.c.setEndpointFlags(id, f)
 }
 
 // Limits returns the in-kernel path manager's limits.
-func (c *Client) Limits() (Limits, error) { return c.c.limits() }
+func (c *Client) Limits() (mptcp.Limits, error) { return c.c.limits() }
 
 // SetLimits sets both limits. Values above MaxLimit are refused with
 // ErrInvalid before anything is sent.
-func (c *Client) SetLimits(l Limits) error {
+func (c *Client) SetLimits(l mptcp.Limits) error {
 	op := fmt.Sprintf("mptcp set limits subflows %d add_addr_accepted %d", l.Subflows, l.AddAddrAccepted)
-	if l.Subflows > MaxLimit {
-		return &OpError{Op: op, Err: invalidf("subflows %d above the kernel maximum %d", l.Subflows, MaxLimit)}
+	if l.Subflows > mptcp.MaxLimit {
+		return &mptcp.OpError{Op: op, Err: invalidf("subflows %d above the kernel maximum %d", l.Subflows, mptcp.MaxLimit)}
 	}
-	if l.AddAddrAccepted > MaxLimit {
-		return &OpError{Op: op, Err: invalidf("add_addr_accepted %d above the kernel maximum %d", l.AddAddrAccepted, MaxLimit)}
+	if l.AddAddrAccepted > mptcp.MaxLimit {
+		return &mptcp.OpError{Op: op, Err: invalidf("add_addr_accepted %d above the kernel maximum %d", l.AddAddrAccepted, mptcp.MaxLimit)}
 	}
 	return c.c.setLimits(l, op)
 }
@@ -99,9 +101,9 @@ func (c *Client) SetLimits(l Limits) error {
 // Connections lists the namespace's MPTCP connections (every state but
 // LISTEN) through sock_diag, IPv4 and IPv6 sockets alike, sorted by local and
 // then remote address.
-func (c *Client) Connections() ([]Connection, error) { return c.c.connections() }
+func (c *Client) Connections() ([]mptcp.Connection, error) { return c.c.connections() }
 
-func addOp(e Endpoint) string {
+func addOp(e mptcp.Endpoint) string {
 	op := "mptcp add endpoint " + e.Addr.String()
 	if e.Port != 0 {
 		op += fmt.Sprintf(" port %d", e.Port)
@@ -112,7 +114,7 @@ func addOp(e Endpoint) string {
 	return op
 }
 
-func setFlagsOp(id uint8, f Flags) string {
+func setFlagsOp(id uint8, f mptcp.Flags) string {
 	s := fmt.Sprintf("mptcp set endpoint id %d flags", id)
 	if f == 0 {
 		return s + " none"

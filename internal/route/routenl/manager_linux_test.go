@@ -1,4 +1,4 @@
-package route
+package routenl
 
 import (
 	"errors"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/mpfleet/mpfleet/internal/nstest"
+	"github.com/mpfleet/mpfleet/internal/route"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -95,6 +96,19 @@ func (l *lab) rawRules(t *testing.T) string {
 	return b.String()
 }
 
+// render returns m's rules and routes as route.Render prints them.
+func render(m *Manager) (string, error) {
+	rules, err := m.Rules()
+	if err != nil {
+		return "", err
+	}
+	routes, err := m.Routes()
+	if err != nil {
+		return "", err
+	}
+	return route.Render(rules, routes), nil
+}
+
 func TestIntegrationOwnedRangeOnly(t *testing.T) {
 	l := newLab(t)
 	i1 := l.veth(t, "veth1", "198.18.1.2/24", "2001:db8:1::2/64")
@@ -121,13 +135,13 @@ func TestIntegrationOwnedRangeOnly(t *testing.T) {
 	}
 	foreignRules := l.rawRules(t)
 
-	if got, err := l.m.Render(); err != nil || got != "" {
+	if got, err := render(l.m); err != nil || got != "" {
 		t.Fatalf("owned state with only foreign rules = %q, %v; want empty", got, err)
 	}
 
-	s4 := Source{Addr: netip.MustParsePrefix("198.18.1.2/24"), LinkIndex: i1, Gateway: netip.MustParseAddr("198.18.1.1"), Table: 7100, Priority: 7100}
-	s6 := Source{Addr: netip.MustParsePrefix("2001:db8:1::2/64"), LinkIndex: i1, Gateway: netip.MustParseAddr("fe80::1"), Table: 7101, Priority: 7101}
-	for _, s := range []Source{s4, s6} {
+	s4 := route.Source{Addr: netip.MustParsePrefix("198.18.1.2/24"), LinkIndex: i1, Gateway: netip.MustParseAddr("198.18.1.1"), Table: 7100, Priority: 7100}
+	s6 := route.Source{Addr: netip.MustParsePrefix("2001:db8:1::2/64"), LinkIndex: i1, Gateway: netip.MustParseAddr("fe80::1"), Table: 7101, Priority: 7101}
+	for _, s := range []route.Source{s4, s6} {
 		if err := l.m.AddRule(s.Rule()); err != nil {
 			t.Fatal(err)
 		}
@@ -137,8 +151,8 @@ func TestIntegrationOwnedRangeOnly(t *testing.T) {
 			}
 		}
 	}
-	want := Render([]Rule{s4.Rule(), s6.Rule()}, append(s4.Routes(), s6.Routes()...))
-	got, err := l.m.Render()
+	want := route.Render([]route.Rule{s4.Rule(), s6.Rule()}, append(s4.Routes(), s6.Routes()...))
+	got, err := render(l.m)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,14 +171,14 @@ func TestIntegrationOwnedRangeOnly(t *testing.T) {
 			t.Errorf("duplicate route %v: %v, want os.ErrExist", r, err)
 		}
 	}
-	missing4 := Route{Table: 7102, Dst: netip.MustParsePrefix("198.18.9.0/24"), LinkIndex: i1, Scope: ScopeLink}
-	missing6 := Route{Table: 7102, Dst: netip.MustParsePrefix("2001:db8:9::/64"), LinkIndex: i1}
-	for _, r := range []Route{missing4, missing6} {
+	missing4 := route.Route{Table: 7102, Dst: netip.MustParsePrefix("198.18.9.0/24"), LinkIndex: i1, Scope: route.ScopeLink}
+	missing6 := route.Route{Table: 7102, Dst: netip.MustParsePrefix("2001:db8:9::/64"), LinkIndex: i1}
+	for _, r := range []route.Route{missing4, missing6} {
 		if err := l.m.DeleteRoute(r); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("delete missing route %v: %v, want os.ErrNotExist", r, err)
 		}
 	}
-	if err := l.m.DeleteRule(Rule{Priority: 7190, Src: netip.MustParsePrefix("198.18.9.9/32"), Table: 7190}); !errors.Is(err, os.ErrNotExist) {
+	if err := l.m.DeleteRule(route.Rule{Priority: 7190, Src: netip.MustParsePrefix("198.18.9.9/32"), Table: 7190}); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("delete missing rule: %v, want os.ErrNotExist", err)
 	}
 
@@ -173,15 +187,15 @@ func TestIntegrationOwnedRangeOnly(t *testing.T) {
 		name string
 		err  error
 	}{
-		{"delete foreign rule", l.m.DeleteRule(Rule{Priority: 100, Src: netip.MustParsePrefix("198.18.1.2/32"), Table: 100})},
-		{"delete rule into foreign table", l.m.DeleteRule(Rule{Priority: 7150, Src: netip.MustParsePrefix("198.18.1.3/32"), Table: 100})},
-		{"delete rule at foreign priority", l.m.DeleteRule(Rule{Priority: 5000, Src: netip.MustParsePrefix("198.18.1.4/32"), Table: 7150})},
-		{"add rule at foreign priority", l.m.AddRule(Rule{Priority: 32000, Src: netip.MustParsePrefix("198.18.1.2/32"), Table: 7100})},
-		{"delete foreign route", l.m.DeleteRoute(Route{Table: 100, Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: netip.MustParseAddr("198.18.1.1"), LinkIndex: i1})},
-		{"add route to main", l.m.AddRoute(Route{Table: 254, Dst: netip.MustParsePrefix("198.18.7.0/24"), LinkIndex: i1, Scope: ScopeLink})},
+		{"delete foreign rule", l.m.DeleteRule(route.Rule{Priority: 100, Src: netip.MustParsePrefix("198.18.1.2/32"), Table: 100})},
+		{"delete rule into foreign table", l.m.DeleteRule(route.Rule{Priority: 7150, Src: netip.MustParsePrefix("198.18.1.3/32"), Table: 100})},
+		{"delete rule at foreign priority", l.m.DeleteRule(route.Rule{Priority: 5000, Src: netip.MustParsePrefix("198.18.1.4/32"), Table: 7150})},
+		{"add rule at foreign priority", l.m.AddRule(route.Rule{Priority: 32000, Src: netip.MustParsePrefix("198.18.1.2/32"), Table: 7100})},
+		{"delete foreign route", l.m.DeleteRoute(route.Route{Table: 100, Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: netip.MustParseAddr("198.18.1.1"), LinkIndex: i1})},
+		{"add route to main", l.m.AddRoute(route.Route{Table: 254, Dst: netip.MustParsePrefix("198.18.7.0/24"), LinkIndex: i1, Scope: route.ScopeLink})},
 	}
 	for _, o := range outside {
-		if !errors.Is(o.err, ErrOutOfRange) {
+		if !errors.Is(o.err, route.ErrOutOfRange) {
 			t.Errorf("%s: %v, want ErrOutOfRange", o.name, o.err)
 		}
 	}
@@ -205,7 +219,7 @@ func TestIntegrationOwnedRangeOnly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, err := l.m.Render(); err != nil || got != "" {
+	if got, err := render(l.m); err != nil || got != "" {
 		t.Fatalf("after deleting all owned state: %q, %v; want empty", got, err)
 	}
 	if got := l.rawRules(t); got != foreignRules {
@@ -241,7 +255,7 @@ func TestIntegrationSourceRoutingSteersTraffic(t *testing.T) {
 		if rs := get(); rs[0].LinkIndex != i1 {
 			t.Fatalf("before policy routing, %s from %s leaves by link %d, want %d (main default)", tt.dst, src.Addr(), rs[0].LinkIndex, i1)
 		}
-		s := Source{Addr: src, LinkIndex: i2, Gateway: netip.MustParseAddr(tt.gw), Table: 7120, Priority: 7120}
+		s := route.Source{Addr: src, LinkIndex: i2, Gateway: netip.MustParseAddr(tt.gw), Table: 7120, Priority: 7120}
 		if err := l.m.AddRule(s.Rule()); err != nil {
 			t.Fatal(err)
 		}
@@ -257,52 +271,12 @@ func TestIntegrationSourceRoutingSteersTraffic(t *testing.T) {
 	}
 }
 
-func TestIntegrationGateway(t *testing.T) {
-	l := newLab(t)
-	i1 := l.veth(t, "veth1", "198.18.1.2/24", "2001:db8:1::2/64")
-	i2 := l.veth(t, "veth2", "198.18.2.2/24", "2001:db8:2::2/64")
-	i3 := l.veth(t, "veth3", "198.18.3.2/24", "2001:db8:3::2/64")
-	// veth1: default routes (the v4 one with a second, less specific route
-	// too); veth2: only routes to some prefix through a gateway; veth3: only
-	// its connected routes.
-	l.mainRoute(t, "0.0.0.0/0", "198.18.1.1", i1)
-	l.mainRoute(t, "198.19.0.0/16", "198.18.1.254", i1)
-	l.mainRoute(t, "::/0", "fe80::1", i1)
-	l.mainRoute(t, "198.19.128.0/24", "198.18.2.1", i2)
-	l.mainRoute(t, "2001:db8:ff::/48", "2001:db8:2::1", i2)
-
-	tests := []struct {
-		link int
-		fam  Family
-		want string // "" for none
-	}{
-		{i1, FamilyV4, "198.18.1.1"},
-		{i1, FamilyV6, "fe80::1"},
-		{i2, FamilyV4, "198.18.2.1"},
-		{i2, FamilyV6, "2001:db8:2::1"},
-		{i3, FamilyV4, ""},
-		{i3, FamilyV6, ""},
-	}
-	for _, tt := range tests {
-		got, err := l.m.Gateway(tt.link, tt.fam)
-		if tt.want == "" {
-			if !errors.Is(err, os.ErrNotExist) {
-				t.Errorf("Gateway(%d, %v) = %v, %v; want os.ErrNotExist", tt.link, tt.fam, got, err)
-			}
-			continue
-		}
-		if err != nil || got != netip.MustParseAddr(tt.want) {
-			t.Errorf("Gateway(%d, %v) = %v, %v; want %s", tt.link, tt.fam, got, err, tt.want)
-		}
-	}
-}
-
 func TestIntegrationOpenCurrentNamespace(t *testing.T) {
 	l := newLab(t)
 	idx := l.veth(t, "veth1", "198.18.1.2/24")
 	// Opened from inside the namespace, with no NetNS, a Manager works there.
 	err := l.ns.Do(func() error {
-		m, err := Open(&Options{Range: Range{TableMin: 300, TableMax: 301, PriorityMin: 300, PriorityMax: 301}})
+		m, err := Open(&Options{Range: route.Range{TableMin: 300, TableMax: 301, PriorityMin: 300, PriorityMax: 301}})
 		if err != nil {
 			return err
 		}
@@ -314,16 +288,16 @@ func TestIntegrationOpenCurrentNamespace(t *testing.T) {
 		if names[idx] != "veth1" {
 			t.Errorf("LinkNames()[%d] = %q, want veth1", idx, names[idx])
 		}
-		if err := m.AddRule(Rule{Priority: 7100, Src: netip.MustParsePrefix("198.18.1.2/32"), Table: 300}); !errors.Is(err, ErrOutOfRange) {
+		if err := m.AddRule(route.Rule{Priority: 7100, Src: netip.MustParsePrefix("198.18.1.2/32"), Table: 300}); !errors.Is(err, route.ErrOutOfRange) {
 			t.Errorf("rule outside a custom range: %v, want ErrOutOfRange", err)
 		}
-		return m.AddRule(Rule{Priority: 301, Src: netip.MustParsePrefix("198.18.1.2/32"), Table: 300})
+		return m.AddRule(route.Rule{Priority: 301, Src: netip.MustParsePrefix("198.18.1.2/32"), Table: 300})
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// The default-range Manager does not see the rule of the custom range.
-	if got, err := l.m.Render(); err != nil || got != "" {
+	if got, err := render(l.m); err != nil || got != "" {
 		t.Fatalf("default range sees %q, %v; want nothing", got, err)
 	}
 }
@@ -331,7 +305,7 @@ func TestIntegrationOpenCurrentNamespace(t *testing.T) {
 // rawProtocols renders, for every rule whose priority is in r and every route
 // in r's tables, "rule PRIO proto N" and "route TABLE DST proto N", straight
 // from the kernel.
-func (l *lab) rawProtocols(t *testing.T, r Range) []string {
+func (l *lab) rawProtocols(t *testing.T, r route.Range) []string {
 	t.Helper()
 	rules, err := l.h.RuleList(netlink.FAMILY_ALL)
 	if err != nil {
@@ -361,9 +335,9 @@ func (l *lab) rawProtocols(t *testing.T, r Range) []string {
 func TestIntegrationProtocol(t *testing.T) {
 	l := newLab(t)
 	i1 := l.veth(t, "veth1", "198.18.1.2/24", "2001:db8:1::2/64")
-	s4 := Source{Addr: netip.MustParsePrefix("198.18.1.2/24"), LinkIndex: i1, Gateway: netip.MustParseAddr("198.18.1.1"), Table: 7100, Priority: 7100}
-	s6 := Source{Addr: netip.MustParsePrefix("2001:db8:1::2/64"), LinkIndex: i1, Gateway: netip.MustParseAddr("fe80::1"), Table: 7101, Priority: 7101}
-	for _, s := range []Source{s4, s6} {
+	s4 := route.Source{Addr: netip.MustParsePrefix("198.18.1.2/24"), LinkIndex: i1, Gateway: netip.MustParseAddr("198.18.1.1"), Table: 7100, Priority: 7100}
+	s6 := route.Source{Addr: netip.MustParsePrefix("2001:db8:1::2/64"), LinkIndex: i1, Gateway: netip.MustParseAddr("fe80::1"), Table: 7101, Priority: 7101}
+	for _, s := range []route.Source{s4, s6} {
 		for _, r := range s.Routes() {
 			if err := l.m.AddRoute(r); err != nil {
 				t.Fatal(err)
@@ -373,7 +347,7 @@ func TestIntegrationProtocol(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	raw := l.rawProtocols(t, DefaultRange)
+	raw := l.rawProtocols(t, route.DefaultRange)
 	if len(raw) != 6 {
 		t.Fatalf("raw dump of the range: %q, want 2 rules and 4 routes", raw)
 	}
@@ -392,7 +366,7 @@ func TestIntegrationProtocol(t *testing.T) {
 }
 
 // handRule adds a rule as `ip rule add` does (protocol unspec unless p).
-func (l *lab) handRule(t *testing.T, prio int, src string, table int, p Proto, mutate ...func(*netlink.Rule)) {
+func (l *lab) handRule(t *testing.T, prio int, src string, table int, p route.Proto, mutate ...func(*netlink.Rule)) {
 	t.Helper()
 	nr := netlink.NewRule()
 	nr.Priority, nr.Table, nr.Protocol = prio, table, uint8(p)
@@ -424,13 +398,13 @@ func (l *lab) handRoute(t *testing.T, nr *netlink.Route) {
 func TestIntegrationForeignEntries(t *testing.T) {
 	l := newLab(t)
 	i1 := l.veth(t, "veth1", "198.18.1.2/24", "2001:db8:1::2/64")
-	l.handRule(t, 7150, "198.18.1.3/32", 100, ProtoUnspec)                        // in our priorities, someone's table
-	l.handRule(t, 5000, "198.18.1.4/32", 7150, ProtoBoot)                         // someone's priority, our table
-	l.handRule(t, 7151, "", 7151, Protocol, func(r *netlink.Rule) { r.Mark = 1 }) // our protocol, not our shape
+	l.handRule(t, 7150, "198.18.1.3/32", 100, route.ProtoUnspec)                        // in our priorities, someone's table
+	l.handRule(t, 5000, "198.18.1.4/32", 7150, route.ProtoBoot)                         // someone's priority, our table
+	l.handRule(t, 7151, "", 7151, route.Protocol, func(r *netlink.Rule) { r.Mark = 1 }) // our protocol, not our shape
 	l.handRoute(t, &netlink.Route{LinkIndex: i1, Table: 7150, Dst: toIPNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: net.ParseIP("198.18.1.1")})
 	l.handRoute(t, &netlink.Route{Table: 7150, Dst: toIPNet(netip.MustParsePrefix("198.18.9.0/24")), Type: unix.RTN_UNREACHABLE})
-	l.handRoute(t, &netlink.Route{LinkIndex: i1, Table: 7152, Dst: toIPNet(netip.MustParsePrefix("2001:db8:9::/64")), Priority: 100, Protocol: netlink.RouteProtocol(Protocol)})
-	before := l.rawProtocols(t, DefaultRange)
+	l.handRoute(t, &netlink.Route{LinkIndex: i1, Table: 7152, Dst: toIPNet(netip.MustParsePrefix("2001:db8:9::/64")), Priority: 100, Protocol: netlink.RouteProtocol(route.Protocol)})
+	before := l.rawProtocols(t, route.DefaultRange)
 
 	d, err := l.m.Dump()
 	if err != nil {
@@ -460,7 +434,7 @@ func TestIntegrationForeignEntries(t *testing.T) {
 
 	// Deleting what looks like them finds nothing of mpfleet's.
 	for _, f := range d.ForeignRules {
-		if !DefaultRange.OwnsRule(f.Rule) || !f.Src.IsValid() {
+		if !route.DefaultRange.OwnsRule(f.Rule) || !f.Src.IsValid() {
 			continue
 		}
 		if err := l.m.DeleteRule(f.Rule); !errors.Is(err, os.ErrNotExist) {
@@ -477,15 +451,15 @@ func TestIntegrationForeignEntries(t *testing.T) {
 	}
 	// An add where a foreign route holds the destination fails; nothing is
 	// overwritten.
-	other := Route{Table: 7150, Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: netip.MustParseAddr("198.18.1.254"), LinkIndex: i1}
+	other := route.Route{Table: 7150, Dst: netip.MustParsePrefix("0.0.0.0/0"), Gateway: netip.MustParseAddr("198.18.1.254"), LinkIndex: i1}
 	if err := l.m.AddRoute(other); !errors.Is(err, os.ErrExist) {
 		t.Errorf("add over a foreign route: %v, want os.ErrExist", err)
 	}
 	// Neither may the protocol of a foreign entry be changed.
-	if err := l.m.SetRouteProtocol(d.ForeignRoutes[0].Route, ProtoBoot, Protocol); !errors.Is(err, ErrInvalid) {
+	if err := l.m.SetRouteProtocol(d.ForeignRoutes[0].Route, route.ProtoBoot, route.Protocol); !errors.Is(err, route.ErrInvalid) {
 		t.Errorf("adopt a hand-made (proto boot) route: %v, want ErrInvalid", err)
 	}
-	if got := l.rawProtocols(t, DefaultRange); !slices.Equal(got, before) {
+	if got := l.rawProtocols(t, route.DefaultRange); !slices.Equal(got, before) {
 		t.Errorf("the range changed:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(before, "\n"))
 	}
 }
@@ -496,28 +470,28 @@ func TestIntegrationForeignEntries(t *testing.T) {
 func TestIntegrationAdoptLegacy(t *testing.T) {
 	l := newLab(t)
 	i1 := l.veth(t, "veth1", "198.18.1.2/24", "2001:db8:1::2/64")
-	s4 := Source{Addr: netip.MustParsePrefix("198.18.1.2/24"), LinkIndex: i1, Gateway: netip.MustParseAddr("198.18.1.1"), Table: 7160, Priority: 7160}
-	s6 := Source{Addr: netip.MustParsePrefix("2001:db8:1::2/64"), LinkIndex: i1, Gateway: netip.MustParseAddr("2001:db8:1::1"), Table: 7161, Priority: 7161}
-	for _, s := range []Source{s4, s6} {
+	s4 := route.Source{Addr: netip.MustParsePrefix("198.18.1.2/24"), LinkIndex: i1, Gateway: netip.MustParseAddr("198.18.1.1"), Table: 7160, Priority: 7160}
+	s6 := route.Source{Addr: netip.MustParsePrefix("2001:db8:1::2/64"), LinkIndex: i1, Gateway: netip.MustParseAddr("2001:db8:1::1"), Table: 7161, Priority: 7161}
+	for _, s := range []route.Source{s4, s6} {
 		// As agents before Protocol made them: routes proto static, the rule
 		// without a protocol.
 		for _, r := range s.Routes() {
-			l.handRoute(t, toNetlinkRoute(r, ProtoStatic))
+			l.handRoute(t, toNetlinkRoute(r, route.ProtoStatic))
 		}
-		l.handRule(t, s.Priority, s.Rule().Src.String(), s.Table, ProtoUnspec)
+		l.handRule(t, s.Priority, s.Rule().Src.String(), s.Table, route.ProtoUnspec)
 	}
-	legacy := l.rawProtocols(t, DefaultRange)
+	legacy := l.rawProtocols(t, route.DefaultRange)
 	d, err := l.m.Dump()
 	if err != nil || len(d.Rules)+len(d.Routes) != 0 || len(d.ForeignRules) != 2 || len(d.ForeignRoutes) != 4 {
 		t.Fatalf("Dump = %+v, %v; want the legacy entries as foreign", d, err)
 	}
 
-	for _, s := range []Source{s4, s6} {
-		if err := l.m.SetRuleProtocol(s.Rule(), LegacyRuleProtocol, Protocol); err != nil {
+	for _, s := range []route.Source{s4, s6} {
+		if err := l.m.SetRuleProtocol(s.Rule(), route.LegacyRuleProtocol, route.Protocol); err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range s.Routes() {
-			if err := l.m.SetRouteProtocol(r, LegacyRouteProtocol, Protocol); err != nil {
+			if err := l.m.SetRouteProtocol(r, route.LegacyRouteProtocol, route.Protocol); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -526,11 +500,11 @@ func TestIntegrationAdoptLegacy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Render([]Rule{s4.Rule(), s6.Rule()}, append(s4.Routes(), s6.Routes()...))
-	if got := Render(d.Rules, d.Routes); got != want || len(d.ForeignRules)+len(d.ForeignRoutes) != 0 {
+	want := route.Render([]route.Rule{s4.Rule(), s6.Rule()}, append(s4.Routes(), s6.Routes()...))
+	if got := route.Render(d.Rules, d.Routes); got != want || len(d.ForeignRules)+len(d.ForeignRoutes) != 0 {
 		t.Fatalf("after adoption: own\n%s\nforeign %v %v\nwant own\n%s", got, d.ForeignRules, d.ForeignRoutes, want)
 	}
-	raw := l.rawProtocols(t, DefaultRange)
+	raw := l.rawProtocols(t, route.DefaultRange)
 	if len(raw) != 6 {
 		t.Fatalf("raw after adoption: %q, want one of each", raw)
 	}
@@ -540,22 +514,22 @@ func TestIntegrationAdoptLegacy(t *testing.T) {
 		}
 	}
 	// Adopting again: there is nothing legacy left.
-	if err := l.m.SetRuleProtocol(s4.Rule(), LegacyRuleProtocol, Protocol); !errors.Is(err, os.ErrExist) {
+	if err := l.m.SetRuleProtocol(s4.Rule(), route.LegacyRuleProtocol, route.Protocol); !errors.Is(err, os.ErrExist) {
 		t.Errorf("adopt twice: %v, want os.ErrExist", err)
 	}
 
 	// The undo gives them back as they were.
-	for _, s := range []Source{s4, s6} {
-		if err := l.m.SetRuleProtocol(s.Rule(), Protocol, LegacyRuleProtocol); err != nil {
+	for _, s := range []route.Source{s4, s6} {
+		if err := l.m.SetRuleProtocol(s.Rule(), route.Protocol, route.LegacyRuleProtocol); err != nil {
 			t.Fatal(err)
 		}
 		for _, r := range s.Routes() {
-			if err := l.m.SetRouteProtocol(r, Protocol, LegacyRouteProtocol); err != nil {
+			if err := l.m.SetRouteProtocol(r, route.Protocol, route.LegacyRouteProtocol); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	if got := l.rawProtocols(t, DefaultRange); !slices.Equal(got, legacy) {
+	if got := l.rawProtocols(t, route.DefaultRange); !slices.Equal(got, legacy) {
 		t.Errorf("after the undo:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(legacy, "\n"))
 	}
 
@@ -563,14 +537,14 @@ func TestIntegrationAdoptLegacy(t *testing.T) {
 	// with a look-alike beside it.
 	moved := s4.Routes()[1]
 	moved.Gateway = netip.MustParseAddr("198.18.1.254")
-	if err := l.m.SetRouteProtocol(moved, LegacyRouteProtocol, Protocol); !errors.Is(err, os.ErrNotExist) {
+	if err := l.m.SetRouteProtocol(moved, route.LegacyRouteProtocol, route.Protocol); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("adopt a route that differs: %v, want os.ErrNotExist", err)
 	}
-	l.handRule(t, s4.Priority, s4.Rule().Src.String(), s4.Table, ProtoBoot, func(r *netlink.Rule) { r.Mark = 7 })
-	if err := l.m.SetRuleProtocol(s4.Rule(), LegacyRuleProtocol, Protocol); !errors.Is(err, ErrConflict) {
+	l.handRule(t, s4.Priority, s4.Rule().Src.String(), s4.Table, route.ProtoBoot, func(r *netlink.Rule) { r.Mark = 7 })
+	if err := l.m.SetRuleProtocol(s4.Rule(), route.LegacyRuleProtocol, route.Protocol); !errors.Is(err, route.ErrConflict) {
 		t.Errorf("adopt a rule with a look-alike: %v, want ErrConflict", err)
 	}
-	if err := l.m.SetRuleProtocol(s6.Rule(), ProtoBoot, Protocol); !errors.Is(err, ErrInvalid) {
+	if err := l.m.SetRuleProtocol(s6.Rule(), route.ProtoBoot, route.Protocol); !errors.Is(err, route.ErrInvalid) {
 		t.Errorf("adopt from proto boot: %v, want ErrInvalid", err)
 	}
 }

@@ -1,4 +1,4 @@
-package mptcp
+package mptcpnl
 
 import (
 	"bytes"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/mpfleet/mpfleet/internal/mptcp"
 )
 
 // The decoders read bytes the kernel (or anyone who can send to the socket)
@@ -14,10 +15,10 @@ import (
 // encode→decode round trip unchanged.
 
 func FuzzDecodeEndpoint(f *testing.F) {
-	for _, e := range []Endpoint{
-		{ID: 1, Addr: netip.MustParseAddr("198.18.1.2"), Flags: FlagSubflow | FlagBackup, IfIndex: 3},
-		{ID: 255, Addr: netip.MustParseAddr("2001:db8::1"), Port: 443, Flags: FlagSignal},
-		{Addr: netip.MustParseAddr("::ffff:198.18.0.1"), Flags: FlagImplicit | FlagLaminar, IfIndex: -1},
+	for _, e := range []mptcp.Endpoint{
+		{ID: 1, Addr: netip.MustParseAddr("198.18.1.2"), Flags: mptcp.FlagSubflow | mptcp.FlagBackup, IfIndex: 3},
+		{ID: 255, Addr: netip.MustParseAddr("2001:db8::1"), Port: 443, Flags: mptcp.FlagSignal},
+		{Addr: netip.MustParseAddr("::ffff:198.18.0.1"), Flags: mptcp.FlagImplicit | mptcp.FlagLaminar, IfIndex: -1},
 	} {
 		b, err := encodeEndpoint(e)
 		if err != nil {
@@ -51,13 +52,13 @@ func FuzzDecodeEndpoint(f *testing.F) {
 }
 
 func FuzzDecodeEvent(f *testing.F) {
-	for _, e := range []Event{
-		{Type: EventCreated, Token: 7, Family: afInet, Saddr: netip.MustParseAddr("198.18.1.1"),
+	for _, e := range []mptcp.Event{
+		{Type: mptcp.EventCreated, Token: 7, Family: afInet, Saddr: netip.MustParseAddr("198.18.1.1"),
 			Daddr: netip.MustParseAddr("198.18.1.2"), Sport: 40000, Dport: 5201, ServerSide: true},
-		{Type: EventSubClosed, Token: 9, Family: afInet6, LocID: 2, RemID: 1, Saddr: netip.MustParseAddr("2001:db8::1"),
+		{Type: mptcp.EventSubClosed, Token: 9, Family: afInet6, LocID: 2, RemID: 1, Saddr: netip.MustParseAddr("2001:db8::1"),
 			Daddr: netip.MustParseAddr("2001:db8::2"), Sport: 1, Dport: 65535, Backup: true, Error: 104,
 			IfIndex: 4, ResetReason: 1, ResetFlags: 1},
-		{Type: EventAnnounced, Token: 1, RemID: 3, Daddr: netip.MustParseAddr("198.18.2.2"), Dport: 80, Timeout: 120, Flags: 1},
+		{Type: mptcp.EventAnnounced, Token: 1, RemID: 3, Daddr: netip.MustParseAddr("198.18.2.2"), Dport: 80, Timeout: 120, Flags: 1},
 	} {
 		b, err := encodeEvent(e)
 		if err != nil {
@@ -68,7 +69,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(uint8(0), []byte{})
 	f.Add(uint8(3), []byte{5, 0, 9, 0, 1})
 	f.Fuzz(func(t *testing.T, typ uint8, b []byte) {
-		e, err := decodeEvent(EventType(typ), b)
+		e, err := decodeEvent(mptcp.EventType(typ), b)
 		if err != nil {
 			return
 		}
@@ -77,7 +78,7 @@ func FuzzDecodeEvent(f *testing.F) {
 		if err != nil {
 			t.Fatalf("encode %+v: %v", e, err)
 		}
-		e2, err := decodeEvent(EventType(typ), b2)
+		e2, err := decodeEvent(mptcp.EventType(typ), b2)
 		if err != nil {
 			t.Fatalf("decode of encoded %+v: %v", e, err)
 		}
@@ -91,7 +92,7 @@ func FuzzDecodeMPTCPInfo(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(make([]byte, 43))
 	f.Add(bytes.Repeat([]byte{0xff}, mptcpInfoLen+8))
-	f.Add(encodeMPTCPInfo(Info{Subflows: 1, Flags: 1, Token: 5, BytesSent: 1 << 50, LastAckRecv: 3}))
+	f.Add(encodeMPTCPInfo(mptcp.Info{Subflows: 1, Flags: 1, Token: 5, BytesSent: 1 << 50, LastAckRecv: 3}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		i := decodeMPTCPInfo(b)
 		if i.Fallback != (i.Flags&1 != 0) {

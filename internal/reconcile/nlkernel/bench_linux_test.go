@@ -1,4 +1,4 @@
-package reconcile
+package nlkernel
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/reconcile/kerneltest"
 	"github.com/mpfleet/mpfleet/internal/route"
 )
 
@@ -15,16 +17,16 @@ import (
 // of eight endpoints (both families on four links), a policy-routing rule and
 // two routes for each, limits and three sysctls — and the state a fresh
 // namespace starts from, to reset to.
-func benchConfigs(b testing.TB, l *lab) (desired, reset HostConfig) {
-	desired = HostConfig{
+func benchConfigs(l *lab) (desired, reset reconcile.HostConfig) {
+	desired = reconcile.HostConfig{
 		Enabled: ptr(true),
 		Limits:  &mptcp.Limits{Subflows: 8, AddAddrAccepted: 8},
 		Sysctls: map[string]string{"net.mptcp.add_addr_timeout": "60", "net.mptcp.checksum_enabled": "1", "net.mptcp.stale_loss_cnt": "6"},
 	}
 	for i := range 4 {
-		desired = withSources(desired, mptcp.FlagSubflow, l.source(b, i, false, i), l.source(b, i, true, 10+i))
+		desired = kerneltest.WithSources(desired, mptcp.FlagSubflow, l.links[i].Source(false, i), l.links[i].Source(true, 10+i))
 	}
-	reset = HostConfig{
+	reset = reconcile.HostConfig{
 		Enabled: ptr(true),
 		Limits:  &mptcp.Limits{Subflows: 2},
 		Sysctls: map[string]string{"net.mptcp.add_addr_timeout": "120", "net.mptcp.checksum_enabled": "0", "net.mptcp.stale_loss_cnt": "4"},
@@ -33,8 +35,8 @@ func benchConfigs(b testing.TB, l *lab) (desired, reset HostConfig) {
 }
 
 // mustReconcile applies c and fails the benchmark on error.
-func (l *lab) mustReconcile(b *testing.B, c HostConfig) Ops {
-	ops, err := l.reconcile(b, l.k, c)
+func (l *lab) mustReconcile(b *testing.B, c reconcile.HostConfig) reconcile.Ops {
+	ops, err := kerneltest.Reconcile(b, l.k, c)
 	if err != nil {
 		b.Fatalf("apply:\n%v\n%v", ops, err)
 	}
@@ -44,7 +46,7 @@ func (l *lab) mustReconcile(b *testing.B, c HostConfig) Ops {
 // reset brings the lab back to the fresh state, outside the timer. It
 // flushes the endpoints first: each endpoint deletion waits for an RCU grace
 // period in the kernel (8-17 ms measured here), a flush waits once.
-func (l *lab) reset(b *testing.B, reset HostConfig) {
+func (l *lab) reset(b *testing.B, reset reconcile.HostConfig) {
 	if err := l.k.mp.FlushEndpoints(); err != nil {
 		b.Fatal(err)
 	}
@@ -52,12 +54,12 @@ func (l *lab) reset(b *testing.B, reset HostConfig) {
 }
 
 // mustHold fails the benchmark unless the kernel holds desired.
-func (l *lab) mustHold(b *testing.B, desired HostConfig) {
+func (l *lab) mustHold(b *testing.B, desired reconcile.HostConfig) {
 	got, err := l.k.Read(context.Background(), desired)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if g, w := text(got, false), text(wantState(desired, got), false); g != w {
+	if g, w := kerneltest.Text(got, false), kerneltest.Text(kerneltest.WantState(desired, got), false); g != w {
 		b.Fatalf("kernel holds\n%s\nwant\n%s", g, w)
 	}
 }
@@ -66,7 +68,7 @@ func (l *lab) mustHold(b *testing.B, desired HostConfig) {
 // benchmark state through netlink: read the state, plan, apply.
 func BenchmarkApplyFromEmpty(b *testing.B) {
 	l := newLab(b, 4)
-	desired, reset := benchConfigs(b, l)
+	desired, reset := benchConfigs(l)
 	var n int
 	b.ResetTimer()
 	for range b.N {
@@ -83,20 +85,21 @@ func BenchmarkApplyFromEmpty(b *testing.B) {
 
 // BenchmarkApplyIPCommands does the same as BenchmarkApplyFromEmpty the way
 // the MPTCP guides do, one `ip -n NS …` or `ip netns exec NS sysctl …`
-// command per change (the same changes, in the same order, as the plan). It
-// is the only place mpfleet runs commands, and only as the comparison.
+// command per change (the same changes, in the same order, as the plan, rules
+// and routes with mpfleet's protocol). It is the only place mpfleet runs
+// commands, and only as the comparison.
 func BenchmarkApplyIPCommands(b *testing.B) {
 	l := newLab(b, 4)
 	if _, err := exec.LookPath("ip"); err != nil {
 		b.Skip("no ip command")
 	}
-	desired, reset := benchConfigs(b, l)
+	desired, reset := benchConfigs(l)
 	l.mustReconcile(b, reset)
 	actual, err := l.k.Read(context.Background(), desired)
 	if err != nil {
 		b.Fatal(err)
 	}
-	ops, err := Plan(desired, actual)
+	ops, err := reconcile.Plan(desired, actual)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -122,17 +125,17 @@ func BenchmarkApplyIPCommands(b *testing.B) {
 }
 
 // ipCommand is the `ip` (or sysctl) command doing op in namespace ns.
-func ipCommand(ns string, op Op, links map[int]string) []string {
+func ipCommand(ns string, op reconcile.Op, links map[int]string) []string {
 	ip := []string{"ip", "-n", ns}
 	if (op.Rule != nil && op.Rule.Canonical().Family == route.FamilyV6) || (op.Route != nil && op.Route.Family() == route.FamilyV6) {
 		ip = []string{"ip", "-6", "-n", ns}
 	}
 	switch op.Kind {
-	case SetSysctl:
+	case reconcile.SetSysctl:
 		return []string{"ip", "netns", "exec", ns, "sysctl", "-q", "-w", op.Sysctl + "=" + op.Value}
-	case SetLimits:
+	case reconcile.SetLimits:
 		return append(ip, "mptcp", "limits", "set", "subflow", strconv.Itoa(int(op.Limits.Subflows)), "add_addr_accepted", strconv.Itoa(int(op.Limits.AddAddrAccepted)))
-	case AddEndpoint:
+	case reconcile.AddEndpoint:
 		e := op.Endpoint
 		c := append(ip, "mptcp", "endpoint", "add", e.Addr.String(), "id", strconv.Itoa(int(e.ID)))
 		for _, f := range []struct {
@@ -147,10 +150,11 @@ func ipCommand(ns string, op Op, links map[int]string) []string {
 			c = append(c, "dev", links[e.IfIndex])
 		}
 		return c
-	case AddRule:
+	case reconcile.AddRule:
 		r := op.Rule
-		return append(ip, "rule", "add", "from", r.Src.String(), "lookup", strconv.Itoa(r.Table), "priority", strconv.Itoa(r.Priority))
-	case AddRoute:
+		return append(ip, "rule", "add", "from", r.Src.String(), "lookup", strconv.Itoa(r.Table), "priority", strconv.Itoa(r.Priority),
+			"protocol", strconv.Itoa(int(route.Protocol)))
+	case reconcile.AddRoute:
 		r := op.Route
 		dst := r.Dst.String()
 		if r.Dst.Bits() == 0 {
@@ -160,7 +164,7 @@ func ipCommand(ns string, op Op, links map[int]string) []string {
 		if r.Gateway.IsValid() {
 			c = append(c, "via", r.Gateway.String())
 		}
-		c = append(c, "dev", links[r.LinkIndex], "table", strconv.Itoa(r.Table))
+		c = append(c, "dev", links[r.LinkIndex], "table", strconv.Itoa(r.Table), "proto", strconv.Itoa(int(route.Protocol)))
 		if r.Src.IsValid() {
 			c = append(c, "src", r.Src.String())
 		}
@@ -176,7 +180,7 @@ func ipCommand(ns string, op Op, links map[int]string) []string {
 // read the state, plan, find nothing to do.
 func BenchmarkResyncUnchanged(b *testing.B) {
 	l := newLab(b, 4)
-	desired, _ := benchConfigs(b, l)
+	desired, _ := benchConfigs(l)
 	l.mustReconcile(b, desired)
 	ctx := context.Background()
 	b.ResetTimer()
@@ -185,7 +189,7 @@ func BenchmarkResyncUnchanged(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		ops, err := Plan(desired, actual)
+		ops, err := reconcile.Plan(desired, actual)
 		if err != nil || len(ops) != 0 {
 			b.Fatalf("plan = %v, %v; want no ops", ops, err)
 		}

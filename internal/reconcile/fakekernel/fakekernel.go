@@ -1,4 +1,7 @@
-package reconcile
+// Package fakekernel is an in-memory reconcile.Kernel for tests, held to the
+// real kernel's rules by the same conformance suite (kerneltest) as
+// nlkernel.
+package fakekernel
 
 import (
 	"context"
@@ -9,10 +12,11 @@ import (
 	"sync"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/reconcile"
 	"github.com/mpfleet/mpfleet/internal/route"
 )
 
-// FakeKernel is an in-memory Kernel for tests. It enforces the rules of the
+// Kernel is an in-memory reconcile.Kernel for tests. It enforces the rules of the
 // real one that matter to a plan: at most mptcp.MaxEndpoints endpoints,
 // unique endpoint addresses and IDs, in-place flag changes for backup and
 // fullmesh only, limits up to mptcp.MaxLimit, no duplicate rules or routes,
@@ -25,7 +29,7 @@ import (
 // match the same classes as the real kernel's (os.ErrExist,
 // os.ErrNotExist, mptcp.ErrTooManyEndpoints, route.ErrOutOfRange...). A
 // failure can be injected at any op. It is safe for concurrent use.
-type FakeKernel struct {
+type Kernel struct {
 	mu        sync.Mutex
 	rng       route.Range
 	sysctls   map[string]string
@@ -37,13 +41,13 @@ type FakeKernel struct {
 	foreignRt []route.ForeignRoute
 	links     map[int]string
 	calls     int
-	fail      func(n int, op Op) error
+	fail      func(n int, op reconcile.Op) error
 }
 
-// FakeDefaultSysctls are the net.mptcp sysctls of a fresh Linux 6.18
-// namespace, which NewFakeKernel starts with.
-var FakeDefaultSysctls = map[string]string{
-	SysctlEnabled:                               "1",
+// DefaultSysctls are the net.mptcp sysctls of a fresh Linux 6.18
+// namespace, which New starts with.
+var DefaultSysctls = map[string]string{
+	reconcile.SysctlEnabled:                     "1",
 	"net.mptcp.add_addr_timeout":                "120",
 	"net.mptcp.allow_join_initial_addr_port":    "1",
 	"net.mptcp.blackhole_timeout":               "3600",
@@ -56,17 +60,17 @@ var FakeDefaultSysctls = map[string]string{
 	"net.mptcp.syn_retrans_before_tcp_fallback": "2",
 }
 
-// NewFakeKernel returns a fake namespace as a fresh one looks: MPTCP enabled
+// New returns a fake namespace as a fresh one looks: MPTCP enabled
 // with the default sysctls, limits subflows 2 add_addr_accepted 0, no
 // endpoints, no owned rules or routes, and only "lo" (index 1). A zero rng
 // means route.DefaultRange.
-func NewFakeKernel(rng route.Range) *FakeKernel {
+func New(rng route.Range) *Kernel {
 	if rng == (route.Range{}) {
 		rng = route.DefaultRange
 	}
-	return &FakeKernel{
+	return &Kernel{
 		rng:       rng,
-		sysctls:   maps.Clone(FakeDefaultSysctls),
+		sysctls:   maps.Clone(DefaultSysctls),
 		limits:    mptcp.Limits{Subflows: 2},
 		endpoints: map[uint8]mptcp.Endpoint{},
 		rules:     map[route.Rule]bool{},
@@ -77,14 +81,14 @@ func NewFakeKernel(rng route.Range) *FakeKernel {
 
 // DropSysctl makes the fake a kernel that lacks the sysctl (full name), as
 // an older one does.
-func (f *FakeKernel) DropSysctl(name string) {
+func (f *Kernel) DropSysctl(name string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.sysctls, name)
 }
 
 // SetLinks replaces the interface names the fake reports.
-func (f *FakeKernel) SetLinks(links map[int]string) {
+func (f *Kernel) SetLinks(links map[int]string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.links = maps.Clone(links)
@@ -94,32 +98,32 @@ func (f *FakeKernel) SetLinks(links map[int]string) {
 // endpoints, rules and routes are added, its limits, Enabled and sysctls set
 // (sysctls it does not name keep their values). It does not count as ops and
 // never fails by injection; it fails if s breaks the kernel's rules.
-func (f *FakeKernel) Load(s State) error {
+func (f *Kernel) Load(s reconcile.State) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if s.Enabled != nil {
-		f.sysctls[SysctlEnabled] = boolValue(*s.Enabled)
+		f.sysctls[reconcile.SysctlEnabled] = boolValue(*s.Enabled)
 	}
 	for k, v := range s.Sysctls {
 		f.sysctls[k] = v
 	}
 	if s.Limits != nil {
-		if _, err := f.do(Op{Kind: SetLimits, Limits: s.Limits}); err != nil {
+		if _, err := f.do(reconcile.Op{Kind: reconcile.SetLimits, Limits: s.Limits}); err != nil {
 			return err
 		}
 	}
 	for _, e := range s.Endpoints {
-		if _, err := f.do(Op{Kind: AddEndpoint, Endpoint: ptr(e)}); err != nil {
+		if _, err := f.do(reconcile.Op{Kind: reconcile.AddEndpoint, Endpoint: ptr(e)}); err != nil {
 			return err
 		}
 	}
 	for _, r := range s.Rules {
-		if _, err := f.do(Op{Kind: AddRule, Rule: ptr(r)}); err != nil {
+		if _, err := f.do(reconcile.Op{Kind: reconcile.AddRule, Rule: ptr(r)}); err != nil {
 			return err
 		}
 	}
 	for _, r := range s.Routes {
-		if _, err := f.do(Op{Kind: AddRoute, Route: ptr(r)}); err != nil {
+		if _, err := f.do(reconcile.Op{Kind: reconcile.AddRoute, Route: ptr(r)}); err != nil {
 			return err
 		}
 	}
@@ -147,7 +151,7 @@ func (f *FakeKernel) Load(s State) error {
 }
 
 // ClearForeign removes every foreign rule and route, as their owner would.
-func (f *FakeKernel) ClearForeign() {
+func (f *Kernel) ClearForeign() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.foreign, f.foreignRt = nil, nil
@@ -156,7 +160,7 @@ func (f *FakeKernel) ClearForeign() {
 // FailOn makes Do call fn before each op, n counting Do calls from 1 (undo
 // ops included) since FailOn; a non-nil result fails the op unapplied.
 // FailOn(nil) stops the injection.
-func (f *FakeKernel) FailOn(fn func(n int, op Op) error) {
+func (f *Kernel) FailOn(fn func(n int, op reconcile.Op) error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fail = fn
@@ -164,8 +168,8 @@ func (f *FakeKernel) FailOn(fn func(n int, op Op) error) {
 }
 
 // FailAt makes the n-th Do call from now fail with err.
-func (f *FakeKernel) FailAt(n int, err error) {
-	f.FailOn(func(i int, _ Op) error {
+func (f *Kernel) FailAt(n int, err error) {
+	f.FailOn(func(i int, _ reconcile.Op) error {
 		if i == n {
 			return err
 		}
@@ -173,33 +177,33 @@ func (f *FakeKernel) FailAt(n int, err error) {
 	})
 }
 
-// Calls returns how many Do calls were made since NewFakeKernel or FailOn.
-func (f *FakeKernel) Calls() int {
+// Calls returns how many Do calls were made since New or FailOn.
+func (f *Kernel) Calls() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.calls
 }
 
 // Snapshot returns the whole state, every sysctl included.
-func (f *FakeKernel) Snapshot() State {
+func (f *Kernel) Snapshot() reconcile.State {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.read(slices.Collect(maps.Keys(f.sysctls)))
 }
 
-// Read implements Kernel.
-func (f *FakeKernel) Read(ctx context.Context, desired HostConfig) (State, error) {
+// Read implements reconcile.Kernel.
+func (f *Kernel) Read(ctx context.Context, desired reconcile.HostConfig) (reconcile.State, error) {
 	if err := ctx.Err(); err != nil {
-		return State{}, err
+		return reconcile.State{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.read(desired.SysctlNames()), nil
 }
 
-func (f *FakeKernel) read(sysctls []string) State {
-	s := State{
-		Enabled: ptr(f.sysctls[SysctlEnabled] == "1"),
+func (f *Kernel) read(sysctls []string) reconcile.State {
+	s := reconcile.State{
+		Enabled: ptr(f.sysctls[reconcile.SysctlEnabled] == "1"),
 		Limits:  ptr(f.limits),
 		Sysctls: map[string]string{},
 		Links:   maps.Clone(f.links),
@@ -229,7 +233,7 @@ func (f *FakeKernel) read(sysctls []string) State {
 
 // routeHeld reports whether a route of mpfleet's, or a foreign one with
 // metric 0, has key k: the kernel refuses another there.
-func (f *FakeKernel) routeHeld(k route.Key) bool {
+func (f *Kernel) routeHeld(k route.Key) bool {
 	if _, ok := f.routes[k]; ok {
 		return true
 	}
@@ -241,186 +245,186 @@ func (f *FakeKernel) routeHeld(k route.Key) bool {
 	return false
 }
 
-// Do implements Kernel.
-func (f *FakeKernel) Do(ctx context.Context, op Op) (Op, error) {
+// Do implements reconcile.Kernel.
+func (f *Kernel) Do(ctx context.Context, op reconcile.Op) (reconcile.Op, error) {
 	if err := ctx.Err(); err != nil {
-		return Op{}, err
+		return reconcile.Op{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
 	if f.fail != nil {
 		if err := f.fail(f.calls, op); err != nil {
-			return Op{}, fmt.Errorf("fake kernel: %s: %w", op, err)
+			return reconcile.Op{}, fmt.Errorf("fake kernel: %s: %w", op, err)
 		}
 	}
 	undo, err := f.do(op)
 	if err != nil {
-		return Op{}, fmt.Errorf("fake kernel: %s: %w", op, err)
+		return reconcile.Op{}, fmt.Errorf("fake kernel: %s: %w", op, err)
 	}
 	return undo, nil
 }
 
-func (f *FakeKernel) do(op Op) (Op, error) {
+func (f *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 	undo := op
 	switch op.Kind {
-	case SetSysctl:
+	case reconcile.SetSysctl:
 		old, ok := f.sysctls[op.Sysctl]
 		if !ok {
-			return Op{}, mptcp.ErrSysctlUnsupported
+			return reconcile.Op{}, mptcp.ErrSysctlUnsupported
 		}
-		if op.Sysctl == SysctlEnabled && op.Value != "0" && op.Value != "1" {
-			return Op{}, mptcp.ErrInvalid
+		if op.Sysctl == reconcile.SysctlEnabled && op.Value != "0" && op.Value != "1" {
+			return reconcile.Op{}, mptcp.ErrInvalid
 		}
-		f.sysctls[op.Sysctl] = normValue(op.Value)
+		f.sysctls[op.Sysctl] = reconcile.NormValue(op.Value)
 		undo.Value, undo.Old = old, op.Value
-	case SetLimits:
+	case reconcile.SetLimits:
 		if op.Limits == nil {
-			return Op{}, mptcp.ErrInvalid
+			return reconcile.Op{}, mptcp.ErrInvalid
 		}
 		if op.Limits.Subflows > mptcp.MaxLimit || op.Limits.AddAddrAccepted > mptcp.MaxLimit {
-			return Op{}, fmt.Errorf("limit greater than maximum: %w", mptcp.ErrInvalid)
+			return reconcile.Op{}, fmt.Errorf("limit greater than maximum: %w", mptcp.ErrInvalid)
 		}
 		undo.Limits, undo.OldLimits = ptr(f.limits), ptr(*op.Limits)
 		f.limits = *op.Limits
-	case AddEndpoint:
+	case reconcile.AddEndpoint:
 		if op.Endpoint == nil {
-			return Op{}, mptcp.ErrInvalid
+			return reconcile.Op{}, mptcp.ErrInvalid
 		}
 		e := *op.Endpoint
-		if err := validateEndpoint(e); err != nil {
-			return Op{}, fmt.Errorf("%w: %w", mptcp.ErrInvalid, err)
+		if err := e.Validate(); err != nil {
+			return reconcile.Op{}, err
 		}
 		for _, x := range f.endpoints {
 			if x.Addr == e.Addr {
-				return Op{}, mptcp.ErrEndpointExists
+				return reconcile.Op{}, mptcp.ErrEndpointExists
 			}
 		}
 		if len(f.endpoints) >= mptcp.MaxEndpoints {
-			return Op{}, mptcp.ErrTooManyEndpoints
+			return reconcile.Op{}, mptcp.ErrTooManyEndpoints
 		}
 		if e.ID == 0 {
 			for e.ID = 1; f.endpoints[e.ID].Addr.IsValid(); e.ID++ {
 			}
 		} else if _, dup := f.endpoints[e.ID]; dup {
-			return Op{}, mptcp.ErrEndpointExists
+			return reconcile.Op{}, mptcp.ErrEndpointExists
 		}
 		f.endpoints[e.ID] = e
-		undo.Kind, undo.Endpoint = DelEndpoint, ptr(e)
-	case DelEndpoint:
+		undo.Kind, undo.Endpoint = reconcile.DelEndpoint, ptr(e)
+	case reconcile.DelEndpoint:
 		if op.Endpoint == nil {
-			return Op{}, mptcp.ErrInvalid
+			return reconcile.Op{}, mptcp.ErrInvalid
 		}
 		e, ok := f.endpoints[op.Endpoint.ID]
 		if !ok {
-			return Op{}, mptcp.ErrEndpointNotFound
+			return reconcile.Op{}, mptcp.ErrEndpointNotFound
 		}
 		delete(f.endpoints, e.ID)
-		undo.Kind, undo.Endpoint = AddEndpoint, ptr(e)
-	case SetEndpointFlags:
+		undo.Kind, undo.Endpoint = reconcile.AddEndpoint, ptr(e)
+	case reconcile.SetEndpointFlags:
 		if op.Endpoint == nil {
-			return Op{}, mptcp.ErrInvalid
+			return reconcile.Op{}, mptcp.ErrInvalid
 		}
 		e, ok := f.endpoints[op.Endpoint.ID]
 		if !ok {
-			return Op{}, mptcp.ErrEndpointNotFound
+			return reconcile.Op{}, mptcp.ErrEndpointNotFound
 		}
-		if (e.Flags^op.Flags)&^(mutableFlags|mptcp.FlagImplicit) != 0 {
-			return Op{}, mptcp.ErrFlagsImmutable
+		if (e.Flags^op.Flags)&^(mptcp.MutableFlags|mptcp.FlagImplicit) != 0 {
+			return reconcile.Op{}, mptcp.ErrFlagsImmutable
 		}
 		if op.Flags&mptcp.FlagFullmesh != 0 && e.Flags&(mptcp.FlagSignal|mptcp.FlagImplicit) != 0 {
-			return Op{}, mptcp.ErrInvalid
+			return reconcile.Op{}, mptcp.ErrInvalid
 		}
 		n := e
-		n.Flags = e.Flags&^mutableFlags | op.Flags&mutableFlags
+		n.Flags = e.Flags&^mptcp.MutableFlags | op.Flags&mptcp.MutableFlags
 		f.endpoints[e.ID] = n
 		undo.Endpoint, undo.Flags = ptr(n), e.Flags
-	case AddRule, DelRule:
+	case reconcile.AddRule, reconcile.DelRule:
 		if op.Rule == nil {
-			return Op{}, route.ErrInvalid
+			return reconcile.Op{}, route.ErrInvalid
 		}
 		if err := f.rng.CheckRule(*op.Rule); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		r := op.Rule.Canonical()
-		if op.Kind == AddRule {
+		if op.Kind == reconcile.AddRule {
 			if f.rules[r] {
-				return Op{}, os.ErrExist
+				return reconcile.Op{}, os.ErrExist
 			}
 			f.rules[r] = true
-			undo.Kind = DelRule
+			undo.Kind = reconcile.DelRule
 		} else {
 			if !f.rules[r] {
-				return Op{}, os.ErrNotExist
+				return reconcile.Op{}, os.ErrNotExist
 			}
 			delete(f.rules, r)
-			undo.Kind = AddRule
+			undo.Kind = reconcile.AddRule
 		}
 		undo.Rule = ptr(r)
-	case AddRoute, DelRoute:
+	case reconcile.AddRoute, reconcile.DelRoute:
 		if op.Route == nil {
-			return Op{}, route.ErrInvalid
+			return reconcile.Op{}, route.ErrInvalid
 		}
 		if err := f.rng.CheckRoute(*op.Route); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		r := op.Route.Canonical()
 		cur, ok := f.routes[r.Key()]
-		if op.Kind == AddRoute {
+		if op.Kind == reconcile.AddRoute {
 			if f.routeHeld(r.Key()) {
-				return Op{}, os.ErrExist
+				return reconcile.Op{}, os.ErrExist
 			}
 			f.routes[r.Key()] = r
-			undo.Kind = DelRoute
+			undo.Kind = reconcile.DelRoute
 		} else {
 			if !ok || cur != r {
-				return Op{}, os.ErrNotExist
+				return reconcile.Op{}, os.ErrNotExist
 			}
 			delete(f.routes, r.Key())
-			undo.Kind = AddRoute
+			undo.Kind = reconcile.AddRoute
 		}
 		undo.Route = ptr(r)
-	case SetRuleProtocol:
+	case reconcile.SetRuleProtocol:
 		if op.Rule == nil {
-			return Op{}, route.ErrInvalid
+			return reconcile.Op{}, route.ErrInvalid
 		}
 		if err := f.rng.CheckRule(*op.Rule); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		if err := route.CheckAdoption(op.OldProtocol, op.Protocol, route.LegacyRuleProtocol); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		r := op.Rule.Canonical()
 		if err := f.setRuleProtocol(r, op.OldProtocol, op.Protocol); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		undo.Rule, undo.Protocol, undo.OldProtocol = ptr(r), op.OldProtocol, op.Protocol
-	case SetRouteProtocol:
+	case reconcile.SetRouteProtocol:
 		if op.Route == nil {
-			return Op{}, route.ErrInvalid
+			return reconcile.Op{}, route.ErrInvalid
 		}
 		if err := f.rng.CheckRoute(*op.Route); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		if err := route.CheckAdoption(op.OldProtocol, op.Protocol, route.LegacyRouteProtocol); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		r := op.Route.Canonical()
 		if err := f.setRouteProtocol(r, op.OldProtocol, op.Protocol); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		undo.Route, undo.Protocol, undo.OldProtocol = ptr(r), op.OldProtocol, op.Protocol
 	default:
-		return Op{}, fmt.Errorf("op kind %q: %w", op.Kind, ErrInvalid)
+		return reconcile.Op{}, fmt.Errorf("op kind %q: %w", op.Kind, reconcile.ErrInvalid)
 	}
 	return undo, nil
 }
 
 // setRuleProtocol moves rule r between mpfleet's and the foreign ones, as
-// route.Manager.SetRuleProtocol does: the one with protocol from must be
+// routenl.Manager.SetRuleProtocol does: the one with protocol from must be
 // there and none with to; adopted from unspec, it must be alone among the
 // foreign rules with its priority, source and table.
-func (f *FakeKernel) setRuleProtocol(r route.Rule, from, to route.Proto) error {
+func (f *Kernel) setRuleProtocol(r route.Rule, from, to route.Proto) error {
 	idx, others := -1, 0
 	for i, x := range f.foreign {
 		switch {
@@ -455,9 +459,9 @@ func (f *FakeKernel) setRuleProtocol(r route.Rule, from, to route.Proto) error {
 }
 
 // setRouteProtocol moves route r between mpfleet's and the foreign ones, as
-// route.Manager.SetRouteProtocol does: the table's route to r.Dst must be
+// routenl.Manager.SetRouteProtocol does: the table's route to r.Dst must be
 // exactly r with protocol from.
-func (f *FakeKernel) setRouteProtocol(r route.Route, from, to route.Proto) error {
+func (f *Kernel) setRouteProtocol(r route.Route, from, to route.Proto) error {
 	if from == route.Protocol {
 		if cur, ok := f.routes[r.Key()]; !ok || cur != r {
 			return os.ErrNotExist
@@ -487,4 +491,13 @@ func (f *FakeKernel) setRouteProtocol(r route.Route, from, to route.Proto) error
 	return nil
 }
 
-var _ Kernel = (*FakeKernel)(nil)
+var _ reconcile.Kernel = (*Kernel)(nil)
+
+func boolValue(v bool) string {
+	if v {
+		return "1"
+	}
+	return "0"
+}
+
+func ptr[T any](v T) *T { return &v }

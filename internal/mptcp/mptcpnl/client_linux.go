@@ -1,6 +1,6 @@
 //go:build linux
 
-package mptcp
+package mptcpnl
 
 import (
 	"cmp"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
+	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,7 +68,7 @@ func dial(opts *DialOptions) (*client, error) {
 	cfg := &netlink.Config{NetNS: opts.NetNS}
 	c, err := genetlink.Dial(cfg)
 	if err != nil {
-		return nil, &OpError{Op: "mptcp dial generic netlink", Err: err}
+		return nil, &mptcp.OpError{Op: "mptcp dial generic netlink", Err: err}
 	}
 	// Best effort: the kernel's extended acknowledgements explain errors.
 	_ = c.SetOption(netlink.ExtendedAcknowledge, true)
@@ -99,9 +100,9 @@ func getFamily(c *genetlink.Conn) (genetlink.Family, error) {
 	f, err := c.GetFamily(familyName)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return genetlink.Family{}, &OpError{
+			return genetlink.Family{}, &mptcp.OpError{
 				Op:  "mptcp dial",
-				Err: fmt.Errorf("%w: no generic netlink family %q (kernel without CONFIG_MPTCP?): %w", ErrUnsupported, familyName, err),
+				Err: fmt.Errorf("%w: no generic netlink family %q (kernel without CONFIG_MPTCP?): %w", mptcp.ErrUnsupported, familyName, err),
 			}
 		}
 		return genetlink.Family{}, kernelError("mptcp dial: get family "+familyName, err, nil)
@@ -135,7 +136,7 @@ func (c *client) execute(op string, cmd uint8, flags netlink.HeaderFlags, attrs 
 // kernelError turns an error of the netlink package into an *OpError whose
 // Err is the bare errno, joined with this package's class of it.
 func kernelError(op string, err error, classify func(unix.Errno) error) error {
-	oe := &OpError{Op: op, Err: err}
+	oe := &mptcp.OpError{Op: op, Err: err}
 	var ne *netlink.OpError
 	if errors.As(err, &ne) {
 		oe.Message = ne.Message
@@ -153,7 +154,7 @@ func kernelError(op string, err error, classify func(unix.Errno) error) error {
 	}
 	switch errno {
 	case unix.EINVAL:
-		oe.Err = classed(errno.Error(), errno, ErrInvalid)
+		oe.Err = classed(errno.Error(), errno, mptcp.ErrInvalid)
 	default:
 		oe.Err = errno
 	}
@@ -177,66 +178,66 @@ func (e *classedError) Unwrap() []error { return e.errs }
 // way the kernel answers EINVAL.
 func notFoundOnEINVAL(errno unix.Errno) error {
 	if errno == unix.EINVAL {
-		return classed(ErrEndpointNotFound.Error()+": "+errno.Error(), errno, ErrEndpointNotFound)
+		return classed(mptcp.ErrEndpointNotFound.Error()+": "+errno.Error(), errno, mptcp.ErrEndpointNotFound)
 	}
 	return nil
 }
 
-func (c *client) endpoints() ([]Endpoint, error) {
+func (c *client) endpoints() ([]mptcp.Endpoint, error) {
 	const op = "mptcp list endpoints"
 	msgs, err := c.execute(op, cmdGetAddr, flagsDump, nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	eps := make([]Endpoint, 0, len(msgs))
+	eps := make([]mptcp.Endpoint, 0, len(msgs))
 	for _, m := range msgs {
 		e, err := decodeEndpoint(m.Data)
 		if err != nil {
-			return nil, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+			return nil, &mptcp.OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
 		}
 		eps = append(eps, e)
 	}
-	slices.SortFunc(eps, func(a, b Endpoint) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(eps, func(a, b mptcp.Endpoint) int { return cmp.Compare(a.ID, b.ID) })
 	return eps, nil
 }
 
-func (c *client) endpoint(id uint8) (Endpoint, error) {
+func (c *client) endpoint(id uint8) (mptcp.Endpoint, error) {
 	op := fmt.Sprintf("mptcp get endpoint id %d", id)
 	if id == 0 {
-		return Endpoint{}, &OpError{Op: op, Err: invalidf("id 0 is not an endpoint ID")}
+		return mptcp.Endpoint{}, &mptcp.OpError{Op: op, Err: invalidf("id 0 is not an endpoint ID")}
 	}
-	attrs, err := encodeEndpoint(Endpoint{ID: id})
+	attrs, err := encodeEndpoint(mptcp.Endpoint{ID: id})
 	if err != nil {
-		return Endpoint{}, &OpError{Op: op, Err: err}
+		return mptcp.Endpoint{}, &mptcp.OpError{Op: op, Err: err}
 	}
 	msgs, err := c.execute(op, cmdGetAddr, flagsGet, attrs, notFoundOnEINVAL)
 	if err != nil {
-		return Endpoint{}, err
+		return mptcp.Endpoint{}, err
 	}
 	if len(msgs) != 1 {
-		return Endpoint{}, &OpError{Op: op, Err: fmt.Errorf("kernel sent %d replies, want 1", len(msgs))}
+		return mptcp.Endpoint{}, &mptcp.OpError{Op: op, Err: fmt.Errorf("kernel sent %d replies, want 1", len(msgs))}
 	}
 	e, err := decodeEndpoint(msgs[0].Data)
 	if err != nil {
-		return Endpoint{}, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+		return mptcp.Endpoint{}, &mptcp.OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
 	}
 	return e, nil
 }
 
-func (c *client) addEndpoint(e Endpoint) error {
+func (c *client) addEndpoint(e mptcp.Endpoint) error {
 	op := addOp(e)
 	attrs, err := encodeEndpoint(e)
 	if err != nil {
-		return &OpError{Op: op, Err: err}
+		return &mptcp.OpError{Op: op, Err: err}
 	}
 	_, err = c.execute(op, cmdAddAddr, flagsMutate, attrs, func(errno unix.Errno) error {
 		switch errno {
 		case unix.ERANGE:
-			return classed(fmt.Sprintf("%v (at most %d): %v", ErrTooManyEndpoints, MaxEndpoints, errno), errno, ErrTooManyEndpoints)
+			return classed(fmt.Sprintf("%v (at most %d): %v", mptcp.ErrTooManyEndpoints, mptcp.MaxEndpoints, errno), errno, mptcp.ErrTooManyEndpoints)
 		case unix.EEXIST:
-			return classed(errno.Error(), errno, ErrEndpointExists)
+			return classed(errno.Error(), errno, mptcp.ErrEndpointExists)
 		case unix.EBUSY: // the ID is taken
-			return classed(fmt.Sprintf("id %d in use: %v", e.ID, errno), errno, ErrEndpointExists)
+			return classed(fmt.Sprintf("id %d in use: %v", e.ID, errno), errno, mptcp.ErrEndpointExists)
 		}
 		return nil
 	})
@@ -245,9 +246,9 @@ func (c *client) addEndpoint(e Endpoint) error {
 
 func (c *client) deleteEndpoint(id uint8) error {
 	op := fmt.Sprintf("mptcp delete endpoint id %d", id)
-	attrs, err := encodeEndpoint(Endpoint{ID: id})
+	attrs, err := encodeEndpoint(mptcp.Endpoint{ID: id})
 	if err != nil {
-		return &OpError{Op: op, Err: err}
+		return &mptcp.OpError{Op: op, Err: err}
 	}
 	_, err = c.execute(op, cmdDelAddr, flagsMutate, attrs, notFoundOnEINVAL)
 	return err
@@ -258,71 +259,71 @@ func (c *client) flushEndpoints() error {
 	return err
 }
 
-func (c *client) setEndpointFlags(id uint8, f Flags) error {
+func (c *client) setEndpointFlags(id uint8, f mptcp.Flags) error {
 	op := setFlagsOp(id, f)
 	cur, err := c.endpoint(id)
 	if err != nil {
-		var oe *OpError
+		var oe *mptcp.OpError
 		if errors.As(err, &oe) {
 			oe.Op = op
 		}
 		return err
 	}
-	if f&^knownFlags != 0 {
-		return &OpError{Op: op, Err: invalidf("unknown flags %s", f&^knownFlags)}
+	if f&^mptcp.KnownFlags != 0 {
+		return &mptcp.OpError{Op: op, Err: invalidf("unknown flags %s", f&^mptcp.KnownFlags)}
 	}
-	if changed := (cur.Flags ^ f) &^ (MutableFlags | FlagImplicit); changed != 0 {
-		return &OpError{Op: op, Err: fmt.Errorf("%w: %s (endpoint has %q)", ErrFlagsImmutable, changed, cur.Flags.String())}
+	if changed := (cur.Flags ^ f) &^ (mptcp.MutableFlags | mptcp.FlagImplicit); changed != 0 {
+		return &mptcp.OpError{Op: op, Err: fmt.Errorf("%w: %s (endpoint has %q)", mptcp.ErrFlagsImmutable, changed, cur.Flags.String())}
 	}
-	if f&FlagFullmesh != 0 && cur.Flags&(FlagSignal|FlagImplicit) != 0 {
-		return &OpError{Op: op, Err: invalidf("fullmesh cannot be set on a signal or implicit endpoint (endpoint has %q)", cur.Flags.String())}
+	if f&mptcp.FlagFullmesh != 0 && cur.Flags&(mptcp.FlagSignal|mptcp.FlagImplicit) != 0 {
+		return &mptcp.OpError{Op: op, Err: invalidf("fullmesh cannot be set on a signal or implicit endpoint (endpoint has %q)", cur.Flags.String())}
 	}
-	if (cur.Flags^f)&MutableFlags == 0 {
+	if (cur.Flags^f)&mptcp.MutableFlags == 0 {
 		return nil // nothing to change
 	}
-	attrs, err := encodeEndpoint(Endpoint{ID: id, Flags: f &^ FlagImplicit})
+	attrs, err := encodeEndpoint(mptcp.Endpoint{ID: id, Flags: f &^ mptcp.FlagImplicit})
 	if err != nil {
-		return &OpError{Op: op, Err: err}
+		return &mptcp.OpError{Op: op, Err: err}
 	}
 	_, err = c.execute(op, cmdSetFlags, flagsMutate, attrs, notFoundOnEINVAL)
 	return err
 }
 
-func (c *client) limits() (Limits, error) {
+func (c *client) limits() (mptcp.Limits, error) {
 	const op = "mptcp get limits"
 	msgs, err := c.execute(op, cmdGetLimits, flagsGet, nil, nil)
 	if err != nil {
-		return Limits{}, err
+		return mptcp.Limits{}, err
 	}
 	if len(msgs) != 1 {
-		return Limits{}, &OpError{Op: op, Err: fmt.Errorf("kernel sent %d replies, want 1", len(msgs))}
+		return mptcp.Limits{}, &mptcp.OpError{Op: op, Err: fmt.Errorf("kernel sent %d replies, want 1", len(msgs))}
 	}
 	l, err := decodeLimits(msgs[0].Data)
 	if err != nil {
-		return Limits{}, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+		return mptcp.Limits{}, &mptcp.OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
 	}
 	return l, nil
 }
 
-func (c *client) setLimits(l Limits, op string) error {
+func (c *client) setLimits(l mptcp.Limits, op string) error {
 	attrs, err := encodeLimits(l)
 	if err != nil {
-		return &OpError{Op: op, Err: err}
+		return &mptcp.OpError{Op: op, Err: err}
 	}
 	_, err = c.execute(op, cmdSetLimits, flagsMutate, attrs, nil)
 	return err
 }
 
-func (c *client) connections() ([]Connection, error) {
+func (c *client) connections() ([]mptcp.Connection, error) {
 	const op = "mptcp list connections"
 	if c.diag == nil {
 		err := c.diagErr
 		if err == nil {
 			err = errors.New("no sock_diag socket")
 		}
-		return nil, &OpError{Op: op, Err: err}
+		return nil, &mptcp.OpError{Op: op, Err: err}
 	}
-	var conns []Connection
+	var conns []mptcp.Connection
 	for _, family := range []uint8{afInet, afInet6} {
 		msgs, err := c.diag.Execute(netlink.Message{
 			Header: netlink.Header{Type: sockDiagByFamily, Flags: flagsDump},
@@ -331,7 +332,7 @@ func (c *client) connections() ([]Connection, error) {
 		if err != nil {
 			return nil, kernelError(op, err, func(errno unix.Errno) error {
 				if errno == unix.ENOENT { // no MPTCP inet_diag handler
-					return classed(fmt.Sprintf("%v: no MPTCP sock_diag handler (CONFIG_INET_MPTCP_DIAG): %v", ErrUnsupported, errno), errno, ErrUnsupported)
+					return classed(fmt.Sprintf("%v: no MPTCP sock_diag handler (CONFIG_INET_MPTCP_DIAG): %v", mptcp.ErrUnsupported, errno), errno, mptcp.ErrUnsupported)
 				}
 				return nil
 			})
@@ -342,12 +343,12 @@ func (c *client) connections() ([]Connection, error) {
 			}
 			conn, err := decodeDiagMsg(m.Data)
 			if err != nil {
-				return nil, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+				return nil, &mptcp.OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
 			}
 			conns = append(conns, conn)
 		}
 	}
-	slices.SortFunc(conns, func(a, b Connection) int {
+	slices.SortFunc(conns, func(a, b mptcp.Connection) int {
 		if n := a.Local.Compare(b.Local); n != 0 {
 			return n
 		}
@@ -366,7 +367,7 @@ type eventConn struct {
 func dialEvents(opts *DialOptions) (*eventConn, error) {
 	c, err := genetlink.Dial(&netlink.Config{NetNS: opts.NetNS})
 	if err != nil {
-		return nil, &OpError{Op: "mptcp dial events", Err: err}
+		return nil, &mptcp.OpError{Op: "mptcp dial events", Err: err}
 	}
 	ec, err := initEventConn(c)
 	if err != nil {
@@ -394,25 +395,25 @@ func initEventConn(c *genetlink.Conn) (*eventConn, error) {
 			return &eventConn{c: c, family: f, group: g.ID}, nil
 		}
 	}
-	return nil, &OpError{Op: "mptcp dial events", Err: fmt.Errorf("%w: family %s has no multicast group %q", ErrUnsupported, familyName, eventsGroup)}
+	return nil, &mptcp.OpError{Op: "mptcp dial events", Err: fmt.Errorf("%w: family %s has no multicast group %q", mptcp.ErrUnsupported, familyName, eventsGroup)}
 }
 
-func (e *eventConn) receive() ([]Event, error) {
+func (e *eventConn) receive() ([]mptcp.Event, error) {
 	const op = "mptcp receive events"
 	gmsgs, _, err := e.c.Receive()
 	if err != nil {
 		if errors.Is(err, unix.ENOBUFS) {
-			return nil, &OpError{Op: op, Err: classed(ErrEventsLost.Error(), ErrEventsLost, unix.ENOBUFS)}
+			return nil, &mptcp.OpError{Op: op, Err: classed(mptcp.ErrEventsLost.Error(), mptcp.ErrEventsLost, unix.ENOBUFS)}
 		}
 		return nil, kernelError(op, err, nil)
 	}
-	evs := make([]Event, 0, len(gmsgs))
+	evs := make([]mptcp.Event, 0, len(gmsgs))
 	// Only the group this socket joined reaches it: every message is an
 	// mptcp_pm event.
 	for _, m := range gmsgs {
-		ev, err := decodeEvent(EventType(m.Header.Command), m.Data)
+		ev, err := decodeEvent(mptcp.EventType(m.Header.Command), m.Data)
 		if err != nil {
-			return nil, &OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+			return nil, &mptcp.OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
 		}
 		evs = append(evs, ev)
 	}
@@ -434,7 +435,7 @@ func encodeDiagRequest(family uint8) []byte {
 	b[0] = family
 	b[1] = ipprotoTCP
 	b[2] = 1 << (inetDiagInfo - 1)
-	ne.PutUint32(b[4:], ^uint32(0)&^(1<<uint32(StateListen)))
+	ne.PutUint32(b[4:], ^uint32(0)&^(1<<uint32(mptcp.StateListen)))
 	// The socket id (b[8:56]) stays zero: no filter; INET_DIAG_NOCOOKIE is not
 	// needed for dumps.
 	attr := make([]byte, 8)

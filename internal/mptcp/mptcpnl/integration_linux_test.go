@@ -1,6 +1,6 @@
 //go:build linux
 
-package mptcp
+package mptcpnl
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/nstest"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -34,7 +34,7 @@ func dialNS(t *testing.T, ns *nstest.NS) *Client {
 	t.Helper()
 	c, err := Dial(&DialOptions{NetNS: int(ns.Handle)})
 	if err != nil {
-		if errors.Is(err, ErrUnsupported) {
+		if errors.Is(err, mptcp.ErrUnsupported) {
 			nstest.Skip(t, fmt.Sprintf("kernel without MPTCP: %v", err))
 		}
 		t.Fatalf("Dial: %v", err)
@@ -121,13 +121,13 @@ func TestIntegrationDial(t *testing.T) {
 			return err
 		}
 		defer c0.Close()
-		if err := c0.AddEndpoint(Endpoint{ID: 9, Addr: netip.MustParseAddr("198.18.9.9"), Flags: FlagSubflow}); err != nil {
+		if err := c0.AddEndpoint(mptcp.Endpoint{ID: 9, Addr: netip.MustParseAddr("198.18.9.9"), Flags: mptcp.FlagSubflow}); err != nil {
 			return err
 		}
 		return nil
 	})
 	// ...and it was ns, not the namespace of the test.
-	if _, err := c.Endpoint(9); err != nil {
+	if _, err := c.c.endpoint(9); err != nil {
 		t.Errorf("endpoint added through Dial(nil) inside the namespace: %v", err)
 	}
 
@@ -176,9 +176,9 @@ func TestIntegrationEndpointFlagMatrix(t *testing.T) {
 	port := uint16(20000)
 	var accepted int
 	for _, addr := range []netip.Addr{netip.MustParseAddr("198.18.1.1"), netip.MustParseAddr("2001:db8:1::1")} {
-		for f := Flags(0); f <= knownFlags; f++ {
+		for f := mptcp.Flags(0); f <= mptcp.KnownFlags; f++ {
 			for _, withPort := range []bool{false, true} {
-				e := Endpoint{Addr: addr, Flags: f}
+				e := mptcp.Endpoint{Addr: addr, Flags: f}
 				if withPort {
 					port++
 					e.Port = port
@@ -196,7 +196,7 @@ func TestIntegrationEndpointFlagMatrix(t *testing.T) {
 					t.Errorf("%s: kernel says %v, Validate says %v", name, err, valid)
 				}
 				if err != nil {
-					if !errors.Is(err, ErrInvalid) {
+					if !errors.Is(err, mptcp.ErrInvalid) {
 						t.Errorf("%s: refusal %v does not match ErrInvalid", name, err)
 					}
 					continue
@@ -219,7 +219,7 @@ func TestIntegrationEndpointFlagMatrix(t *testing.T) {
 				if eps[0] != want {
 					t.Errorf("%s: dump gives %+v, want %+v", name, eps[0], want)
 				}
-				if got, err := c.Endpoint(want.ID); err != nil || got != want {
+				if got, err := c.c.endpoint(want.ID); err != nil || got != want {
 					t.Errorf("%s: Endpoint(%d) = %+v, %v; want %+v", name, want.ID, got, err, want)
 				}
 				if err := c.DeleteEndpoint(want.ID); err != nil {
@@ -230,7 +230,7 @@ func TestIntegrationEndpointFlagMatrix(t *testing.T) {
 	}
 	// 24 flag sets without a port and 4 with one (signal, ±backup, ±laminar),
 	// per family, on 6.18.
-	t.Logf("kernel accepted %d of %d endpoints", accepted, 2*2*int(knownFlags+1))
+	t.Logf("kernel accepted %d of %d endpoints", accepted, 2*2*int(mptcp.KnownFlags+1))
 	if accepted == 0 {
 		t.Fatal("the kernel accepted no endpoint at all")
 	}
@@ -243,9 +243,9 @@ func TestIntegrationEndpoints(t *testing.T) {
 	addAddr(t, ns, "m0", "2001:db8:1::1/64")
 	c := dialNS(t, ns)
 
-	v4 := Endpoint{Addr: netip.MustParseAddr("198.18.1.1"), Flags: FlagSubflow, IfIndex: idx}
-	v6 := Endpoint{ID: 42, Addr: netip.MustParseAddr("2001:db8:1::1"), Flags: FlagSignal | FlagBackup}
-	for _, e := range []Endpoint{v4, v6} {
+	v4 := mptcp.Endpoint{Addr: netip.MustParseAddr("198.18.1.1"), Flags: mptcp.FlagSubflow, IfIndex: idx}
+	v6 := mptcp.Endpoint{ID: 42, Addr: netip.MustParseAddr("2001:db8:1::1"), Flags: mptcp.FlagSignal | mptcp.FlagBackup}
+	for _, e := range []mptcp.Endpoint{v4, v6} {
 		if err := c.AddEndpoint(e); err != nil {
 			t.Fatal(err)
 		}
@@ -255,23 +255,23 @@ func TestIntegrationEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	v4.ID = 1 // the first ID the kernel gives in a fresh namespace
-	if diff := cmp.Diff([]Endpoint{v4, v6}, eps, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+	if diff := cmp.Diff([]mptcp.Endpoint{v4, v6}, eps, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
 		t.Errorf("endpoints (-want +got):\n%s", diff)
 	}
 
 	// Conflicts.
-	err = c.AddEndpoint(Endpoint{Addr: v4.Addr, Flags: FlagSignal})
-	if !errors.Is(err, os.ErrExist) || !errors.Is(err, ErrEndpointExists) ||
+	err = c.AddEndpoint(mptcp.Endpoint{Addr: v4.Addr, Flags: mptcp.FlagSignal})
+	if !errors.Is(err, os.ErrExist) || !errors.Is(err, mptcp.ErrEndpointExists) ||
 		!strings.HasPrefix(err.Error(), "mptcp add endpoint 198.18.1.1: file exists") {
 		t.Errorf("duplicate address: %v", err)
 	}
-	err = c.AddEndpoint(Endpoint{ID: 42, Addr: netip.MustParseAddr("198.18.1.7"), Flags: FlagSubflow})
+	err = c.AddEndpoint(mptcp.Endpoint{ID: 42, Addr: netip.MustParseAddr("198.18.1.7"), Flags: mptcp.FlagSubflow})
 	if !errors.Is(err, os.ErrExist) {
 		t.Errorf("duplicate id: %v", err)
 	}
 
 	// Absent ones.
-	if _, err := c.Endpoint(7); !errors.Is(err, os.ErrNotExist) || !errors.Is(err, ErrEndpointNotFound) {
+	if _, err := c.c.endpoint(7); !errors.Is(err, os.ErrNotExist) || !errors.Is(err, mptcp.ErrEndpointNotFound) {
 		t.Errorf("get missing: %v", err)
 	}
 	if err := c.DeleteEndpoint(7); !errors.Is(err, os.ErrNotExist) {
@@ -279,33 +279,33 @@ func TestIntegrationEndpoints(t *testing.T) {
 	}
 
 	// Signal with fullmesh: refused here, and the kernel agrees.
-	sf := Endpoint{Addr: netip.MustParseAddr("198.18.1.8"), Flags: FlagSignal | FlagFullmesh}
-	if err := c.AddEndpoint(sf); !errors.Is(err, ErrInvalid) {
+	sf := mptcp.Endpoint{Addr: netip.MustParseAddr("198.18.1.8"), Flags: mptcp.FlagSignal | mptcp.FlagFullmesh}
+	if err := c.AddEndpoint(sf); !errors.Is(err, mptcp.ErrInvalid) {
 		t.Errorf("signal+fullmesh: %v", err)
 	}
-	if err := c.c.addEndpoint(sf); !errors.Is(err, ErrInvalid) || !errors.Is(err, syscall.EINVAL) {
+	if err := c.c.addEndpoint(sf); !errors.Is(err, mptcp.ErrInvalid) || !errors.Is(err, syscall.EINVAL) {
 		t.Errorf("signal+fullmesh sent to the kernel: %v", err)
 	}
 
 	// Fill the namespace: 8 endpoints fit, the 9th does not.
-	for i := 3; i <= MaxEndpoints; i++ {
-		e := Endpoint{Addr: netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + i)}), Flags: FlagSubflow}
+	for i := 3; i <= mptcp.MaxEndpoints; i++ {
+		e := mptcp.Endpoint{Addr: netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + i)}), Flags: mptcp.FlagSubflow}
 		if err := c.AddEndpoint(e); err != nil {
 			t.Fatalf("endpoint %d: %v", i, err)
 		}
 	}
-	err = c.AddEndpoint(Endpoint{Addr: netip.MustParseAddr("198.18.1.99"), Flags: FlagSubflow})
-	if !errors.Is(err, ErrTooManyEndpoints) || !errors.Is(err, syscall.ERANGE) {
+	err = c.AddEndpoint(mptcp.Endpoint{Addr: netip.MustParseAddr("198.18.1.99"), Flags: mptcp.FlagSubflow})
+	if !errors.Is(err, mptcp.ErrTooManyEndpoints) || !errors.Is(err, syscall.ERANGE) {
 		t.Errorf("9th endpoint: %v", err)
 	}
-	if eps, err := c.Endpoints(); err != nil || len(eps) != MaxEndpoints {
+	if eps, err := c.Endpoints(); err != nil || len(eps) != mptcp.MaxEndpoints {
 		t.Errorf("after the 9th: %d endpoints, %v", len(eps), err)
 	}
 
 	if err := c.DeleteEndpoint(42); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Endpoint(42); !errors.Is(err, os.ErrNotExist) {
+	if _, err := c.c.endpoint(42); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("deleted endpoint still there: %v", err)
 	}
 	if err := c.FlushEndpoints(); err != nil {
@@ -323,26 +323,26 @@ func TestIntegrationEndpoints(t *testing.T) {
 func TestIntegrationSetEndpointFlags(t *testing.T) {
 	ns := nstest.New(t)
 	c := dialNS(t, ns)
-	sub := Endpoint{ID: 5, Addr: netip.MustParseAddr("198.18.1.5"), Flags: FlagSubflow}
-	sig := Endpoint{ID: 6, Addr: netip.MustParseAddr("2001:db8:1::6"), Flags: FlagSignal}
-	for _, e := range []Endpoint{sub, sig} {
+	sub := mptcp.Endpoint{ID: 5, Addr: netip.MustParseAddr("198.18.1.5"), Flags: mptcp.FlagSubflow}
+	sig := mptcp.Endpoint{ID: 6, Addr: netip.MustParseAddr("2001:db8:1::6"), Flags: mptcp.FlagSignal}
+	for _, e := range []mptcp.Endpoint{sub, sig} {
 		if err := c.AddEndpoint(e); err != nil {
 			t.Fatal(err)
 		}
 	}
-	flagsOf := func(id uint8) Flags {
+	flagsOf := func(id uint8) mptcp.Flags {
 		t.Helper()
-		e, err := c.Endpoint(id)
+		e, err := c.c.endpoint(id)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return e.Flags
 	}
-	for _, f := range []Flags{
-		FlagSubflow | FlagBackup,
-		FlagSubflow | FlagBackup | FlagFullmesh,
-		FlagSubflow | FlagFullmesh,
-		FlagSubflow,
+	for _, f := range []mptcp.Flags{
+		mptcp.FlagSubflow | mptcp.FlagBackup,
+		mptcp.FlagSubflow | mptcp.FlagBackup | mptcp.FlagFullmesh,
+		mptcp.FlagSubflow | mptcp.FlagFullmesh,
+		mptcp.FlagSubflow,
 	} {
 		if err := c.SetEndpointFlags(5, f); err != nil {
 			t.Fatalf("set %q: %v", f, err)
@@ -351,32 +351,32 @@ func TestIntegrationSetEndpointFlags(t *testing.T) {
 			t.Errorf("after set %q: %q", f, got)
 		}
 	}
-	if err := c.SetEndpointFlags(6, FlagSignal|FlagBackup); err != nil || flagsOf(6) != FlagSignal|FlagBackup {
+	if err := c.SetEndpointFlags(6, mptcp.FlagSignal|mptcp.FlagBackup); err != nil || flagsOf(6) != mptcp.FlagSignal|mptcp.FlagBackup {
 		t.Errorf("signal endpoint backup: %v, flags %q", err, flagsOf(6))
 	}
 
 	// Other flags cannot change in place: refused, with the flag named...
-	err := c.SetEndpointFlags(5, FlagSignal)
-	if !errors.Is(err, ErrFlagsImmutable) || !strings.Contains(err.Error(), ": signal subflow") {
+	err := c.SetEndpointFlags(5, mptcp.FlagSignal)
+	if !errors.Is(err, mptcp.ErrFlagsImmutable) || !strings.Contains(err.Error(), ": signal subflow") {
 		t.Errorf("subflow → signal: %v", err)
 	}
 	// ...because the kernel would say yes and change nothing.
-	attrs, err := encodeEndpoint(Endpoint{ID: 5, Flags: FlagSignal | FlagBackup})
+	attrs, err := encodeEndpoint(mptcp.Endpoint{ID: 5, Flags: mptcp.FlagSignal | mptcp.FlagBackup})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.c.execute("raw set flags", cmdSetFlags, flagsMutate, attrs, nil); err != nil {
 		t.Fatalf("raw SET_FLAGS: %v", err)
 	}
-	if got := flagsOf(5); got != FlagSubflow|FlagBackup {
+	if got := flagsOf(5); got != mptcp.FlagSubflow|mptcp.FlagBackup {
 		t.Errorf("raw SET_FLAGS signal|backup on a subflow endpoint gave %q; this test expects the kernel to change backup only", got)
 	}
 
 	// Fullmesh on a signal endpoint: refused here and by the kernel.
-	if err := c.SetEndpointFlags(6, FlagSignal|FlagFullmesh); !errors.Is(err, ErrInvalid) {
+	if err := c.SetEndpointFlags(6, mptcp.FlagSignal|mptcp.FlagFullmesh); !errors.Is(err, mptcp.ErrInvalid) {
 		t.Errorf("fullmesh on signal: %v", err)
 	}
-	attrs, err = encodeEndpoint(Endpoint{ID: 6, Flags: FlagSignal | FlagFullmesh})
+	attrs, err = encodeEndpoint(mptcp.Endpoint{ID: 6, Flags: mptcp.FlagSignal | mptcp.FlagFullmesh})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,7 +384,7 @@ func TestIntegrationSetEndpointFlags(t *testing.T) {
 		t.Errorf("raw SET_FLAGS fullmesh on a signal endpoint: %v, want EINVAL", err)
 	}
 
-	if err := c.SetEndpointFlags(77, FlagBackup); !errors.Is(err, os.ErrNotExist) {
+	if err := c.SetEndpointFlags(77, mptcp.FlagBackup); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing endpoint: %v", err)
 	}
 }
@@ -396,10 +396,10 @@ func TestIntegrationLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l != (Limits{Subflows: 2, AddAddrAccepted: 0}) {
+	if l != (mptcp.Limits{Subflows: 2, AddAddrAccepted: 0}) {
 		t.Errorf("defaults of a new namespace: %+v, want subflows 2 add_addr_accepted 0", l)
 	}
-	for _, want := range []Limits{{Subflows: 8, AddAddrAccepted: 8}, {Subflows: 0, AddAddrAccepted: 3}, {Subflows: 2, AddAddrAccepted: 2}} {
+	for _, want := range []mptcp.Limits{{Subflows: 8, AddAddrAccepted: 8}, {Subflows: 0, AddAddrAccepted: 3}, {Subflows: 2, AddAddrAccepted: 2}} {
 		if err := c.SetLimits(want); err != nil {
 			t.Fatalf("set %+v: %v", want, err)
 		}
@@ -407,90 +407,22 @@ func TestIntegrationLimits(t *testing.T) {
 			t.Errorf("after set %+v: %+v, %v", want, got, err)
 		}
 	}
-	for _, bad := range []Limits{{Subflows: MaxLimit + 1}, {AddAddrAccepted: MaxLimit + 1}} {
-		if err := c.SetLimits(bad); !errors.Is(err, ErrInvalid) {
+	for _, bad := range []mptcp.Limits{{Subflows: mptcp.MaxLimit + 1}, {AddAddrAccepted: mptcp.MaxLimit + 1}} {
+		if err := c.SetLimits(bad); !errors.Is(err, mptcp.ErrInvalid) {
 			t.Errorf("set %+v: %v, want ErrInvalid", bad, err)
 		}
 		// The kernel agrees with MaxLimit.
 		err := c.c.setLimits(bad, "raw set limits")
-		if !errors.Is(err, ErrInvalid) || !errors.Is(err, syscall.EINVAL) {
+		if !errors.Is(err, mptcp.ErrInvalid) || !errors.Is(err, syscall.EINVAL) {
 			t.Errorf("raw set %+v: %v, want EINVAL", bad, err)
 		}
-		var oe *OpError
+		var oe *mptcp.OpError
 		if errors.As(err, &oe) && !strings.Contains(oe.Message, "limit greater than maximum") {
 			t.Logf("kernel message for %+v: %q", bad, oe.Message)
 		}
 	}
-	if got, err := c.Limits(); err != nil || got != (Limits{Subflows: 2, AddAddrAccepted: 2}) {
+	if got, err := c.Limits(); err != nil || got != (mptcp.Limits{Subflows: 2, AddAddrAccepted: 2}) {
 		t.Errorf("refused limits changed something: %+v, %v", got, err)
-	}
-}
-
-func TestIntegrationSysctls(t *testing.T) {
-	ns := nstest.New(t)
-	hostTimeout, hostErr := ReadSysctl("add_addr_timeout")
-	do(t, ns, func() error {
-		all, err := Sysctls()
-		if err != nil {
-			return err
-		}
-		missing, err := MissingSysctls()
-		if err != nil {
-			return err
-		}
-		for _, name := range KnownSysctls() {
-			v, err := ReadSysctl(name)
-			switch {
-			case err == nil:
-				if all[name] != v {
-					t.Errorf("%s: ReadSysctl %q, Sysctls %q", name, v, all[name])
-				}
-				if slices.Contains(missing, name) {
-					t.Errorf("%s: readable but reported missing", name)
-				}
-			case errors.Is(err, ErrSysctlUnsupported):
-				if !slices.Contains(missing, name) {
-					t.Errorf("%s: unsupported but not reported missing", name)
-				}
-			default:
-				t.Errorf("%s: %v", name, err)
-			}
-		}
-		if len(missing) > 0 {
-			t.Logf("this kernel lacks net.mptcp.%s", strings.Join(missing, ", net.mptcp."))
-		}
-		if all["enabled"] != "1" {
-			t.Errorf("net.mptcp.enabled = %q in a new namespace", all["enabled"])
-		}
-
-		if err := WriteSysctl("add_addr_timeout", "61"); err != nil {
-			return err
-		}
-		if v, err := ReadSysctl("net.mptcp.add_addr_timeout"); err != nil || v != "61" {
-			t.Errorf("after write: %q, %v", v, err)
-		}
-		for name, bad := range map[string]string{"enabled": "7", "scheduler": "no-such-scheduler", "path_manager": "no-such-pm"} {
-			if slices.Contains(missing, name) {
-				continue
-			}
-			if err := WriteSysctl(name, bad); !errors.Is(err, ErrInvalid) {
-				t.Errorf("write %s=%s: %v, want ErrInvalid", name, bad, err)
-			}
-		}
-		if err := WriteSysctl("available_schedulers", "x"); !errors.Is(err, os.ErrPermission) {
-			t.Errorf("write a read-only sysctl: %v", err)
-		}
-		if _, err := ReadSysctl("no_such_knob"); !errors.Is(err, ErrSysctlUnsupported) || !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("read a missing sysctl: %v", err)
-		}
-		if err := WriteSysctl("no_such_knob", "1"); !errors.Is(err, ErrSysctlUnsupported) {
-			t.Errorf("write a missing sysctl: %v", err)
-		}
-		return nil
-	})
-	// The sysctls are per namespace: the test's own did not change.
-	if v, err := ReadSysctl("add_addr_timeout"); v != hostTimeout || (err == nil) != (hostErr == nil) {
-		t.Errorf("add_addr_timeout outside the namespace went from %q (%v) to %q (%v)", hostTimeout, hostErr, v, err)
 	}
 }
 
@@ -544,9 +476,9 @@ func newLab(t *testing.T, v6 bool) *lab {
 }
 
 // events reads from ec until done says it has what it waits for.
-func waitEvents(t *testing.T, ec *EventConn, what string, done func([]Event) bool) []Event {
+func waitEvents(t *testing.T, ec *EventConn, what string, done func([]mptcp.Event) bool) []mptcp.Event {
 	t.Helper()
-	var seen []Event
+	var seen []mptcp.Event
 	deadline := time.Now().Add(5 * time.Second)
 	for !done(seen) {
 		if err := ec.SetReadDeadline(deadline); err != nil {
@@ -561,18 +493,18 @@ func waitEvents(t *testing.T, ec *EventConn, what string, done func([]Event) boo
 	return seen
 }
 
-func findEvent(evs []Event, typ EventType, token uint32) (Event, bool) {
+func findEvent(evs []mptcp.Event, typ mptcp.EventType, token uint32) (mptcp.Event, bool) {
 	for _, e := range evs {
 		if e.Type == typ && e.Token == token {
 			return e, true
 		}
 	}
-	return Event{}, false
+	return mptcp.Event{}, false
 }
 
 // waitConnection polls Connections until one with local address local
 // satisfies ok.
-func waitConnection(t *testing.T, c *Client, local netip.AddrPort, what string, ok func(Connection) bool) Connection {
+func waitConnection(t *testing.T, c *Client, local netip.AddrPort, what string, ok func(mptcp.Connection) bool) mptcp.Connection {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -592,12 +524,12 @@ func waitConnection(t *testing.T, c *Client, local netip.AddrPort, what string, 
 	}
 }
 
-func readCounters(t *testing.T, ns *nstest.NS) Counters {
+func readCounters(t *testing.T, ns *nstest.NS) mptcp.Counters {
 	t.Helper()
-	var c Counters
+	var c mptcp.Counters
 	do(t, ns, func() error {
 		var err error
-		c, err = ReadCounters()
+		c, err = mptcp.ReadCounters()
 		return err
 	})
 	return c
@@ -635,7 +567,7 @@ func testConnection(t *testing.T, v6 bool) {
 	}
 	t.Cleanup(func() { serverEv.Close() })
 
-	endp := Endpoint{ID: 2, Addr: l.c2, Flags: FlagSubflow, IfIndex: l.clientIf2}
+	endp := mptcp.Endpoint{ID: 2, Addr: l.c2, Flags: mptcp.FlagSubflow, IfIndex: l.clientIf2}
 	if err := l.clientPM.AddEndpoint(endp); err != nil {
 		t.Fatal(err)
 	}
@@ -686,8 +618,8 @@ func testConnection(t *testing.T, v6 bool) {
 	}
 
 	// The client's path manager opens the second subflow on its own.
-	c := waitConnection(t, l.clientPM, local, "2 subflows", func(c Connection) bool { return c.Info.Subflows == 1 })
-	if c.State != StateEstablished || c.Remote != remote {
+	c := waitConnection(t, l.clientPM, local, "2 subflows", func(c mptcp.Connection) bool { return c.Info.Subflows == 1 })
+	if c.State != mptcp.StateEstablished || c.Remote != remote {
 		t.Errorf("client connection: state %s remote %s, want ESTAB %s", c.State, c.Remote, remote)
 	}
 	wantFamily := uint8(unix.AF_INET)
@@ -706,41 +638,41 @@ func testConnection(t *testing.T, v6 bool) {
 	if i.SubflowsTotal != 0 && i.SubflowsTotal != 2 {
 		t.Errorf("subflows_total %d, want 2", i.SubflowsTotal)
 	}
-	s := waitConnection(t, l.serverPM, remote, "a joined subflow", func(s Connection) bool { return s.Remote == local && s.Info.Subflows == 1 })
+	s := waitConnection(t, l.serverPM, remote, "a joined subflow", func(s mptcp.Connection) bool { return s.Remote == local && s.Info.Subflows == 1 })
 	if s.Info.Fallback || s.Info.Token == 0 {
 		t.Errorf("server mptcp_info: %+v", s.Info)
 	}
 
 	// Events, on both sides.
 	token := i.Token
-	evs := waitEvents(t, clientEv, "the client's CREATED, ESTABLISHED, SUB_ESTABLISHED", func(evs []Event) bool {
-		_, a := findEvent(evs, EventCreated, token)
-		_, b := findEvent(evs, EventEstablished, token)
-		_, c := findEvent(evs, EventSubEstablished, token)
+	evs := waitEvents(t, clientEv, "the client's CREATED, ESTABLISHED, SUB_ESTABLISHED", func(evs []mptcp.Event) bool {
+		_, a := findEvent(evs, mptcp.EventCreated, token)
+		_, b := findEvent(evs, mptcp.EventEstablished, token)
+		_, c := findEvent(evs, mptcp.EventSubEstablished, token)
 		return a && b && c
 	})
-	created, _ := findEvent(evs, EventCreated, token)
-	wantCreated := Event{
-		Type: EventCreated, Token: token, Family: uint16(wantFamily), Saddr: local.Addr(), Daddr: remote.Addr(),
+	created, _ := findEvent(evs, mptcp.EventCreated, token)
+	wantCreated := mptcp.Event{
+		Type: mptcp.EventCreated, Token: token, Family: uint16(wantFamily), Saddr: local.Addr(), Daddr: remote.Addr(),
 		Sport: local.Port(), Dport: remote.Port(),
 	}
 	if diff := cmp.Diff(wantCreated, created, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
 		t.Errorf("CREATED (-want +got):\n%s", diff)
 	}
-	sub, _ := findEvent(evs, EventSubEstablished, token)
+	sub, _ := findEvent(evs, mptcp.EventSubEstablished, token)
 	if sub.Saddr != l.c2 || sub.Daddr != l.s1 || sub.Dport != remote.Port() || sub.LocID != endp.ID ||
 		sub.IfIndex != l.clientIf2 || sub.Backup || sub.Sport == 0 {
 		t.Errorf("SUB_ESTABLISHED: %+v; want from %s (endpoint %d, ifindex %d) to %s", sub, l.c2, endp.ID, l.clientIf2, remote)
 	}
-	sevs := waitEvents(t, serverEv, "the server's ESTABLISHED and SUB_ESTABLISHED", func(evs []Event) bool {
-		_, a := findEvent(evs, EventEstablished, s.Info.Token)
-		_, b := findEvent(evs, EventSubEstablished, s.Info.Token)
+	sevs := waitEvents(t, serverEv, "the server's ESTABLISHED and SUB_ESTABLISHED", func(evs []mptcp.Event) bool {
+		_, a := findEvent(evs, mptcp.EventEstablished, s.Info.Token)
+		_, b := findEvent(evs, mptcp.EventSubEstablished, s.Info.Token)
 		return a && b
 	})
-	if est, _ := findEvent(sevs, EventEstablished, s.Info.Token); !est.ServerSide || est.Saddr != remote.Addr() || est.Sport != remote.Port() {
+	if est, _ := findEvent(sevs, mptcp.EventEstablished, s.Info.Token); !est.ServerSide || est.Saddr != remote.Addr() || est.Sport != remote.Port() {
 		t.Errorf("server ESTABLISHED: %+v", est)
 	}
-	if ssub, _ := findEvent(sevs, EventSubEstablished, s.Info.Token); ssub.Saddr != l.s1 || ssub.Daddr != l.c2 {
+	if ssub, _ := findEvent(sevs, mptcp.EventSubEstablished, s.Info.Token); ssub.Saddr != l.s1 || ssub.Daddr != l.c2 {
 		t.Errorf("server SUB_ESTABLISHED: %+v", ssub)
 	}
 
@@ -759,11 +691,11 @@ func testConnection(t *testing.T, v6 bool) {
 	if err := l.clientPM.DeleteEndpoint(endp.ID); err != nil {
 		t.Fatal(err)
 	}
-	evs = waitEvents(t, clientEv, "SUB_CLOSED", func(evs []Event) bool { _, ok := findEvent(evs, EventSubClosed, token); return ok })
-	if sc, _ := findEvent(evs, EventSubClosed, token); sc.Saddr != l.c2 || sc.LocID != endp.ID {
+	evs = waitEvents(t, clientEv, "SUB_CLOSED", func(evs []mptcp.Event) bool { _, ok := findEvent(evs, mptcp.EventSubClosed, token); return ok })
+	if sc, _ := findEvent(evs, mptcp.EventSubClosed, token); sc.Saddr != l.c2 || sc.LocID != endp.ID {
 		t.Errorf("SUB_CLOSED: %+v", sc)
 	}
-	waitConnection(t, l.clientPM, local, "1 subflow", func(c Connection) bool { return c.Info.Subflows == 0 })
+	waitConnection(t, l.clientPM, local, "1 subflow", func(c mptcp.Connection) bool { return c.Info.Subflows == 0 })
 
 	// The data path still works on the first subflow, then the connection
 	// closes.
@@ -774,7 +706,7 @@ func testConnection(t *testing.T, v6 bool) {
 		t.Fatal(err)
 	}
 	conn.Close()
-	waitEvents(t, clientEv, "CLOSED", func(evs []Event) bool { _, ok := findEvent(evs, EventClosed, token); return ok })
+	waitEvents(t, clientEv, "CLOSED", func(evs []mptcp.Event) bool { _, ok := findEvent(evs, mptcp.EventClosed, token); return ok })
 	if sconn, ok := <-accepted; ok {
 		sconn.Close()
 	}

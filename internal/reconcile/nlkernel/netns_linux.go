@@ -1,4 +1,4 @@
-package reconcile
+package nlkernel
 
 import (
 	"fmt"

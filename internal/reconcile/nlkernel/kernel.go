@@ -1,4 +1,9 @@
-package reconcile
+// Package nlkernel is the real reconcile.Kernel of one network namespace:
+// endpoints and limits through the mptcp_pm generic netlink family
+// (mptcpnl), rules and routes through rtnetlink (routenl), sysctls through
+// /proc/sys/net/mptcp read and written from a thread inside the namespace.
+// It never runs a command.
+package nlkernel
 
 import (
 	"context"
@@ -10,13 +15,16 @@ import (
 	"sync"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/mptcp/mptcpnl"
+	"github.com/mpfleet/mpfleet/internal/reconcile"
 	"github.com/mpfleet/mpfleet/internal/route"
+	"github.com/mpfleet/mpfleet/internal/route/routenl"
 )
 
-// KernelOptions configure OpenKernel.
-type KernelOptions struct {
+// Options configure Open.
+type Options struct {
 	// NetNS is a file descriptor of the network namespace to manage (as from
-	// /run/netns/NAME); 0 means the caller's. OpenKernel keeps its own
+	// /run/netns/NAME); 0 means the caller's. Open keeps its own
 	// duplicate of the descriptor.
 	NetNS int
 	// Range is the owned table and priority range; zero means
@@ -24,58 +32,58 @@ type KernelOptions struct {
 	Range route.Range
 }
 
-// NetlinkKernel is the real Kernel of one network namespace: endpoints and
-// limits through the mptcp_pm generic netlink family (mptcp.Client), rules
-// and routes through rtnetlink (route.Manager), sysctls through
+// Kernel is the real reconcile.Kernel of one network namespace: endpoints
+// and limits through the mptcp_pm generic netlink family (mptcpnl.Client),
+// rules and routes through rtnetlink (routenl.Manager), sysctls through
 // /proc/sys/net/mptcp read and written from a thread inside the namespace.
 // It never runs a command.
-type NetlinkKernel struct {
-	mp *mptcp.Client
-	rt *route.Manager
+type Kernel struct {
+	mp *mptcpnl.Client
+	rt *routenl.Manager
 	ns netNS
 
 	mu    sync.Mutex
 	names map[int]string // interface names by index, refreshed on a miss
 }
 
-// OpenKernel opens the sockets of a NetlinkKernel; Close releases them.
-func OpenKernel(opts *KernelOptions) (*NetlinkKernel, error) {
+// Open opens the sockets of a Kernel; Close releases them.
+func Open(opts *Options) (*Kernel, error) {
 	if opts == nil {
-		opts = &KernelOptions{}
+		opts = &Options{}
 	}
 	ns, err := openNetNS(opts.NetNS)
 	if err != nil {
 		return nil, err
 	}
-	mp, err := mptcp.Dial(&mptcp.DialOptions{NetNS: opts.NetNS})
+	mp, err := mptcpnl.Dial(&mptcpnl.DialOptions{NetNS: opts.NetNS})
 	if err != nil {
 		ns.close()
 		return nil, fmt.Errorf("reconcile: open kernel: %w", err)
 	}
-	rt, err := route.Open(&route.Options{NetNS: opts.NetNS, Range: opts.Range})
+	rt, err := routenl.Open(&routenl.Options{NetNS: opts.NetNS, Range: opts.Range})
 	if err != nil {
 		_ = mp.Close()
 		ns.close()
 		return nil, fmt.Errorf("reconcile: open kernel: %w", err)
 	}
-	return &NetlinkKernel{mp: mp, rt: rt, ns: ns}, nil
+	return &Kernel{mp: mp, rt: rt, ns: ns}, nil
 }
 
 // Close releases the sockets.
-func (k *NetlinkKernel) Close() error {
+func (k *Kernel) Close() error {
 	err := errors.Join(k.mp.Close(), k.rt.Close())
 	k.ns.close()
 	return err
 }
 
-// Read implements Kernel. Its three independent parts — the mptcp_pm dumps,
+// Read implements reconcile.Kernel. Its three independent parts — the mptcp_pm dumps,
 // the rtnetlink dumps and the sysctl files — run concurrently.
-func (k *NetlinkKernel) Read(ctx context.Context, desired HostConfig) (State, error) {
+func (k *Kernel) Read(ctx context.Context, desired reconcile.HostConfig) (reconcile.State, error) {
 	if err := ctx.Err(); err != nil {
-		return State{}, err
+		return reconcile.State{}, err
 	}
 	sysctls := desired.SysctlNames()
-	var s State
+	var s reconcile.State
 	var wg sync.WaitGroup
 	var mpErr, rtErr, sysErr error
 	wg.Go(func() {
@@ -88,17 +96,17 @@ func (k *NetlinkKernel) Read(ctx context.Context, desired HostConfig) (State, er
 		}
 	})
 	wg.Go(func() {
-		var d route.Dump
+		var d routenl.Dump
 		if d, rtErr = k.rt.Dump(); rtErr == nil {
 			s.Rules, s.Routes, s.Foreign, s.ForeignRoutes = d.Rules, d.Routes, d.ForeignRules, d.ForeignRoutes
 		}
 	})
 	s.Sysctls = make(map[string]string, len(sysctls))
 	sysErr = k.ns.do(func() error {
-		v, err := mptcp.ReadSysctl(SysctlEnabled)
+		v, err := mptcp.ReadSysctl(reconcile.SysctlEnabled)
 		switch {
 		case err == nil:
-			s.Enabled = ptr(normValue(v) != "0")
+			s.Enabled = ptr(reconcile.NormValue(v) != "0")
 		case !errors.Is(err, os.ErrNotExist):
 			return err
 		}
@@ -106,7 +114,7 @@ func (k *NetlinkKernel) Read(ctx context.Context, desired HostConfig) (State, er
 			v, err := mptcp.ReadSysctl(name)
 			switch {
 			case err == nil:
-				s.Sysctls[name] = normValue(v)
+				s.Sysctls[name] = reconcile.NormValue(v)
 			case !errors.Is(err, os.ErrNotExist):
 				return err
 			}
@@ -115,11 +123,11 @@ func (k *NetlinkKernel) Read(ctx context.Context, desired HostConfig) (State, er
 	})
 	wg.Wait()
 	if err := errors.Join(mpErr, rtErr, sysErr); err != nil {
-		return State{}, err
+		return reconcile.State{}, err
 	}
 	var err error
 	if s.Links, err = k.linkNames(s, desired); err != nil {
-		return State{}, err
+		return reconcile.State{}, err
 	}
 	return s, nil
 }
@@ -128,7 +136,7 @@ func (k *NetlinkKernel) Read(ctx context.Context, desired HostConfig) (State, er
 // display only, so they come from a cache that is refreshed (one link dump)
 // only when an index is missing from it; a renamed interface may show its
 // old name until then.
-func (k *NetlinkKernel) linkNames(s State, desired HostConfig) (map[int]string, error) {
+func (k *Kernel) linkNames(s reconcile.State, desired reconcile.HostConfig) (map[int]string, error) {
 	var idx []int
 	for _, e := range slices.Concat(s.Endpoints, desired.Endpoints) {
 		if e.IfIndex != 0 {
@@ -153,23 +161,23 @@ func (k *NetlinkKernel) linkNames(s State, desired HostConfig) (map[int]string, 
 	return maps.Clone(k.names), nil
 }
 
-// Do implements Kernel. The undo it returns is built from the kernel's
+// Do implements reconcile.Kernel. The undo it returns is built from the kernel's
 // state read just before the change.
-func (k *NetlinkKernel) Do(ctx context.Context, op Op) (Op, error) {
+func (k *Kernel) Do(ctx context.Context, op reconcile.Op) (reconcile.Op, error) {
 	if err := ctx.Err(); err != nil {
-		return Op{}, err
+		return reconcile.Op{}, err
 	}
 	undo, err := k.do(op)
 	if err != nil {
-		return Op{}, fmt.Errorf("reconcile: %s: %w", op, err)
+		return reconcile.Op{}, fmt.Errorf("reconcile: %s: %w", op, err)
 	}
 	return undo, nil
 }
 
-func (k *NetlinkKernel) do(op Op) (Op, error) {
+func (k *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 	undo := op
 	switch op.Kind {
-	case SetSysctl:
+	case reconcile.SetSysctl:
 		err := k.ns.do(func() error {
 			old, err := mptcp.ReadSysctl(op.Sysctl)
 			if err != nil {
@@ -178,121 +186,121 @@ func (k *NetlinkKernel) do(op Op) (Op, error) {
 			if err := mptcp.WriteSysctl(op.Sysctl, op.Value); err != nil {
 				return err
 			}
-			undo.Value, undo.Old = normValue(old), op.Value
+			undo.Value, undo.Old = reconcile.NormValue(old), op.Value
 			return nil
 		})
 		return undo, err
-	case SetLimits:
+	case reconcile.SetLimits:
 		if op.Limits == nil {
-			return Op{}, ErrInvalid
+			return reconcile.Op{}, reconcile.ErrInvalid
 		}
 		old, err := k.mp.Limits()
 		if err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		if err := k.mp.SetLimits(*op.Limits); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		undo.Limits, undo.OldLimits = &old, ptr(*op.Limits)
 		return undo, nil
-	case AddEndpoint:
+	case reconcile.AddEndpoint:
 		if op.Endpoint == nil {
-			return Op{}, ErrInvalid
+			return reconcile.Op{}, reconcile.ErrInvalid
 		}
 		e := *op.Endpoint
 		if err := k.mp.AddEndpoint(e); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		if e.ID == 0 {
 			// The kernel chose the ID; the undo needs it.
 			cur, err := k.endpointBy(func(x mptcp.Endpoint) bool { return x.Addr == e.Addr })
 			if err != nil {
-				return Op{}, err
+				return reconcile.Op{}, err
 			}
 			e.ID = cur.ID
 		}
-		undo.Kind, undo.Endpoint = DelEndpoint, &e
+		undo.Kind, undo.Endpoint = reconcile.DelEndpoint, &e
 		return undo, nil
-	case DelEndpoint:
+	case reconcile.DelEndpoint:
 		if op.Endpoint == nil {
-			return Op{}, ErrInvalid
+			return reconcile.Op{}, reconcile.ErrInvalid
 		}
 		cur, err := k.endpointBy(func(x mptcp.Endpoint) bool { return x.ID == op.Endpoint.ID })
 		if err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		if err := k.mp.DeleteEndpoint(cur.ID); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		cur.Flags &^= mptcp.FlagImplicit // made by the kernel; cannot be added back as such
-		undo.Kind, undo.Endpoint = AddEndpoint, &cur
+		undo.Kind, undo.Endpoint = reconcile.AddEndpoint, &cur
 		return undo, nil
-	case SetEndpointFlags:
+	case reconcile.SetEndpointFlags:
 		if op.Endpoint == nil {
-			return Op{}, ErrInvalid
+			return reconcile.Op{}, reconcile.ErrInvalid
 		}
 		cur, err := k.endpointBy(func(x mptcp.Endpoint) bool { return x.ID == op.Endpoint.ID })
 		if err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		if err := k.mp.SetEndpointFlags(cur.ID, op.Flags); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		n := cur
-		n.Flags = cur.Flags&^mutableFlags | op.Flags&mutableFlags
+		n.Flags = cur.Flags&^mptcp.MutableFlags | op.Flags&mptcp.MutableFlags
 		undo.Endpoint, undo.Flags = &n, cur.Flags
 		return undo, nil
-	case AddRule:
-		return k.ruleOp(op, k.rt.AddRule, DelRule)
-	case DelRule:
-		return k.ruleOp(op, k.rt.DeleteRule, AddRule)
-	case AddRoute:
-		return k.routeOp(op, k.rt.AddRoute, DelRoute)
-	case DelRoute:
-		return k.routeOp(op, k.rt.DeleteRoute, AddRoute)
-	case SetRuleProtocol:
+	case reconcile.AddRule:
+		return k.ruleOp(op, k.rt.AddRule, reconcile.DelRule)
+	case reconcile.DelRule:
+		return k.ruleOp(op, k.rt.DeleteRule, reconcile.AddRule)
+	case reconcile.AddRoute:
+		return k.routeOp(op, k.rt.AddRoute, reconcile.DelRoute)
+	case reconcile.DelRoute:
+		return k.routeOp(op, k.rt.DeleteRoute, reconcile.AddRoute)
+	case reconcile.SetRuleProtocol:
 		if op.Rule == nil {
-			return Op{}, ErrInvalid
+			return reconcile.Op{}, reconcile.ErrInvalid
 		}
 		if err := k.rt.SetRuleProtocol(*op.Rule, op.OldProtocol, op.Protocol); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		return op.Inverse()
-	case SetRouteProtocol:
+	case reconcile.SetRouteProtocol:
 		if op.Route == nil {
-			return Op{}, ErrInvalid
+			return reconcile.Op{}, reconcile.ErrInvalid
 		}
 		if err := k.rt.SetRouteProtocol(*op.Route, op.OldProtocol, op.Protocol); err != nil {
-			return Op{}, err
+			return reconcile.Op{}, err
 		}
 		return op.Inverse()
 	}
-	return Op{}, fmt.Errorf("op kind %q: %w", op.Kind, ErrInvalid)
+	return reconcile.Op{}, fmt.Errorf("op kind %q: %w", op.Kind, reconcile.ErrInvalid)
 }
 
-func (k *NetlinkKernel) ruleOp(op Op, fn func(route.Rule) error, inverse Kind) (Op, error) {
+func (k *Kernel) ruleOp(op reconcile.Op, fn func(route.Rule) error, inverse reconcile.Kind) (reconcile.Op, error) {
 	if op.Rule == nil {
-		return Op{}, ErrInvalid
+		return reconcile.Op{}, reconcile.ErrInvalid
 	}
 	if err := fn(*op.Rule); err != nil {
-		return Op{}, err
+		return reconcile.Op{}, err
 	}
 	op.Kind = inverse
 	return op, nil
 }
 
-func (k *NetlinkKernel) routeOp(op Op, fn func(route.Route) error, inverse Kind) (Op, error) {
+func (k *Kernel) routeOp(op reconcile.Op, fn func(route.Route) error, inverse reconcile.Kind) (reconcile.Op, error) {
 	if op.Route == nil {
-		return Op{}, ErrInvalid
+		return reconcile.Op{}, reconcile.ErrInvalid
 	}
 	if err := fn(*op.Route); err != nil {
-		return Op{}, err
+		return reconcile.Op{}, err
 	}
 	op.Kind = inverse
 	return op, nil
 }
 
-func (k *NetlinkKernel) endpointBy(match func(mptcp.Endpoint) bool) (mptcp.Endpoint, error) {
+func (k *Kernel) endpointBy(match func(mptcp.Endpoint) bool) (mptcp.Endpoint, error) {
 	eps, err := k.mp.Endpoints()
 	if err != nil {
 		return mptcp.Endpoint{}, err
@@ -305,4 +313,6 @@ func (k *NetlinkKernel) endpointBy(match func(mptcp.Endpoint) bool) (mptcp.Endpo
 	return mptcp.Endpoint{}, mptcp.ErrEndpointNotFound
 }
 
-var _ Kernel = (*NetlinkKernel)(nil)
+var _ reconcile.Kernel = (*Kernel)(nil)
+
+func ptr[T any](v T) *T { return &v }

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package reconcile
+package nlkernel
 
 import "errors"
 

@@ -1,4 +1,4 @@
-package mptcp
+package mptcpnl
 
 import (
 	"errors"
@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/mdlayher/netlink"
+	"github.com/mpfleet/mpfleet/internal/mptcp"
 )
 
 // Address families on the wire (Linux values, kept here rather than taken
@@ -35,38 +36,9 @@ const (
 	addrAttrIfIdx  = 7 // s32
 )
 
-// knownFlags are the endpoint flags this package knows about.
-const knownFlags = FlagSignal | FlagSubflow | FlagBackup | FlagFullmesh | FlagImplicit | FlagLaminar
-
-// MutableFlags are the flags SET_FLAGS can change on an existing endpoint.
-// Changing any other flag needs the endpoint deleted and added again.
-const MutableFlags = FlagBackup | FlagFullmesh
-
-// Validate reports whether the kernel would accept e in ADD_ADDR, following
-// the checks of net/mptcp/pm_kernel.c (Linux 6.18). Errors match ErrInvalid.
-func (e Endpoint) Validate() error {
-	switch {
-	case !e.Addr.IsValid():
-		return invalidf("endpoint has no address")
-	case e.Addr.Zone() != "":
-		return invalidf("endpoint address %s: zones are not supported", e.Addr)
-	case e.Flags&^knownFlags != 0:
-		return invalidf("endpoint %s: unknown flags %s", e.Addr, e.Flags&^knownFlags)
-	case e.Flags&FlagImplicit != 0:
-		return invalidf("endpoint %s: implicit endpoints are made by the kernel only", e.Addr)
-	case e.Flags&FlagSignal != 0 && e.Flags&FlagFullmesh != 0:
-		return invalidf("endpoint %s: flags signal and fullmesh cannot be combined", e.Addr)
-	case e.Port != 0 && e.Flags&(FlagSignal|FlagSubflow) != FlagSignal:
-		return invalidf("endpoint %s port %d: a port needs flag signal without subflow", e.Addr, e.Port)
-	case e.IfIndex < 0 || int64(e.IfIndex) > 1<<31-1:
-		return invalidf("endpoint %s: interface index %d out of range", e.Addr, e.IfIndex)
-	}
-	return nil
-}
-
 // encodeAddr writes the MPTCP_PM_ADDR_ATTR_* of e (zero fields are left out:
 // an ID attribute, even 0, tells the kernel not to choose one).
-func encodeAddr(ae *netlink.AttributeEncoder, e Endpoint) {
+func encodeAddr(ae *netlink.AttributeEncoder, e mptcp.Endpoint) {
 	if e.Addr.IsValid() {
 		if e.Addr.Is4() {
 			ae.Uint16(addrAttrFamily, afInet)
@@ -94,7 +66,7 @@ func encodeAddr(ae *netlink.AttributeEncoder, e Endpoint) {
 
 // encodeEndpoint returns the attributes of a request about e: one nested
 // MPTCP_PM_ATTR_ADDR.
-func encodeEndpoint(e Endpoint) ([]byte, error) {
+func encodeEndpoint(e mptcp.Endpoint) ([]byte, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.Nested(attrAddr, func(nae *netlink.AttributeEncoder) error {
 		encodeAddr(nae, e)
@@ -105,13 +77,13 @@ func encodeEndpoint(e Endpoint) ([]byte, error) {
 
 // decodeEndpoint decodes the attributes of a GET_ADDR reply. It never panics
 // on malformed input.
-func decodeEndpoint(b []byte) (Endpoint, error) {
+func decodeEndpoint(b []byte) (mptcp.Endpoint, error) {
 	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
-		return Endpoint{}, err
+		return mptcp.Endpoint{}, err
 	}
 	var (
-		e     Endpoint
+		e     mptcp.Endpoint
 		found bool
 	)
 	for ad.Next() {
@@ -126,17 +98,17 @@ func decodeEndpoint(b []byte) (Endpoint, error) {
 		})
 	}
 	if err := ad.Err(); err != nil {
-		return Endpoint{}, err
+		return mptcp.Endpoint{}, err
 	}
 	if !found {
-		return Endpoint{}, errors.New("no address attribute")
+		return mptcp.Endpoint{}, errors.New("no address attribute")
 	}
 	return e, nil
 }
 
-func decodeAddr(ad *netlink.AttributeDecoder) (Endpoint, error) {
+func decodeAddr(ad *netlink.AttributeDecoder) (mptcp.Endpoint, error) {
 	var (
-		e      Endpoint
+		e      mptcp.Endpoint
 		family uint16
 		a4, a6 []byte
 	)
@@ -153,33 +125,33 @@ func decodeAddr(ad *netlink.AttributeDecoder) (Endpoint, error) {
 		case addrAttrPort:
 			e.Port = ad.Uint16()
 		case addrAttrFlags:
-			e.Flags = Flags(ad.Uint32())
+			e.Flags = mptcp.Flags(ad.Uint32())
 		case addrAttrIfIdx:
 			e.IfIndex = int(ad.Int32())
 		}
 	}
 	if err := ad.Err(); err != nil {
-		return Endpoint{}, err
+		return mptcp.Endpoint{}, err
 	}
 	switch family {
 	case afInet:
 		if len(a4) != 4 {
-			return Endpoint{}, fmt.Errorf("IPv4 endpoint with %d address bytes", len(a4))
+			return mptcp.Endpoint{}, fmt.Errorf("IPv4 endpoint with %d address bytes", len(a4))
 		}
 		e.Addr = netip.AddrFrom4([4]byte(a4))
 	case afInet6:
 		if len(a6) != 16 {
-			return Endpoint{}, fmt.Errorf("IPv6 endpoint with %d address bytes", len(a6))
+			return mptcp.Endpoint{}, fmt.Errorf("IPv6 endpoint with %d address bytes", len(a6))
 		}
 		e.Addr = netip.AddrFrom16([16]byte(a6))
 	default:
-		return Endpoint{}, fmt.Errorf("endpoint of unknown address family %d", family)
+		return mptcp.Endpoint{}, fmt.Errorf("endpoint of unknown address family %d", family)
 	}
 	return e, nil
 }
 
 // encodeLimits returns the attributes of a SET_LIMITS request.
-func encodeLimits(l Limits) ([]byte, error) {
+func encodeLimits(l mptcp.Limits) ([]byte, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(attrRcvAddAddrs, l.AddAddrAccepted)
 	ae.Uint32(attrSubflows, l.Subflows)
@@ -187,13 +159,13 @@ func encodeLimits(l Limits) ([]byte, error) {
 }
 
 // decodeLimits decodes a GET_LIMITS reply.
-func decodeLimits(b []byte) (Limits, error) {
+func decodeLimits(b []byte) (mptcp.Limits, error) {
 	ad, err := netlink.NewAttributeDecoder(b)
 	if err != nil {
-		return Limits{}, err
+		return mptcp.Limits{}, err
 	}
 	var (
-		l          Limits
+		l          mptcp.Limits
 		gotA, gotS bool
 	)
 	for ad.Next() {
@@ -207,10 +179,10 @@ func decodeLimits(b []byte) (Limits, error) {
 		}
 	}
 	if err := ad.Err(); err != nil {
-		return Limits{}, err
+		return mptcp.Limits{}, err
 	}
 	if !gotA || !gotS {
-		return Limits{}, errors.New("limits reply lacks an attribute")
+		return mptcp.Limits{}, errors.New("limits reply lacks an attribute")
 	}
 	return l, nil
 }

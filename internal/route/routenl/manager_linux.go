@@ -1,16 +1,15 @@
-package route
+package routenl
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 
+	"github.com/mpfleet/mpfleet/internal/route"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -22,7 +21,7 @@ import (
 // is never deleted; it lists foreign ones apart (Dump). It is safe for
 // concurrent use.
 type Manager struct {
-	r  Range
+	r  route.Range
 	mu sync.Mutex
 	h  *netlink.Handle
 }
@@ -57,20 +56,23 @@ func (m *Manager) Close() error {
 	return nil
 }
 
-// Range returns the owned range.
-func (m *Manager) Range() Range { return m.r }
-
 // dumpTries bounds retries of a dump the kernel reports as interrupted (the
 // table changed while it was being read).
 const dumpTries = 5
 
-// Dump is what the kernel holds inside a Range: mpfleet's own rules and
-// routes, and the foreign ones (see ForeignRule, ForeignRoute), each sorted.
-type Dump struct {
-	Rules         []Rule
-	Routes        []Route
-	ForeignRules  []ForeignRule
-	ForeignRoutes []ForeignRoute
+// Retry calls dump until the kernel does not report the dump interrupted
+// (netlink.ErrDumpInterrupted), at most dumpTries times, and returns the last
+// result. Every rtnetlink dump of mpfleet's goes through it.
+func Retry[T any](dump func() ([]T, error)) ([]T, error) {
+	var out []T
+	var err error
+	for range dumpTries {
+		out, err = dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return out, err
 }
 
 // Dump lists the range's rules and routes, mpfleet's and foreign ones, in one
@@ -91,7 +93,7 @@ func (m *Manager) Dump() (Dump, error) {
 
 // Rules returns mpfleet's rules in the range (priority and table both in it,
 // carrying Protocol), sorted.
-func (m *Manager) Rules() ([]Rule, error) {
+func (m *Manager) Rules() ([]route.Rule, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ours, _, err := m.dumpRules()
@@ -100,7 +102,7 @@ func (m *Manager) Rules() ([]Rule, error) {
 
 // Routes returns mpfleet's unicast routes in the owned tables (carrying
 // Protocol), sorted.
-func (m *Manager) Routes() ([]Route, error) {
+func (m *Manager) Routes() ([]route.Route, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ours, _, err := m.dumpRoutes()
@@ -109,14 +111,8 @@ func (m *Manager) Routes() ([]Route, error) {
 
 // dumpRules lists every rule and sorts those that concern the range into
 // mpfleet's and foreign ones. m.mu is held.
-func (m *Manager) dumpRules() (ours []Rule, foreign []ForeignRule, err error) {
-	var nrs []netlink.Rule
-	for range dumpTries {
-		nrs, err = m.h.RuleListFiltered(netlink.FAMILY_ALL, nil, 0)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+func (m *Manager) dumpRules() (ours []route.Rule, foreign []route.ForeignRule, err error) {
+	nrs, err := Retry(func() ([]netlink.Rule, error) { return m.h.RuleListFiltered(netlink.FAMILY_ALL, nil, 0) })
 	if err != nil {
 		return nil, nil, opErr("list rules", err)
 	}
@@ -125,29 +121,25 @@ func (m *Manager) dumpRules() (ours []Rule, foreign []ForeignRule, err error) {
 		if !m.r.OverlapsRule(f.Rule) {
 			continue
 		}
-		if f.Protocol == Protocol && f.Plain() && m.r.OwnsRule(f.Rule) {
+		if f.Protocol == route.Protocol && f.Plain() && m.r.OwnsRule(f.Rule) {
 			ours = append(ours, f.Rule)
 			continue
 		}
 		foreign = append(foreign, f)
 	}
-	SortRules(ours)
-	SortForeignRules(foreign)
+	route.SortRules(ours)
+	route.SortForeignRules(foreign)
 	return ours, foreign, nil
 }
 
 // dumpRoutes lists the routes of every table and sorts those in the owned
 // tables into mpfleet's and foreign ones. m.mu is held.
-func (m *Manager) dumpRoutes() (ours []Route, foreign []ForeignRoute, err error) {
-	var nrs []netlink.Route
-	for range dumpTries {
-		// Table UNSPEC with the table filter set makes the library return the
-		// routes of every table, not only main.
-		nrs, err = m.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+func (m *Manager) dumpRoutes() (ours []route.Route, foreign []route.ForeignRoute, err error) {
+	// Table UNSPEC with the table filter set makes the library return the
+	// routes of every table, not only main.
+	nrs, err := Retry(func() ([]netlink.Route, error) {
+		return m.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return nil, nil, opErr("list routes", err)
 	}
@@ -156,21 +148,21 @@ func (m *Manager) dumpRoutes() (ours []Route, foreign []ForeignRoute, err error)
 			continue
 		}
 		f := fromNetlinkForeignRoute(nr)
-		if f.Protocol == Protocol && f.Plain() {
+		if f.Protocol == route.Protocol && f.Plain() {
 			ours = append(ours, f.Route)
 			continue
 		}
 		foreign = append(foreign, f)
 	}
-	SortRoutes(ours)
-	SortForeignRoutes(foreign)
+	route.SortRoutes(ours)
+	route.SortForeignRoutes(foreign)
 	return ours, foreign, nil
 }
 
 // AddRule adds x, carrying Protocol; it fails with an error wrapping
 // ErrOutOfRange for a rule outside the range and os.ErrExist when mpfleet's
 // rule is there already.
-func (m *Manager) AddRule(x Rule) error {
+func (m *Manager) AddRule(x route.Rule) error {
 	op := "add rule " + x.String()
 	if err := m.r.CheckRule(x); err != nil {
 		return opErr(op, err)
@@ -179,34 +171,34 @@ func (m *Manager) AddRule(x Rule) error {
 	defer m.mu.Unlock()
 	// RuleAdd asks for NLM_F_EXCL, so the kernel refuses a duplicate (EEXIST)
 	// with the same protocol.
-	return opErr(op, m.h.RuleAdd(toNetlinkRule(x, Protocol)))
+	return opErr(op, m.h.RuleAdd(toNetlinkRule(x, route.Protocol)))
 }
 
 // DeleteRule deletes mpfleet's rule x; it fails with an error wrapping
 // ErrOutOfRange for a rule outside the range and os.ErrNotExist when there is
 // no such rule carrying Protocol. The kernel matches the protocol, so a
 // foreign rule that looks the same is never deleted.
-func (m *Manager) DeleteRule(x Rule) error {
+func (m *Manager) DeleteRule(x route.Rule) error {
 	op := "delete rule " + x.String()
 	if err := m.r.CheckRule(x); err != nil {
 		return opErr(op, err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return opErr(op, notFound(m.h.RuleDel(toNetlinkRule(x, Protocol))))
+	return opErr(op, notFound(m.h.RuleDel(toNetlinkRule(x, route.Protocol))))
 }
 
 // AddRoute adds x, carrying Protocol; it fails with an error wrapping
 // ErrOutOfRange for a route outside the owned tables and os.ErrExist when the
 // table already has a route to x.Dst (mpfleet's or not).
-func (m *Manager) AddRoute(x Route) error {
+func (m *Manager) AddRoute(x route.Route) error {
 	op := "add route " + x.String()
 	if err := m.r.CheckRoute(x); err != nil {
 		return opErr(op, err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return opErr(op, m.h.RouteAdd(toNetlinkRoute(x, Protocol)))
+	return opErr(op, m.h.RouteAdd(toNetlinkRoute(x, route.Protocol)))
 }
 
 // DeleteRoute deletes mpfleet's route x (matched on table, destination,
@@ -214,14 +206,14 @@ func (m *Manager) AddRoute(x Route) error {
 // wrapping ErrOutOfRange for a route outside the owned tables and
 // os.ErrNotExist when there is no such route carrying Protocol. The kernel
 // matches the protocol, so a foreign route is never deleted.
-func (m *Manager) DeleteRoute(x Route) error {
+func (m *Manager) DeleteRoute(x route.Route) error {
 	op := "delete route " + x.String()
 	if err := m.r.CheckRoute(x); err != nil {
 		return opErr(op, err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return opErr(op, notFound(m.h.RouteDel(toNetlinkRoute(x, Protocol))))
+	return opErr(op, notFound(m.h.RouteDel(toNetlinkRoute(x, route.Protocol))))
 }
 
 // SetRuleProtocol re-makes the rule x, which the kernel holds with protocol
@@ -234,12 +226,12 @@ func (m *Manager) DeleteRoute(x Route) error {
 // protocol to, and ErrConflict when from is unspec and other rules have x's
 // priority, source and table (a delete without a protocol could not tell the
 // old one from them).
-func (m *Manager) SetRuleProtocol(x Rule, from, to Proto) error {
+func (m *Manager) SetRuleProtocol(x route.Rule, from, to route.Proto) error {
 	op := fmt.Sprintf("set rule %v protocol %v (was %v)", x, to, from)
 	if err := m.r.CheckRule(x); err != nil {
 		return opErr(op, err)
 	}
-	if err := CheckAdoption(from, to, LegacyRuleProtocol); err != nil {
+	if err := route.CheckAdoption(from, to, route.LegacyRuleProtocol); err != nil {
 		return opErr(op, err)
 	}
 	x = x.Canonical()
@@ -266,9 +258,9 @@ func (m *Manager) SetRuleProtocol(x Rule, from, to Proto) error {
 	switch {
 	case old == 0:
 		return opErr(op, fmt.Errorf("no rule with protocol %v: %w", from, os.ErrNotExist))
-	case others > 0 && from == ProtoUnspec:
+	case others > 0 && from == route.ProtoUnspec:
 		// The delete could not tell the old rule from them.
-		return opErr(op, fmt.Errorf("%d other rule(s) with the same priority, source and table: %w", others, ErrConflict))
+		return opErr(op, fmt.Errorf("%d other rule(s) with the same priority, source and table: %w", others, route.ErrConflict))
 	}
 	// The kernel keeps rules of one priority in the order they were added,
 	// and deletes the first that matches; a delete without a protocol
@@ -278,7 +270,7 @@ func (m *Manager) SetRuleProtocol(x Rule, from, to Proto) error {
 	}
 	if err := m.h.RuleDel(toNetlinkRule(x, from)); err != nil {
 		err = notFound(err)
-		if to != ProtoUnspec {
+		if to != route.ProtoUnspec {
 			if uerr := m.h.RuleDel(toNetlinkRule(x, to)); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("the rule added with protocol %v stays: %w", to, uerr))
 			}
@@ -296,32 +288,27 @@ func (m *Manager) SetRuleProtocol(x Rule, from, to Proto) error {
 // when an apply that adopted it is undone. No other exchange is allowed
 // (ErrInvalid). It fails wrapping os.ErrNotExist unless the table's route to
 // x.Dst is exactly x with protocol from.
-func (m *Manager) SetRouteProtocol(x Route, from, to Proto) error {
+func (m *Manager) SetRouteProtocol(x route.Route, from, to route.Proto) error {
 	op := fmt.Sprintf("set route %v protocol %v (was %v)", x, to, from)
 	if err := m.r.CheckRoute(x); err != nil {
 		return opErr(op, err)
 	}
-	if err := CheckAdoption(from, to, LegacyRouteProtocol); err != nil {
+	if err := route.CheckAdoption(from, to, route.LegacyRouteProtocol); err != nil {
 		return opErr(op, err)
 	}
 	x = x.Canonical()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var nrs []netlink.Route
-	var err error
-	for range dumpTries {
-		nrs, err = m.h.RouteListFiltered(int(x.Family()), &netlink.Route{Table: x.Table}, netlink.RT_FILTER_TABLE)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	nrs, err := Retry(func() ([]netlink.Route, error) {
+		return m.h.RouteListFiltered(int(x.Family()), &netlink.Route{Table: x.Table}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return opErr(op, err)
 	}
 	found := false
 	for _, nr := range nrs {
 		f := fromNetlinkForeignRoute(nr)
-		if f.Key() != x.Key() || f.Type != TypeUnicast {
+		if f.Key() != x.Key() || f.Type != route.TypeUnicast {
 			continue
 		}
 		if f.Route != x || f.Protocol != from || !f.Plain() {
@@ -335,73 +322,11 @@ func (m *Manager) SetRouteProtocol(x Route, from, to Proto) error {
 	return opErr(op, m.h.RouteReplace(toNetlinkRoute(x, to)))
 }
 
-// Gateway returns the gateway of the interface linkIndex for family f, found
-// in the main table: the gateway of a default route through the interface
-// if there is one, else that of any route through it with a gateway (lowest
-// metric, then shortest prefix, wins). With none it fails wrapping
-// os.ErrNotExist.
-func (m *Manager) Gateway(linkIndex int, f Family) (netip.Addr, error) {
-	op := fmt.Sprintf("find %v gateway of link %d", f, linkIndex)
-	if f != FamilyV4 && f != FamilyV6 {
-		return netip.Addr{}, opErr(op, fmt.Errorf("family %v: %w", f, ErrInvalid))
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var nrs []netlink.Route
-	var err error
-	for range dumpTries {
-		nrs, err = m.h.RouteListFiltered(int(f), &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
-	if err != nil {
-		return netip.Addr{}, opErr(op, err)
-	}
-	type cand struct {
-		gw     netip.Addr
-		metric int
-		bits   int
-	}
-	var cs []cand
-	for _, nr := range nrs {
-		if nr.Type != unix.RTN_UNICAST {
-			continue
-		}
-		bits := 0
-		if nr.Dst != nil {
-			bits, _ = nr.Dst.Mask.Size()
-		}
-		if nr.LinkIndex == linkIndex && nr.Gw != nil {
-			cs = append(cs, cand{addrOf(nr.Gw), nr.Priority, bits})
-		}
-		for _, nh := range nr.MultiPath {
-			if nh.LinkIndex == linkIndex && nh.Gw != nil {
-				cs = append(cs, cand{addrOf(nh.Gw), nr.Priority, bits})
-			}
-		}
-	}
-	if len(cs) == 0 {
-		return netip.Addr{}, opErr(op, fmt.Errorf("no route with a gateway through the link in the main table: %w", os.ErrNotExist))
-	}
-	c := slices.MinFunc(cs, func(a, b cand) int {
-		return cmp.Or(cmp.Compare(a.bits, b.bits), cmp.Compare(a.metric, b.metric), a.gw.Compare(b.gw))
-	})
-	return c.gw, nil
-}
-
 // LinkNames returns the namespace's interface names by index.
 func (m *Manager) LinkNames() (map[int]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var links []netlink.Link
-	var err error
-	for range dumpTries {
-		links, err = m.h.LinkList()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	links, err := Retry(m.h.LinkList)
 	if err != nil {
 		return nil, opErr("list links", err)
 	}
@@ -410,19 +335,6 @@ func (m *Manager) LinkNames() (map[int]string, error) {
 		names[l.Attrs().Index] = l.Attrs().Name
 	}
 	return names, nil
-}
-
-// Render returns the owned rules and routes as Render prints them.
-func (m *Manager) Render() (string, error) {
-	rules, err := m.Rules()
-	if err != nil {
-		return "", err
-	}
-	routes, err := m.Routes()
-	if err != nil {
-		return "", err
-	}
-	return Render(rules, routes), nil
 }
 
 // notFound makes the kernel's "no such route" (ESRCH) satisfy
@@ -442,7 +354,7 @@ func (e notExistError) Is(target error) bool { return target == os.ErrNotExist }
 
 // toNetlinkRule returns x as a netlink rule with protocol p (ProtoUnspec:
 // none, so that a delete matches any protocol).
-func toNetlinkRule(x Rule, p Proto) *netlink.Rule {
+func toNetlinkRule(x route.Rule, p route.Proto) *netlink.Rule {
 	x = x.Canonical()
 	nr := netlink.NewRule()
 	nr.Priority = x.Priority
@@ -455,8 +367,8 @@ func toNetlinkRule(x Rule, p Proto) *netlink.Rule {
 
 // fromNetlinkRule returns nr as a ForeignRule: the part the model holds and,
 // in Detail, the rest.
-func fromNetlinkRule(nr netlink.Rule) ForeignRule {
-	f := ForeignRule{Rule: Rule{Priority: nr.Priority, Table: nr.Table, Family: Family(nr.Family)}, Protocol: Proto(nr.Protocol)}
+func fromNetlinkRule(nr netlink.Rule) route.ForeignRule {
+	f := route.ForeignRule{Rule: route.Rule{Priority: nr.Priority, Table: nr.Table, Family: route.Family(nr.Family)}, Protocol: route.Proto(nr.Protocol)}
 	if nr.Src != nil {
 		f.Src = fromIPNet(nr.Src)
 	}
@@ -520,16 +432,16 @@ func fromNetlinkRule(nr netlink.Rule) ForeignRule {
 }
 
 // foreignOf returns mpfleet's rules as ForeignRules with Protocol.
-func foreignOf(rs []Rule) []ForeignRule {
-	out := make([]ForeignRule, len(rs))
+func foreignOf(rs []route.Rule) []route.ForeignRule {
+	out := make([]route.ForeignRule, len(rs))
 	for i, r := range rs {
-		out[i] = ForeignRule{Rule: r, Protocol: Protocol}
+		out[i] = route.ForeignRule{Rule: r, Protocol: route.Protocol}
 	}
 	return out
 }
 
 // toNetlinkRoute returns x as a unicast netlink route with protocol p.
-func toNetlinkRoute(x Route, p Proto) *netlink.Route {
+func toNetlinkRoute(x route.Route, p route.Proto) *netlink.Route {
 	x = x.Canonical()
 	nr := &netlink.Route{
 		LinkIndex: x.LinkIndex,
@@ -554,8 +466,8 @@ func toNetlinkRoute(x Route, p Proto) *netlink.Route {
 	return nr
 }
 
-func fromNetlinkRoute(nr netlink.Route) Route {
-	x := Route{Table: nr.Table, LinkIndex: nr.LinkIndex, Scope: Scope(nr.Scope)}
+func fromNetlinkRoute(nr netlink.Route) route.Route {
+	x := route.Route{Table: nr.Table, LinkIndex: nr.LinkIndex, Scope: route.Scope(nr.Scope)}
 	if nr.Dst != nil {
 		x.Dst = fromIPNet(nr.Dst)
 	} else if nr.Family == unix.AF_INET6 {
@@ -575,10 +487,10 @@ func fromNetlinkRoute(nr netlink.Route) Route {
 // fromNetlinkForeignRoute returns nr as a ForeignRoute, its metric relative
 // to the kernel's default for the family (IPv6 routes added without one get
 // 1024), so that Plain holds for a route as mpfleet adds it.
-func fromNetlinkForeignRoute(nr netlink.Route) ForeignRoute {
-	f := ForeignRoute{Route: fromNetlinkRoute(nr), Protocol: Proto(nr.Protocol), Type: Type(nr.Type),
+func fromNetlinkForeignRoute(nr netlink.Route) route.ForeignRoute {
+	f := route.ForeignRoute{Route: fromNetlinkRoute(nr), Protocol: route.Proto(nr.Protocol), Type: route.Type(nr.Type),
 		Metric: nr.Priority, Nexthops: len(nr.MultiPath)}
-	if f.Family() == FamilyV6 && f.Metric == ipv6DefaultMetric {
+	if f.Family() == route.FamilyV6 && f.Metric == ipv6DefaultMetric {
 		f.Metric = 0
 	}
 	return f
@@ -609,4 +521,13 @@ func addrOf(ip net.IP) netip.Addr {
 	}
 	a, _ := netip.AddrFromSlice(ip)
 	return a
+}
+
+// prefixString prints a host prefix as a bare address, as ip (and package
+// route) does.
+func prefixString(p netip.Prefix) string {
+	if p.Bits() == p.Addr().BitLen() {
+		return p.Addr().String()
+	}
+	return p.String()
 }

@@ -1,6 +1,14 @@
-package route
+// Package routenl manages mpfleet's policy-routing rules and routes of one
+// network namespace over rtnetlink (a Manager), inside an owned route.Range
+// and carrying route.Protocol. The rules, routes and ranges it takes and
+// returns are package route's.
+package routenl
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/mpfleet/mpfleet/internal/route"
+)
 
 // Options configure Open.
 type Options struct {
@@ -8,7 +16,7 @@ type Options struct {
 	// netns.GetFromName); 0 means the caller's current one.
 	NetNS int
 	// Range is the owned range; the zero Range means DefaultRange.
-	Range Range
+	Range route.Range
 }
 
 // OpError is a kernel (or range) error with the operation that caused it.
@@ -32,13 +40,22 @@ func opErr(op string, err error) error {
 	return &OpError{Op: op, Err: err}
 }
 
-func (o *Options) rangeOrDefault() (Range, error) {
-	r := DefaultRange
-	if o != nil && o.Range != (Range{}) {
+func (o *Options) rangeOrDefault() (route.Range, error) {
+	r := route.DefaultRange
+	if o != nil && o.Range != (route.Range{}) {
 		r = o.Range
 	}
 	if err := r.Validate(); err != nil {
-		return Range{}, err
+		return route.Range{}, err
 	}
 	return r, nil
+}
+
+// Dump is what the kernel holds inside a Range: mpfleet's own rules and
+// routes, and the foreign ones (see ForeignRule, ForeignRoute), each sorted.
+type Dump struct {
+	Rules         []route.Rule
+	Routes        []route.Route
+	ForeignRules  []route.ForeignRule
+	ForeignRoutes []route.ForeignRoute
 }

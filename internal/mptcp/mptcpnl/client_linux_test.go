@@ -1,6 +1,6 @@
 //go:build linux
 
-package mptcp
+package mptcpnl
 
 import (
 	"errors"
@@ -18,6 +18,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/mdlayher/netlink/nlenc"
 	"github.com/mdlayher/netlink/nltest"
+	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"golang.org/x/sys/unix"
 )
 
@@ -133,12 +134,12 @@ func TestClientRequests(t *testing.T) {
 				cmd: cmdAddAddr, flags: netlink.Request | netlink.Acknowledge,
 				attrs: attrs(nestedAddr(
 					u16(addrAttrFamily, afInet), raw(addrAttrAddr4, 198, 18, 1, 2),
-					u8(addrAttrID, 3), u32(addrAttrFlags, uint32(FlagSubflow|FlagBackup)),
+					u8(addrAttrID, 3), u32(addrAttrFlags, uint32(mptcp.FlagSubflow|mptcp.FlagBackup)),
 					netlink.Attribute{Type: addrAttrIfIdx, Data: nlenc.Int32Bytes(4)},
 				)),
 			}},
 			call: func(c *Client) (any, error) {
-				return nil, c.AddEndpoint(Endpoint{ID: 3, Addr: v4a, Flags: FlagSubflow | FlagBackup, IfIndex: 4})
+				return nil, c.AddEndpoint(mptcp.Endpoint{ID: 3, Addr: v4a, Flags: mptcp.FlagSubflow | mptcp.FlagBackup, IfIndex: 4})
 			},
 		},
 		{
@@ -148,11 +149,11 @@ func TestClientRequests(t *testing.T) {
 				attrs: attrs(nestedAddr(
 					u16(addrAttrFamily, afInet6), raw(addrAttrAddr6, v6b[:]...),
 					// The endpoint port travels in host order.
-					u16(addrAttrPort, 8080), u32(addrAttrFlags, uint32(FlagSignal)),
+					u16(addrAttrPort, 8080), u32(addrAttrFlags, uint32(mptcp.FlagSignal)),
 				)),
 			}},
 			call: func(c *Client) (any, error) {
-				return nil, c.AddEndpoint(Endpoint{Addr: v6a, Port: 8080, Flags: FlagSignal})
+				return nil, c.AddEndpoint(mptcp.Endpoint{Addr: v6a, Port: 8080, Flags: mptcp.FlagSignal})
 			},
 		},
 		{
@@ -162,27 +163,27 @@ func TestClientRequests(t *testing.T) {
 				reply: []genetlink.Message{
 					{Header: genetlink.Header{Command: cmdGetAddr, Version: 1}, Data: attrs(nestedAddr(
 						u16(addrAttrFamily, afInet6), u16(addrAttrPort, 0), u8(addrAttrID, 9),
-						u32(addrAttrFlags, uint32(FlagSignal)), raw(addrAttrAddr6, v6b[:]...),
+						u32(addrAttrFlags, uint32(mptcp.FlagSignal)), raw(addrAttrAddr6, v6b[:]...),
 					))},
 					{Header: genetlink.Header{Command: cmdGetAddr, Version: 1}, Data: attrs(nestedAddr(
 						u16(addrAttrFamily, afInet), u16(addrAttrPort, 0), u8(addrAttrID, 1),
-						u32(addrAttrFlags, uint32(FlagSubflow|FlagFullmesh)),
+						u32(addrAttrFlags, uint32(mptcp.FlagSubflow|mptcp.FlagFullmesh)),
 						netlink.Attribute{Type: addrAttrIfIdx, Data: nlenc.Int32Bytes(2)},
 						raw(addrAttrAddr4, 198, 18, 1, 2),
 					))},
 				},
 			}},
 			call: func(c *Client) (any, error) { return c.Endpoints() },
-			want: []Endpoint{
-				{ID: 1, Addr: v4a, Flags: FlagSubflow | FlagFullmesh, IfIndex: 2},
-				{ID: 9, Addr: v6a, Flags: FlagSignal},
+			want: []mptcp.Endpoint{
+				{ID: 1, Addr: v4a, Flags: mptcp.FlagSubflow | mptcp.FlagFullmesh, IfIndex: 2},
+				{ID: 9, Addr: v6a, Flags: mptcp.FlagSignal},
 			},
 		},
 		{
 			name:  "dump no endpoints",
 			steps: []exchange{{cmd: cmdGetAddr, flags: netlink.Request | netlink.Dump}},
 			call:  func(c *Client) (any, error) { return c.Endpoints() },
-			want:  []Endpoint{},
+			want:  []mptcp.Endpoint{},
 		},
 		{
 			name: "get endpoint",
@@ -191,11 +192,11 @@ func TestClientRequests(t *testing.T) {
 				attrs: attrs(nestedAddr(u8(addrAttrID, 5))),
 				reply: reply(cmdGetAddr, attrs(nestedAddr(
 					u16(addrAttrFamily, afInet), u16(addrAttrPort, 0), u8(addrAttrID, 5),
-					u32(addrAttrFlags, uint32(FlagSignal|FlagImplicit)), raw(addrAttrAddr4, 198, 18, 1, 2),
+					u32(addrAttrFlags, uint32(mptcp.FlagSignal|mptcp.FlagImplicit)), raw(addrAttrAddr4, 198, 18, 1, 2),
 				))),
 			}},
-			call: func(c *Client) (any, error) { return c.Endpoint(5) },
-			want: Endpoint{ID: 5, Addr: v4a, Flags: FlagSignal | FlagImplicit},
+			call: func(c *Client) (any, error) { return c.c.endpoint(5) },
+			want: mptcp.Endpoint{ID: 5, Addr: v4a, Flags: mptcp.FlagSignal | mptcp.FlagImplicit},
 		},
 		{
 			name: "delete endpoint",
@@ -217,7 +218,7 @@ func TestClientRequests(t *testing.T) {
 				reply: reply(cmdGetLimits, attrs(u32(attrRcvAddAddrs, 1), u32(attrSubflows, 2))),
 			}},
 			call: func(c *Client) (any, error) { return c.Limits() },
-			want: Limits{Subflows: 2, AddAddrAccepted: 1},
+			want: mptcp.Limits{Subflows: 2, AddAddrAccepted: 1},
 		},
 		{
 			name: "set limits",
@@ -225,7 +226,7 @@ func TestClientRequests(t *testing.T) {
 				cmd: cmdSetLimits, flags: netlink.Request | netlink.Acknowledge,
 				attrs: attrs(u32(attrRcvAddAddrs, 8), u32(attrSubflows, 0)),
 			}},
-			call: func(c *Client) (any, error) { return nil, c.SetLimits(Limits{Subflows: 0, AddAddrAccepted: 8}) },
+			call: func(c *Client) (any, error) { return nil, c.SetLimits(mptcp.Limits{Subflows: 0, AddAddrAccepted: 8}) },
 		},
 		{
 			name: "set flags reads the endpoint then changes backup",
@@ -235,16 +236,16 @@ func TestClientRequests(t *testing.T) {
 					attrs: attrs(nestedAddr(u8(addrAttrID, 2))),
 					reply: reply(cmdGetAddr, attrs(nestedAddr(
 						u16(addrAttrFamily, afInet), u8(addrAttrID, 2),
-						u32(addrAttrFlags, uint32(FlagSubflow)), raw(addrAttrAddr4, 198, 18, 1, 2),
+						u32(addrAttrFlags, uint32(mptcp.FlagSubflow)), raw(addrAttrAddr4, 198, 18, 1, 2),
 					))),
 				},
 				{
 					cmd: cmdSetFlags, flags: netlink.Request | netlink.Acknowledge,
-					attrs: attrs(nestedAddr(u8(addrAttrID, 2), u32(addrAttrFlags, uint32(FlagSubflow|FlagBackup|FlagFullmesh)))),
+					attrs: attrs(nestedAddr(u8(addrAttrID, 2), u32(addrAttrFlags, uint32(mptcp.FlagSubflow|mptcp.FlagBackup|mptcp.FlagFullmesh)))),
 				},
 			},
 			call: func(c *Client) (any, error) {
-				return nil, c.SetEndpointFlags(2, FlagSubflow|FlagBackup|FlagFullmesh)
+				return nil, c.SetEndpointFlags(2, mptcp.FlagSubflow|mptcp.FlagBackup|mptcp.FlagFullmesh)
 			},
 		},
 		{
@@ -254,10 +255,10 @@ func TestClientRequests(t *testing.T) {
 				attrs: attrs(nestedAddr(u8(addrAttrID, 2))),
 				reply: reply(cmdGetAddr, attrs(nestedAddr(
 					u16(addrAttrFamily, afInet), u8(addrAttrID, 2),
-					u32(addrAttrFlags, uint32(FlagSubflow|FlagBackup)), raw(addrAttrAddr4, 198, 18, 1, 2),
+					u32(addrAttrFlags, uint32(mptcp.FlagSubflow|mptcp.FlagBackup)), raw(addrAttrAddr4, 198, 18, 1, 2),
 				))),
 			}},
-			call: func(c *Client) (any, error) { return nil, c.SetEndpointFlags(2, FlagSubflow|FlagBackup) },
+			call: func(c *Client) (any, error) { return nil, c.SetEndpointFlags(2, mptcp.FlagSubflow|mptcp.FlagBackup) },
 		},
 	}
 	for _, tt := range tests {
@@ -280,24 +281,26 @@ func TestClientErrors(t *testing.T) {
 		attrs: attrs(nestedAddr(u8(addrAttrID, 2))),
 		reply: reply(cmdGetAddr, attrs(nestedAddr(
 			u16(addrAttrFamily, afInet), u8(addrAttrID, 2),
-			u32(addrAttrFlags, uint32(FlagSubflow)), raw(addrAttrAddr4, 198, 18, 1, 2),
+			u32(addrAttrFlags, uint32(mptcp.FlagSubflow)), raw(addrAttrAddr4, 198, 18, 1, 2),
 		))),
 	}
 	signalEndpoint := subflowEndpoint
 	signalEndpoint.reply = reply(cmdGetAddr, attrs(nestedAddr(
 		u16(addrAttrFamily, afInet), u8(addrAttrID, 2),
-		u32(addrAttrFlags, uint32(FlagSignal)), raw(addrAttrAddr4, 198, 18, 1, 2),
+		u32(addrAttrFlags, uint32(mptcp.FlagSignal)), raw(addrAttrAddr4, 198, 18, 1, 2),
 	)))
 	add := func(errno syscall.Errno) exchange {
 		return exchange{
 			cmd: cmdAddAddr, flags: netlink.Request | netlink.Acknowledge, errno: errno,
 			attrs: attrs(nestedAddr(
 				u16(addrAttrFamily, afInet), raw(addrAttrAddr4, 198, 18, 1, 2),
-				u8(addrAttrID, 3), u32(addrAttrFlags, uint32(FlagSubflow)),
+				u8(addrAttrID, 3), u32(addrAttrFlags, uint32(mptcp.FlagSubflow)),
 			)),
 		}
 	}
-	addCall := func(c *Client) error { return c.AddEndpoint(Endpoint{ID: 3, Addr: v4a, Flags: FlagSubflow}) }
+	addCall := func(c *Client) error {
+		return c.AddEndpoint(mptcp.Endpoint{ID: 3, Addr: v4a, Flags: mptcp.FlagSubflow})
+	}
 
 	tests := []struct {
 		name  string
@@ -308,22 +311,22 @@ func TestClientErrors(t *testing.T) {
 	}{
 		{
 			name: "duplicate address", steps: []exchange{add(unix.EEXIST)}, call: addCall,
-			is:  []error{os.ErrExist, ErrEndpointExists, unix.EEXIST},
+			is:  []error{os.ErrExist, mptcp.ErrEndpointExists, unix.EEXIST},
 			msg: "mptcp add endpoint 198.18.1.2 id 3: file exists",
 		},
 		{
 			name: "duplicate id", steps: []exchange{add(unix.EBUSY)}, call: addCall,
-			is:  []error{os.ErrExist, ErrEndpointExists, unix.EBUSY},
+			is:  []error{os.ErrExist, mptcp.ErrEndpointExists, unix.EBUSY},
 			msg: "mptcp add endpoint 198.18.1.2 id 3: id 3 in use: device or resource busy",
 		},
 		{
 			name: "ninth endpoint", steps: []exchange{add(unix.ERANGE)}, call: addCall,
-			is:  []error{ErrTooManyEndpoints, unix.ERANGE},
+			is:  []error{mptcp.ErrTooManyEndpoints, unix.ERANGE},
 			msg: "mptcp add endpoint 198.18.1.2 id 3: too many endpoints (at most 8): numerical result out of range",
 		},
 		{
 			name: "kernel refuses the endpoint", steps: []exchange{add(unix.EINVAL)}, call: addCall,
-			is:  []error{ErrInvalid, unix.EINVAL},
+			is:  []error{mptcp.ErrInvalid, unix.EINVAL},
 			msg: "mptcp add endpoint 198.18.1.2 id 3: invalid argument",
 		},
 		{
@@ -333,24 +336,28 @@ func TestClientErrors(t *testing.T) {
 		},
 		{
 			name: "signal with fullmesh is refused before sending",
-			call: func(c *Client) error { return c.AddEndpoint(Endpoint{Addr: v4a, Flags: FlagSignal | FlagFullmesh}) },
-			is:   []error{ErrInvalid},
-			msg:  "mptcp add endpoint 198.18.1.2: invalid argument: endpoint 198.18.1.2: flags signal and fullmesh cannot be combined",
+			call: func(c *Client) error {
+				return c.AddEndpoint(mptcp.Endpoint{Addr: v4a, Flags: mptcp.FlagSignal | mptcp.FlagFullmesh})
+			},
+			is:  []error{mptcp.ErrInvalid},
+			msg: "mptcp add endpoint 198.18.1.2: invalid argument: endpoint 198.18.1.2: flags signal and fullmesh cannot be combined",
 		},
 		{
 			name: "implicit is refused before sending",
-			call: func(c *Client) error { return c.AddEndpoint(Endpoint{Addr: v4a, Flags: FlagImplicit}) },
-			is:   []error{ErrInvalid},
+			call: func(c *Client) error { return c.AddEndpoint(mptcp.Endpoint{Addr: v4a, Flags: mptcp.FlagImplicit}) },
+			is:   []error{mptcp.ErrInvalid},
 		},
 		{
 			name: "port without signal is refused before sending",
-			call: func(c *Client) error { return c.AddEndpoint(Endpoint{Addr: v4a, Port: 99, Flags: FlagSubflow}) },
-			is:   []error{ErrInvalid},
+			call: func(c *Client) error {
+				return c.AddEndpoint(mptcp.Endpoint{Addr: v4a, Port: 99, Flags: mptcp.FlagSubflow})
+			},
+			is: []error{mptcp.ErrInvalid},
 		},
 		{
 			name: "no address is refused before sending",
-			call: func(c *Client) error { return c.AddEndpoint(Endpoint{Flags: FlagSubflow}) },
-			is:   []error{ErrInvalid},
+			call: func(c *Client) error { return c.AddEndpoint(mptcp.Endpoint{Flags: mptcp.FlagSubflow}) },
+			is:   []error{mptcp.ErrInvalid},
 		},
 		{
 			name: "get missing endpoint",
@@ -358,8 +365,8 @@ func TestClientErrors(t *testing.T) {
 				cmd: cmdGetAddr, flags: netlink.Request, errno: unix.EINVAL,
 				attrs: attrs(nestedAddr(u8(addrAttrID, 9))),
 			}},
-			call: func(c *Client) error { _, err := c.Endpoint(9); return err },
-			is:   []error{os.ErrNotExist, ErrEndpointNotFound, unix.EINVAL},
+			call: func(c *Client) error { _, err := c.c.endpoint(9); return err },
+			is:   []error{os.ErrNotExist, mptcp.ErrEndpointNotFound, unix.EINVAL},
 			msg:  "mptcp get endpoint id 9: endpoint not found: invalid argument",
 		},
 		{
@@ -369,13 +376,13 @@ func TestClientErrors(t *testing.T) {
 				attrs: attrs(nestedAddr(u8(addrAttrID, 9))),
 			}},
 			call: func(c *Client) error { return c.DeleteEndpoint(9) },
-			is:   []error{os.ErrNotExist, ErrEndpointNotFound},
+			is:   []error{os.ErrNotExist, mptcp.ErrEndpointNotFound},
 			msg:  "mptcp delete endpoint id 9: endpoint not found: invalid argument",
 		},
 		{
 			name: "delete id 0 is refused before sending",
 			call: func(c *Client) error { return c.DeleteEndpoint(0) },
-			is:   []error{ErrInvalid},
+			is:   []error{mptcp.ErrInvalid},
 		},
 		{
 			name: "set flags of a missing endpoint",
@@ -383,40 +390,40 @@ func TestClientErrors(t *testing.T) {
 				cmd: cmdGetAddr, flags: netlink.Request, errno: unix.EINVAL,
 				attrs: attrs(nestedAddr(u8(addrAttrID, 9))),
 			}},
-			call: func(c *Client) error { return c.SetEndpointFlags(9, FlagBackup) },
-			is:   []error{os.ErrNotExist, ErrEndpointNotFound},
+			call: func(c *Client) error { return c.SetEndpointFlags(9, mptcp.FlagBackup) },
+			is:   []error{os.ErrNotExist, mptcp.ErrEndpointNotFound},
 			msg:  "mptcp set endpoint id 9 flags backup: endpoint not found: invalid argument",
 		},
 		{
 			name:  "set flags cannot turn subflow into signal",
 			steps: []exchange{subflowEndpoint},
-			call:  func(c *Client) error { return c.SetEndpointFlags(2, FlagSignal) },
-			is:    []error{ErrFlagsImmutable, ErrInvalid},
+			call:  func(c *Client) error { return c.SetEndpointFlags(2, mptcp.FlagSignal) },
+			is:    []error{mptcp.ErrFlagsImmutable, mptcp.ErrInvalid},
 			msg:   `mptcp set endpoint id 2 flags signal: flags cannot change in place (delete and re-add the endpoint): signal subflow (endpoint has "subflow")`,
 		},
 		{
 			name:  "set flags cannot add laminar",
 			steps: []exchange{subflowEndpoint},
-			call:  func(c *Client) error { return c.SetEndpointFlags(2, FlagSubflow|FlagLaminar) },
-			is:    []error{ErrFlagsImmutable},
+			call:  func(c *Client) error { return c.SetEndpointFlags(2, mptcp.FlagSubflow|mptcp.FlagLaminar) },
+			is:    []error{mptcp.ErrFlagsImmutable},
 			msg:   `mptcp set endpoint id 2 flags subflow laminar: flags cannot change in place (delete and re-add the endpoint): laminar (endpoint has "subflow")`,
 		},
 		{
 			name:  "set flags cannot make a signal endpoint fullmesh",
 			steps: []exchange{signalEndpoint},
-			call:  func(c *Client) error { return c.SetEndpointFlags(2, FlagSignal|FlagFullmesh) },
-			is:    []error{ErrInvalid},
+			call:  func(c *Client) error { return c.SetEndpointFlags(2, mptcp.FlagSignal|mptcp.FlagFullmesh) },
+			is:    []error{mptcp.ErrInvalid},
 		},
 		{
 			name: "set limits above the maximum is refused before sending",
-			call: func(c *Client) error { return c.SetLimits(Limits{Subflows: 9}) },
-			is:   []error{ErrInvalid},
+			call: func(c *Client) error { return c.SetLimits(mptcp.Limits{Subflows: 9}) },
+			is:   []error{mptcp.ErrInvalid},
 			msg:  "mptcp set limits subflows 9 add_addr_accepted 0: invalid argument: subflows 9 above the kernel maximum 8",
 		},
 		{
 			name: "set add_addr_accepted above the maximum is refused before sending",
-			call: func(c *Client) error { return c.SetLimits(Limits{Subflows: 2, AddAddrAccepted: 100}) },
-			is:   []error{ErrInvalid},
+			call: func(c *Client) error { return c.SetLimits(mptcp.Limits{Subflows: 2, AddAddrAccepted: 100}) },
+			is:   []error{mptcp.ErrInvalid},
 		},
 		{
 			name: "kernel refuses limits",
@@ -424,8 +431,8 @@ func TestClientErrors(t *testing.T) {
 				cmd: cmdSetLimits, flags: netlink.Request | netlink.Acknowledge, errno: unix.EINVAL,
 				attrs: attrs(u32(attrRcvAddAddrs, 1), u32(attrSubflows, 1)),
 			}},
-			call: func(c *Client) error { return c.SetLimits(Limits{Subflows: 1, AddAddrAccepted: 1}) },
-			is:   []error{ErrInvalid},
+			call: func(c *Client) error { return c.SetLimits(mptcp.Limits{Subflows: 1, AddAddrAccepted: 1}) },
+			is:   []error{mptcp.ErrInvalid},
 			msg:  "mptcp set limits subflows 1 add_addr_accepted 1: invalid argument",
 		},
 		{
@@ -445,7 +452,7 @@ func TestClientErrors(t *testing.T) {
 			if err == nil {
 				t.Fatal("no error")
 			}
-			var oe *OpError
+			var oe *mptcp.OpError
 			if !errors.As(err, &oe) {
 				t.Errorf("error %v (%T) is not an *OpError", err, err)
 			}
@@ -475,7 +482,7 @@ func TestDialWithoutMPTCP(t *testing.T) {
 		"events": func() error { _, err := initEventConn(conn); return err },
 	} {
 		err := init()
-		for _, target := range []error{ErrUnsupported, errors.ErrUnsupported, os.ErrNotExist} {
+		for _, target := range []error{mptcp.ErrUnsupported, errors.ErrUnsupported, os.ErrNotExist} {
 			if !errors.Is(err, target) {
 				t.Errorf("%s: error %v does not match %v", name, err, target)
 			}
@@ -534,7 +541,7 @@ func diagKernel(t *testing.T, replies map[uint8][][]byte, errno syscall.Errno) *
 
 // diagMsg builds a struct inet_diag_msg by hand, then the INET_DIAG_INFO
 // attribute holding info (whole or cut to infoLen bytes).
-func diagMsg(family, state uint8, src, dst netip.AddrPort, info Info, infoLen int) []byte {
+func diagMsg(family, state uint8, src, dst netip.AddrPort, info mptcp.Info, infoLen int) []byte {
 	b := make([]byte, 72)
 	b[0], b[1] = family, state
 	b[4], b[5] = byte(src.Port()>>8), byte(src.Port())
@@ -560,7 +567,7 @@ func diagMsg(family, state uint8, src, dst netip.AddrPort, info Info, infoLen in
 }
 
 func TestConnections(t *testing.T) {
-	info := Info{
+	info := mptcp.Info{
 		Subflows: 1, SubflowsMax: 2, AddAddrAcceptedMax: 1, Flags: 1<<0 | 1<<1, Token: 0xdeadbeef,
 		WriteSeq: 1 << 40, SndUna: 1<<40 - 1, RcvNxt: 7, LocalAddrUsed: 1, LocalAddrMax: 1,
 		BytesSent: 1000, BytesReceived: 2000, BytesAcked: 999, SubflowsTotal: 2, LastAckRecv: 5,
@@ -572,7 +579,7 @@ func TestConnections(t *testing.T) {
 	mapped := netip.AddrPortFrom(netip.AddrFrom16(v4l.Addr().As16()), 40002)
 	c := &Client{c: &client{diag: diagKernel(t, map[uint8][][]byte{
 		unix.AF_INET:  {diagMsg(unix.AF_INET, 1, v4l, v4r, info, mptcpInfoLen)},
-		unix.AF_INET6: {diagMsg(unix.AF_INET6, 8, v6l, v6r, info, oldLen), diagMsg(unix.AF_INET6, 1, mapped, v4r, Info{}, mptcpInfoLen)},
+		unix.AF_INET6: {diagMsg(unix.AF_INET6, 8, v6l, v6r, info, oldLen), diagMsg(unix.AF_INET6, 1, mapped, v4r, mptcp.Info{}, mptcpInfoLen)},
 	}, 0)}}
 	got, err := c.Connections()
 	if err != nil {
@@ -580,16 +587,16 @@ func TestConnections(t *testing.T) {
 	}
 	wantInfo := info
 	wantInfo.Fallback, wantInfo.RemoteKeyReceived = true, true
-	oldInfo := Info{
+	oldInfo := mptcp.Info{
 		Subflows: 1, SubflowsMax: 2, AddAddrAcceptedMax: 1, Flags: 3, Fallback: true, RemoteKeyReceived: true,
 		Token: 0xdeadbeef, WriteSeq: 1 << 40, SndUna: 1<<40 - 1, RcvNxt: 7, LocalAddrUsed: 1, LocalAddrMax: 1,
 	}
-	base := Connection{IfIndex: 3, Cookie: 0x5566778811223344, RecvQueue: 10, SendQueue: 20, UID: 1000, Inode: 4242}
-	want := []Connection{base, base, base}
-	want[0].Family, want[0].State, want[0].Local, want[0].Remote, want[0].Info = unix.AF_INET, StateEstablished, v4l, v4r, wantInfo
+	base := mptcp.Connection{IfIndex: 3, Cookie: 0x5566778811223344, RecvQueue: 10, SendQueue: 20, UID: 1000, Inode: 4242}
+	want := []mptcp.Connection{base, base, base}
+	want[0].Family, want[0].State, want[0].Local, want[0].Remote, want[0].Info = unix.AF_INET, mptcp.StateEstablished, v4l, v4r, wantInfo
 	// The v4-mapped address comes back unmapped, sorted among the IPv4 ones.
-	want[1].Family, want[1].State, want[1].Local, want[1].Remote = unix.AF_INET6, StateEstablished, netip.AddrPortFrom(v4l.Addr(), 40002), v4r
-	want[2].Family, want[2].State, want[2].Local, want[2].Remote, want[2].Info = unix.AF_INET6, StateCloseWait, v6l, v6r, oldInfo
+	want[1].Family, want[1].State, want[1].Local, want[1].Remote = unix.AF_INET6, mptcp.StateEstablished, netip.AddrPortFrom(v4l.Addr(), 40002), v4r
+	want[2].Family, want[2].State, want[2].Local, want[2].Remote, want[2].Info = unix.AF_INET6, mptcp.StateCloseWait, v6l, v6r, oldInfo
 	if diff := cmp.Diff(want, got, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
 		t.Errorf("connections (-want +got):\n%s", diff)
 	}
@@ -598,7 +605,7 @@ func TestConnections(t *testing.T) {
 func TestConnectionsWithoutMPTCPDiag(t *testing.T) {
 	c := &Client{c: &client{diag: diagKernel(t, nil, unix.ENOENT)}}
 	_, err := c.Connections()
-	for _, target := range []error{ErrUnsupported, os.ErrNotExist} {
+	for _, target := range []error{mptcp.ErrUnsupported, os.ErrNotExist} {
 		if !errors.Is(err, target) {
 			t.Errorf("error %v does not match %v", err, target)
 		}
@@ -606,13 +613,13 @@ func TestConnectionsWithoutMPTCPDiag(t *testing.T) {
 }
 
 func TestEventReceive(t *testing.T) {
-	created := Event{
-		Type: EventCreated, Token: 0x01020304, Family: unix.AF_INET,
+	created := mptcp.Event{
+		Type: mptcp.EventCreated, Token: 0x01020304, Family: unix.AF_INET,
 		Saddr: netip.MustParseAddr("198.18.1.1"), Daddr: netip.MustParseAddr("198.18.1.2"),
 		Sport: 40000, Dport: 5201, ServerSide: false,
 	}
-	sub := Event{
-		Type: EventSubEstablished, Token: 0x01020304, Family: unix.AF_INET6, LocID: 2, RemID: 0,
+	sub := mptcp.Event{
+		Type: mptcp.EventSubEstablished, Token: 0x01020304, Family: unix.AF_INET6, LocID: 2, RemID: 0,
 		Saddr: netip.MustParseAddr("2001:db8:2::1"), Daddr: netip.MustParseAddr("2001:db8:1::2"),
 		Sport: 0x1234, Dport: 443, Backup: true, IfIndex: 5,
 	}
@@ -633,8 +640,8 @@ func TestEventReceive(t *testing.T) {
 			return nil, io.EOF
 		}
 		return []genetlink.Message{
-			{Header: genetlink.Header{Command: uint8(EventCreated), Version: 1}, Data: createdWire},
-			{Header: genetlink.Header{Command: uint8(EventSubEstablished), Version: 1}, Data: subWire},
+			{Header: genetlink.Header{Command: uint8(mptcp.EventCreated), Version: 1}, Data: createdWire},
+			{Header: genetlink.Header{Command: uint8(mptcp.EventSubEstablished), Version: 1}, Data: subWire},
 		}, nil
 	}))
 	ec, err := initEventConn(conn)
@@ -650,7 +657,7 @@ func TestEventReceive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]Event{created, sub}, got, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+	if diff := cmp.Diff([]mptcp.Event{created, sub}, got, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
 		t.Errorf("events (-want +got):\n%s", diff)
 	}
 }
@@ -665,7 +672,7 @@ func TestEventReceiveOverrun(t *testing.T) {
 	}
 	defer ec.close()
 	_, err = (&EventConn{c: ec}).Receive()
-	if !errors.Is(err, ErrEventsLost) || !errors.Is(err, unix.ENOBUFS) {
+	if !errors.Is(err, mptcp.ErrEventsLost) || !errors.Is(err, unix.ENOBUFS) {
 		t.Errorf("overrun: %v, want ErrEventsLost", err)
 	}
 }
