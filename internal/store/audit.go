@@ -11,12 +11,58 @@ import (
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // The audit log: events under audit/events/{sequence}, hash-chained, and the
 // chain head (the last event's sequence, hash and key id) under audit/head,
 // which every audited write compares.
+
+func (s *Store) auditPrefix() string { return s.prefix + "audit/events/" }
+func (s *Store) auditKey(seq uint64) string {
+	return fmt.Sprintf("%s%020d", s.auditPrefix(), seq)
+}
+func (s *Store) auditHeadKey() string { return s.prefix + "audit/head" }
+
+func mustAny(m proto.Message) *anypb.Any {
+	if m == nil {
+		return nil
+	}
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("store: any %T: %v", m, err))
+	}
+	return a
+}
+
+func (s *Store) newEvent(m Meta, action, resource string, before, after proto.Message) *pb.AuditEvent {
+	ev := &pb.AuditEvent{
+		Time:        timestamppb.New(s.now()),
+		Actor:       m.Actor,
+		Action:      action,
+		Resource:    resource,
+		Result:      pb.AuditResult_AUDIT_RESULT_SUCCESS,
+		StatusCode:  "OK",
+		RequestId:   m.RequestID,
+		PeerAddress: m.Peer,
+		Reason:      m.Reason,
+	}
+	if before != nil {
+		ev.Before = mustAny(before)
+	}
+	if after != nil {
+		ev.After = mustAny(after)
+	}
+	return ev
+}
+
+// Event returns an audit event of a call by m (not yet sealed).
+func (s *Store) Event(m Meta, action, resource string, before, after proto.Message) *pb.AuditEvent {
+	return s.newEvent(m, action, resource, before, after)
+}
+
+func nowProto(s *Store) *timestamppb.Timestamp { return timestamppb.New(s.now()) }
 
 // head is the audit chain head as stored.
 type head struct {
@@ -86,27 +132,13 @@ func (s *Store) AppendAudit(ctx context.Context, ev *pb.AuditEvent) (*pb.AuditEv
 	if ev.Time == nil {
 		ev.Time = timestamppb.New(s.now())
 	}
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		h, err := s.readHead(ctx)
-		if err != nil {
-			return nil, err
-		}
-		hcmp, hops, err := s.auditOps(ev, h)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := s.c.Txn(ctx).If(hcmp).Then(hops...).Commit()
-		if err != nil {
-			return nil, fmt.Errorf("append audit event: %w", err)
-		}
-		if resp.Succeeded {
-			return ev, nil
-		}
-		if err := backoff(ctx, attempt); err != nil {
-			return nil, err
-		}
+	_, err := s.auditedTxn(ctx, "append audit event", func(head) (*txnPlan, error) {
+		return &txnPlan{events: []*pb.AuditEvent{ev}}, nil
+	}, nil)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("append audit event: %w", ErrContention)
+	return ev, nil
 }
 
 // AuditQuery selects audit events.
@@ -275,52 +307,41 @@ var pruneBatch uint64 = 1000
 // this prune from events deleted by hand. It returns how many events it
 // deleted.
 func (s *Store) PruneAudit(ctx context.Context, fence clientv3.Cmp, upTo uint64) (uint64, error) {
-	var deleted uint64
-	for attempt := 0; ; attempt++ {
-		if attempt == maxAttempts {
-			return 0, fmt.Errorf("prune audit: %w", ErrContention)
-		}
-		h, err := s.readHead(ctx)
-		if err != nil || h.seq == 0 {
-			return 0, err
+	resp, err := s.auditedTxn(ctx, "prune audit", func(h head) (*txnPlan, error) {
+		if h.seq == 0 {
+			return nil, nil
 		}
 		upTo = min(upTo, h.seq)
 		first, err := s.firstAuditSeq(ctx)
 		if err != nil || first == 0 || first > upTo {
-			return 0, err
+			return nil, err
 		}
 		last, err := s.auditEvent(ctx, upTo)
 		if err != nil {
-			return 0, fmt.Errorf("prune audit: %w", err)
+			return nil, fmt.Errorf("prune audit: %w", err)
 		}
 		n := upTo - first + 1
 		cp := s.newEvent(Meta{Actor: actorRetention, Reason: fmt.Sprintf("retention removes %d events, %d to %d", n, first, upTo)},
 			audit.ActionCheckpoint, "auditEvents", nil, nil)
 		cp.Checkpoint = &pb.AuditCheckpoint{FirstSequence: first, LastSequence: upTo, LastHash: last.GetHash(), Events: n}
-		hcmp, hops, err := s.auditOps(cp, h)
-		if err != nil {
-			return 0, err
-		}
 		end := min(first+pruneBatch, upTo+1)
-		resp, err := s.c.Txn(ctx).If(fence, hcmp).Then(append(hops,
-			clientv3.OpDelete(s.auditKey(first), clientv3.WithRange(s.auditKey(end))))...,
-		).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("prune audit: %w", err)
-		}
-		if resp.Succeeded {
-			deleted = uint64(resp.Responses[len(hops)].GetResponseDeleteRange().Deleted)
-			break
-		}
+		return &txnPlan{
+			cmps:   []clientv3.Cmp{fence},
+			ops:    []clientv3.Op{clientv3.OpDelete(s.auditKey(first), clientv3.WithRange(s.auditKey(end)))},
+			events: []*pb.AuditEvent{cp},
+		}, nil
+	}, func(*clientv3.TxnResponse) error {
 		if ok, err := s.holds(ctx, fence); err != nil {
-			return 0, err
+			return err
 		} else if !ok {
-			return 0, fmt.Errorf("prune audit: %w", ErrNotLeader)
+			return fmt.Errorf("prune audit: %w", ErrNotLeader)
 		}
-		if err := backoff(ctx, attempt); err != nil { // another write took the head
-			return 0, err
-		}
+		return nil // another write took the head
+	})
+	if err != nil || resp == nil {
+		return 0, err
 	}
+	deleted := uint64(resp.Responses[0].GetResponseDeleteRange().Deleted)
 	for {
 		first, err := s.firstAuditSeq(ctx)
 		if err != nil || first == 0 || first > upTo {
@@ -383,47 +404,30 @@ func (s *Store) KeyAuditChain(ctx context.Context) (bool, error) {
 	if s.key == nil {
 		return false, nil
 	}
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		h, err := s.readHead(ctx)
-		if err != nil {
-			return false, err
-		}
+	resp, err := s.auditedTxn(ctx, "key audit chain", func(h head) (*txnPlan, error) {
 		if err := s.checkKey(h); err != nil {
-			return false, err
+			return nil, err
 		}
 		if h.seq == 0 || h.keyID != "" {
-			return false, nil
+			return nil, nil
 		}
 		ev := s.newEvent(Meta{Actor: actorAudit, Reason: fmt.Sprintf("audit key %s introduced: events from here on are keyed; the %d before are not", s.key.ID(), h.seq)},
 			audit.ActionKeyIntroduced, "auditEvents", nil, nil)
 		first, err := s.firstAuditSeq(ctx)
 		if err != nil {
-			return false, err
+			return nil, err
 		}
 		if first > 1 {
 			oldest, err := s.auditEvent(ctx, first)
 			if err != nil {
-				return false, fmt.Errorf("key audit chain: %w", err)
+				return nil, fmt.Errorf("key audit chain: %w", err)
 			}
 			ev.Checkpoint = &pb.AuditCheckpoint{FirstSequence: 1, LastSequence: first - 1, LastHash: oldest.GetPrevHash(), Events: first - 1}
 			ev.Reason += fmt.Sprintf("; events 1 to %d were pruned before checkpoints were kept", first-1)
 		}
-		hcmp, hops, err := s.auditOps(ev, h)
-		if err != nil {
-			return false, err
-		}
-		resp, err := s.c.Txn(ctx).If(hcmp).Then(hops...).Commit()
-		if err != nil {
-			return false, fmt.Errorf("key audit chain: %w", err)
-		}
-		if resp.Succeeded {
-			return true, nil
-		}
-		if err := backoff(ctx, attempt); err != nil {
-			return false, err
-		}
-	}
-	return false, fmt.Errorf("key audit chain: %w", ErrContention)
+		return &txnPlan{events: []*pb.AuditEvent{ev}}, nil
+	}, nil)
+	return resp != nil, err
 }
 
 // AuditKeyID returns the id of the store's audit key ("" without one).

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mpfleet/mpfleet/internal/wait"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -107,7 +108,7 @@ func (c *Cache) Run(ctx context.Context) error {
 				return nil
 			}
 			c.log.Warn("cache list failed; retrying", "err", err)
-			if !sleep(ctx, time.Second) {
+			if !wait.Sleep(ctx, time.Second) {
 				return nil
 			}
 			continue
@@ -117,20 +118,9 @@ func (c *Cache) Run(ctx context.Context) error {
 			return nil
 		}
 		c.log.Warn("cache watch ended; re-listing", "err", err)
-		if !sleep(ctx, 100*time.Millisecond) {
+		if !wait.Sleep(ctx, 100*time.Millisecond) {
 			return nil
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
 

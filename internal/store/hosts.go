@@ -12,8 +12,11 @@ import (
 // lives under sessions/{id}, bound to the lease of the controller replica
 // that holds the agent's stream. When that replica dies its lease expires,
 // the session keys vanish, and every replica shows those hosts as
-// DISCONNECTED with their last reported state.
+// DISCONNECTED with their last reported state. The key is also the host's
+// stream's ownership across the fleet: one replica at a time holds it
+// (ClaimSession).
 
+func (s *Store) hostsPrefix() string         { return s.prefix + "hosts/" }
 func (s *Store) sessionsPrefix() string      { return s.prefix + "sessions/" }
 func (s *Store) hostKey(id string) string    { return s.hostsPrefix() + id }
 func (s *Store) sessionKey(id string) string { return s.sessionsPrefix() + id }
@@ -42,21 +45,37 @@ func (s *Store) GetHost(ctx context.Context, id string) (*pb.Host, error) {
 	return decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, &pb.Host{})
 }
 
-// Grant returns a new lease of ttl seconds for session keys.
-func (s *Store) Grant(ctx context.Context, ttl int64) (clientv3.LeaseID, error) {
-	resp, err := s.c.Grant(ctx, ttl)
-	if err != nil {
-		return 0, fmt.Errorf("grant lease: %w", err)
+// ClaimSession marks a host connected to replica, bound to lease, unless
+// another replica holds its stream: then it returns that replica and an
+// error wrapping ErrAlreadyExists. A replica may claim a host it already
+// holds again (with a new lease, after its old one expired).
+func (s *Store) ClaimSession(ctx context.Context, id, replica string, lease clientv3.LeaseID) (holder string, err error) {
+	key := s.sessionKey(id)
+	put := clientv3.OpPut(key, replica, clientv3.WithLease(lease))
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		tr, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(put).Else(
+			clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "=", replica)}, []clientv3.Op{put}, []clientv3.Op{clientv3.OpGet(key)}),
+		).Commit()
+		if err != nil {
+			return "", fmt.Errorf("claim session %q: %w", id, err)
+		}
+		if tr.Succeeded {
+			return replica, nil
+		}
+		inner := tr.Responses[0].GetResponseTxn()
+		if inner.GetSucceeded() {
+			return replica, nil
+		}
+		if kvs := inner.GetResponses()[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			holder := string(kvs[0].Value)
+			return holder, fmt.Errorf("host %q: its stream is held by controller replica %q: %w", id, holder, ErrAlreadyExists)
+		}
+		// Released between the compares and the read: try again.
+		if err := backoff(ctx, attempt); err != nil {
+			return "", err
+		}
 	}
-	return resp.ID, nil
-}
-
-// PutSession marks a host connected to replica, bound to lease.
-func (s *Store) PutSession(ctx context.Context, id, replica string, lease clientv3.LeaseID) error {
-	if _, err := s.c.Put(ctx, s.sessionKey(id), replica, clientv3.WithLease(lease)); err != nil {
-		return fmt.Errorf("put session %q: %w", id, err)
-	}
-	return nil
+	return "", fmt.Errorf("claim session %q: %w", id, ErrContention)
 }
 
 // DeleteSession removes a host's session if replica still holds it (another
@@ -74,47 +93,38 @@ func (s *Store) DeleteSession(ctx context.Context, id, replica string) error {
 // controller holds a session of it: ErrNotFound when there is no such host,
 // ErrFailedPrecondition while it is connected.
 func (s *Store) DeleteHost(ctx context.Context, id string, m Meta) (int64, error) {
-	for attempt := 0; attempt < maxAttempts; attempt++ {
+	what := fmt.Sprintf("delete host %q", id)
+	tr, err := s.auditedTxn(ctx, what, func(head) (*txnPlan, error) {
 		resp, err := s.c.Get(ctx, s.hostKey(id))
 		if err != nil {
-			return 0, fmt.Errorf("delete host %q: %w", id, err)
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		if len(resp.Kvs) == 0 {
-			return 0, fmt.Errorf("host %q: %w", id, ErrNotFound)
+			return nil, fmt.Errorf("host %q: %w", id, ErrNotFound)
 		}
 		before, err := decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, &pb.Host{})
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
-		h, err := s.readHead(ctx)
-		if err != nil {
-			return 0, err
-		}
-		hcmp, hops, err := s.auditOpsN([]*pb.AuditEvent{s.newEvent(m, "hosts.delete", HostName(id), before, nil)}, h)
-		if err != nil {
-			return 0, err
-		}
-		tr, err := s.c.Txn(ctx).If(
-			clientv3.Compare(clientv3.ModRevision(s.hostKey(id)), "=", resp.Kvs[0].ModRevision),
-			clientv3.Compare(clientv3.CreateRevision(s.sessionKey(id)), "=", 0),
-			hcmp,
-		).Then(append([]clientv3.Op{clientv3.OpDelete(s.hostKey(id)), clientv3.OpDelete(s.hostLabelsKey(id))}, hops...)...).Else(
-			clientv3.OpGet(s.sessionKey(id), clientv3.WithCountOnly()),
-		).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("delete host %q: %w", id, err)
-		}
-		if tr.Succeeded {
-			return tr.Header.Revision, nil
-		}
+		return &txnPlan{
+			cmps: []clientv3.Cmp{
+				clientv3.Compare(clientv3.ModRevision(s.hostKey(id)), "=", resp.Kvs[0].ModRevision),
+				clientv3.Compare(clientv3.CreateRevision(s.sessionKey(id)), "=", 0),
+			},
+			ops:    []clientv3.Op{clientv3.OpDelete(s.hostKey(id)), clientv3.OpDelete(s.hostLabelsKey(id))},
+			events: []*pb.AuditEvent{s.newEvent(m, "hosts.delete", HostName(id), before, nil)},
+			orElse: []clientv3.Op{clientv3.OpGet(s.sessionKey(id), clientv3.WithCountOnly())},
+		}, nil
+	}, func(tr *clientv3.TxnResponse) error {
 		if tr.Responses[0].GetResponseRange().Count > 0 {
-			return 0, fmt.Errorf("host %q is connected: stop its agent or revoke its credential first: %w", id, ErrFailedPrecondition)
+			return fmt.Errorf("host %q is connected: stop its agent or revoke its credential first: %w", id, ErrFailedPrecondition)
 		}
-		if err := backoff(ctx, attempt); err != nil {
-			return 0, err
-		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("delete host %q: %w", id, ErrContention)
+	return tr.Header.Revision, nil
 }
 
 // Operator labels: hostlabels/{id} holds the labels an operator set on a
@@ -128,16 +138,17 @@ func (s *Store) hostLabelsKey(id string) string { return s.hostLabelsPrefix() + 
 // its stored status if it has one, with their audit event, in one
 // transaction. It returns the etcd revision of the write.
 func (s *Store) PutHostLabels(ctx context.Context, id string, labels map[string]string, m Meta) (int64, error) {
-	for attempt := 0; attempt < maxAttempts; attempt++ {
+	what := fmt.Sprintf("label host %q", id)
+	tr, err := s.auditedTxn(ctx, what, func(head) (*txnPlan, error) {
 		lresp, err := s.c.Get(ctx, s.hostLabelsKey(id))
 		if err != nil {
-			return 0, fmt.Errorf("label host %q: %w", id, err)
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		before := &pb.Host{Name: HostName(id)}
 		var lrev int64
 		if len(lresp.Kvs) > 0 {
 			if before, err = decode(string(lresp.Kvs[0].Key), lresp.Kvs[0].Value, &pb.Host{}); err != nil {
-				return 0, err
+				return nil, err
 			}
 			lrev = lresp.Kvs[0].ModRevision
 		}
@@ -146,35 +157,21 @@ func (s *Store) PutHostLabels(ctx context.Context, id string, labels map[string]
 		ops := []clientv3.Op{clientv3.OpPut(s.hostLabelsKey(id), encode(after))}
 		hresp, err := s.c.Get(ctx, s.hostKey(id))
 		if err != nil {
-			return 0, fmt.Errorf("label host %q: %w", id, err)
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		if len(hresp.Kvs) > 0 {
 			st, err := decode(string(hresp.Kvs[0].Key), hresp.Kvs[0].Value, &pb.Host{})
 			if err != nil {
-				return 0, err
+				return nil, err
 			}
 			st.Labels = labels
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.hostKey(id)), "=", hresp.Kvs[0].ModRevision))
 			ops = append(ops, clientv3.OpPut(s.hostKey(id), encode(st)))
 		}
-		h, err := s.readHead(ctx)
-		if err != nil {
-			return 0, err
-		}
-		hcmp, hops, err := s.auditOpsN([]*pb.AuditEvent{s.newEvent(m, "hosts.label", HostName(id), before, after)}, h)
-		if err != nil {
-			return 0, err
-		}
-		tr, err := s.c.Txn(ctx).If(append(cmps, hcmp)...).Then(append(ops, hops...)...).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("label host %q: %w", id, err)
-		}
-		if tr.Succeeded {
-			return tr.Header.Revision, nil
-		}
-		if err := backoff(ctx, attempt); err != nil {
-			return 0, err
-		}
+		return &txnPlan{cmps: cmps, ops: ops, events: []*pb.AuditEvent{s.newEvent(m, "hosts.label", HostName(id), before, after)}}, nil
+	}, nil)
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("label host %q: %w", id, ErrContention)
+	return tr.Header.Revision, nil
 }

@@ -89,55 +89,38 @@ func (w RolloutWrite) ops(s *Store) []clientv3.Op {
 // longer holds is ErrConflict; a fence that no longer holds ErrNotLeader.
 // It returns the etcd revision of the write.
 func (s *Store) WriteRollout(ctx context.Context, w RolloutWrite) (int64, error) {
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		h, err := s.readHead(ctx)
-		if err != nil {
-			return 0, err
-		}
-		cs := w.cmps(s)
-		ops := w.ops(s)
-		if len(w.Events) > 0 {
-			hcmp, hops, err := s.auditOpsN(w.Events, h)
-			if err != nil {
-				return 0, err
-			}
-			cs = append(cs, hcmp)
-			ops = append(ops, hops...)
-		}
+	resp, err := s.auditedTxn(ctx, fmt.Sprintf("write rollout %q", w.RolloutID), func(head) (*txnPlan, error) {
+		p := &txnPlan{cmps: w.cmps(s), ops: w.ops(s), events: w.Events}
 		if w.Fence != nil {
-			cs = append(cs, *w.Fence)
+			p.cmps = append(p.cmps, *w.Fence)
 		}
-		resp, err := s.c.Txn(ctx).If(cs...).Then(ops...).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("write rollout %q: %w", w.RolloutID, err)
-		}
-		if resp.Succeeded {
-			if w.Rollout != nil {
-				w.Rollout.Etag = Etag(resp.Header.Revision)
-			}
-			return resp.Header.Revision, nil
-		}
+		return p, nil
+	}, func(*clientv3.TxnResponse) error {
 		// Which compare failed? Ours end the write; the audit head's is
 		// contention, retried.
 		if w.Fence != nil {
 			if ok, err := s.holds(ctx, *w.Fence); err != nil {
-				return 0, err
+				return err
 			} else if !ok {
-				return 0, fmt.Errorf("rollout %q: %w", w.RolloutID, ErrNotLeader)
+				return fmt.Errorf("rollout %q: %w", w.RolloutID, ErrNotLeader)
 			}
 		}
 		for _, c := range w.cmps(s) {
 			if ok, err := s.holds(ctx, c); err != nil {
-				return 0, err
+				return err
 			} else if !ok {
-				return 0, fmt.Errorf("rollout %q of group %q changed meanwhile: %w", w.RolloutID, w.Group, ErrConflict)
+				return fmt.Errorf("rollout %q of group %q changed meanwhile: %w", w.RolloutID, w.Group, ErrConflict)
 			}
 		}
-		if err := backoff(ctx, attempt); err != nil {
-			return 0, err
-		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("write rollout %q: %w", w.RolloutID, ErrContention)
+	if w.Rollout != nil {
+		w.Rollout.Etag = Etag(resp.Header.Revision)
+	}
+	return resp.Header.Revision, nil
 }
 
 func (s *Store) holds(ctx context.Context, c clientv3.Cmp) (bool, error) {
@@ -230,11 +213,6 @@ func (s *Store) RolloutOps(id string, r *pb.Rollout) (clientv3.Cmp, clientv3.Op)
 	r = proto.CloneOf(r)
 	r.Etag = ""
 	return clientv3.Compare(clientv3.CreateRevision(s.rolloutKey(id)), "=", 0), clientv3.OpPut(s.rolloutKey(id), encode(r))
-}
-
-// RolloutCompare is the compare that a rollout's key still has modRev.
-func (s *Store) RolloutCompare(id string, modRev int64) clientv3.Cmp {
-	return clientv3.Compare(clientv3.ModRevision(s.rolloutKey(id)), "=", modRev)
 }
 
 // RolloutID returns the id of "rollouts/{id}", or "".

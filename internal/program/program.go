@@ -1,0 +1,84 @@
+// Package program starts mpfleet's programs (controller and agent) the same
+// way: a context that SIGINT and SIGTERM end, flags from the command line,
+// the environment and a --config file (package config), and a structured
+// log at the level --log-level asks for.
+package program
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/mpfleet/mpfleet/internal/config"
+	"github.com/spf13/pflag"
+)
+
+// ErrHelp is what Parse returns after printing --help: the program ends
+// successfully.
+var ErrHelp = pflag.ErrHelp
+
+// Spec describes a program to Parse.
+type Spec struct {
+	// Usage is the --help text before the flags.
+	Usage string
+	// EnvPrefix prefixes the environment variable of every flag
+	// (MPFLEET_AGENT_ gives MPFLEET_AGENT_HOST_ID for --host-id).
+	EnvPrefix string
+	// NoArgs makes arguments other than flags an error.
+	NoArgs bool
+}
+
+// ConfigFlag is the flag that names a program's YAML config file; the flag
+// set must define it.
+const ConfigFlag = "config"
+
+// Parse parses args into fs, then sets every flag not given on the command
+// line from the environment or the --config file. --help prints s.Usage,
+// a "Flags:" heading and the flags to stderr and returns ErrHelp.
+func Parse(fs *pflag.FlagSet, args []string, stderr io.Writer, s Spec) error {
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, s.Usage+"\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if s.NoArgs && fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return config.Apply(fs, s.EnvPrefix, ConfigFlag)
+}
+
+// Logger returns a text log to w at level (debug, info, warn or error);
+// an unknown level is an error naming --log-level.
+func Logger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// SignalContext returns a context that SIGINT and SIGTERM end; stop
+// releases the signals.
+func SignalContext() (ctx context.Context, stop context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// Main is a program's main function: it runs run with the program's
+// arguments and a SignalContext. An error is printed as "name: error" and
+// exits 1.
+func Main(name string, run func(ctx context.Context, args []string, stdout, stderr io.Writer) error) {
+	ctx, stop := SignalContext()
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
+}
