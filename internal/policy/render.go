@@ -130,9 +130,14 @@ var kernelDefaultLimits = mptcp.Limits{Subflows: 2, AddAddrAccepted: 0}
 // interface and that yields a gateway of the address's family (an address
 // of that family, or a host_index inside the address's prefix, see
 // HostIndexAddr); else the interface's first gateway of that family inside
-// the address's subnet, or (IPv6) a link-local one. With none, the table has
-// no default route and a CODE_GATEWAY_UNKNOWN problem says so. Each endpoint
-// address is also a Path, with its gateway and table.
+// the address's subnet, or (IPv6) a link-local one. A candidate that cannot
+// be a gateway on this host is passed over as if it yielded nothing: one of
+// the host's own addresses, the network or broadcast address of one of the
+// interface's IPv4 prefixes, or an address no host routes through
+// (unspecified, multicast, loopback, IPv4 link-local). With none, the table
+// has no default route and a CODE_GATEWAY_UNKNOWN problem says so, naming
+// the candidates passed over and why. Each endpoint address is also a Path,
+// with its gateway and table.
 //
 // Limits: the agent owns them, so an unset limit is the kernel default
 // (subflows 2, add_addr_accepted 0). Enabled and the sysctls are managed
@@ -201,6 +206,7 @@ func Render(p *pb.MultipathPolicy, ifaces []Interface) (Rendered, error) {
 	}
 
 	routed := p.GetRouting().GetEnabled()
+	local := localAddrs(ifaces)
 	width := min(tmax-tmin, pmax-pmin) + 1
 	used := map[uint32]bool{}
 	for _, pk := range picks { // in address order
@@ -208,7 +214,7 @@ func Render(p *pb.MultipathPolicy, ifaces []Interface) (Rendered, error) {
 		if routed {
 			// The gateway is resolved for a down link too: its path reports
 			// what it would use.
-			gw, problem := gateway(p.GetRouting(), pk.iface, pk.addr)
+			gw, problem := gateway(p.GetRouting(), pk.iface, pk.addr, local)
 			if problem != nil {
 				out.Problems = append(out.Problems, problem)
 			}

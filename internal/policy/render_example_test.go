@@ -7,6 +7,7 @@ import (
 
 	"github.com/mpfleet/mpfleet/internal/policy"
 	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/reconcile/fakekernel"
 	"github.com/mpfleet/mpfleet/internal/route"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/protobuf/proto"
@@ -30,7 +31,7 @@ func ExampleRender() {
 	if err != nil {
 		panic(err)
 	}
-	k := reconcile.NewFakeKernel(route.Range{})
+	k := fakekernel.New(route.Range{})
 	k.SetLinks(map[int]string{1: "lo", 2: "eth0", 3: "eth1"})
 	actual, _ := k.Read(context.Background(), r.Config)
 	ops, _ := reconcile.Plan(r.Config, actual)

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/reconcile/fakekernel"
 	"github.com/mpfleet/mpfleet/internal/route"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/protobuf/proto"
@@ -347,7 +348,7 @@ func TestAppliedRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := reconcile.NewFakeKernel(route.Range{})
+	k := fakekernel.New(route.Range{})
 	k.SetLinks(map[int]string{1: "lo", 2: "eth0", 3: "eth1", 4: "eth2", 5: "wlan0"})
 	actual, err := k.Read(t.Context(), r.Config)
 	if err != nil {
@@ -405,61 +406,138 @@ func TestAppliedRoundTrip(t *testing.T) {
 	}
 }
 
-// genPolicy and genIfaces build random inputs from a seed.
+// genPolicy and genIfaces build random inputs from a seed. They lean on
+// where the API, render and the kernel have disagreed: ports with every
+// flag combination, routing ranges at the reserved tables and priorities and
+// at the minimum width, and gateways (named, host_index, from the main
+// table) that are no usable neighbour.
 func genPolicy(r *rand.Rand) *pb.MultipathPolicy {
-	globs := []string{"", "eth*", "eth[0-1]", "*", "wlan?", "e*1", "[", "lo"}
+	// Most policies draw only from the values that are not plainly wrong
+	// (the first ok of each list), so that many are accepted and reach
+	// Render and Plan with the subtle cases; one in four draws from all.
+	wild := r.IntN(4) == 0
+	pick := func(n, ok int) int {
+		if wild {
+			return r.IntN(n)
+		}
+		return r.IntN(ok)
+	}
+	globs := []string{"", "eth*", "eth[0-1]", "*", "wlan?", "e*1", "lo", "["}
 	cidrs := []string{"", "198.18.0.0/15", "198.18.1.0/24", "2001:db8::/32", "10.0.0.0/8", "fe80::/10", "127.0.0.0/8", "bad"}
-	flags := []pb.EndpointFlag{1, 2, 3, 4, 5, 0, 9}
+	flags := []pb.EndpointFlag{1, 2, 3, 4, 5, 1, 2, 0, 9}
+	ports := []uint32{0, 1, 4242, 65535, 65536, 70000}
+	gateways := []string{"198.18.1.1", "2001:db8::1", "fe80::1", "198.18.1.255", "198.18.1.0", "198.18.1.2",
+		"198.18.3.3", "2001:db8::2", "2001:db8::ffff:ffff:ffff:ffff", // unusable on some hosts only
+		"x", "", "224.0.0.1", "169.254.1.1", "0.0.0.0", "255.255.255.255", "127.0.0.1", "::", "::1", "ff02::2",
+		"::ffff:198.18.1.1", "fe80::1%eth0"}
 	p := &pb.MultipathPolicy{}
 	if r.IntN(2) == 0 {
 		p.Enabled = proto.Bool(r.IntN(2) == 0)
 	}
 	if r.IntN(2) == 0 {
-		p.Limits = &pb.Limits{Subflows: proto.Uint32(uint32(r.IntN(10))), AddAddrAccepted: proto.Uint32(uint32(r.IntN(10)))}
+		p.Limits = &pb.Limits{Subflows: proto.Uint32(uint32(pick(10, 9))), AddAddrAccepted: proto.Uint32(uint32(pick(10, 9)))}
 	}
-	for range r.IntN(6) {
-		rule := &pb.EndpointRule{Interface: globs[r.IntN(len(globs))], Cidr: cidrs[r.IntN(len(cidrs))], Family: pb.AddressFamily(r.IntN(3))}
-		for range r.IntN(3) {
-			rule.Flags = append(rule.Flags, flags[r.IntN(len(flags))])
+	for range r.IntN(5) {
+		rule := &pb.EndpointRule{Interface: globs[pick(len(globs), 7)], Cidr: cidrs[pick(len(cidrs), 7)], Family: pb.AddressFamily(r.IntN(3))}
+		if !wild {
+			if rule.Interface == "" && rule.Cidr == "" {
+				rule.Interface = "*"
+			}
+			if pfx, err := netip.ParsePrefix(rule.Cidr); err == nil && rule.Family != 0 && pfx.Addr().Is4() != (rule.Family == pb.AddressFamily_ADDRESS_FAMILY_IPV4) {
+				rule.Family = 0
+			}
 		}
-		if r.IntN(4) == 0 {
-			rule.Port = uint32(r.IntN(70000))
+		if wild {
+			for range r.IntN(4) {
+				rule.Flags = append(rule.Flags, flags[r.IntN(len(flags))])
+			}
+		} else {
+			// A set of flags, each at most once: every combination.
+			for f := pb.EndpointFlag(1); f <= 5; f++ {
+				if r.IntN(3) == 0 {
+					rule.Flags = append(rule.Flags, f)
+				}
+			}
+		}
+		if r.IntN(3) == 0 {
+			rule.Port = ports[pick(len(ports), 4)]
+			if !wild && r.IntN(2) == 0 && !slices.Contains(rule.Flags, pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL) {
+				rule.Flags = append(rule.Flags, pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL)
+			}
 		}
 		p.Endpoints = append(p.Endpoints, rule)
 	}
-	if r.IntN(2) == 0 {
+	if r.IntN(3) != 0 {
 		p.Routing = &pb.Routing{Enabled: r.IntN(4) != 0}
-		if r.IntN(3) == 0 {
+		switch r.IntN(4) {
+		case 0:
 			lo := uint32(1000 + r.IntN(100))
 			p.Routing.TableMin, p.Routing.TableMax = lo, lo+uint32(r.IntN(20))
 			p.Routing.PriorityMin, p.Routing.PriorityMax = lo, lo+7+uint32(r.IntN(20))
+		case 1:
+			p.Routing.TableMin, p.Routing.TableMax = genRange(r, []uint32{0, 1, 244, 245, 246, 248, 252, 253, 255, 256, 1<<32 - 10, 1<<32 - 9, 1<<32 - 8})
+		case 2:
+			p.Routing.PriorityMin, p.Routing.PriorityMax = genRange(r, []uint32{0, 1, 2, 32700, 32757, 32758, 32759, 32760, 32766})
 		}
-		for range r.IntN(3) {
-			o := &pb.GatewayOverride{Interface: globs[r.IntN(len(globs))],
-				Gateway: []string{"198.18.1.1", "2001:db8::1", "fe80::1", "x", ""}[r.IntN(5)]}
+		for range r.IntN(4) {
+			o := &pb.GatewayOverride{Interface: globs[pick(len(globs), 7)], Gateway: gateways[pick(len(gateways), 9)]}
+			if o.Interface == "" && !wild {
+				o.Interface = "*"
+			}
 			if r.IntN(2) == 0 {
-				o.HostIndex = []int32{1, -1, 2, -2, 255, 1 << 30, -(1 << 31)}[r.IntN(7)]
+				o.HostIndex = []int32{1, -1, 2, -2, 3, 254, 255, -254, -255, 1 << 30, -(1 << 31)}[r.IntN(11)]
+				if !wild {
+					o.Gateway = ""
+				}
 			}
 			p.Routing.Gateways = append(p.Routing.Gateways, o)
 		}
 	}
-	for range r.IntN(3) {
-		p.Probes = append(p.Probes, &pb.Probe{Address: []string{"198.18.11.2:7", "[2001:db8::9]:7", "198.18.1.1:0", "x:1", ""}[r.IntN(5)]})
+	probes := []string{"198.18.11.2:7", "[2001:db8::9]:7", "198.18.1.1:0", "x:1", ""}
+	for i := range r.IntN(3) {
+		a := probes[i] // distinct
+		if wild {
+			a = probes[r.IntN(len(probes))]
+		}
+		p.Probes = append(p.Probes, &pb.Probe{Address: a})
 	}
 	if r.IntN(2) == 0 {
-		p.Sysctls = &pb.Sysctls{Scheduler: proto.String("default"), AddAddrTimeout: proto.Uint32(uint32(r.IntN(3000000)))}
+		p.Sysctls = &pb.Sysctls{Scheduler: proto.String("default"), AddAddrTimeout: proto.Uint32(uint32(pick(3000000, 2147483)))}
 	}
 	return p
+}
+
+// genRange returns a range from an edge and a width around the minimum (or
+// a reversed or half-given one).
+func genRange(r *rand.Rand, edges []uint32) (lo, hi uint32) {
+	lo = edges[r.IntN(len(edges))]
+	w := []uint64{0, 6, 7, 7, 8, 9, 100}[r.IntN(7)]
+	hi = uint32(min(uint64(lo)+w, 1<<32-1))
+	switch r.IntN(12) {
+	case 0:
+		return hi, lo
+	case 1:
+		return lo, 0
+	case 2:
+		return 0, hi
+	}
+	return lo, hi
 }
 
 func genIfaces(r *rand.Rand) []Interface {
 	names := []string{"eth0", "eth1", "wlan0", "lo", "eth10", "e1"}
 	pool := []string{"198.18.1.2/24", "198.18.1.3/24", "198.18.2.2/24", "198.19.0.1/16", "2001:db8::2/64", "2001:db8:1::5/64",
-		"fe80::1/64", "127.0.0.1/8", "::1/128", "169.254.1.1/16", "10.1.2.3/8", "198.18.3.4/32", "2001:db8:9::9/128", "0.0.0.0/0"}
-	gws := []string{"198.18.1.1", "198.18.2.1", "2001:db8::1", "fe80::1", "10.0.0.1"}
+		"fe80::1/64", "127.0.0.1/8", "::1/128", "169.254.1.1/16", "10.1.2.3/8", "198.18.3.4/32", "2001:db8:9::9/128", "0.0.0.0/0",
+		"198.18.1.1/24", "198.18.3.2/30", "198.18.3.3/31", "2001:db8::1/64", "2001:db8::3/127"}
+	gws := []string{"198.18.1.1", "198.18.2.1", "2001:db8::1", "fe80::1", "10.0.0.1", "198.18.1.0", "198.18.1.255",
+		"198.18.1.2", "198.18.3.3", "198.18.3.0", "224.0.0.1", "169.254.1.254", "0.0.0.0", "255.255.255.255",
+		"2001:db8::2", "::", "ff02::1", "::1", "2001:db8::ffff:ffff:ffff:ffff"}
 	var out []Interface
 	for i := range r.IntN(7) {
 		ifc := Interface{Name: names[r.IntN(len(names))], Index: 1 + i + r.IntN(2), Up: r.IntN(4) != 0}
+		if slices.ContainsFunc(out, func(o Interface) bool { return o.Name == ifc.Name && o.Index == ifc.Index }) {
+			continue // no host has one interface twice
+		}
 		for range r.IntN(7) {
 			ifc.Addrs = append(ifc.Addrs, pfx(pool[r.IntN(len(pool))]))
 		}
@@ -538,6 +616,11 @@ func checkRender(t *testing.T, seed uint64) {
 			t.Fatalf("rule %v for an address of a link that is down", r)
 		}
 	}
+	for _, pt := range got.Paths {
+		if why := badGateway(pt, ifaces); why != "" {
+			t.Fatalf("path %v gets gateway %v, which %s", pt.Addr, pt.Gateway, why)
+		}
+	}
 	shuffled := slices.Clone(ifaces)
 	r.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
 	again, err := Render(p, shuffled)
@@ -548,7 +631,7 @@ func checkRender(t *testing.T, seed uint64) {
 		t.Fatalf("not deterministic (-first +second):\n%s", diff)
 	}
 	// The rendered config applies to a fresh namespace and then plans empty.
-	k := reconcile.NewFakeKernel(c.Range)
+	k := fakekernel.New(c.Range)
 	actual, _ := k.Read(t.Context(), c)
 	ops, err := reconcile.Plan(c, actual)
 	if err != nil {

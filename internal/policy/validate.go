@@ -14,6 +14,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/route"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
@@ -21,7 +22,7 @@ import (
 // Kernel and range limits enforced by validation.
 const (
 	// MaxLimit is the largest subflows / add_addr_accepted the kernel accepts.
-	MaxLimit = 8
+	MaxLimit = mptcp.MaxLimit
 	// MaxEndpointRules bounds the endpoint rules of one policy.
 	MaxEndpointRules = 32
 	// MaxGatewayOverrides bounds routing.gateways.
@@ -31,14 +32,9 @@ const (
 	// MaxLabels bounds a selector's labels.
 	MaxLabels = 32
 
-	// DefaultTableMin .. DefaultPriorityMax are mpfleet's default routing
-	// table-id and rule-priority ranges.
-	DefaultTableMin    = 7100
-	DefaultTableMax    = 7199
-	DefaultPriorityMin = 7100
-	DefaultPriorityMax = 7199
 	// minRangeWidth is one table and one priority per possible endpoint.
-	minRangeWidth = 8
+	// (The default ranges are route.DefaultRange, see RoutingRange.)
+	minRangeWidth = mptcp.MaxEndpoints
 	// maxSeconds bounds the jiffies-based sysctls (INT_MAX milliseconds).
 	maxSeconds = 2147483
 )
@@ -81,6 +77,7 @@ func (e *InvalidError) Error() string {
 
 var (
 	groupIDRe    = regexp.MustCompile(`^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	hostIDRe     = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
 	labelKeyRe   = regexp.MustCompile(`^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$`)
 	labelValueRe = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$`)
 	sysctlNameRe = regexp.MustCompile(`^[a-z0-9_]{1,32}$`)
@@ -94,6 +91,21 @@ func ValidateGroupID(vs *Violations, field, id string) {
 	}
 	if !groupIDRe.MatchString(id) {
 		vs.add(field, "%q is not a valid group id: use 1-63 lower-case letters, digits and '-', starting with a letter and not ending with '-'", id)
+	}
+}
+
+// ValidHostID reports whether id is a host id ("web-1", not "hosts/web-1"):
+// what the controller accepts from agents and in names, and what an agent
+// accepts as its own.
+func ValidHostID(id string) bool { return hostIDRe.MatchString(id) }
+
+// ValidateHostID checks a host id (see ValidHostID).
+func ValidateHostID(vs *Violations, field, id string) {
+	switch {
+	case id == "":
+		vs.add(field, "is required")
+	case !ValidHostID(id):
+		vs.add(field, "%q is not a valid host id: use 1-253 lower-case letters, digits, '-' and '.', starting and ending with a letter or digit", id)
 	}
 }
 
@@ -205,17 +217,42 @@ func validateEndpointRule(vs *Violations, field string, r *pb.EndpointRule) {
 		}
 		seen[f] = true
 	}
-	if seen[pb.EndpointFlag_ENDPOINT_FLAG_FULLMESH] && seen[pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL] {
-		vs.add(field+".flags", "FULLMESH cannot be combined with SIGNAL (the kernel rejects it)")
-	}
 	if r.GetPort() > 65535 {
 		vs.add(field+".port", "is %d; must be at most 65535", r.GetPort())
+	} else {
+		validateEndpointFlags(vs, field, FlagsFromProto(r.GetFlags()), uint16(r.GetPort()))
 	}
-	if r.GetPort() != 0 && !seen[pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL] {
-		vs.add(field+".port", "is set but flags lack SIGNAL (the kernel only accepts a port on signal endpoints)")
-	} else if r.GetPort() != 0 && seen[pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW] {
-		vs.add(field+".port", "is set but flags include SUBFLOW (the kernel only accepts a port on signal endpoints without subflow)")
+}
+
+// validateEndpointFlags refuses the flags and port that the kernel refuses
+// on an endpoint. Which those are is mptcp.Endpoint.Validate's to say: every
+// agent checks its endpoints with it (reconcile.HostConfig.Validate) before
+// it adds one, and here it is asked about a stand-in address with the rule's
+// flags and port, so that what the API accepts every agent can add. The
+// violation is the port's when the flags alone would do.
+func validateEndpointFlags(vs *Violations, field string, f mptcp.Flags, port uint16) {
+	e := mptcp.Endpoint{Addr: netip.AddrFrom4([4]byte{198, 18, 0, 1}), Flags: f}
+	if e.Validate() != nil {
+		vs.add(field+".flags", "%s: the kernel refuses this combination (FULLMESH cannot be combined with SIGNAL)", flagNames(f))
+		return
 	}
+	e.Port = port
+	if e.Validate() != nil {
+		vs.add(field+".port", "is %d with flags %s: the kernel takes a port only on a SIGNAL endpoint without SUBFLOW", port, flagNames(f))
+	}
+}
+
+// flagNames renders kernel endpoint flags by their API names: "SIGNAL,
+// SUBFLOW", or "none".
+func flagNames(f mptcp.Flags) string {
+	var names []string
+	for _, pf := range FlagsToProto(f) {
+		names = append(names, strings.TrimPrefix(pf.String(), "ENDPOINT_FLAG_"))
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
 }
 
 func validateGlob(vs *Violations, field, pattern string) {
@@ -235,6 +272,7 @@ func validateRouting(vs *Violations, field string, r *pb.Routing) {
 	if r == nil {
 		return
 	}
+	before := len(*vs)
 	// The kernel's reserved tables and rule priorities are refused through
 	// route.TablesReserved and route.PrioritiesReserved, the rules
 	// route.Range.Validate applies on every agent: what is accepted here,
@@ -268,6 +306,15 @@ func validateRouting(vs *Violations, field string, r *pb.Routing) {
 			vs.add(field+".priority_max", "range %d-%d holds %d priorities; at least %d are needed (one per endpoint)", pmin, pmax, pmax-pmin+1, minRangeWidth)
 		}
 	}
+	if len(*vs) == before {
+		// What every agent checks of the range it is given: a range the
+		// rules above let through must pass it too.
+		tmin, tmax, pmin, pmax := RoutingRange(r)
+		rng := route.Range{TableMin: tmin, TableMax: tmax, PriorityMin: pmin, PriorityMax: pmax}
+		if err := rng.Validate(); err != nil {
+			vs.add(field, "%v", err)
+		}
+	}
 	if n := len(r.GetGateways()); n > MaxGatewayOverrides {
 		vs.add(field+".gateways", "has %d entries; at most %d are allowed", n, MaxGatewayOverrides)
 	}
@@ -293,8 +340,8 @@ func validateRouting(vs *Violations, field string, r *pb.Routing) {
 				}
 			} else if a.Is4In6() {
 				vs.add(gf+".gateway", "%s is an IPv4-mapped IPv6 address; write the IPv4 address %s", a, a.Unmap())
-			} else if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
-				vs.add(gf+".gateway", "%s cannot be a gateway", a)
+			} else if why := notAGateway(a); why != "" {
+				vs.add(gf+".gateway", "%s cannot be a gateway: %s", a, why)
 			}
 		}
 	}
@@ -478,10 +525,11 @@ func validateSysctls(vs *Violations, field string, s *pb.Sysctls) {
 }
 
 // RoutingRange returns the routing table and rule-priority ranges of r, with
-// the defaults for unset ones.
+// the defaults (route.DefaultRange, the agents' too) for unset ones.
 func RoutingRange(r *pb.Routing) (tableMin, tableMax, prioMin, prioMax uint32) {
-	tableMin, tableMax = DefaultTableMin, DefaultTableMax
-	prioMin, prioMax = DefaultPriorityMin, DefaultPriorityMax
+	d := route.DefaultRange
+	tableMin, tableMax = d.TableMin, d.TableMax
+	prioMin, prioMax = d.PriorityMin, d.PriorityMax
 	if r.GetTableMin() != 0 {
 		tableMin, tableMax = r.GetTableMin(), r.GetTableMax()
 	}

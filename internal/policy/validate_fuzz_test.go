@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/reconcile/fakekernel"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
@@ -190,6 +191,9 @@ func checkRendered(t *testing.T, p *pb.MultipathPolicy, ifaces []Interface, got 
 				t.Fatalf("path %v: default route via %v, which the kernel %s", pt.Addr, pt.Gateway, why)
 			}
 		}
+		if why := badGateway(pt, ifaces); why != "" {
+			t.Fatalf("path %v gets gateway %v, which %s", pt.Addr, pt.Gateway, why)
+		}
 	}
 	reversed := slices.Clone(ifaces)
 	slices.Reverse(reversed)
@@ -200,7 +204,7 @@ func checkRendered(t *testing.T, p *pb.MultipathPolicy, ifaces []Interface, got 
 	if diff := cmp.Diff(got, again, cmpNetip, protocmp.Transform()); diff != "" {
 		t.Fatalf("depends on the order of interfaces (-first +reversed):\n%s", diff)
 	}
-	k := reconcile.NewFakeKernel(c.Range)
+	k := fakekernel.New(c.Range)
 	actual, _ := k.Read(t.Context(), c)
 	ops, err := reconcile.Plan(c, actual)
 	if err != nil {

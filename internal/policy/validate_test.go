@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/route"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/protobuf/proto"
@@ -168,6 +169,63 @@ func TestGroupID(t *testing.T) {
 		GroupIDFromName(&vs, "name", bad)
 		if len(vs) == 0 {
 			t.Errorf("GroupIDFromName(%q) accepted", bad)
+		}
+	}
+}
+
+func TestHostID(t *testing.T) {
+	for id, ok := range map[string]bool{
+		"web": true, "1": true, "web-1.fra": true, "10.0.0.1": true, "w" + strings.Repeat("x", 252): true,
+		"": false, "Web": false, "-web": false, "web.": false, "we_b": false, "w b": false, "w" + strings.Repeat("x", 253): false,
+	} {
+		var vs Violations
+		ValidateHostID(&vs, "host_id", id)
+		if (len(vs) == 0) != ok || ValidHostID(id) != ok {
+			t.Errorf("ValidateHostID(%q) violations = %v, ValidHostID = %v; want ok=%v", id, vs, ValidHostID(id), ok)
+		}
+		if len(vs) > 0 && (vs[0].Field != "host_id" || vs[0].Description == "") {
+			t.Errorf("ValidateHostID(%q) violation %+v", id, vs[0])
+		}
+	}
+}
+
+// TestValidateEndpointFlags: every flag and port combination is refused
+// exactly when the kernel's rule (mptcp.Endpoint.Validate) refuses it, on
+// the field at fault, and the description names the flags.
+func TestValidateEndpointFlags(t *testing.T) {
+	all := []pb.EndpointFlag{
+		pb.EndpointFlag_ENDPOINT_FLAG_SIGNAL, pb.EndpointFlag_ENDPOINT_FLAG_SUBFLOW, pb.EndpointFlag_ENDPOINT_FLAG_BACKUP,
+		pb.EndpointFlag_ENDPOINT_FLAG_FULLMESH, pb.EndpointFlag_ENDPOINT_FLAG_LAMINAR,
+	}
+	for set := range 1 << len(all) {
+		var flags []pb.EndpointFlag
+		for i, f := range all {
+			if set&(1<<i) != 0 {
+				flags = append(flags, f)
+			}
+		}
+		f := FlagsFromProto(flags)
+		signal, subflow, fullmesh := f&mptcp.FlagSignal != 0, f&mptcp.FlagSubflow != 0, f&mptcp.FlagFullmesh != 0
+		for _, port := range []uint32{0, 4242} {
+			var want []string
+			switch {
+			case signal && fullmesh:
+				want = []string{"policy.endpoints[0].flags"}
+			case port != 0 && (!signal || subflow):
+				want = []string{"policy.endpoints[0].port"}
+			}
+			var vs Violations
+			ValidatePolicy(&vs, "policy", &pb.MultipathPolicy{Endpoints: []*pb.EndpointRule{{Interface: "eth*", Flags: flags, Port: port}}})
+			var got []string
+			for _, v := range vs {
+				got = append(got, v.Field)
+				if !strings.Contains(v.Description, flagNames(f)) {
+					t.Errorf("flags %v port %d: %q does not name the flags %s", flags, port, v.Description, flagNames(f))
+				}
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("flags %v port %d: violated fields (-want +got):\n%s", flags, port, diff)
+			}
 		}
 	}
 }
