@@ -60,9 +60,7 @@ func validateHello(hello *pb.AgentHello) error {
 	if hello == nil {
 		return invalid("hello", "the first message must be hello")
 	}
-	if !hostIDRe.MatchString(hello.GetHostId()) {
-		vs = append(vs, policy.FieldViolation{Field: "hello.host_id", Description: fmt.Sprintf("%q is not a host id: lower-case letters, digits, '-' and '.', at most 253", hello.GetHostId())})
-	}
+	policy.ValidateHostID(&vs, "hello.host_id", hello.GetHostId())
 	policy.ValidateLabels(&vs, "hello.labels", hello.GetLabels())
 	validateFacts(&vs, "hello.facts", hello.GetFacts())
 	if len(hello.GetAgentVersion()) > 128 {
@@ -136,6 +134,11 @@ func validateEvent(ev *pb.AgentEvent) error {
 	}
 	return vs.Err()
 }
+
+// maxHostStatusSize bounds a host's status as stored (proto.Size of
+// pb.Host): a hello or a report that would make it larger is refused. The
+// bounds of each field allow more; a real host's status is a few KiB.
+const maxHostStatusSize = 64 << 10
 
 // maxReportProblems bounds AgentReport.problems: every path (at most 8
 // endpoints) and every sysctl and held op, with room to spare.

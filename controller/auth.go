@@ -121,7 +121,7 @@ func loadTokens(path string) (*tokenSet, error) {
 			return nil, fmt.Errorf("tokens file %s: entry %d: name is required", path, i)
 		}
 		switch {
-		case r == RoleAgent && !hostIDRe.MatchString(e.Host):
+		case r == RoleAgent && !policy.ValidHostID(e.Host):
 			return nil, fmt.Errorf("tokens file %s: entry %d (%s): an agent token is bound to one host: give host (a host id), not %q; there is no shared agent token", path, i, e.Name, e.Host)
 		case r != RoleAgent && (e.Host != "" || len(e.Labels) > 0):
 			return nil, fmt.Errorf("tokens file %s: entry %d (%s): host and labels are only for role agent", path, i, e.Name)
@@ -316,7 +316,7 @@ func (a *authenticator) identify(ctx context.Context, fullMethod string) (contex
 			// the hosts it names.
 			c.Actor, c.Role = "cert:"+cn, RoleAgent
 			for _, n := range append([]string{cn}, names...) {
-				if hostIDRe.MatchString(n) && !slices.Contains(c.Hosts, n) {
+				if policy.ValidHostID(n) && !slices.Contains(c.Hosts, n) {
 					c.Hosts = append(c.Hosts, n)
 				}
 			}

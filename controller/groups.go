@@ -64,6 +64,10 @@ func meta(ctx context.Context, reason string) store.Meta {
 }
 
 func (s *groupService) CreateGroup(ctx context.Context, req *pb.CreateGroupRequest) (*pb.Group, error) {
+	dropUnknown(req)
+	if err := checkDesiredSize("group.policy", req.GetGroup().GetPolicy()); err != nil {
+		return nil, toStatus(err)
+	}
 	var vs policy.Violations
 	policy.ValidateGroupID(&vs, "group_id", req.GetGroupId())
 	policy.ValidateGroup(&vs, "group", req.GetGroup())
@@ -124,6 +128,7 @@ func (s *groupService) ListGroups(ctx context.Context, req *pb.ListGroupsRequest
 var mutableGroupFields = map[string]bool{"description": true, "selector": true, "policy": true, "rollout_strategy": true}
 
 func (s *groupService) UpdateGroup(ctx context.Context, req *pb.UpdateGroupRequest) (*pb.Group, error) {
+	dropUnknown(req)
 	id, paths, err := checkUpdate(req)
 	if err != nil {
 		return nil, toStatus(err)
@@ -132,6 +137,9 @@ func (s *groupService) UpdateGroup(ctx context.Context, req *pb.UpdateGroupReque
 	apply := func(cur *pb.Group) (*pb.Group, error) {
 		for _, p := range paths {
 			copyPath(cur.ProtoReflect(), in.ProtoReflect(), p)
+		}
+		if err := checkDesiredSize("group.policy", cur.GetPolicy()); err != nil {
+			return cur, err
 		}
 		var vs policy.Violations
 		policy.ValidateGroup(&vs, "group", cur)

@@ -62,7 +62,7 @@ func hostView(h *pb.Host, replica string, groups map[string]*pb.Group, targets m
 
 func hostID(field, name string) (string, error) {
 	id, ok := strings.CutPrefix(name, "hosts/")
-	if !ok || !hostIDRe.MatchString(id) {
+	if !ok || !policy.ValidHostID(id) {
 		return "", invalid(field, "%q is not a host name of the form hosts/{host}", name)
 	}
 	return id, nil
@@ -302,6 +302,7 @@ func (s *hostService) DeleteHost(ctx context.Context, req *pb.DeleteHostRequest)
 }
 
 func (s *hostService) UpdateHost(ctx context.Context, req *pb.UpdateHostRequest) (*pb.Host, error) {
+	dropUnknown(req)
 	var vs policy.Violations
 	id, err := hostID("host.name", req.GetHost().GetName())
 	if err != nil {

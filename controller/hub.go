@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,11 +23,15 @@ import (
 
 // HubOptions tune the agent hub.
 type HubOptions struct {
-	// Replica names this controller process in session keys (default: a
-	// random id).
+	// Replica names this controller process in session keys and in the
+	// refusal of a host connected elsewhere (default: host name, process
+	// id and a random part, unique to the process).
 	Replica string
-	// SessionTTL is the lease TTL of session keys (default 10s): how long a
-	// dead replica's hosts still show as connected.
+	// SessionTTL is the TTL of the replica's session lease (default 10s,
+	// at least 2s), which holds its session keys and its place in the
+	// leader election (replica.go): how long a dead replica's hosts still
+	// show as connected, and are refused by the other replicas
+	// (hubowner.go), and how long it may still be taken for the leader.
 	SessionTTL time.Duration
 	// HealthWriteInterval bounds how often a host's status is written when
 	// only its health counters changed (default 15s).
@@ -57,6 +59,9 @@ type hub struct {
 	closing  bool
 
 	encodes atomic.Int64 // desired messages encoded (for tests and metrics)
+	reports atomic.Int64 // agent reports taken in (for tests and metrics)
+
+	hostLocks map[string]*hostLock // serialize a host's attach and detach
 
 	limMu  sync.Mutex
 	limits map[string]*hostLimits // by host id, across its streams
@@ -64,7 +69,7 @@ type hub struct {
 
 func newHub(c *Controller, opts HubOptions) *hub {
 	if opts.Replica == "" {
-		opts.Replica = fmt.Sprintf("replica-%d", time.Now().UnixNano())
+		opts.Replica = defaultReplica()
 	}
 	if opts.SessionTTL == 0 {
 		opts.SessionTTL = 10 * time.Second
@@ -85,11 +90,9 @@ func newHub(c *Controller, opts HubOptions) *hub {
 	}
 }
 
-// run keeps the session lease alive and follows group changes until ctx ends.
+// run follows group changes until ctx ends. (The session lease is the
+// replica's: replica.go.)
 func (h *hub) run(ctx context.Context) {
-	leaseDone := make(chan struct{})
-	go func() { defer close(leaseDone); h.keepLease(ctx) }()
-	defer func() { <-leaseDone }()
 	// Subscribe only once the cache holds etcd's state, so that the first
 	// snapshot of groups is real.
 	if err := h.c.cache.WaitRevision(ctx, 1); err != nil {
@@ -197,13 +200,9 @@ func (h *hub) relabelLocked(id string, labels map[string]string, given bool) {
 	st.Labels = labels
 	s.status = st
 	s.mu.Unlock()
+	s.markDirty() // its writer writes it at once: labels are no counter
 	key, d := desiredFor(h.groups, h.targets, s.id, labels)
 	s.setDesired(key, d)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = h.writeStatus(ctx, s, true)
-	}()
 }
 
 // desiredFor returns the desired configuration of a host with labels, and
@@ -268,84 +267,12 @@ func (h *hub) prepare(stream grpc.ServerStream, key string, d *pb.DesiredConfig)
 	return pm, nil
 }
 
-func (h *hub) keepLease(ctx context.Context) {
-	ttl := int64(h.opts.SessionTTL / time.Second)
-	if ttl < 2 {
-		ttl = 2
-	}
-	for ctx.Err() == nil {
-		id, err := h.c.store.Grant(ctx, ttl)
-		if err != nil {
-			h.log.Warn("session lease", "err", err)
-			sleepCtx(ctx, time.Second)
-			continue
-		}
-		ka, err := h.c.store.Client().KeepAlive(ctx, id)
-		if err != nil {
-			h.log.Warn("session lease keepalive", "err", err)
-			sleepCtx(ctx, time.Second)
-			continue
-		}
-		h.mu.Lock()
-		h.lease = id
-		ids := make([]string, 0, len(h.sessions))
-		for hid := range h.sessions {
-			ids = append(ids, hid)
-		}
-		h.mu.Unlock()
-		// Re-announce sessions held before a lease was lost.
-		for _, hid := range ids {
-			if err := h.c.store.PutSession(ctx, hid, h.opts.Replica, id); err != nil {
-				h.log.Warn("re-announce session", "host", hid, "err", err)
-			}
-		}
-		for range ka {
-		}
-		if ctx.Err() == nil {
-			h.log.Warn("session lease lost; granting a new one")
-		}
-	}
-	// Revoke so that our hosts show as disconnected at once.
-	h.mu.Lock()
-	id := h.lease
-	h.mu.Unlock()
-	if id != 0 {
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, _ = h.c.store.Client().Revoke(rctx, id)
-		cancel()
-	}
-}
-
-func (h *hub) currentLease(ctx context.Context) (clientv3.LeaseID, error) {
-	for {
-		h.mu.Lock()
-		id := h.lease
-		h.mu.Unlock()
-		if id != 0 {
-			return id, nil
-		}
-		if !sleepCtx(ctx, 20*time.Millisecond) {
-			return 0, ctx.Err()
-		}
-	}
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
 // session is one connected agent.
 type session struct {
 	id        string
 	labels    map[string]string // the labels that choose its group
 	cancel    context.CancelFunc
+	end       context.CancelCauseFunc // ends the stream with a status
 	peer      string
 	anonymous bool              // no authentication: the agent's labels choose
 	bound     map[string]string // labels bound in its credential
@@ -355,7 +282,8 @@ type session struct {
 	desired     *pb.DesiredConfig
 	notify      chan struct{} // cap 1: the desired configuration changed
 	confirms    chan uint64
-	status      *pb.Host
+	status      *pb.Host      // the newest, in memory
+	dirty       chan struct{} // cap 1: status changed; wakes its writer
 	lastWrite   time.Time
 	lastWritten *pb.Host
 }
@@ -372,8 +300,6 @@ func (s *session) setDesired(key string, d *pb.DesiredConfig) {
 		}
 	}
 }
-
-var hostIDRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
 
 // connect serves one agent's stream.
 func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
@@ -415,184 +341,81 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	lease, err := h.currentLease(ctx)
-	if err != nil {
+	if _, err := h.currentLease(ctx); err != nil {
 		return err
 	}
 
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	sctx, end := context.WithCancelCause(ctx)
+	defer end(nil)
+	cancel := func() { end(nil) }
 	labels := h.labelsOf(id, caller, hello.GetLabels())
 	s := &session{
-		id: id, labels: labels, cancel: cancel, peer: caller.Peer, anonymous: caller.Anonymous, bound: caller.Labels,
+		id: id, labels: labels, cancel: cancel, end: end, peer: caller.Peer, anonymous: caller.Anonymous, bound: caller.Labels,
 		notify:   make(chan struct{}, 1),
 		confirms: make(chan uint64, 16),
+		dirty:    make(chan struct{}, 1),
 		status: &pb.Host{
 			Name: store.HostName(id), Labels: labels, ReportedLabels: hello.GetLabels(), Facts: hello.GetFacts(),
 			AgentVersion: hello.GetAgentVersion(), AppliedRevision: hello.GetAppliedRevision(),
 			DryRun: hello.GetDryRun(), LastSeenTime: timestamppb.Now(),
 		},
 	}
-	h.mu.Lock()
-	if h.closing {
-		h.mu.Unlock()
-		return status.Error(codes.Unavailable, "controller shutting down")
+	if n := proto.Size(s.status); n > maxHostStatusSize {
+		return invalid("hello", "makes a host status of %d bytes encoded; at most %d are stored (report fewer interfaces and addresses)", n, maxHostStatusSize)
 	}
-	if old := h.sessions[id]; old != nil {
-		if caller.Anonymous {
-			// Nobody is authenticated: anyone could claim the host id, so
-			// nobody evicts a stream that is alive.
-			h.mu.Unlock()
-			return status.Errorf(codes.AlreadyExists, "host %q is connected (from %s); a second stream is refused while the first lives", id, old.peer)
-		}
-		old.cancel() // the host's own credential reconnects: the newest wins
+	if err := h.attach(ctx, s, caller, hello); err != nil {
+		return err
 	}
-	h.sessions[id] = s
-	key, d := desiredFor(h.groups, h.targets, s.id, s.labels)
-	s.setDesired(key, d)
-	h.mu.Unlock()
-	defer func() {
-		h.mu.Lock()
-		if h.sessions[id] == s {
-			delete(h.sessions, id)
-		}
-		h.mu.Unlock()
-		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer dcancel()
-		if err := h.c.store.DeleteSession(dctx, id, h.opts.Replica); err != nil {
-			h.log.Warn("end session", "host", id, "err", err)
-		}
-	}()
-	// Keep the last reported state the agent had (a restart of the controller
-	// changes nothing on the hosts) but take the new facts.
-	if prev, err := h.c.store.GetHost(ctx, id); err == nil {
-		st := proto.Clone(prev).(*pb.Host)
-		st.Labels, st.Facts, st.AgentVersion, st.DryRun = s.status.Labels, s.status.Facts, s.status.AgentVersion, s.status.DryRun
-		st.ReportedLabels = s.status.ReportedLabels
-		st.LastSeenTime = s.status.LastSeenTime
-		if st.AppliedRevision == 0 {
-			st.AppliedRevision = hello.GetAppliedRevision()
-		}
-		s.status = st
-	}
-	if err := h.writeStatus(ctx, s, true); err != nil {
-		return toStatus(err)
-	}
-	if err := h.c.store.PutSession(ctx, id, h.opts.Replica, lease); err != nil {
-		return toStatus(err)
-	}
+	flush := true // write what is pending when the stream ends
+	defer func() { h.detach(ctx, s, flush) }()
 	h.log.Info("agent connected", "host", id, "peer", caller.Peer)
 
 	sendErr := make(chan error, 1)
 	go func() { sendErr <- h.sender(sctx, stream, s) }()
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- h.receiver(sctx, stream, s, caller) }()
+	writeErr := make(chan error, 1)
+	go func() { writeErr <- h.statusWriter(sctx, s) }()
+	var err, werr error
+	written := false
 	select {
 	case err = <-sendErr:
 	case err = <-recvErr:
-	case <-sctx.Done():
-		h.mu.Lock()
-		closing := h.closing
-		h.mu.Unlock()
-		switch {
-		case ctx.Err() != nil:
-			err = ctx.Err()
-		case closing:
-			err = status.Error(codes.Unavailable, "controller shutting down")
-		default:
-			err = status.Error(codes.Aborted, "replaced by a newer connection of the same host")
+	case werr = <-writeErr:
+		written, err = true, werr
+		if err == nil {
+			err = h.endReason(ctx, sctx)
 		}
+	case <-sctx.Done():
+		err = h.endReason(ctx, sctx)
 	}
 	cancel()
+	if !written {
+		werr = <-writeErr
+	}
+	flush = werr == nil
 	h.log.Info("agent disconnected", "host", id, "err", err)
 	return err
 }
 
-// sender sends the latest desired configuration whenever it changes, and
-// confirm echoes.
-func (h *hub) sender(ctx context.Context, stream pb.AgentService_ConnectServer, s *session) error {
-	sent := ""
-	for {
-		s.mu.Lock()
-		key, d := s.desiredKey, s.desired
-		s.mu.Unlock()
-		if key != sent {
-			pm, err := h.prepare(stream, key, d)
-			if err != nil {
-				return err
-			}
-			if err := stream.SendMsg(pm); err != nil {
-				return err
-			}
-			sent = key
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-s.notify:
-		case n := <-s.confirms:
-			if err := stream.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_Confirmed{Confirmed: &pb.Confirm{Nonce: n}}}); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-var eventActions = map[pb.AgentEvent_Kind]struct {
-	action string
-	result pb.AuditResult
-}{
-	pb.AgentEvent_KIND_APPLIED:        {"agent.applied", pb.AuditResult_AUDIT_RESULT_SUCCESS},
-	pb.AgentEvent_KIND_DRIFT_REPAIRED: {"agent.drift_repaired", pb.AuditResult_AUDIT_RESULT_SUCCESS},
-	pb.AgentEvent_KIND_APPLY_FAILED:   {"agent.apply_failed", pb.AuditResult_AUDIT_RESULT_FAILURE},
-	pb.AgentEvent_KIND_ROLLED_BACK:    {"agent.rolled_back", pb.AuditResult_AUDIT_RESULT_FAILURE},
-	pb.AgentEvent_KIND_RESTORED:       {"agent.restored", pb.AuditResult_AUDIT_RESULT_SUCCESS},
-}
-
-func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer, s *session, caller Caller) error {
-	// An agent reports a few events per reconcile; more than this is a bug or
-	// an attack, and must not flood the audit log. The limit is the host's,
-	// not the stream's: reconnecting does not reset it.
-	events := h.limitsOf(s.id).events
-	for {
-		m, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil // the agent closed its side: a normal end
-		}
-		if err != nil {
-			return err
-		}
-		switch k := m.GetKind().(type) {
-		case *pb.ConnectRequest_Report:
-			if err := h.report(ctx, s, k.Report); err != nil {
-				return err
-			}
-		case *pb.ConnectRequest_Event:
-			ev := k.Event
-			a, ok := eventActions[ev.GetKind()]
-			if !ok {
-				h.log.Warn("agent sent an event of unknown kind; ignored", "host", s.id, "kind", ev.GetKind())
-				continue
-			}
-			if err := validateEvent(ev); err != nil {
-				h.log.Warn("agent sent an invalid event; dropped", "host", s.id, "err", err)
-				continue
-			}
-			if !events.Allow() {
-				h.log.Warn("agent event rate exceeded; event dropped", "host", s.id, "kind", ev.GetKind())
-				continue
-			}
-			h.recordEvent(ctx, s, caller, a.action, a.result, ev)
-		case *pb.ConnectRequest_Confirm:
-			select {
-			case s.confirms <- k.Confirm.GetNonce():
-			default: // the agent is flooding confirms; it will retry
-			}
-		case *pb.ConnectRequest_Hello:
-			return status.Error(codes.InvalidArgument, "hello may only be the first message")
-		default:
-			h.log.Warn("agent sent an empty or unknown message; ignored", "host", s.id)
-		}
+// endReason says why the stream of a session ended by its context: the
+// agent left, the controller shuts down, a cause given (a status write
+// failed, another replica took the host over), or a newer stream of the
+// same host replaced it.
+func (h *hub) endReason(ctx, sctx context.Context) error {
+	h.mu.Lock()
+	closing := h.closing
+	h.mu.Unlock()
+	var st interface{ GRPCStatus() *status.Status }
+	switch cause := context.Cause(sctx); {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case closing:
+		return status.Error(codes.Unavailable, "controller shutting down")
+	case errors.As(cause, &st):
+		return cause
+	default:
+		return status.Error(codes.Aborted, "replaced by a newer connection of the same host")
 	}
 }
 
@@ -602,5 +425,5 @@ type agentService struct {
 }
 
 func (a *agentService) Connect(stream pb.AgentService_ConnectServer) error {
-	return a.h.connect(stream)
+	return a.h.connect(knownFieldsOnly{stream})
 }

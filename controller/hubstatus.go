@@ -4,8 +4,6 @@ package controller
 
 import (
 	"context"
-	"errors"
-	"time"
 
 	"github.com/mpfleet/mpfleet/internal/store"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
@@ -14,7 +12,11 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-func (h *hub) report(ctx context.Context, s *session, r *pb.AgentReport) error {
+// report takes an agent's report into the host's status in memory; its
+// writer stores it (hubwriter.go). A report that would make the status over
+// maxHostStatusSize is refused: logged, and the status stays as it was.
+func (h *hub) report(_ context.Context, s *session, r *pb.AgentReport) error {
+	defer h.reports.Add(1)
 	if err := validateReport(r); err != nil {
 		h.log.Warn("agent sent an invalid report; ignored", "host", s.id, "err", err)
 		return nil
@@ -34,10 +36,12 @@ func (h *hub) report(ctx context.Context, s *session, r *pb.AgentReport) error {
 		st.Facts = r.GetFacts()
 	}
 	st.LastSeenTime = timestamppb.Now()
-	s.mu.Lock()
-	s.status = st
-	s.mu.Unlock()
-	return h.writeStatus(ctx, s, false)
+	if n := proto.Size(st); n > maxHostStatusSize {
+		h.log.Warn("agent report refused: it makes the host's status too large; the stored status stays as it was", "host", s.id, "bytes", n, "limit", maxHostStatusSize)
+		return nil
+	}
+	s.setStatus(st)
+	return nil
 }
 
 // pathStates is what of h is written at once when it changes: the paths'
@@ -53,34 +57,6 @@ func pathStates(h *pb.MptcpHealth) *pb.MptcpHealth {
 		out.Paths = append(out.Paths, q)
 	}
 	return out
-}
-
-// writeStatus persists a host's status: at once when anything but health
-// counters and the last-seen time changed (a path's state, a problem), else
-// at most every HealthWriteInterval.
-func (h *hub) writeStatus(ctx context.Context, s *session, force bool) error {
-	s.mu.Lock()
-	st := s.status
-	if !force && s.lastWritten != nil && time.Since(s.lastWrite) < h.opts.HealthWriteInterval {
-		a := proto.Clone(st).(*pb.Host)
-		b := proto.Clone(s.lastWritten).(*pb.Host)
-		// Path states are not counters: a change is written at once.
-		a.Health, b.Health = pathStates(a.Health), pathStates(b.Health)
-		a.LastSeenTime, b.LastSeenTime = nil, nil
-		if proto.Equal(a, b) {
-			s.mu.Unlock()
-			return nil
-		}
-	}
-	s.lastWritten, s.lastWrite = st, time.Now()
-	s.mu.Unlock()
-	if _, err := h.c.store.PutHost(ctx, s.id, st); err != nil {
-		if errors.Is(err, context.Canceled) {
-			return err
-		}
-		h.log.Warn("write host status", "host", s.id, "err", err)
-	}
-	return nil
 }
 
 func (h *hub) recordEvent(ctx context.Context, s *session, caller Caller, action string, result pb.AuditResult, ev *pb.AgentEvent) {

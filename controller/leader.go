@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/store"
+	"github.com/mpfleet/mpfleet/internal/wait"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -28,45 +29,32 @@ type Retention struct {
 }
 
 // runLeader campaigns for leadership among the controller replicas sharing
-// the etcd prefix and, while leading, does the work that must happen once:
-// rollouts and audit retention. The campaign is guarded by the session's Done channel, and
-// every leader-only write is fenced by a compare on the leader key's create
-// revision, so a replica that lost its lease cannot act as a second leader.
-func (c *Controller) runLeader(ctx context.Context, replica string) {
+// the etcd prefix, on the replica's session (replica.go), and, while
+// leading, does the work that must happen once: rollouts and audit
+// retention. It returns when the session ends (its lease was lost, or the
+// controller stops), which ends the leader work too; every leader-only write
+// is fenced by a compare on the leader key's create revision, so a replica
+// that lost its lease cannot act as a second leader.
+func (c *Controller) runLeader(sess *concurrency.Session) {
+	ctx := sess.Ctx()
+	e := concurrency.NewElection(sess, c.store.ElectionPrefix())
 	for ctx.Err() == nil {
-		sess, err := concurrency.NewSession(c.store.Client(), concurrency.WithTTL(10), concurrency.WithContext(ctx))
-		if err != nil {
-			c.log.Warn("leader election session", "err", err)
-			sleepCtx(ctx, time.Second)
-			continue
-		}
-		lctx, cancel := context.WithCancel(ctx)
-		go func() {
-			select {
-			case <-sess.Done():
-				cancel()
-			case <-lctx.Done():
-			}
-		}()
-		e := concurrency.NewElection(sess, c.store.ElectionPrefix())
-		if err := e.Campaign(lctx, replica); err != nil {
-			cancel()
-			_ = sess.Close()
+		if err := e.Campaign(ctx, c.hub.opts.Replica); err != nil {
 			if ctx.Err() == nil {
 				c.log.Warn("leader campaign", "err", err)
-				sleepCtx(ctx, time.Second)
+				wait.Sleep(ctx, time.Second)
 			}
 			continue
 		}
-		c.log.Info("leading", "replica", replica)
+		c.log.Info("leading", "replica", c.hub.opts.Replica)
 		c.leading.Store(true)
-		c.leaderWork(lctx, store.LeaderFence(e.Key(), e.Rev()))
+		c.leaderWork(ctx, store.LeaderFence(e.Key(), e.Rev()))
 		c.leading.Store(false)
-		cancel()
+		// Step down (a fenced write found this replica no longer leads, or
+		// the session ended); while the session lives, campaign again.
 		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = e.Resign(rctx)
 		rcancel()
-		_ = sess.Close()
 	}
 }
 

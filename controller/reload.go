@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -13,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/mpfleet/mpfleet/internal/transport"
 )
 
 // credStore holds the controller's credentials — bearer tokens, its TLS
@@ -96,18 +97,13 @@ func (c *credStore) load() error {
 	}
 	var cfg *tls.Config
 	if c.f.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.f.TLSCertFile, c.f.TLSKeyFile)
+		var err error
+		cfg, err = transport.TLSInfo{
+			CertFile: c.f.TLSCertFile, KeyFile: c.f.TLSKeyFile, TrustedCAFile: c.f.TLSClientCAFile,
+			ClientAuth: tls.VerifyClientCertIfGiven, CALabel: "--tls-client-ca-file", KeyPairLabel: "TLS key pair",
+		}.ServerConfig()
 		if err != nil {
-			return fmt.Errorf("TLS key pair: %w", err)
-		}
-		cfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		if c.f.TLSClientCAFile != "" {
-			pool, err := loadPool(c.f.TLSClientCAFile)
-			if err != nil {
-				return err
-			}
-			cfg.ClientCAs = pool
-			cfg.ClientAuth = tls.VerifyClientCertIfGiven
+			return err
 		}
 	}
 	c.tokens.Store(ts)
@@ -124,12 +120,7 @@ func (c *credStore) serverTLS() *tls.Config {
 	if c.tls.Load() == nil {
 		return nil
 	}
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			return c.tls.Load(), nil
-		},
-	}
+	return transport.DynamicServerConfig(c.tls.Load)
 }
 
 // reload loads the files again and closes the streams the new credentials

@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/store"
+	"github.com/mpfleet/mpfleet/internal/wait"
 	etcdpb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
@@ -326,7 +327,7 @@ func (c *Controller) runSpaceRecovery(ctx context.Context) {
 			c.recoverSpace(ctx, attempt)
 			attempt++
 		}
-		if !sleepCtx(ctx, c.sh.opts.RecoverInterval) {
+		if !wait.Sleep(ctx, c.sh.opts.RecoverInterval) {
 			return
 		}
 	}

@@ -2,20 +2,8 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/mpfleet/mpfleet/controller"
+	"github.com/mpfleet/mpfleet/internal/program"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := controller.Run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "mpfleet-controller:", err)
-		os.Exit(1)
-	}
-}
+func main() { program.Main("mpfleet-controller", controller.Run) }

@@ -1,0 +1,102 @@
+package controller
+
+// One agent's stream: the sender of its desired configuration and the
+// receiver of what it reports.
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// sender sends the latest desired configuration whenever it changes, and
+// confirm echoes.
+func (h *hub) sender(ctx context.Context, stream pb.AgentService_ConnectServer, s *session) error {
+	sent := ""
+	for {
+		s.mu.Lock()
+		key, d := s.desiredKey, s.desired
+		s.mu.Unlock()
+		if key != sent {
+			pm, err := h.prepare(stream, key, d)
+			if err != nil {
+				return err
+			}
+			if err := stream.SendMsg(pm); err != nil {
+				return err
+			}
+			sent = key
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.notify:
+		case n := <-s.confirms:
+			if err := stream.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_Confirmed{Confirmed: &pb.Confirm{Nonce: n}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+var eventActions = map[pb.AgentEvent_Kind]struct {
+	action string
+	result pb.AuditResult
+}{
+	pb.AgentEvent_KIND_APPLIED:        {"agent.applied", pb.AuditResult_AUDIT_RESULT_SUCCESS},
+	pb.AgentEvent_KIND_DRIFT_REPAIRED: {"agent.drift_repaired", pb.AuditResult_AUDIT_RESULT_SUCCESS},
+	pb.AgentEvent_KIND_APPLY_FAILED:   {"agent.apply_failed", pb.AuditResult_AUDIT_RESULT_FAILURE},
+	pb.AgentEvent_KIND_ROLLED_BACK:    {"agent.rolled_back", pb.AuditResult_AUDIT_RESULT_FAILURE},
+	pb.AgentEvent_KIND_RESTORED:       {"agent.restored", pb.AuditResult_AUDIT_RESULT_SUCCESS},
+}
+
+func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer, s *session, caller Caller) error {
+	// An agent reports a few events per reconcile; more than this is a bug or
+	// an attack, and must not flood the audit log. The limit is the host's,
+	// not the stream's: reconnecting does not reset it.
+	events := h.limitsOf(s.id).events
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil // the agent closed its side: a normal end
+		}
+		if err != nil {
+			return err
+		}
+		switch k := m.GetKind().(type) {
+		case *pb.ConnectRequest_Report:
+			if err := h.report(ctx, s, k.Report); err != nil {
+				return err
+			}
+		case *pb.ConnectRequest_Event:
+			ev := k.Event
+			a, ok := eventActions[ev.GetKind()]
+			if !ok {
+				h.log.Warn("agent sent an event of unknown kind; ignored", "host", s.id, "kind", ev.GetKind())
+				continue
+			}
+			if err := validateEvent(ev); err != nil {
+				h.log.Warn("agent sent an invalid event; dropped", "host", s.id, "err", err)
+				continue
+			}
+			if !events.Allow() {
+				h.log.Warn("agent event rate exceeded; event dropped", "host", s.id, "kind", ev.GetKind())
+				continue
+			}
+			h.recordEvent(ctx, s, caller, a.action, a.result, ev)
+		case *pb.ConnectRequest_Confirm:
+			select {
+			case s.confirms <- k.Confirm.GetNonce():
+			default: // the agent is flooding confirms; it will retry
+			}
+		case *pb.ConnectRequest_Hello:
+			return status.Error(codes.InvalidArgument, "hello may only be the first message")
+		default:
+			h.log.Warn("agent sent an empty or unknown message; ignored", "host", s.id)
+		}
+	}
+}
