@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/reconcile/fakekernel"
 	"github.com/mpfleet/mpfleet/internal/route"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/protobuf/proto"
@@ -115,7 +116,7 @@ func TestAgentNewRevision(t *testing.T) {
 
 // TestAgentUnmanagedAndConflict: the kernel is left exactly as it is.
 func TestAgentUnmanagedAndConflict(t *testing.T) {
-	h := newHarness(t)
+	h := newHarness(t, func(h *harness) { h.opts.ResyncInterval = 20 * time.Millisecond })
 	mustLoad(t, h.k, reconcile.State{
 		Limits:    &mptcp.Limits{Subflows: 3, AddAddrAccepted: 1},
 		Endpoints: []mptcp.Endpoint{{ID: 7, Addr: netip.MustParseAddr("198.18.0.2"), Flags: mptcp.FlagSignal}},
@@ -134,8 +135,10 @@ func TestAgentUnmanagedAndConflict(t *testing.T) {
 		t.Errorf("conflict report error %q", r.GetLastError())
 	}
 	// Address changes and resyncs do not touch an unmanaged kernel either.
+	seq := h.lastPass()
 	h.sys.setInterfaces(append(hostIfaces(), eth(2, true, "198.18.2.2/24")), Change{Link: 4, Addr: true})
-	time.Sleep(50 * time.Millisecond)
+	h.reconcileNow()
+	noEvents(t, h.waitPasses(seq, "resync", 2), "", pb.SyncState_SYNC_STATE_CONFLICT)
 	if h.k.Calls() != 0 || h.k.Snapshot().String() != before.String() {
 		t.Fatalf("kernel touched: %d calls\n%s", h.k.Calls(), h.k.Snapshot())
 	}
@@ -179,8 +182,7 @@ func TestAgentApplyFailureRollsBack(t *testing.T) {
 	// The failed revision is not tried again on changes or resyncs (the
 	// kernel keeps its last good state, here the fresh one)...
 	h.k.FailOn(nil)
-	h.agent.kick()
-	time.Sleep(50 * time.Millisecond)
+	noEvents(t, h.reconcileNow(), "event", pb.SyncState_SYNC_STATE_FAILED)
 	if h.k.Calls() != 0 {
 		t.Fatalf("the failed revision was tried again: %d calls", h.k.Calls())
 	}
@@ -212,6 +214,7 @@ func TestAgentConfirmTimeoutReverts(t *testing.T) {
 	h.ctrl.setDesired(managed(2, p2))
 	ev := h.ctrl.waitEvent(t, ne, pb.AgentEvent_KIND_ROLLED_BACK)
 	r := h.ctrl.waitReport(t, nr, "FAILED at 1", inState(pb.SyncState_SYNC_STATE_FAILED, 1))
+	seq := h.lastPass() // resyncs after it begin after the rollback
 	if ev.GetRevision() != 2 || !strings.Contains(ev.GetMessage(), "did not confirm") || len(ev.GetOperations()) == 0 {
 		t.Errorf("ROLLED_BACK event %v", ev)
 	}
@@ -223,7 +226,7 @@ func TestAgentConfirmTimeoutReverts(t *testing.T) {
 	}
 	// Resyncs keep revision 1; revision 2 is not tried again, and the host
 	// stays FAILED (it does not run what the controller wants).
-	time.Sleep(200 * time.Millisecond)
+	noEvents(t, h.waitPasses(seq, "resync", 3), "resync", pb.SyncState_SYNC_STATE_FAILED)
 	if got := h.k.Snapshot().String(); got != at1.String() {
 		t.Fatalf("revision 2 re-applied after its rollback:\n%s", got)
 	}
@@ -252,7 +255,8 @@ func TestAgentRepairsDrift(t *testing.T) {
 	h.ctrl.setDesired(managed(1, p))
 	h.start()
 	h.ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
-	time.Sleep(100 * time.Millisecond) // resyncs that find nothing say nothing
+	// Resyncs that find nothing say nothing.
+	noEvents(t, h.waitPasses(h.lastPass(), "resync", 2), "resync", pb.SyncState_SYNC_STATE_IN_SYNC)
 	_, nr, ne := h.ctrl.counts()
 	if ne != 1 {
 		t.Fatalf("%d events after the first apply, want 1 (APPLIED)", ne)
@@ -344,8 +348,10 @@ func TestAgentRejectionSticks(t *testing.T) {
 	_, nr, _ := h.ctrl.counts()
 	h.ctrl.setDesired(managed(2, &pb.MultipathPolicy{Limits: &pb.Limits{Subflows: proto.Uint32(99)}}))
 	h.ctrl.waitReport(t, nr, "FAILED at 1", inState(pb.SyncState_SYNC_STATE_FAILED, 1))
+	seq := h.lastPass() // passes after it begin after the rejection
 	h.sys.change(Change{Link: 2, Addr: true})
-	time.Sleep(150 * time.Millisecond)
+	h.reconcileNow()
+	noEvents(t, h.waitPasses(seq, "resync", 2), "", pb.SyncState_SYNC_STATE_FAILED)
 	for _, r := range h.ctrl.reportsSince(nr) {
 		if r.GetSyncState() != pb.SyncState_SYNC_STATE_FAILED || !strings.Contains(r.GetLastError(), "limits.subflows") {
 			t.Fatalf("report after the rejection: %s %q", r.GetSyncState(), r.GetLastError())
@@ -429,7 +435,9 @@ func TestAgentRestoresAtStart(t *testing.T) {
 		t.Errorf("hello says applied %s revision %d", hello.GetAppliedGroup(), hello.GetAppliedRevision())
 	}
 	h.ctrl.waitReport(t, 0, "IN_SYNC at 3", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 3))
-	time.Sleep(50 * time.Millisecond)
+	// The controller's desired configuration, the revision restored, is
+	// not applied again.
+	noEvents(t, h.waitPasses(0, "desired", 1), "desired", pb.SyncState_SYNC_STATE_IN_SYNC)
 	for _, e := range h.ctrl.eventsSince(0) {
 		if e.GetKind() != pb.AgentEvent_KIND_RESTORED {
 			t.Errorf("unexpected event %v", e)
@@ -471,6 +479,7 @@ func TestAgentAddressEvent(t *testing.T) {
 	h.start()
 	h.ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
 	_, _, ne := h.ctrl.counts()
+	seq := h.lastPass()
 
 	ifs := hostIfaces()
 	ifs[2].Addresses = append(ifs[2].Addresses, "198.18.1.3/24", "2001:db8:1::3/64")
@@ -484,7 +493,8 @@ func TestAgentAddressEvent(t *testing.T) {
 	if n := len(h.k.Snapshot().Endpoints); n != 2 {
 		t.Fatalf("%d endpoints, want 2", n)
 	}
-	time.Sleep(20 * time.Millisecond)
+	h.reconcileNow()
+	noEvents(t, h.passesSince(seq), "event", pb.SyncState_SYNC_STATE_UNSPECIFIED)
 	if evs := h.ctrl.eventsSince(ne); len(evs) != 0 {
 		t.Errorf("events for interface changes: %v", evs)
 	}
@@ -549,7 +559,7 @@ func TestAgentLinkFlap(t *testing.T) {
 	rec.reset()
 	h.sys.change(Change{Link: 3, Down: true})
 	h.sys.change(Change{Link: 3})
-	time.Sleep(50 * time.Millisecond)
+	h.reconcileNow()
 	if ops := rec.get(); len(ops) != 0 {
 		t.Errorf("a fullmesh-only endpoint was touched after a flap: %v", ops)
 	}
@@ -561,7 +571,7 @@ type opRecorder struct {
 	ops []string
 }
 
-func recordOps(k *reconcile.FakeKernel) *opRecorder {
+func recordOps(k *fakekernel.Kernel) *opRecorder {
 	r := &opRecorder{}
 	k.FailOn(func(_ int, op reconcile.Op) error {
 		r.mu.Lock()
@@ -596,7 +606,7 @@ func TestAgentDryRun(t *testing.T) {
 	if !h.ctrl.hello(0).GetDryRun() || r.GetAppliedRevision() != 0 {
 		t.Errorf("hello dry_run %v, report revision %d", h.ctrl.hello(0).GetDryRun(), r.GetAppliedRevision())
 	}
-	time.Sleep(20 * time.Millisecond)
+	noEvents(t, h.reconcileNow(), "", pb.SyncState_SYNC_STATE_DRIFTED)
 	if h.k.Calls() != 0 || h.k.Snapshot().String() != before.String() {
 		t.Fatalf("dry run touched the kernel (%d calls)", h.k.Calls())
 	}
@@ -823,11 +833,14 @@ func TestManyAgents(t *testing.T) {
 // next, so the agent is back soon after the controller is.
 func TestAgentReconnectsFast(t *testing.T) {
 	h := newHarness(t, func(h *harness) { h.opts.ConnectTimeout = 10 * time.Second })
+	dials := h.countDials()
 	h.ctrl.setDesired(managed(1, testPolicy()))
 	h.start()
 	h.ctrl.waitReport(t, 0, "IN_SYNC at 1", inState(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
 	h.ctrl.stop()
-	time.Sleep(3 * time.Second) // refused, attempt after attempt
+	// Refused, attempt after attempt, until the backoff is at its ceiling.
+	n := dials.Load()
+	waitUntil(t, "ten refused connection attempts", func() bool { return dials.Load() >= n+10 })
 	lis, err := net.Listen("tcp", h.ctrl.addr)
 	if err != nil {
 		t.Fatal(err)

@@ -24,7 +24,7 @@ import (
 
 // BenchmarkAddrToEndpoint measures the time from an address being added to
 // a matching interface (through netlink, from outside the agent) to its
-// MPTCP endpoint existing in the kernel (polled with mptcp.Client), with
+// MPTCP endpoint existing in the kernel (polled with mptcpnl.Client), with
 // its rule and routes added before it. It reports the p50, p99 and maximum
 // over b.N runs, and the p50 and p99 from the address's removal to the
 // endpoint's (the kernel's DEL_ADDR alone takes 8-25 ms here: it waits for

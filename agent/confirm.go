@@ -1,7 +1,9 @@
 package agent
 
 // Commit confirmed: a new revision the controller does not echo in time is
-// reverted.
+// reverted, and so is the last good configuration re-applied from the state
+// dir at start, so that a saved state that cuts the host off from the
+// controller cannot lock it out after a reboot.
 
 import (
 	"context"
@@ -44,13 +46,20 @@ func (l *loop) confirm(ctx context.Context) bool {
 	}
 }
 
-// rollBack reverts an unconfirmed apply to the state read before it, holds
-// the revision back and reports ROLLED_BACK.
-func (l *loop) rollBack(ctx context.Context, d *pb.DesiredConfig, k reconcile.Kernel, cfg reconcile.HostConfig, before reconcile.State, ifaces []policy.Interface) {
+// rollBack reverts an unconfirmed apply to the state read before it and
+// reports ROLLED_BACK. A new revision is held back (not applied again until
+// another comes); after the restore at start (why is reasonRestore) the
+// agent keeps its hands off until the controller sends a configuration,
+// which it then applies as a new revision, confirmed in turn.
+func (l *loop) rollBack(ctx context.Context, d *pb.DesiredConfig, why reason, k reconcile.Kernel, cfg reconcile.HostConfig, before reconcile.State, ifaces []policy.Interface) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	msg := fmt.Sprintf("the controller did not confirm %s revision %d within %v of its apply; reverted to the previous state",
 		d.GetGroup(), d.GetRevision(), l.a.opts.ConfirmTimeout)
+	if why == reasonRestore {
+		msg = fmt.Sprintf("the controller did not confirm %s revision %d within %v of its restore from the state dir at start; reverted to the state the agent found",
+			d.GetGroup(), d.GetRevision(), l.a.opts.ConfirmTimeout)
+	}
 	prev := configFromState(before, cfg)
 	var ops reconcile.Ops
 	now, err := k.Read(rctx, prev)
@@ -69,6 +78,12 @@ func (l *loop) rollBack(ctx context.Context, d *pb.DesiredConfig, k reconcile.Ke
 	}
 	l.event(pb.AgentEvent_KIND_ROLLED_BACK, d, msg, ops)
 	l.held = d
+	if why == reasonRestore {
+		// Not confirmed may only mean the controller is not back yet: what
+		// it sends, this revision included, is applied and confirmed anew.
+		l.held, l.lastGood = nil, nil
+		l.publishApplied()
+	}
 	l.effective = l.lastGood
 	l.lastRendered = nil
 	l.lastPlan = ops

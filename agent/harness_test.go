@@ -12,11 +12,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/policy"
 	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/reconcile/fakekernel"
 	"github.com/mpfleet/mpfleet/internal/route"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"go.uber.org/goleak"
@@ -421,18 +423,23 @@ type harness struct {
 	t     *testing.T
 	ctrl  *fakeController
 	sys   *fakeSystem
-	k     *reconcile.FakeKernel
+	k     *fakekernel.Kernel
 	opts  Options
 	agent *Agent
 	// localAddr, if set, replaces the controller connection's local address.
 	localAddr func() netip.Addr
-	cancel    context.CancelFunc
-	done      chan struct{}
+	// dialHook, if set, dials the controller.
+	dialHook func(ctx context.Context, d *net.Dialer, addr string) (net.Conn, error)
+	cancel   context.CancelFunc
+	done     chan struct{}
+
+	passMu sync.Mutex
+	passes []Pass // ended, in order (Options.OnReconcile)
 }
 
 func newHarness(t *testing.T, mutate ...func(*harness)) *harness {
 	t.Helper()
-	h := &harness{t: t, sys: newFakeSystem(hostIfaces()...), k: reconcile.NewFakeKernel(route.Range{})}
+	h := &harness{t: t, sys: newFakeSystem(hostIfaces()...), k: fakekernel.New(route.Range{})}
 	h.k.SetLinks(fakeLinks)
 	h.ctrl = newController(t, false)
 	h.opts = Options{
@@ -443,6 +450,7 @@ func newHarness(t *testing.T, mutate ...func(*harness)) *harness {
 		Kernel:         func(route.Range) (reconcile.Kernel, error) { return h.k, nil },
 		System:         h.sys,
 		Logger:         testLogger(t),
+		OnReconcile:    h.recordPass,
 	}
 	for _, m := range mutate {
 		m(h)
@@ -456,7 +464,7 @@ func (h *harness) start() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	a.localAddr = h.localAddr
+	a.localAddr, a.dialHook = h.localAddr, h.dialHook
 	h.agent = a
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.done = cancel, make(chan struct{})
@@ -507,6 +515,91 @@ func (h *harness) waitConverged(p *pb.MultipathPolicy) {
 	waitUntil(h.t, "the fake kernel to hold the policy", func() bool { return h.converged(h.rendered(p)) })
 }
 
+func (h *harness) recordPass(p Pass) {
+	h.passMu.Lock()
+	h.passes = append(h.passes, p)
+	h.passMu.Unlock()
+}
+
+// lastPass returns the number of the agent's latest ended reconcile pass
+// (0 before the first).
+func (h *harness) lastPass() uint64 {
+	h.passMu.Lock()
+	defer h.passMu.Unlock()
+	if len(h.passes) == 0 {
+		return 0
+	}
+	return h.passes[len(h.passes)-1].Seq
+}
+
+// passesSince returns the passes that ended after pass seq.
+func (h *harness) passesSince(seq uint64) []Pass {
+	h.passMu.Lock()
+	defer h.passMu.Unlock()
+	return slices.Clone(h.passes[min(int(seq), len(h.passes)):])
+}
+
+// waitPasses waits until n passes for reason why have ended after pass
+// seq, and returns every pass that ended after seq.
+func (h *harness) waitPasses(seq uint64, why string, n int) []Pass {
+	h.t.Helper()
+	var ps []Pass
+	waitUntil(h.t, fmt.Sprintf("%d %s reconcile passes after pass %d", n, why, seq), func() bool {
+		ps = h.passesSince(seq)
+		c := 0
+		for _, p := range ps {
+			if p.Reason == why {
+				c++
+			}
+		}
+		return c >= n
+	})
+	return ps
+}
+
+// reconcileNow makes the agent reconcile, and waits for a pass that began
+// after the call to end: the changes announced before it have been acted
+// on, and every pass begun before it has ended. It returns the passes that
+// ended meanwhile. Kicking twice makes sure: the first pass that ends after
+// a kick may have begun before it, the pass after that one cannot have.
+func (h *harness) reconcileNow() []Pass {
+	h.t.Helper()
+	seq := h.lastPass()
+	for range 2 {
+		last := h.lastPass()
+		h.agent.kick()
+		h.waitPasses(last, "event", 1)
+	}
+	return h.passesSince(seq)
+}
+
+// noEvents fails the test if one of the passes for reason why ("" for any)
+// emitted an event or ended in another state than want (unset: any).
+func noEvents(t *testing.T, ps []Pass, why string, want pb.SyncState) {
+	t.Helper()
+	for _, p := range ps {
+		if why != "" && p.Reason != why {
+			continue
+		}
+		if p.Events != 0 {
+			t.Errorf("%s pass %d emitted %d events", p.Reason, p.Seq, p.Events)
+		}
+		if want != pb.SyncState_SYNC_STATE_UNSPECIFIED && p.State != want {
+			t.Errorf("%s pass %d left the state %s, want %s", p.Reason, p.Seq, p.State, want)
+		}
+	}
+}
+
+// countDials makes the harness count the agent's connection attempts.
+func (h *harness) countDials() *atomic.Int64 {
+	var n atomic.Int64
+	h.dialHook = func(ctx context.Context, d *net.Dialer, addr string) (net.Conn, error) {
+		n.Add(1)
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	return &n
+}
+
 // testLogger logs to the test's output, at debug level with -v.
 func testLogger(t *testing.T) *slog.Logger {
 	level := slog.LevelWarn
@@ -532,7 +625,7 @@ func stateFileExists(dir string) bool {
 	return err == nil
 }
 
-func mustLoad(t *testing.T, k *reconcile.FakeKernel, s reconcile.State) {
+func mustLoad(t *testing.T, k *fakekernel.Kernel, s reconcile.State) {
 	t.Helper()
 	if err := k.Load(s); err != nil {
 		t.Fatal(err)

@@ -20,7 +20,7 @@ var healthCounters = []string{
 // maxListedConnections bounds MptcpHealth.connections_list.
 const maxListedConnections = 64
 
-// HealthFrom summarises MPTCP connections (as mptcp.Client.Connections lists
+// HealthFrom summarises MPTCP connections (as mptcpnl.Client.Connections lists
 // them) and counters: the number of connections, their subflows (the
 // initial one included), those that fell back to TCP, the key counters the
 // kernel has, and the first 64 connections.

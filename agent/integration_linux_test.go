@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/mptcp/mptcpnl"
 	"github.com/mpfleet/mpfleet/internal/nstest"
 	"github.com/mpfleet/mpfleet/internal/route"
+	"github.com/mpfleet/mpfleet/internal/route/routenl"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -31,8 +33,8 @@ import (
 type lab struct {
 	ns    *nstest.NS
 	h     *netlink.Handle
-	mp    *mptcp.Client
-	rt    *route.Manager
+	mp    *mptcpnl.Client
+	rt    *routenl.Manager
 	links []labLink
 }
 
@@ -56,14 +58,14 @@ func newLab(t testing.TB, n int) *lab {
 	}
 	t.Cleanup(h.Close)
 	l := &lab{ns: ns, h: h}
-	if l.mp, err = mptcp.Dial(&mptcp.DialOptions{NetNS: int(ns.Handle)}); err != nil {
+	if l.mp, err = mptcpnl.Dial(&mptcpnl.DialOptions{NetNS: int(ns.Handle)}); err != nil {
 		if errors.Is(err, mptcp.ErrUnsupported) {
 			nstest.Skip(t, "kernel without MPTCP: "+err.Error())
 		}
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.mp.Close() })
-	if l.rt, err = route.Open(&route.Options{NetNS: int(ns.Handle)}); err != nil {
+	if l.rt, err = routenl.Open(&routenl.Options{NetNS: int(ns.Handle)}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.rt.Close() })
@@ -152,7 +154,7 @@ func waitUntilTB(t testing.TB, what string, ok func() bool) {
 	}
 }
 
-// startAgent runs an in-process agent on ns's kernel (NetlinkKernel and
+// startAgent runs an in-process agent on ns's kernel (nlkernel.Kernel and
 // NetlinkSystem opened in it) against ctrl.
 func startAgent(t testing.TB, ns *nstest.NS, ctrl *fakeController, mutate func(*Options)) *Agent {
 	t.Helper()
@@ -378,7 +380,7 @@ func TestIntegrationAgent(t *testing.T) {
 	if routes, err := l.rt.Routes(); err != nil || len(routes) != 0 {
 		t.Errorf("old range still holds routes %v (%v)", routes, err)
 	}
-	moved, err := route.Open(&route.Options{NetNS: int(l.ns.Handle), Range: route.Range{TableMin: 300, TableMax: 309, PriorityMin: 1000, PriorityMax: 1009}})
+	moved, err := routenl.Open(&routenl.Options{NetNS: int(l.ns.Handle), Range: route.Range{TableMin: 300, TableMax: 309, PriorityMin: 1000, PriorityMax: 1009}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +396,7 @@ func TestIntegrationAgent(t *testing.T) {
 type pair struct {
 	client, server *nstest.NS
 	ch, sh         *netlink.Handle
-	cmp            *mptcp.Client
+	cmp            *mptcpnl.Client
 	a              [2]int // client interface indexes
 }
 
@@ -411,7 +413,7 @@ func newPair(t *testing.T) *pair {
 		}
 		t.Cleanup((*x.h).Close)
 	}
-	if p.cmp, err = mptcp.Dial(&mptcp.DialOptions{NetNS: int(p.client.Handle)}); err != nil {
+	if p.cmp, err = mptcpnl.Dial(&mptcpnl.DialOptions{NetNS: int(p.client.Handle)}); err != nil {
 		if errors.Is(err, mptcp.ErrUnsupported) {
 			nstest.Skip(t, "kernel without MPTCP: "+err.Error())
 		}
@@ -669,7 +671,7 @@ func TestIntegrationSubflowReturns(t *testing.T) {
 	// carries data again.
 	t.Run("fullmesh endpoint joining an announced address", func(t *testing.T) {
 		p := newPair(t)
-		smp, err := mptcp.Dial(&mptcp.DialOptions{NetNS: int(p.server.Handle)})
+		smp, err := mptcpnl.Dial(&mptcpnl.DialOptions{NetNS: int(p.server.Handle)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,13 +2,14 @@ package agent
 
 import (
 	"github.com/mpfleet/mpfleet/internal/reconcile"
+	"github.com/mpfleet/mpfleet/internal/reconcile/nlkernel"
 	"github.com/mpfleet/mpfleet/internal/route"
 )
 
-// NetlinkKernels returns a KernelOpener of reconcile.NetlinkKernel for the
+// NetlinkKernels returns a KernelOpener of nlkernel.Kernel for the
 // network namespace netnsFD (as from /run/netns/NAME; 0 is the caller's).
 func NetlinkKernels(netnsFD int) KernelOpener {
 	return func(rng route.Range) (reconcile.Kernel, error) {
-		return reconcile.OpenKernel(&reconcile.KernelOptions{NetNS: netnsFD, Range: rng})
+		return nlkernel.Open(&nlkernel.Options{NetNS: netnsFD, Range: rng})
 	}
 }

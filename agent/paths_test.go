@@ -66,7 +66,7 @@ func TestHealthNoGateway(t *testing.T) {
 	if msg := r.GetProblems()[0].GetMessage(); !strings.Contains(msg, "198.18.1.2") || !strings.Contains(msg, "host_index") {
 		t.Errorf("problem message %q does not name the address and the fix", msg)
 	}
-	if !strings.Contains(r.GetLastError(), "no IPv4 gateway") {
+	if !strings.Contains(r.GetLastError(), "IPv4 gateway") {
 		t.Errorf("last error %q: the old field keeps working", r.GetLastError())
 	}
 	h.waitConverged(p)

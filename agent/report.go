@@ -23,6 +23,7 @@ func (l *loop) sendEvent(ev *pb.AgentEvent) {
 
 func (l *loop) event(kind pb.AgentEvent_Kind, d *pb.DesiredConfig, msg string, ops reconcile.Ops) {
 	l.log.Info("event", "kind", kind.String(), "group", d.GetGroup(), "revision", d.GetRevision(), "msg", msg, "ops", len(ops))
+	l.events++
 	l.sendEvent(&pb.AgentEvent{
 		Kind: kind, Group: d.GetGroup(), Revision: d.GetRevision(), Message: truncate(msg, maxReportError),
 		Operations: capOps(ops),

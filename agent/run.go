@@ -2,18 +2,16 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/mpfleet/mpfleet/internal/config"
 	"github.com/mpfleet/mpfleet/internal/probe"
+	"github.com/mpfleet/mpfleet/internal/program"
+	"github.com/mpfleet/mpfleet/internal/transport"
 	"github.com/spf13/pflag"
 	"github.com/vishvananda/netns"
 	"google.golang.org/grpc/credentials"
@@ -48,7 +46,7 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.StringVar(&f.StateDir, "state-dir", "/var/lib/mpfleet-agent", "directory of the last good configuration, re-applied at start")
 	fs.BoolVar(&f.DryRun, "dry-run", false, "compute and report plans; change nothing")
 	fs.DurationVar(&f.ResyncInterval, "resync-interval", 30*time.Second, "how often to compare the kernel with the desired state when nothing announced a change")
-	fs.DurationVar(&f.ConfirmTimeout, "confirm-timeout", 10*time.Second, "how long the controller has to confirm a new revision before the agent reverts it")
+	fs.DurationVar(&f.ConfirmTimeout, "confirm-timeout", 10*time.Second, "how long the controller has to confirm a new revision, or the restore at start, before the agent reverts it")
 	fs.DurationVar(&f.ReportInterval, "report-interval", 10*time.Second, "how often to report MPTCP health")
 	fs.StringVar(&f.TLSCAFile, "tls-ca-file", "", "CA bundle to verify the controller's certificate (enables TLS)")
 	fs.StringVar(&f.TLSCertFile, "tls-cert-file", "", "client certificate for mutual TLS; its common name must be the host id")
@@ -68,8 +66,9 @@ runs in (endpoints, limits, sysctls, source-based policy routing), keeps it
 applied as addresses and links change, and reports to the controller.
 
 It re-applies the last good configuration from --state-dir at start, before
-the controller is reachable; a new revision that the controller does not
-confirm within --confirm-timeout of its apply is reverted.
+the controller is reachable; a new revision, and that restore, that the
+controller does not confirm within --confirm-timeout of its apply is
+reverted.
 
 Every flag can also be set in the environment (MPFLEET_AGENT_HOST_ID for
 --host-id, ...) or in a --config YAML file; the command line wins, then the
@@ -79,33 +78,20 @@ environment, then the file.
 // Run runs the agent program until ctx ends (SIGTERM in main).
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f Flags
-	fs := flagSet(&f)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, Usage+"\nFlags:\n")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
+	if err := program.Parse(flagSet(&f), args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_AGENT_", NoArgs: true}); err != nil {
+		if errors.Is(err, program.ErrHelp) {
 			return nil
 		}
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	if err := config.Apply(fs, "MPFLEET_AGENT_", "config"); err != nil {
 		return err
 	}
 	if f.Version {
 		_, err := fmt.Fprintln(stdout, Version)
 		return err
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.LogLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+	log, err := program.Logger(stderr, f.LogLevel)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if f.HostID == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -142,7 +128,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if creds == nil && !isLoopback(f.Controller) {
+	if creds == nil && !transport.IsLoopback(f.Controller) {
 		log.Warn("plaintext connection to a controller that is not on loopback: use --tls-ca-file", "controller", f.Controller)
 	}
 	log.Info("mpfleet agent starting", "version", Version, "host", f.HostID, "controller", f.Controller,
@@ -155,30 +141,19 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 // clientTLS returns the TLS credentials the flags ask for, or nil for
 // plaintext.
 func clientTLS(f Flags) (credentials.TransportCredentials, error) {
-	if f.TLSCAFile == "" && f.TLSCertFile == "" && f.TLSKeyFile == "" && f.ServerName == "" {
+	info := transport.TLSInfo{
+		CertFile: f.TLSCertFile, KeyFile: f.TLSKeyFile, TrustedCAFile: f.TLSCAFile, ServerName: f.ServerName,
+		CALabel: "--tls-ca-file", KeyPairLabel: "TLS key pair",
+	}
+	if info.Empty() {
 		return nil, nil
 	}
 	if (f.TLSCertFile == "") != (f.TLSKeyFile == "") {
 		return nil, errors.New("--tls-cert-file and --tls-key-file must be given together")
 	}
-	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.ServerName}
-	if f.TLSCAFile != "" {
-		b, err := os.ReadFile(f.TLSCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("--tls-ca-file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(b) {
-			return nil, fmt.Errorf("--tls-ca-file %s: no PEM certificates", f.TLSCAFile)
-		}
-		c.RootCAs = pool
-	}
-	if f.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(f.TLSCertFile, f.TLSKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("TLS key pair: %w", err)
-		}
-		c.Certificates = []tls.Certificate{cert}
+	c, err := info.ClientConfig()
+	if err != nil {
+		return nil, err
 	}
 	return credentials.NewTLS(c), nil
 }

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mpfleet/mpfleet/internal/wait"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -35,8 +36,9 @@ type session struct {
 	conn   *grpc.ClientConn
 	stream pb.AgentService_ConnectClient
 	cancel context.CancelFunc
-	// local is the address the connection leaves from.
-	local netip.Addr
+	// local is the address the connection leaves from, remote the
+	// controller's address it goes to.
+	local, remote netip.Addr
 	// done is closed when the stream has ended.
 	done chan struct{}
 	// helloFacts are the facts the hello carried.
@@ -100,13 +102,9 @@ func (a *Agent) connectLoop(ctx context.Context) {
 				attempt = 0
 			}
 		}
-		wait := backoff(attempt, a.opts.BackoffMin, a.opts.BackoffMax)
+		pause := backoff(attempt, a.opts.BackoffMin, a.opts.BackoffMax)
 		attempt++
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if !wait.Sleep(ctx, pause) {
 			return
 		}
 	}
@@ -116,18 +114,22 @@ func (a *Agent) connectLoop(ctx context.Context) {
 // not gRPC's own, paces the attempts, and the local address is that of this
 // connection), the stream, and the hello.
 func (a *Agent) dial(ctx context.Context) (*session, error) {
-	var local atomic.Pointer[netip.Addr]
+	var local, remote atomic.Pointer[netip.Addr]
 	dialer := func(ctx context.Context, addr string) (net.Conn, error) {
 		var d net.Dialer
 		// Plain TCP: endpoint changes never touch the controller connection.
 		d.SetMultipathTCP(false)
-		c, err := d.DialContext(ctx, "tcp", addr)
+		c, err := a.dialTCP(ctx, &d, addr)
 		if err != nil {
 			return nil, err
 		}
 		if ap, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
 			l := ap.Addr().Unmap()
 			local.Store(&l)
+		}
+		if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+			r := ap.Addr().Unmap()
+			remote.Store(&r)
 		}
 		return c, nil
 	}
@@ -179,6 +181,9 @@ func (a *Agent) dial(ctx context.Context) (*session, error) {
 	s := &session{conn: conn, stream: stream, cancel: cancel, done: make(chan struct{}), helloFacts: hello.GetFacts()}
 	if l := local.Load(); l != nil {
 		s.local = *l
+	}
+	if r := remote.Load(); r != nil {
+		s.remote = *r
 	}
 	return s, nil
 }

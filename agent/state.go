@@ -97,9 +97,9 @@ func saveState(dir string, d *pb.DesiredConfig, now time.Time) error {
 	return nil
 }
 
-// maxDesiredSize bounds a DesiredConfig the agent accepts. A valid policy
-// is a few kilobytes at most (32 rules, 32 gateways).
-const maxDesiredSize = 256 << 10
+// maxDesiredSize bounds a DesiredConfig the agent accepts: the limit the
+// controller enforces on every group.
+const maxDesiredSize = policy.MaxDesiredSize
 
 // validateDesired checks a desired configuration from the controller (or the
 // state file) before anything is done with it.

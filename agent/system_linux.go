@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/mptcp/mptcpnl"
 	"github.com/mpfleet/mpfleet/internal/nsrun"
 	"github.com/mpfleet/mpfleet/internal/probe"
+	"github.com/mpfleet/mpfleet/internal/route/routenl"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -30,7 +32,7 @@ import (
 type NetlinkSystem struct {
 	ns netns.NsHandle // -1: the caller's namespace
 	h  *netlink.Handle
-	mp *mptcp.Client // nil when the kernel lacks MPTCP
+	mp *mptcpnl.Client // nil when the kernel lacks MPTCP
 
 	mu       sync.Mutex // serialises dumps on h, guards the static facts
 	static   *pb.HostFacts
@@ -40,9 +42,6 @@ type NetlinkSystem struct {
 // staticFactsTTL is how long the facts that rarely change (kernel, sysctls)
 // are cached.
 const staticFactsTTL = 10 * time.Second
-
-// dumpTries bounds the retries of a dump the kernel interrupted.
-const dumpTries = 5
 
 // OpenNetlinkSystem opens the sockets of a NetlinkSystem for the network
 // namespace netnsFD (as from /run/netns/NAME; 0 is the caller's). A kernel
@@ -66,7 +65,7 @@ func OpenNetlinkSystem(netnsFD int) (*NetlinkSystem, error) {
 		s.closeNS()
 		return nil, fmt.Errorf("agent: open rtnetlink: %w", err)
 	}
-	if s.mp, err = mptcp.Dial(&mptcp.DialOptions{NetNS: netnsFD}); err != nil && !errors.Is(err, mptcp.ErrUnsupported) {
+	if s.mp, err = mptcpnl.Dial(&mptcpnl.DialOptions{NetNS: netnsFD}); err != nil && !errors.Is(err, mptcp.ErrUnsupported) {
 		s.h.Close()
 		s.closeNS()
 		return nil, fmt.Errorf("agent: %w", err)
@@ -151,19 +150,6 @@ func (s *NetlinkSystem) staticFacts() (*pb.HostFacts, error) {
 	return f, nil
 }
 
-// dump retries fn while the kernel reports the dump interrupted.
-func dump[T any](fn func() ([]T, error)) ([]T, error) {
-	var out []T
-	var err error
-	for range dumpTries {
-		out, err = fn()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
-	return out, err
-}
-
 // linkUp is "administratively and operationally up"; an operational state
 // the driver does not know (tunnels, loopback) counts as up.
 func linkUp(a *netlink.LinkAttrs) bool {
@@ -171,15 +157,15 @@ func linkUp(a *netlink.LinkAttrs) bool {
 }
 
 func (s *NetlinkSystem) interfaces() ([]*pb.Interface, error) {
-	links, err := dump(s.h.LinkList)
+	links, err := routenl.Retry(s.h.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("agent: list links: %w", err)
 	}
-	addrs, err := dump(func() ([]netlink.Addr, error) { return s.h.AddrList(nil, netlink.FAMILY_ALL) })
+	addrs, err := routenl.Retry(func() ([]netlink.Addr, error) { return s.h.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("agent: list addresses: %w", err)
 	}
-	routes, err := dump(func() ([]netlink.Route, error) {
+	routes, err := routenl.Retry(func() ([]netlink.Route, error) {
 		return s.h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {

@@ -98,9 +98,15 @@ func TestAgentRefusesWrongServer(t *testing.T) {
 		h.opts.Credentials = creds
 		h.opts.ConnectTimeout = 200 * time.Millisecond
 	})
+	dials := h.countDials()
 	h.ctrl.setDesired(managed(1, testPolicy()))
 	h.start()
-	time.Sleep(500 * time.Millisecond)
+	// A second attempt means the first one failed; one that talked to the
+	// impostor would have stayed connected.
+	waitUntil(t, "two connection attempts or a hello", func() bool {
+		n, _, _ := h.ctrl.counts()
+		return dials.Load() >= 2 || n > 0
+	})
 	if n, _, _ := h.ctrl.counts(); n != 0 || h.k.Calls() != 0 {
 		t.Errorf("%d hellos reached an impostor; %d kernel calls", n, h.k.Calls())
 	}

@@ -3,20 +3,8 @@
 package main
 
 import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-
 	"github.com/mpfleet/mpfleet/agent"
+	"github.com/mpfleet/mpfleet/internal/program"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := agent.Run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "mpfleet-agent:", err)
-		os.Exit(1)
-	}
-}
+func main() { program.Main("mpfleet-agent", agent.Run) }
