@@ -203,12 +203,12 @@ the end of the log, an event keyed with another key), and then exits 1.`,
 			err = a.printObject(resp, func(w io.Writer) error {
 				if resp.GetOk() {
 					_, err := fmt.Fprintf(w, "OK: %d events verified (sequences %d to %d), head %s\n  keyed: %s\n  pruned: %s\n",
-						resp.GetEventsChecked(), resp.GetFirstSequence(), resp.GetLastSequence(), orDefault(resp.GetHeadHash(), "-"),
+						resp.GetEventsChecked(), resp.GetFirstSequence(), resp.GetLastSequence(), orDefault(terminalSafe(resp.GetHeadHash()), "-"),
 						keyedSummary(resp), prunedSummary(resp))
 					return err
 				}
 				_, err := fmt.Fprintf(w, "BROKEN: sequence %d: %s (%d events checked from sequence %d)\n",
-					resp.GetFirstBadSequence(), orDefault(resp.GetReason(), "does not verify"), resp.GetEventsChecked(), resp.GetFirstSequence())
+					resp.GetFirstBadSequence(), orDefault(terminalSafe(resp.GetReason()), "does not verify"), resp.GetEventsChecked(), resp.GetFirstSequence())
 				return err
 			})
 			if err != nil {
@@ -225,18 +225,19 @@ the end of the log, an event keyed with another key), and then exits 1.`,
 // keyedSummary says which verified events are keyed.
 func keyedSummary(r *mpfleetv1.VerifyAuditLogResponse) string {
 	keyed, unkeyed := r.GetKeyedEvents(), r.GetUnkeyedEvents()
+	key := terminalSafe(r.GetKeyId())
 	switch {
 	case r.GetKeyId() == "" && keyed+unkeyed == 0 && r.GetEventsChecked() > 0:
 		return "not reported (the controller predates audit keys: plain SHA-256 hashes, which anyone who can write etcd can recompute)"
 	case r.GetKeyId() == "":
 		return fmt.Sprintf("no (the controller has no audit key): %d events unkeyed (plain SHA-256)", unkeyed)
 	case r.GetEventsChecked() == 0:
-		return fmt.Sprintf("every event will be, with audit key %s", r.GetKeyId())
+		return fmt.Sprintf("every event will be, with audit key %s", key)
 	case unkeyed == 0:
-		return fmt.Sprintf("all %d events, with audit key %s", keyed, r.GetKeyId())
+		return fmt.Sprintf("all %d events, with audit key %s", keyed, key)
 	default:
 		return fmt.Sprintf("%d events from sequence %d, with audit key %s; %d older events unkeyed (plain SHA-256, written before the key was introduced)",
-			keyed, r.GetFirstKeyedSequence(), r.GetKeyId(), unkeyed)
+			keyed, r.GetFirstKeyedSequence(), key, unkeyed)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mpfleet/mpfleet/internal/config"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
@@ -120,6 +121,8 @@ type app struct {
 }
 
 func run(ctx context.Context, args []string, sio stdio, getenv func(string) string, now func() time.Time) error {
+	sio, flush := safeStdio(sio) // nothing printed can drive the terminal (termsafe.go)
+	defer flush()
 	a := &app{io: sio, getenv: getenv, now: now}
 	root := a.rootCommand()
 	root.SetArgs(args)
@@ -226,7 +229,7 @@ func (a *app) setup(cmd *cobra.Command) error {
 		if err != nil || fl.Changed {
 			return
 		}
-		name := envPrefix + strings.ToUpper(strings.ReplaceAll(fl.Name, "-", "_"))
+		name := config.EnvName(envPrefix, fl.Name)
 		v := a.getenv(name)
 		if v == "" {
 			return

@@ -3,16 +3,13 @@ package cli
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"net"
-	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 
+	"github.com/mpfleet/mpfleet/internal/transport"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -24,7 +21,15 @@ const defaultPort = "7400"
 
 // useTLS reports whether TLS is asked for, explicitly or through a TLS flag.
 func (a *app) useTLS() bool {
-	return a.tls || a.caFile != "" || a.certFile != "" || a.keyFile != "" || a.serverName != ""
+	return a.tls || !a.tlsInfo().Empty()
+}
+
+// tlsInfo is the TLS files and server name the flags give.
+func (a *app) tlsInfo() transport.TLSInfo {
+	return transport.TLSInfo{
+		CertFile: a.certFile, KeyFile: a.keyFile, TrustedCAFile: a.caFile, ServerName: a.serverName,
+		CALabel: "--ca-file", KeyPairLabel: "--cert-file/--key-file",
+	}
 }
 
 // target is a parsed --controller value.
@@ -55,19 +60,8 @@ func parseController(s string) (target, error) {
 	return target{
 		dial:     net.JoinHostPort(host, port),
 		host:     host,
-		loopback: isLoopback(host),
+		loopback: transport.IsLoopback(host),
 	}, nil
-}
-
-// isLoopback reports whether host is a loopback address or "localhost". Other
-// names are not resolved: what a name resolves to when checked need not be
-// what it resolves to when dialed.
-func isLoopback(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.Unmap().IsLoopback()
 }
 
 // client returns the connection to the controller, opening it on first use.
@@ -88,7 +82,11 @@ func (a *app) client() (*grpc.ClientConn, error) {
 	}
 	creds := insecure.NewCredentials()
 	if useTLS {
-		cfg, err := a.tlsConfig(t)
+		info := a.tlsInfo()
+		if info.ServerName == "" {
+			info.ServerName = t.host
+		}
+		cfg, err := info.ClientConfig()
 		if err != nil {
 			return nil, err
 		}
@@ -105,32 +103,6 @@ func (a *app) client() (*grpc.ClientConn, error) {
 	}
 	a.conn = conn
 	return conn, nil
-}
-
-func (a *app) tlsConfig(t target) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: a.serverName}
-	if cfg.ServerName == "" {
-		cfg.ServerName = t.host
-	}
-	if a.caFile != "" {
-		pem, err := os.ReadFile(a.caFile)
-		if err != nil {
-			return nil, fmt.Errorf("--ca-file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--ca-file %s: no PEM certificate found", a.caFile)
-		}
-		cfg.RootCAs = pool
-	}
-	if a.certFile != "" {
-		cert, err := tls.LoadX509KeyPair(a.certFile, a.keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("--cert-file/--key-file: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	return cfg, nil
 }
 
 // outgoing adds the per-call metadata: a fresh x-request-id and the bearer

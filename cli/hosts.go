@@ -367,7 +367,7 @@ func (a *app) printPlain(v any) error {
 		_, err = a.io.out.Write(b)
 		return err
 	}
-	_, err = fmt.Fprintf(a.io.out, "%s\n", b)
+	_, err = fmt.Fprintf(a.io.out, "%s\n", escapeQuoted(b))
 	return err
 }
 

@@ -84,7 +84,7 @@ agent first connects. Changing a label that has a value needs --overwrite.`,
 			if err != nil {
 				return fmt.Errorf("host %q: %w", id, a.rpcErr(err))
 			}
-			a.printf("host/%s labeled (%s)\n", id, terminalSafe(formatLabels(h.GetLabels())))
+			a.printf("host/%s labeled (%s)\n", terminalSafe(trimName(h.GetName())), terminalSafe(formatLabels(h.GetLabels())))
 			return nil
 		},
 	}

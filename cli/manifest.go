@@ -165,6 +165,9 @@ var yamlLineRE = regexp.MustCompile(`line (\d+)`)
 
 // parseManifest parses one document.
 func parseManifest(d document) (*manifest, error) {
+	if err := checkDuplicateKeys(d); err != nil {
+		return nil, err
+	}
 	js, err := yaml.YAMLToJSONStrict(d.text)
 	if err != nil {
 		// Report file lines, not document lines.
@@ -237,9 +240,11 @@ func manifestName(v any) (string, error) {
 		return "", fmt.Errorf("name: want a string, got %s", jsonType(v))
 	}
 	id := strings.TrimPrefix(s, groupPrefix)
+	// The server's rule and words (policy.ValidateGroupID): the CLI checks
+	// nothing the server does not define.
 	var vs policy.Violations
 	if policy.ValidateGroupID(&vs, "name", id); len(vs) > 0 {
-		return "", fmt.Errorf("name: %q is not a valid group id (lower-case letters, digits and '-', starting with a letter, at most 63 characters)", s)
+		return "", fmt.Errorf("%v", vs[0])
 	}
 	return id, nil
 }

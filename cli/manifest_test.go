@@ -150,7 +150,7 @@ func TestParseManifestsBad(t *testing.T) {
 	}{
 		{"empty file", "# only a comment\n", []string{"f.yaml: no documents"}},
 		{"not YAML", good + "kind: Group\nname: [\n", []string{"document 2 (line 4)", "not valid YAML", "line 5"}},
-		{"duplicate key", good + "kind: Group\nname: a\nname: b\n", []string{"document 2", `"name" already set`}},
+		{"duplicate key", good + "kind: Group\nname: a\nname: b\n", []string{"document 2 (line 4): name: duplicate key, on line 5 and line 6"}},
 		{"not a mapping", good + "- a\n- b\n", []string{"document 2", "want a mapping with kind: Group"}},
 		{"missing kind", good + "name: a\n", []string{"document 2", "kind: missing"}},
 		{"wrong kind", good + "kind: Rollout\nname: a\n", []string{"document 2", `kind: "Rollout" is not supported`}},

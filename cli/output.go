@@ -9,8 +9,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -32,7 +30,7 @@ func marshalJSON(m proto.Message, indent bool) ([]byte, error) {
 	} else {
 		err = json.Compact(&out, b)
 	}
-	return out.Bytes(), err
+	return escapeQuoted(out.Bytes()), err
 }
 
 // marshalYAML renders m as YAML through its JSON form.
@@ -41,7 +39,7 @@ func marshalYAML(m proto.Message) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return yaml.JSONToYAML(b)
+	return jsonToYAML(b)
 }
 
 // printf writes to stdout. The first write error is kept, later writes are
@@ -52,8 +50,16 @@ func (a *app) printf(format string, args ...any) {
 	}
 }
 
-// jsonToYAML converts JSON to YAML.
-func jsonToYAML(b []byte) ([]byte, error) { return yaml.JSONToYAML(b) }
+// jsonToYAML converts JSON to YAML, safe for a terminal (safeYAML). The
+// JSON's strings are escaped first: go-yaml refuses to read DEL and C1
+// controls written as they are.
+func jsonToYAML(b []byte) ([]byte, error) {
+	y, err := yaml.JSONToYAML(escapeQuoted(b))
+	if err != nil {
+		return nil, err
+	}
+	return safeYAML(y)
+}
 
 // printObject prints m as JSON or YAML, per --output. table is printed for
 // the table format.
@@ -207,32 +213,10 @@ func joinTrimmed(names []string) string {
 // it is stored) and every byte that is not UTF-8 is written as a Go escape,
 // \x1b or \u202e, so it shows instead of acting.
 func terminalSafe(s string) string {
-	safe := true
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x20 || c >= 0x7f {
-			safe = false
-			break
+			return string(appendTerminalSafe(make([]byte, 0, len(s)+8), s, true))
 		}
 	}
-	if safe {
-		return s // printable ASCII, the common case
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case r == '\t' || r == '\n' || r == '\r' || r == '\v' || r == '\f':
-			b.WriteByte(' ')
-		case r < 0x80 && unicode.IsControl(r):
-			fmt.Fprintf(&b, `\x%02x`, r)
-		case unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r):
-			fmt.Fprintf(&b, `\u%04x`, r)
-		default:
-			b.WriteString(s[i : i+size])
-		}
-		i += size
-	}
-	return b.String()
+	return s // printable ASCII, the common case
 }

@@ -211,16 +211,15 @@ func (v *rolloutView) redraw() {
 		return
 	}
 	lines := v.a.liveFrame(v.last, v.a.io.width)
-	var b strings.Builder
+	// The cursor movements are the only control sequences mpfleetctl
+	// sends; they go past the escaping of stdout, the frame does not.
+	var ctl strings.Builder
 	if v.drawn > 0 {
-		fmt.Fprintf(&b, "\x1b[%dA", v.drawn) // up to the frame's first line
+		fmt.Fprintf(&ctl, "\x1b[%dA", v.drawn) // up to the frame's first line
 	}
-	b.WriteString("\x1b[J") // clear to the end of the screen
-	for _, l := range lines {
-		b.WriteString(l)
-		b.WriteByte('\n')
-	}
-	v.a.printf("%s", b.String())
+	ctl.WriteString("\x1b[J") // clear to the end of the screen
+	v.a.printControl(ctl.String())
+	v.a.printf("%s\n", strings.Join(lines, "\n"))
 	v.drawn = len(lines)
 }
 
