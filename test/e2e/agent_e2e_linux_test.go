@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/mptcp/mptcpnl"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"github.com/mpfleet/mpfleet/test/lab"
 )
@@ -22,7 +23,7 @@ import (
 // ip runs `ip ARGS` in the namespace of h: what an operator does by hand.
 func (f *fleet) ip(t testing.TB, h lab.Host, args ...string) {
 	t.Helper()
-	if out, err := f.lab.Exec(context.Background(), h, "ip", args...); err != nil {
+	if out, err := f.Lab.Exec(context.Background(), h, "ip", args...); err != nil {
 		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 }
@@ -46,7 +47,7 @@ func testDrift(t *testing.T, f *fleet, _ string) {
 		if ev.GetResult() != pb.AuditResult_AUDIT_RESULT_SUCCESS {
 			t.Errorf("audit event %d: result %s", ev.GetSequence(), ev.GetResult())
 		}
-		if want := "cert:" + f.hostID(h); ev.GetActor() != want {
+		if want := "cert:" + f.HostID(h); ev.GetActor() != want {
 			t.Errorf("audit event %d: actor %q, want %q (the agent's certificate)", ev.GetSequence(), ev.GetActor(), want)
 		}
 	}
@@ -73,12 +74,12 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 // endpoint being in the kernel's dump (polled every 0.5 ms).
 func testAddressToEndpoint(t *testing.T, f *fleet, _ string) {
 	const runs = 50
-	nh := f.lab.Netlink(lab.Client)
+	nh := f.Lab.Netlink(lab.Client)
 	link, err := nh.LinkByName("eth2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	mc, err := mptcp.Dial(&mptcp.DialOptions{NetNS: int(f.lab.NS(lab.Client))})
+	mc, err := mptcpnl.Dial(&mptcpnl.DialOptions{NetNS: int(f.Lab.NS(lab.Client))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,13 +121,13 @@ func testAddressToEndpoint(t *testing.T, f *fleet, _ string) {
 		if i == 0 {
 			// The new address is routed like the others: its own rule and
 			// table.
-			s, err := readKernel(f.lab, lab.Client)
+			s, err := readKernel(f.Lab, lab.Client)
 			if err != nil {
 				t.Fatal(err)
 			}
 			e := wantEndpoint{extra, mptcp.FlagFullmesh, lab.Link2}
 			eventually(t, 5*time.Second, func() error {
-				if s, err = readKernel(f.lab, lab.Client); err != nil {
+				if s, err = readKernel(f.Lab, lab.Client); err != nil {
 					return err
 				}
 				return checkRouted(s, lab.Client, e)
@@ -159,7 +160,7 @@ func testAddressToEndpoint(t *testing.T, f *fleet, _ string) {
 // host FAILED with the kernel's reason, an agent.apply_failed audit event.
 // Applying the good policy again brings the host back IN_SYNC.
 func testFailedApply(t *testing.T, f *fleet, _ string) {
-	before, err := readKernel(f.lab, lab.Client)
+	before, err := readKernel(f.Lab, lab.Client)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +202,7 @@ func testFailedApply(t *testing.T, f *fleet, _ string) {
 	}
 	ev := f.waitAudit(t, "agent.apply_failed", lab.Client, start)
 	t.Logf("audit #%d %s %s %s: %q", ev.GetSequence(), ev.GetActor(), ev.GetAction(), ev.GetResult(), ev.GetError())
-	after, err := readKernel(f.lab, lab.Client)
+	after, err := readKernel(f.Lab, lab.Client)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,24 +223,24 @@ func testAgentRestartOffline(t *testing.T, f *fleet, _ string) {
 	revs := f.revisions(t)
 	f.stopController(false)
 	defer func() {
-		if !f.controllerRunning() {
+		if !f.ControllerRunning() {
 			f.startController()
 		}
 	}()
 	f.stopAgent(lab.Client)
 	f.ip(t, lab.Client, "mptcp", "endpoint", "flush")
 	f.ip(t, lab.Client, "mptcp", "limits", "set", "subflow", "0", "add_addr_accepted", "0")
-	s, err := readKernel(f.lab, lab.Client)
+	s, err := readKernel(f.Lab, lab.Client)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range s.Rules {
 		f.ip(t, lab.Client, "rule", "del", "priority", fmt.Sprint(r.Priority))
 	}
-	if err := f.lab.Do(lab.Client, func() error { return mptcp.WriteSysctl("close_timeout", "60") }); err != nil {
+	if err := f.Lab.Do(lab.Client, func() error { return mptcp.WriteSysctl("close_timeout", "60") }); err != nil {
 		t.Fatal(err)
 	}
-	if s, err = readKernel(f.lab, lab.Client); err != nil {
+	if s, err = readKernel(f.Lab, lab.Client); err != nil {
 		t.Fatal(err)
 	}
 	if declared[twoLinksFile][lab.Client].check(s, lab.Client) == nil {

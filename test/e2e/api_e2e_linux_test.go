@@ -2,12 +2,9 @@ package e2e
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +14,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	"github.com/mpfleet/mpfleet/internal/nstest"
@@ -51,7 +47,7 @@ func testGRPCurl(t *testing.T, f *fleet, addr string) {
 	var out []byte
 	eventually(t, 25*time.Second, func() error {
 		var err error
-		if out, err = f.fleetHealth(grpcurl, f.hostName(lab.Server)); err != nil {
+		if out, err = f.fleetHealth(grpcurl, f.HostName(lab.Server)); err != nil {
 			return stop(err)
 		}
 		hostsPart, healthPart, ok := strings.Cut(string(out), "== health of ")
@@ -59,8 +55,8 @@ func testGRPCurl(t *testing.T, f *fleet, addr string) {
 			return stop(fmt.Errorf("no health section in the output:\n%s", out))
 		}
 		for _, h := range []lab.Host{lab.Client, lab.Server} {
-			if !strings.Contains(hostsPart, f.hostName(h)+"\n") {
-				return stop(fmt.Errorf("the host list does not have %s:\n%s", f.hostName(h), out))
+			if !strings.Contains(hostsPart, f.HostName(h)+"\n") {
+				return stop(fmt.Errorf("the host list does not have %s:\n%s", f.HostName(h), out))
 			}
 		}
 		_, js, _ := strings.Cut(healthPart, "\n")
@@ -81,15 +77,15 @@ func testGRPCurl(t *testing.T, f *fleet, addr string) {
 		}
 		return nil
 	})
-	t.Logf("fleet-health.sh %s:\n%s", f.hostName(lab.Server), out)
+	t.Logf("fleet-health.sh %s:\n%s", f.HostName(lab.Server), out)
 }
 
 // fleetHealth runs testdata/fleet-health.sh HOST in the ctl namespace.
 func (f *fleet) fleetHealth(grpcurl, host string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := f.lab.Command(ctx, lab.Controller, filepath.Join(repoRoot(), "test", "e2e", "testdata", "fleet-health.sh"), host)
-	cmd.Env = append(os.Environ(), "GRPCURL="+grpcurl, "CONTROLLER="+f.controllerAddr(), "CACERT="+f.ca, "TOKEN="+f.token)
+	cmd := f.Lab.Command(ctx, lab.Controller, filepath.Join(repoRoot(), "test", "e2e", "testdata", "fleet-health.sh"), host)
+	cmd.Env = append(os.Environ(), "GRPCURL="+grpcurl, "CONTROLLER="+f.ControllerAddr(), "CACERT="+f.PKI.CA, "TOKEN="+f.PKI.Token)
 	out, err := cmd.Output()
 	if err != nil {
 		var ee *exec.ExitError
@@ -106,28 +102,7 @@ func (f *fleet) fleetHealth(grpcurl, host string) ([]byte, error) {
 // on that host could do.
 func (f *fleet) agentConn(t *testing.T, h lab.Host) *grpc.ClientConn {
 	t.Helper()
-	pem, err := os.ReadFile(f.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	cert, err := tls.LoadX509KeyPair(f.agentCerts[h][0], f.agentCerts[h][1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := f.lab.Do(h, func() (err error) {
-			var d net.Dialer
-			c, err = d.DialContext(ctx, "tcp", addr)
-			return err
-		})
-		return c, err
-	}
-	conn, err := grpc.NewClient("passthrough:///"+f.controllerAddr(),
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})),
-		grpc.WithContextDialer(dial))
+	conn, err := f.AgentConn(h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,11 +124,11 @@ func testForgedHello(t *testing.T, f *fleet, _ string) {
 		code codes.Code
 	}{
 		{"hello as the server", &pb.ConnectRequest{Kind: &pb.ConnectRequest_Hello{Hello: &pb.AgentHello{
-			HostId: f.hostID(lab.Server), Labels: map[string]string{"role": "mptcp-client"}}}}, codes.PermissionDenied},
+			HostId: f.HostID(lab.Server), Labels: map[string]string{"role": "mptcp-client"}}}}, codes.PermissionDenied},
 		{"hello with garbage labels", &pb.ConnectRequest{Kind: &pb.ConnectRequest_Hello{Hello: &pb.AgentHello{
-			HostId: f.hostID(lab.Client), Labels: map[string]string{"Not A Label!": "x y", "role": "mptcp-server"}}}}, codes.InvalidArgument},
+			HostId: f.HostID(lab.Client), Labels: map[string]string{"Not A Label!": "x y", "role": "mptcp-server"}}}}, codes.InvalidArgument},
 		{"hello with a bad host id", &pb.ConnectRequest{Kind: &pb.ConnectRequest_Hello{Hello: &pb.AgentHello{
-			HostId: "../" + f.hostID(lab.Client)}}}, codes.InvalidArgument},
+			HostId: "../" + f.HostID(lab.Client)}}}, codes.InvalidArgument},
 		{"report first", &pb.ConnectRequest{Kind: &pb.ConnectRequest_Report{Report: &pb.AgentReport{
 			SyncState: pb.SyncState_SYNC_STATE_FAILED, LastError: "forged"}}}, codes.InvalidArgument},
 	}
@@ -192,7 +167,7 @@ func testForgedHello(t *testing.T, f *fleet, _ string) {
 		}
 	}
 	for _, h := range []lab.Host{lab.Client, lab.Server} {
-		s, err := readKernel(f.lab, h)
+		s, err := readKernel(f.Lab, h)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -113,18 +112,16 @@ func (fc *fakeController) connect(_ any, ss grpc.ServerStream) error {
 // startFake starts a fake controller in the ctl namespace of f's lab.
 func (f *fleet) startFake(t *testing.T) *fakeController {
 	t.Helper()
-	pair, err := tls.LoadX509KeyPair(f.serverCert, f.serverKey)
+	pair, err := tls.LoadX509KeyPair(f.PKI.Controller.Cert, f.PKI.Controller.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pem, err := os.ReadFile(f.ca)
+	pool, err := f.CAPool()
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
 	var ln net.Listener
-	if err := f.lab.Do(lab.Controller, func() (err error) { ln, err = net.Listen("tcp", f.controllerAddr()); return err }); err != nil {
+	if err := f.Lab.Do(lab.Controller, func() (err error) { ln, err = net.Listen("tcp", f.ControllerAddr()); return err }); err != nil {
 		t.Fatal(err)
 	}
 	fc := &fakeController{streams: make(chan *fakeStream, 16), msgs: make(chan *pb.ConnectRequest, 1024)}
@@ -245,7 +242,7 @@ func TestE2EAgentRefusesBadConfig(t *testing.T) {
 	fc := f.startFake(t)
 	f.startAgent(lab.Client)
 	s := fc.stream(t)
-	if s.hello.GetHostId() != f.hostID(lab.Client) {
+	if s.hello.GetHostId() != f.HostID(lab.Client) {
 		t.Fatalf("hello from %q", s.hello.GetHostId())
 	}
 	good := clientPolicy(t)
@@ -254,7 +251,7 @@ func TestE2EAgentRefusesBadConfig(t *testing.T) {
 	}
 	fc.wait(t, "IN_SYNC report at revision 1", isReport(pb.SyncState_SYNC_STATE_IN_SYNC, 1))
 	f.waitKernel(t, lab.Client, declared[twoLinksFile][lab.Client])
-	before, err := readKernel(f.lab, lab.Client)
+	before, err := readKernel(f.Lab, lab.Client)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,14 +259,14 @@ func TestE2EAgentRefusesBadConfig(t *testing.T) {
 		t.Helper()
 		// Past a resync: the agent keeps the last good state.
 		time.Sleep(resyncInterval + 200*time.Millisecond)
-		after, err := readKernel(f.lab, lab.Client)
+		after, err := readKernel(f.Lab, lab.Client)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if after.String() != before.String() {
 			t.Errorf("kernel changed:\n%s", lineDiff(before.String(), after.String()))
 		}
-		if err := f.agentsRunning(); err != nil {
+		if err := f.Exited(); err != nil {
 			t.Fatal(err)
 		}
 	}

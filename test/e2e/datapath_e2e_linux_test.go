@@ -17,7 +17,7 @@ const (
 )
 
 // rateMbps is the lab's link rate in Mbit/s.
-func (f *fleet) rateMbps() float64 { return float64(f.lab.Config().Rate) / 1e6 }
+func (f *fleet) rateMbps() float64 { return float64(f.Lab.Config().Rate) / 1e6 }
 
 // useFile applies a manifest of deploy/examples and waits until both hosts
 // are IN_SYNC with it and their kernels hold what it declares.
@@ -140,7 +140,7 @@ type result struct {
 // default route for link 1) when the test ends if it is still down.
 func (f *fleet) linkDown(t testing.TB, h lab.Host, k lab.Link) func() {
 	t.Helper()
-	if err := f.lab.LinkDown(h, k); err != nil {
+	if err := f.Lab.LinkDown(h, k); err != nil {
 		t.Fatal(err)
 	}
 	up := false
@@ -149,7 +149,7 @@ func (f *fleet) linkDown(t testing.TB, h lab.Host, k lab.Link) func() {
 			return
 		}
 		up = true
-		if err := f.lab.LinkUp(h, k); err != nil {
+		if err := f.Lab.LinkUp(h, k); err != nil {
 			t.Error(err)
 		}
 	}
@@ -227,7 +227,7 @@ func recovery(t *testing.T, f *fleet, addr string, h lab.Host) {
 		default:
 		}
 		if routes == 0 {
-			if s, err := readKernel(f.lab, h); err == nil && declared[twoLinksFile][h].check(s, h) == nil {
+			if s, err := readKernel(f.Lab, h); err == nil && declared[twoLinksFile][h].check(s, h) == nil {
 				routes = time.Since(back)
 			}
 		}
@@ -237,7 +237,7 @@ func recovery(t *testing.T, f *fleet, addr string, h lab.Host) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	if routes == 0 {
-		s, _ := readKernel(f.lab, h)
+		s, _ := readKernel(f.Lab, h)
 		t.Errorf("5 s after %s eth2 came back, its kernel state is not restored: %v", h, declared[twoLinksFile][h].check(s, h))
 	}
 	if carries == 0 {

@@ -55,7 +55,7 @@ func testPolicyApplied(t *testing.T, f *fleet, _ string) {
 		t.Fatal(err)
 	}
 	for _, h := range []lab.Host{lab.Client, lab.Server} {
-		s, err := readKernel(f.lab, h)
+		s, err := readKernel(f.Lab, h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,14 +67,14 @@ func testPolicyApplied(t *testing.T, f *fleet, _ string) {
 	out := f.mustCtl("get", "hosts")
 	t.Logf("mpfleetctl get hosts:\n%s", out)
 	for _, h := range []lab.Host{lab.Client, lab.Server} {
-		if !strings.Contains(out, f.hostID(h)) {
-			t.Errorf("get hosts does not list %s", f.hostID(h))
+		if !strings.Contains(out, f.HostID(h)) {
+			t.Errorf("get hosts does not list %s", f.HostID(h))
 		}
 	}
-	desc := f.mustCtl("describe", "host", f.hostID(lab.Client))
+	desc := f.mustCtl("describe", "host", f.HostID(lab.Client))
 	for _, want := range []string{"198.18.2.2", "fullmesh"} {
 		if !strings.Contains(strings.ToLower(desc), want) {
-			t.Errorf("describe host %s does not show %q:\n%s", f.hostID(lab.Client), want, desc)
+			t.Errorf("describe host %s does not show %q:\n%s", f.HostID(lab.Client), want, desc)
 		}
 	}
 	hs, err := f.hosts()

@@ -2,19 +2,14 @@ package e2e
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
@@ -30,37 +25,12 @@ const (
 	probeInterval = time.Second
 )
 
-// bearer sends the operator's token with every call.
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-func (bearer) RequireTransportSecurity() bool { return true }
-
 // apiConn opens a gRPC connection to the controller as the operator (TLS and
 // the bearer token), from inside the client namespace (which reaches the
 // management network).
 func (f *fleet) apiConn(t *testing.T) *grpc.ClientConn {
 	t.Helper()
-	pem, err := os.ReadFile(f.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	dial := func(ctx context.Context, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := f.lab.Do(lab.Client, func() (err error) {
-			var d net.Dialer
-			c, err = d.DialContext(ctx, "tcp", addr)
-			return err
-		})
-		return c, err
-	}
-	conn, err := grpc.NewClient("passthrough:///"+f.controllerAddr(),
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})),
-		grpc.WithPerRPCCredentials(bearer(f.token)), grpc.WithContextDialer(dial))
+	conn, err := f.OperatorConn(lab.Client)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +61,7 @@ func (f *fleet) watchHost(t *testing.T, h lab.Host) *hostWatch {
 			if err != nil {
 				return
 			}
-			if ev.GetHost().GetName() == f.hostName(h) {
+			if ev.GetHost().GetName() == f.HostName(h) {
 				w.c <- ev.GetHost()
 			}
 		}
@@ -216,7 +186,7 @@ func testHealth(t *testing.T, f *fleet, _ string) {
 			t.Errorf("%s: no default route via %s in table %d: %v", p.GetInterface(), p.GetGateway(), p.GetTable(), h.GetApplied().GetRoutes())
 		}
 	}
-	desc := f.mustCtl("describe", "host", f.hostID(lab.Client))
+	desc := f.mustCtl("describe", "host", f.HostID(lab.Client))
 	t.Logf("mpfleetctl describe host:\n%s", desc)
 
 	f.probeCost(t, h)
@@ -265,14 +235,14 @@ func (f *fleet) probeCost(t *testing.T, h *pb.Host) {
 	t.Helper()
 	read := func() (pkts, syns uint64) {
 		for _, k := range lab.DataLinks {
-			s, err := f.lab.LinkStats(lab.Client, k)
+			s, err := f.Lab.LinkStats(lab.Client, k)
 			if err != nil {
 				t.Fatal(err)
 			}
 			pkts += s.TxPackets + s.RxPackets
 		}
 		var c mptcp.Counters
-		if err := f.lab.Do(lab.Client, func() (err error) { c, err = mptcp.ReadCounters(); return err }); err != nil {
+		if err := f.Lab.Do(lab.Client, func() (err error) { c, err = mptcp.ReadCounters(); return err }); err != nil {
 			t.Fatal(err)
 		}
 		return pkts, c["MPCapableSYNTX"]

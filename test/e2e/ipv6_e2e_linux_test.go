@@ -63,7 +63,7 @@ func TestE2EFleetIPv6(t *testing.T) {
 // the server's, which probes nothing, UNPROBED.
 func testPolicyAppliedIPv6(t *testing.T, f *fleet, _ string) {
 	for _, h := range []lab.Host{lab.Client, lab.Server} {
-		s, err := readKernel(f.lab, h)
+		s, err := readKernel(f.Lab, h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,11 +91,11 @@ func testPolicyAppliedIPv6(t *testing.T, f *fleet, _ string) {
 				lab.Addr6(h, lab.Link2), lab.Gateway6(h, lab.Link2), want[h])
 		}
 	}
-	desc := f.mustCtl("describe", "host", f.hostID(lab.Client))
-	t.Logf("mpfleetctl describe host %s:\n%s", f.hostID(lab.Client), desc)
+	desc := f.mustCtl("describe", "host", f.HostID(lab.Client))
+	t.Logf("mpfleetctl describe host %s:\n%s", f.HostID(lab.Client), desc)
 	for _, w := range []string{lab.Addr6(lab.Client, lab.Link2).String(), lab.Gateway6(lab.Client, lab.Link2).String()} {
 		if !strings.Contains(desc, w) {
-			t.Errorf("describe host %s does not show %s", f.hostID(lab.Client), w)
+			t.Errorf("describe host %s does not show %s", f.HostID(lab.Client), w)
 		}
 	}
 }
@@ -112,11 +112,11 @@ func (f *fleet) pathsOK(revs map[string]int64) error {
 	}
 	ps := hs[lab.Client].GetHealth().GetPaths()
 	if len(ps) == 0 {
-		return fmt.Errorf("%s: no paths", f.hostName(lab.Client))
+		return fmt.Errorf("%s: no paths", f.HostName(lab.Client))
 	}
 	for _, p := range ps {
 		if p.GetState() != pb.PathState_PATH_STATE_OK {
-			return fmt.Errorf("%s: path %s %s %s (%s)", f.hostName(lab.Client), p.GetInterface(), p.GetAddress(), p.GetState(), p.GetMessage())
+			return fmt.Errorf("%s: path %s %s %s (%s)", f.HostName(lab.Client), p.GetInterface(), p.GetAddress(), p.GetState(), p.GetMessage())
 		}
 	}
 	return nil
@@ -140,7 +140,7 @@ func (f *fleet) useMisrouted(t testing.TB, file string) {
 	revs := f.apply(t, file, "e2e: "+file)
 	var client *pb.Host
 	eventually(t, 30*time.Second, func() error {
-		if err := f.agentsRunning(); err != nil {
+		if err := f.Exited(); err != nil {
 			return stop(err)
 		}
 		hs, err := f.hosts()
@@ -155,7 +155,7 @@ func (f *fleet) useMisrouted(t testing.TB, file string) {
 			}
 			if !x.GetConnected() || x.GetSyncState() != st || x.GetAppliedRevision() != rev {
 				return fmt.Errorf("%s: connected %v, %s at revision %d (%s); want %s at %d",
-					f.hostName(h), x.GetConnected(), x.GetSyncState(), x.GetAppliedRevision(), x.GetLastError(), st, rev)
+					f.HostName(h), x.GetConnected(), x.GetSyncState(), x.GetAppliedRevision(), x.GetLastError(), st, rev)
 			}
 		}
 		client = hs[lab.Client]

@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
+	"github.com/mpfleet/mpfleet/internal/mptcp/mptcpnl"
 	"github.com/mpfleet/mpfleet/internal/route"
+	"github.com/mpfleet/mpfleet/internal/route/routenl"
 	"github.com/mpfleet/mpfleet/test/lab"
 )
 
@@ -28,7 +30,7 @@ type kernelState struct {
 // policy routing of h, from inside its namespace.
 func readKernel(l *lab.Lab, h lab.Host) (kernelState, error) {
 	var s kernelState
-	mc, err := mptcp.Dial(&mptcp.DialOptions{NetNS: int(l.NS(h))})
+	mc, err := mptcpnl.Dial(&mptcpnl.DialOptions{NetNS: int(l.NS(h))})
 	if err != nil {
 		return s, err
 	}
@@ -39,7 +41,7 @@ func readKernel(l *lab.Lab, h lab.Host) (kernelState, error) {
 	if s.Endpoints, err = mc.Endpoints(); err != nil {
 		return s, err
 	}
-	rm, err := route.Open(&route.Options{NetNS: int(l.NS(h))})
+	rm, err := routenl.Open(&routenl.Options{NetNS: int(l.NS(h))})
 	if err != nil {
 		return s, err
 	}
@@ -245,7 +247,7 @@ func checkRouted(s kernelState, h lab.Host, e wantEndpoint) error {
 func (f *fleet) waitKernel(t testing.TB, h lab.Host, w want) {
 	t.Helper()
 	eventually(t, 20*time.Second, func() error {
-		s, err := readKernel(f.lab, h)
+		s, err := readKernel(f.Lab, h)
 		if err != nil {
 			return err
 		}

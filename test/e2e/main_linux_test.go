@@ -1,16 +1,17 @@
 package e2e
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/nstest"
+	"github.com/mpfleet/mpfleet/test/fleettest"
 )
 
 // binaries are the programs under test, built once per package run by
@@ -19,9 +20,6 @@ var binaries struct {
 	dir string
 	err error
 }
-
-// programs are the binaries the tests run, by command directory.
-var programs = []string{"controller/cmd/mpfleet-controller", "agent/cmd/mpfleet-agent", "cli/cmd/mpfleetctl"}
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -56,22 +54,11 @@ func repoRoot() string {
 // build builds the programs into dir with the go command that runs the
 // tests.
 func build(dir string) error {
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		goCmd = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-	}
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
-	for _, p := range programs {
-		args = append(args, "./"+p)
-	}
 	start := time.Now()
-	cmd := exec.Command(goCmd, args...)
-	cmd.Dir = repoRoot()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go %v: %w\n%s", args, err, out)
+	if err := fleettest.Build(context.Background(), repoRoot(), dir); err != nil {
+		return err
 	}
-	fmt.Fprintf(os.Stderr, "e2e: built %d programs in %v\n", len(programs), time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(os.Stderr, "e2e: built %d programs in %v\n", len(fleettest.Programs), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -90,6 +77,3 @@ func e2e(t *testing.T) {
 		t.Fatal("the programs were not built")
 	}
 }
-
-// bin returns the path of a program.
-func bin(name string) string { return filepath.Join(binaries.dir, name) }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"github.com/mpfleet/mpfleet/test/fleettest"
 	"github.com/mpfleet/mpfleet/test/lab"
 )
 
@@ -19,7 +20,7 @@ import (
 // server's probe listener every second.
 const (
 	fleetSize      = 6
-	fleetRole      = "mptcp-fleet"
+	fleetRole      = fleettest.FleetRole
 	fleetGroup     = "groups/fleet"
 	rolloutBake    = 3 * time.Second
 	rolloutTimeout = 30 * time.Second
@@ -77,9 +78,9 @@ func (f *fleet) fleetHostsState(t *testing.T) map[lab.Host]*pb.Host {
 		t.Fatal(err)
 	}
 	out := map[lab.Host]*pb.Host{}
-	for _, h := range f.lab.FleetHosts() {
+	for _, h := range f.Lab.FleetHosts() {
 		for _, x := range resp.GetHosts() {
-			if x.GetName() == f.hostName(h) {
+			if x.GetName() == f.HostName(h) {
 				out[h] = x
 			}
 		}
@@ -92,11 +93,11 @@ func (f *fleet) fleetHostsState(t *testing.T) map[lab.Host]*pb.Host {
 func (f *fleet) waitFleet(t *testing.T, rev int64) {
 	t.Helper()
 	eventually(t, 60*time.Second, func() error {
-		if err := f.agentsRunning(); err != nil {
+		if err := f.Exited(); err != nil {
 			return stop(err)
 		}
 		hs := f.fleetHostsState(t)
-		for _, h := range f.lab.FleetHosts() {
+		for _, h := range f.Lab.FleetHosts() {
 			x := hs[h]
 			if x == nil || x.GetSyncState() != pb.SyncState_SYNC_STATE_IN_SYNC || x.GetAppliedRevision() != rev ||
 				!slices.Equal(paths(x), []string{"eth1=OK", "eth2=OK"}) {
@@ -170,7 +171,7 @@ func TestE2ERollout(t *testing.T) {
 	f := newBareFleet(t, fleetHosts(fleetSize), agentFlags(lab.Server, "--probe-listen", "0.0.0.0:"+probePort))
 	f.startController()
 	f.startAgent(lab.Server) // the probe target; no group selects it
-	for _, h := range f.lab.FleetHosts() {
+	for _, h := range f.Lab.FleetHosts() {
 		f.startAgent(h)
 	}
 	rev := f.apply(t, fleetManifest(t, 2, 1), "e2e: the fleet's first revision")[fleetGroup]
@@ -287,8 +288,8 @@ func TestE2ERollout(t *testing.T) {
 		got := f.appliedBy(t, r.GetTargetRevision())
 		slices.Sort(got)
 		var want []string
-		for _, h := range f.lab.FleetHosts() {
-			want = append(want, f.hostName(h))
+		for _, h := range f.Lab.FleetHosts() {
+			want = append(want, f.HostName(h))
 		}
 		slices.Sort(want)
 		if !slices.Equal(got, want) {

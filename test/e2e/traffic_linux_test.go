@@ -17,7 +17,7 @@ func (f *fleet) serve(t testing.TB) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var ln net.Listener
-	if err := f.lab.Do(lab.Server, func() (err error) { ln, err = traffic.Listen(ctx, ":5201"); return err }); err != nil {
+	if err := f.Lab.Do(lab.Server, func() (err error) { ln, err = traffic.Listen(ctx, ":5201"); return err }); err != nil {
 		cancel()
 		t.Fatalf("listen in the server namespace: %v", err)
 	}
@@ -45,7 +45,7 @@ func (f *fleet) send(addr string, n int64) (traffic.Report, error) {
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	var c net.Conn
-	err := f.lab.Do(lab.Client, func() (err error) {
+	err := f.Lab.Do(lab.Client, func() (err error) {
 		c, err = traffic.Dial(dctx, addr, traffic.DialOptions{})
 		return err
 	})
@@ -62,7 +62,7 @@ func (f *fleet) txBytes(t testing.TB) (link1, link2 uint64) {
 	t.Helper()
 	var tx [3]uint64
 	for _, k := range lab.DataLinks {
-		s, err := f.lab.LinkStats(lab.Client, k)
+		s, err := f.Lab.LinkStats(lab.Client, k)
 		if err != nil {
 			t.Fatal(err)
 		}
