@@ -4,7 +4,8 @@
 # connection over two links: aggregation, a link pulled mid-transfer, the
 # link coming back. Narrated; everything it makes is removed on exit, on
 # failure and on Ctrl-C. Needs root and `make build` (the Makefile's demo
-# target does both). The driver is test/demo/main.go.
+# target does both). The driver is test/demo, on the fleet harness of
+# test/fleettest that the end-to-end tests use too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
