@@ -277,7 +277,18 @@ func TestE2ERollout(t *testing.T) {
 	t.Run("ControllerKilled", func(t *testing.T) {
 		f.apply(t, fleetManifest(t, 6, 1), "e2e: six subflows")
 		r := f.rolloutOf(t)
-		f.watchRollout(t, r.GetName(), time.Minute, func(r *pb.Rollout) bool { return r.GetCurrentStep() >= 1 && len(r.GetMovedHosts()) >= 2 })
+		r = f.watchRollout(t, r.GetName(), time.Minute, func(r *pb.Rollout) bool { return r.GetCurrentStep() >= 1 && len(r.GetMovedHosts()) >= 2 })
+		// The kill comes once the moved hosts' applies are audited: an
+		// agent event in flight when a controller dies is lost (events are
+		// not acknowledged), and this scenario is about the rollout's
+		// resumption, which must not apply the revision twice anywhere.
+		eventually(t, 30*time.Second, func() error {
+			moved := f.rolloutOf(t).GetMovedHosts()
+			if got := f.appliedBy(t, r.GetTargetRevision()); len(got) < len(moved) {
+				return fmt.Errorf("revision %d applied by %v of the moved %v", r.GetTargetRevision(), got, moved)
+			}
+			return nil
+		})
 		f.stopController(true) // SIGKILL, mid-rollout
 		f.startController()
 		r = f.watchRollout(t, r.GetName(), 2*time.Minute, ended)
