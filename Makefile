@@ -165,3 +165,17 @@ demo: build ## the lab, controller and agents over mTLS, a policy applied with m
 .PHONY: clean
 clean: ## remove build output and caches (not tools)
 	rm -rf $(BIN) $(CACHE)
+
+# ---------------------------------------------------------------- scale
+
+SCALE_AGENTS   ?= 1000
+SCALE_LOADGENS ?= 1
+SCALE_CHANGES  ?= 20
+SCALE_ARGS     ?=
+
+.PHONY: bench-scale
+bench-scale: build $(TOOLS)/etcd ## scale benchmark, hub vs every agent watching etcd (SCALE_AGENTS=1000 SCALE_LOADGENS=1 SCALE_CHANGES=20 SCALE_ARGS=...)
+	$(GO) build -o $(BIN)/mpfleet-loadgen ./test/loadgen/cmd/mpfleet-loadgen
+	$(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 180m ./test/scale -args \
+		-agents $(SCALE_AGENTS) -loadgens $(SCALE_LOADGENS) -changes $(SCALE_CHANGES) \
+		-loadgen-bin $(BIN)/mpfleet-loadgen $(SCALE_ARGS)

@@ -1,0 +1,208 @@
+package scale
+
+// Figures of a run: percentiles, the table, the benchmark metrics.
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// dist is a distribution of durations.
+type dist []time.Duration
+
+// pct returns the q-quantile (0 < q <= 1) by nearest rank; 0 if empty.
+func (d dist) pct(q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[max(i, 0)]
+}
+
+func (d dist) max() time.Duration { return d.pct(1) }
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// side is what one side of the comparison measured.
+type side struct {
+	name string
+	// call is how long UpdateGroup (or the etcd put) took; all is from its
+	// return to the last agent's receipt; agent is every agent's receipt,
+	// from the start of the call; settle is from the return to every
+	// host's status stored (the report path), as seen by one watcher.
+	call, all, agent, settle dist
+	// connect is from the start of the fleet to every agent served.
+	connect time.Duration
+	// loadgenKB is the loadgen processes' RSS with every agent served.
+	loadgenKB int64
+	// idleKB and loadedKB are the server's RSS before the agents came and
+	// with all of them connected; server names it.
+	server           string
+	idleKB, loadedKB int64
+	// cpu is the server's CPU time over the changes, background its CPU
+	// rate with the agents connected and nothing changing.
+	cpu        time.Duration
+	changes    int
+	phase      time.Duration
+	background float64 // CPU seconds per second
+	// writes is the etcd revisions the changes made.
+	writes int64
+}
+
+// kbPerAgent is the server's RSS per agent; NaN if not measured.
+func (s *side) kbPerAgent(n int) float64 {
+	if s.loadedKB == 0 {
+		return math.NaN()
+	}
+	return float64(s.loadedKB-s.idleKB) / float64(n)
+}
+
+func (s *side) cpuPerChange() time.Duration {
+	return s.cpu / time.Duration(max(s.changes, 1))
+}
+
+// cpuNet is the CPU per change less the background's share.
+func (s *side) cpuNet() time.Duration {
+	bg := time.Duration(s.background * float64(s.phase))
+	return (s.cpu - bg) / time.Duration(max(s.changes, 1))
+}
+
+// storm is the reconnect storm after a controller restart.
+type storm struct {
+	signal   string
+	until    string        // what "back" means: IN_SYNC, or served (silent agents)
+	down     time.Duration // from the signal to the controller serving again
+	duration time.Duration // from the signal to every host IN_SYNC again
+	writes   int64         // etcd revisions over it
+	peak     int64         // most etcd revisions in one second of it
+	err      string        // why it did not recover, if it did not
+}
+
+func row(cells ...string) string {
+	return fmt.Sprintf("%-44s %-40s %s", cells[0], cells[1], cells[2])
+}
+
+func latencies(d dist) string {
+	if len(d) == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("p50 %.0f ms, p99 %.0f ms, max %.0f ms", ms(d.pct(.5)), ms(d.pct(.99)), ms(d.max()))
+}
+
+// table renders the figures of a run.
+func table(n int, hub, base *side, st *storm, notes []string) string {
+	var b strings.Builder
+	cell := func(s *side, f func(*side) string) string {
+		if s == nil {
+			return "not run"
+		}
+		return f(s)
+	}
+	// measured and memory wrap a cell of a figure measured over the K
+	// changes, or with the N agents connected: "—" until it is (an
+	// incomplete run).
+	measured := func(f func(*side) string) func(*side) string {
+		return func(s *side) string {
+			if s.phase == 0 {
+				return "—"
+			}
+			return f(s)
+		}
+	}
+	memory := func(f func(*side) string) func(*side) string {
+		return func(s *side) string {
+			if s.loadedKB == 0 {
+				return "—"
+			}
+			return f(s)
+		}
+	}
+	fmt.Fprintln(&b)
+	fmt.Fprintln(&b, row("", "hub (controller)", "every agent watching etcd"))
+	fmt.Fprintln(&b, row("change → all N hold it",
+		cell(hub, func(s *side) string { return latencies(s.all) }),
+		cell(base, func(s *side) string { return latencies(s.all) })))
+	fmt.Fprintln(&b, row("change call → each agent holds it",
+		cell(hub, func(s *side) string { return latencies(s.agent) }),
+		cell(base, func(s *side) string { return latencies(s.agent) })))
+	fmt.Fprintln(&b, row("change → all N statuses stored",
+		cell(hub, func(s *side) string { return latencies(s.settle) }),
+		cell(base, func(s *side) string { return latencies(s.settle) })))
+	fmt.Fprintln(&b, row("the change call itself (UpdateGroup / put)",
+		cell(hub, func(s *side) string { return latencies(s.call) }),
+		cell(base, func(s *side) string { return latencies(s.call) })))
+	fmt.Fprintln(&b, row("memory per agent",
+		cell(hub, memory(func(s *side) string { return fmt.Sprintf("%.1f KB %s RSS", s.kbPerAgent(n), s.server) })),
+		cell(base, memory(func(s *side) string { return fmt.Sprintf("%.1f KB %s RSS", s.kbPerAgent(n), s.server) }))))
+	fmt.Fprintln(&b, row("  RSS idle → with N agents",
+		cell(hub, memory(func(s *side) string { return fmt.Sprintf("%d → %d KB", s.idleKB, s.loadedKB) })),
+		cell(base, memory(func(s *side) string { return fmt.Sprintf("%d → %d KB", s.idleKB, s.loadedKB) }))))
+	fmt.Fprintln(&b, row("CPU per change (less background)",
+		cell(hub, measured(func(s *side) string {
+			return fmt.Sprintf("%.0f ms %s (%.0f ms)", ms(s.cpuPerChange()), s.server, ms(s.cpuNet()))
+		})),
+		cell(base, measured(func(s *side) string {
+			return fmt.Sprintf("%.0f ms %s (%.0f ms)", ms(s.cpuPerChange()), s.server, ms(s.cpuNet()))
+		}))))
+	fmt.Fprintln(&b, row("  background CPU, N connected, no change",
+		cell(hub, measured(func(s *side) string { return fmt.Sprintf("%.1f%% of a core", 100*s.background) })),
+		cell(base, measured(func(s *side) string { return fmt.Sprintf("%.1f%% of a core", 100*s.background) }))))
+	fmt.Fprintln(&b, row("etcd writes per change",
+		cell(hub, measured(func(s *side) string { return fmt.Sprintf("%.0f", float64(s.writes)/float64(max(s.changes, 1))) })),
+		cell(base, measured(func(s *side) string { return fmt.Sprintf("%.0f", float64(s.writes)/float64(max(s.changes, 1))) }))))
+	fmt.Fprintln(&b, row("N agents connect from cold",
+		cell(hub, memory(func(s *side) string { return s.connect.Round(time.Millisecond).String() })),
+		cell(base, memory(func(s *side) string { return s.connect.Round(time.Millisecond).String() }))))
+	fmt.Fprintln(&b, row("  loadgen RSS, N agents",
+		cell(hub, memory(func(s *side) string { return fmt.Sprintf("%d KB", s.loadgenKB) })),
+		cell(base, memory(func(s *side) string { return fmt.Sprintf("%d KB", s.loadgenKB) }))))
+	switch {
+	case st != nil && st.err != "":
+		fmt.Fprintln(&b, row("reconnect storm ("+st.signal+", restart)",
+			fmt.Sprintf("%s (down %.2f s)", st.err, st.down.Seconds()), "—"))
+	case st != nil:
+		fmt.Fprintln(&b, row("reconnect storm ("+st.signal+", restart)",
+			fmt.Sprintf("%.2f s to all %s (down %.2f s)", st.duration.Seconds(), st.until, st.down.Seconds()), "—"))
+	}
+	if st != nil {
+		label := "  etcd writes during the storm"
+		if st.err != "" {
+			label += " (until given up)"
+		}
+		fmt.Fprintln(&b, row(label,
+			fmt.Sprintf("%d (%.2f per host), peak %d/s", st.writes, float64(st.writes)/float64(n), st.peak), "—"))
+	}
+	for _, n := range notes {
+		fmt.Fprintln(&b, n)
+	}
+	return b.String()
+}
+
+// report reports the figures as benchmark metrics.
+func report(b *testing.B, n int, hub, base *side, st *storm) {
+	for _, s := range []*side{hub, base} {
+		if s == nil {
+			continue
+		}
+		p := s.name + "-"
+		b.ReportMetric(ms(s.all.pct(.5)), p+"p50-ms")
+		b.ReportMetric(ms(s.all.pct(.99)), p+"p99-ms")
+		b.ReportMetric(ms(s.all.max()), p+"max-ms")
+		b.ReportMetric(ms(s.agent.pct(.99)), p+"agent-p99-ms")
+		b.ReportMetric(ms(s.settle.pct(.5)), p+"stored-p50-ms")
+		b.ReportMetric(s.kbPerAgent(n), p+"KB-rss/agent")
+		b.ReportMetric(ms(s.cpuPerChange()), p+"cpu-ms/change")
+		b.ReportMetric(float64(s.writes)/float64(max(s.changes, 1)), p+"writes/change")
+	}
+	if st != nil && st.err == "" {
+		b.ReportMetric(st.duration.Seconds(), "storm-s")
+		b.ReportMetric(float64(st.writes)/float64(n), "storm-writes/host")
+		b.ReportMetric(float64(st.peak), "storm-peak-writes/s")
+	}
+}
