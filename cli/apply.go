@@ -53,10 +53,7 @@ func (a *app) readManifests(file string) ([]*manifest, error) {
 }
 
 func (a *app) applyCommand() *cobra.Command {
-	var (
-		file string
-		opts applyOptions
-	)
+	var opts applyOptions
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE",
 		Short: "Create or update groups from a YAML file",
@@ -106,14 +103,14 @@ by group, and exits non-zero if a group did not get there:
 			if fl := cmd.Flag("timeout"); fl != nil && fl.Changed {
 				opts.waitTimeout = a.timeout
 			}
-			ms, err := a.readManifests(file)
+			ms, err := a.readManifests(opts.file)
 			if err != nil {
 				return err
 			}
 			return a.apply(cmd.Context(), ms, opts)
 		},
 	}
-	cmd.Flags().StringVarP(&file, "filename", "f", "", "YAML file of Group documents (- for stdin)")
+	cmd.Flags().StringVarP(&opts.file, "filename", "f", "", "YAML file of Group documents (- for stdin)")
 	cmd.Flags().StringVar(&opts.reason, "reason", "", "why the change is made (recorded in the audit log and the new revision)")
 	cmd.Flags().BoolVar(&opts.dryRun, "dry-run", false, "validate on the controller and print what would change; write nothing")
 	cmd.Flags().BoolVar(&opts.wait, "wait", false, "wait until the changed groups' hosts run the new revision (or their rollouts end); exit non-zero if one does not")
@@ -126,6 +123,7 @@ const defaultWaitTimeout = 5 * time.Minute
 
 // applyOptions are the flags of apply.
 type applyOptions struct {
+	file        string // -f: the manifests
 	reason      string
 	dryRun      bool
 	wait        bool
@@ -212,35 +210,24 @@ func (a *app) writeGroup(ctx context.Context, gc mpfleetv1.GroupServiceClient, c
 	cctx, cancel := a.callCtx(ctx)
 	defer cancel()
 	want := c.m.Group
+	group := &mpfleetv1.Group{
+		Description:     want.GetDescription(),
+		Selector:        want.GetSelector(),
+		Policy:          want.GetPolicy(),
+		RolloutStrategy: want.GetRolloutStrategy(),
+	}
 	var (
 		g   *mpfleetv1.Group
 		err error
 	)
 	if c.current == nil {
 		g, err = gc.CreateGroup(cctx, &mpfleetv1.CreateGroupRequest{
-			GroupId: c.m.ID,
-			Group: &mpfleetv1.Group{
-				Description:     want.GetDescription(),
-				Selector:        want.GetSelector(),
-				Policy:          want.GetPolicy(),
-				RolloutStrategy: want.GetRolloutStrategy(),
-			},
-			Reason:       reason,
-			ValidateOnly: validateOnly,
+			GroupId: c.m.ID, Group: group, Reason: reason, ValidateOnly: validateOnly,
 		})
 	} else {
+		group.Name, group.Etag = groupName(c.m.ID), c.current.GetEtag()
 		g, err = gc.UpdateGroup(cctx, &mpfleetv1.UpdateGroupRequest{
-			Group: &mpfleetv1.Group{
-				Name:            groupName(c.m.ID),
-				Description:     want.GetDescription(),
-				Selector:        want.GetSelector(),
-				Policy:          want.GetPolicy(),
-				RolloutStrategy: want.GetRolloutStrategy(),
-				Etag:            c.current.GetEtag(),
-			},
-			UpdateMask:   &fieldmaskpb.FieldMask{Paths: maskFor(want)},
-			Reason:       reason,
-			ValidateOnly: validateOnly,
+			Group: group, UpdateMask: &fieldmaskpb.FieldMask{Paths: maskFor(want)}, Reason: reason, ValidateOnly: validateOnly,
 		})
 	}
 	return g, a.rpcErr(err)

@@ -15,15 +15,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/config"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // DefaultController is the controller address used when neither
@@ -154,11 +151,6 @@ func run(ctx context.Context, args []string, sio stdio, getenv func(string) stri
 	return err
 }
 
-// oneLine folds a message onto one line.
-func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
-}
-
 func (a *app) rootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "mpfleetctl",
@@ -256,35 +248,4 @@ func (a *app) setup(cmd *cobra.Command) error {
 		return usagef("--insecure (plaintext) cannot be combined with TLS flags")
 	}
 	return nil
-}
-
-// groupNamePrefix and friends are the resource name prefixes of the API.
-const (
-	groupPrefix   = "groups/"
-	hostPrefix    = "hosts/"
-	rolloutPrefix = "rollouts/"
-)
-
-// groupName returns "groups/{id}" for a group id or name.
-func groupName(s string) string {
-	return groupPrefix + strings.TrimPrefix(s, groupPrefix)
-}
-
-// hostName returns "hosts/{id}" for a host id or name.
-func hostName(s string) string {
-	return hostPrefix + strings.TrimPrefix(s, hostPrefix)
-}
-
-// rolloutName returns "rollouts/{id}" for a rollout id or name.
-func rolloutName(s string) string {
-	return rolloutPrefix + strings.TrimPrefix(s, rolloutPrefix)
-}
-
-// isCanceled reports whether err comes from the user interrupting the
-// command.
-func isCanceled(ctx context.Context, err error) bool {
-	if ctx.Err() == nil {
-		return false
-	}
-	return errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled
 }

@@ -13,8 +13,8 @@ import (
 	mpfleetv1 "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
 
-func (a *app) describeCommand() *cobra.Command {
-	host := &cobra.Command{
+func (a *app) describeHostCommand() *cobra.Command {
+	return &cobra.Command{
 		Use:     "host NAME",
 		Aliases: []string{"hosts"},
 		Short:   "Show everything about one host",
@@ -48,14 +48,14 @@ ok. A disconnected host shows what it last reported.`,
 			return a.printObject(h, func(w io.Writer) error { return a.describeHost(w, h) })
 		},
 	}
-	cmd := &cobra.Command{
+}
+
+func (a *app) describeCommand() *cobra.Command {
+	return parentCommand(&cobra.Command{
 		Use:     "describe RESOURCE NAME",
 		Short:   "Show one host in detail",
 		Example: `  mpfleetctl describe host web-1`,
-		RunE:    parentRunE("resource type", "host"),
-	}
-	cmd.AddCommand(host)
-	return cmd
+	}, "resource type", a.describeHostCommand())
 }
 
 // describeHost lays out one host for people.
@@ -120,19 +120,13 @@ func (a *app) describeHost(w io.Writer, h *mpfleetv1.Host) error {
 	d.field(1, "Sysctls", strings.Join(f.GetAvailableSysctls(), ", "))
 	d.flush()
 	d.section(0, "Interfaces")
-	if len(f.GetInterfaces()) == 0 {
-		d.line(1, "none reported")
-	} else {
-		t := d.table(1, "NAME", "INDEX", "STATE", "ADDRESSES", "GATEWAYS")
-		for _, i := range f.GetInterfaces() {
-			state := "down"
-			if i.GetUp() {
-				state = "up"
-			}
-			t.row(i.GetName(), strconv.Itoa(int(i.GetIndex())), state, strings.Join(i.GetAddresses(), ","), strings.Join(i.GetGateways(), ","))
+	describeRows(d, 1, "none reported", f.GetInterfaces(), []string{"NAME", "INDEX", "STATE", "ADDRESSES", "GATEWAYS"}, func(i *mpfleetv1.Interface) []string {
+		state := "down"
+		if i.GetUp() {
+			state = "up"
 		}
-		d.flushTable(t)
-	}
+		return []string{i.GetName(), strconv.Itoa(int(i.GetIndex())), state, strings.Join(i.GetAddresses(), ","), strings.Join(i.GetGateways(), ",")}
+	})
 
 	ap := h.GetApplied()
 	d.section(0, "Applied")
@@ -143,52 +137,28 @@ func (a *app) describeHost(w io.Writer, h *mpfleetv1.Host) error {
 	d.field(1, "Limits", limits)
 	d.flush()
 	d.section(1, "Endpoints")
-	if len(ap.GetEndpoints()) == 0 {
-		d.line(2, "none")
-	} else {
-		t := d.table(2, "ID", "ADDRESS", "PORT", "FLAGS", "INTERFACE")
-		for _, e := range ap.GetEndpoints() {
-			port := ""
-			if e.GetPort() != 0 {
-				port = strconv.Itoa(int(e.GetPort()))
-			}
-			t.row(strconv.Itoa(int(e.GetId())), e.GetAddress(), port, formatFlags(e.GetFlags()), e.GetInterface())
+	describeRows(d, 2, "none", ap.GetEndpoints(), []string{"ID", "ADDRESS", "PORT", "FLAGS", "INTERFACE"}, func(e *mpfleetv1.AppliedEndpoint) []string {
+		port := ""
+		if e.GetPort() != 0 {
+			port = strconv.Itoa(int(e.GetPort()))
 		}
-		d.flushTable(t)
-	}
+		return []string{strconv.Itoa(int(e.GetId())), e.GetAddress(), port, formatFlags(e.GetFlags()), e.GetInterface()}
+	})
 	if len(h.GetExcludedAddresses()) > 0 {
 		d.line(2, "excluded (8-endpoint kernel maximum): "+strings.Join(h.GetExcludedAddresses(), ", "))
 	}
 	d.section(1, "Rules")
-	if len(ap.GetRules()) == 0 {
-		d.line(2, "none")
-	} else {
-		t := d.table(2, "PRIORITY", "FROM", "TABLE")
-		for _, r := range ap.GetRules() {
-			t.row(strconv.Itoa(int(r.GetPriority())), r.GetFrom(), strconv.Itoa(int(r.GetTable())))
-		}
-		d.flushTable(t)
-	}
+	describeRows(d, 2, "none", ap.GetRules(), []string{"PRIORITY", "FROM", "TABLE"}, func(r *mpfleetv1.AppliedRule) []string {
+		return []string{strconv.Itoa(int(r.GetPriority())), r.GetFrom(), strconv.Itoa(int(r.GetTable()))}
+	})
 	d.section(1, "Routes")
-	if len(ap.GetRoutes()) == 0 {
-		d.line(2, "none")
-	} else {
-		t := d.table(2, "TABLE", "DESTINATION", "GATEWAY", "INTERFACE", "SOURCE")
-		for _, r := range ap.GetRoutes() {
-			t.row(strconv.Itoa(int(r.GetTable())), r.GetDestination(), r.GetGateway(), r.GetInterface(), r.GetSource())
-		}
-		d.flushTable(t)
-	}
+	describeRows(d, 2, "none", ap.GetRoutes(), []string{"TABLE", "DESTINATION", "GATEWAY", "INTERFACE", "SOURCE"}, func(r *mpfleetv1.AppliedRoute) []string {
+		return []string{strconv.Itoa(int(r.GetTable())), r.GetDestination(), r.GetGateway(), r.GetInterface(), r.GetSource()}
+	})
 	d.section(1, "Sysctls")
-	if len(ap.GetSysctls()) == 0 {
-		d.line(2, "none managed")
-	} else {
-		t := d.table(2)
-		for _, k := range sortedKeys(ap.GetSysctls()) {
-			t.row("net.mptcp." + k + " = " + ap.GetSysctls()[k])
-		}
-		d.flushTable(t)
-	}
+	describeRows(d, 2, "none managed", sortedKeys(ap.GetSysctls()), nil, func(k string) []string {
+		return []string{"net.mptcp." + k + " = " + ap.GetSysctls()[k]}
+	})
 
 	hl := h.GetHealth()
 	title := "MPTCP health"
@@ -198,24 +168,18 @@ func (a *app) describeHost(w io.Writer, h *mpfleetv1.Host) error {
 	d.section(0, title)
 	d.field(1, "Connections", fmt.Sprintf("%d open, %d subflows, %d fell back to TCP", hl.GetConnections(), hl.GetSubflows(), hl.GetFallbacks()))
 	d.flush()
-	if len(hl.GetConnectionsList()) > 0 {
-		t := d.table(1, "LOCAL", "REMOTE", "SUBFLOWS", "FALLBACK", "TOKEN")
-		for _, c := range hl.GetConnectionsList() {
-			fb := "no"
-			if c.GetFallback() {
-				fb = "yes"
-			}
-			t.row(c.GetLocal(), c.GetRemote(), strconv.Itoa(int(c.GetSubflows())), fb, fmt.Sprintf("%08x", c.GetToken()))
+	describeRows(d, 1, "", hl.GetConnectionsList(), []string{"LOCAL", "REMOTE", "SUBFLOWS", "FALLBACK", "TOKEN"}, func(c *mpfleetv1.MptcpConnection) []string {
+		fb := "no"
+		if c.GetFallback() {
+			fb = "yes"
 		}
-		d.flushTable(t)
-	}
+		return []string{c.GetLocal(), c.GetRemote(), strconv.Itoa(int(c.GetSubflows())), fb, fmt.Sprintf("%08x", c.GetToken())}
+	})
 	if len(hl.GetCounters()) > 0 {
 		d.section(1, "Counters")
-		t := d.table(2)
-		for _, k := range sortedKeys(hl.GetCounters()) {
-			t.row(k, strconv.FormatUint(hl.GetCounters()[k], 10))
-		}
-		d.flushTable(t)
+		describeRows(d, 2, "", sortedKeys(hl.GetCounters()), nil, func(k string) []string {
+			return []string{k, strconv.FormatUint(hl.GetCounters()[k], 10)}
+		})
 	}
 	if len(h.GetLastPlan()) > 0 {
 		d.section(0, "Last plan")
@@ -254,12 +218,8 @@ func (d *describer) problems(level int, ps []*mpfleetv1.HostProblem) {
 // checked it.
 func (a *app) describePaths(d *describer, paths []*mpfleetv1.PathStatus) {
 	d.section(0, "Paths")
-	if len(paths) == 0 {
-		d.line(1, "none reported")
-		return
-	}
-	t := d.table(1, "INTERFACE", "ADDRESS", "GATEWAY", "TABLE", "STATE", "LAST CHECK", "LATENCY", "MESSAGE")
-	for _, p := range paths {
+	header := []string{"INTERFACE", "ADDRESS", "GATEWAY", "TABLE", "STATE", "LAST CHECK", "LATENCY", "MESSAGE"}
+	describeRows(d, 1, "none reported", paths, header, func(p *mpfleetv1.PathStatus) []string {
 		table := ""
 		if p.GetTable() != 0 {
 			table = strconv.FormatUint(uint64(p.GetTable()), 10)
@@ -272,9 +232,8 @@ func (a *app) describePaths(d *describer, paths []*mpfleetv1.PathStatus) {
 		if p.GetProbeLatency() != nil {
 			latency = formatLatency(p.GetProbeLatency().AsDuration())
 		}
-		t.row(p.GetInterface(), p.GetAddress(), p.GetGateway(), table, state, a.age(p.GetLastCheckTime()), latency, p.GetMessage())
-	}
-	d.flushTable(t)
+		return []string{p.GetInterface(), p.GetAddress(), p.GetGateway(), table, state, a.age(p.GetLastCheckTime()), latency, p.GetMessage()}
+	})
 }
 
 func optUint(p *uint32) string {
@@ -282,84 +241,4 @@ func optUint(p *uint32) string {
 		return "unset"
 	}
 	return strconv.FormatUint(uint64(*p), 10)
-}
-
-// describer writes the indented sections of describe host. Fields of one
-// block are aligned together until flush.
-type describer struct {
-	w      io.Writer
-	fields [][3]string // indent, label, value
-	err    error
-}
-
-const indentUnit = "  "
-
-func (d *describer) printf(format string, args ...any) {
-	if d.err == nil {
-		_, d.err = fmt.Fprintf(d.w, format, args...)
-	}
-}
-
-func (d *describer) field(level int, label, value string) {
-	if value == "" {
-		value = "-"
-	}
-	d.fields = append(d.fields, [3]string{strings.Repeat(indentUnit, level), label + ":", terminalSafe(value)})
-}
-
-func (d *describer) flush() {
-	width := 0
-	for _, f := range d.fields {
-		width = max(width, len(f[1]))
-	}
-	for _, f := range d.fields {
-		d.printf("%s%-*s %s\n", f[0], width, f[1], f[2])
-	}
-	d.fields = nil
-}
-
-func (d *describer) section(level int, title string) {
-	d.flush()
-	d.printf("%s%s:\n", strings.Repeat(indentUnit, level), title)
-}
-
-func (d *describer) line(level int, s string) {
-	d.flush()
-	d.printf("%s%s\n", strings.Repeat(indentUnit, level), terminalSafe(s))
-}
-
-// indentWriter prefixes every line written through it.
-type indentWriter struct {
-	w       io.Writer
-	prefix  string
-	midLine bool
-}
-
-func (iw *indentWriter) Write(p []byte) (int, error) {
-	var b strings.Builder
-	for _, c := range string(p) {
-		if !iw.midLine {
-			b.WriteString(iw.prefix)
-			iw.midLine = true
-		}
-		b.WriteRune(c)
-		if c == '\n' {
-			iw.midLine = false
-		}
-	}
-	if _, err := io.WriteString(iw.w, b.String()); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (d *describer) table(level int, header ...string) *table {
-	d.flush()
-	return newTable(&indentWriter{w: d.w, prefix: strings.Repeat(indentUnit, level)}, header...)
-}
-
-func (d *describer) flushTable(t *table) {
-	if err := t.flush(); err != nil && d.err == nil {
-		d.err = err
-	}
 }

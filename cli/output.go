@@ -5,14 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	"sigs.k8s.io/yaml"
 )
 
@@ -66,12 +63,7 @@ func jsonToYAML(b []byte) ([]byte, error) {
 func (a *app) printObject(m proto.Message, table func(w io.Writer) error) error {
 	switch a.output {
 	case "json":
-		b, err := marshalJSON(m, true)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(a.io.out, "%s\n", b)
-		return err
+		return a.printJSON(m, true)
 	case "yaml":
 		b, err := marshalYAML(m)
 		if err != nil {
@@ -86,7 +78,12 @@ func (a *app) printObject(m proto.Message, table func(w io.Writer) error) error 
 // printJSONLine prints m as one line of JSON (JSON lines, for export and
 // streams).
 func (a *app) printJSONLine(m proto.Message) error {
-	b, err := marshalJSON(m, false)
+	return a.printJSON(m, false)
+}
+
+// printJSON prints m as JSON, indented or on one line.
+func (a *app) printJSON(m proto.Message, indent bool) error {
+	b, err := marshalJSON(m, indent)
 	if err != nil {
 		return err
 	}
@@ -127,83 +124,6 @@ func (t *table) flush() error {
 	return t.tw.Flush()
 }
 
-// formatTime renders a timestamp in UTC, RFC 3339 to the second.
-func formatTime(ts *timestamppb.Timestamp) string {
-	if ts == nil {
-		return ""
-	}
-	return ts.AsTime().UTC().Format(time.RFC3339)
-}
-
-// age renders how long ago ts was, kubectl style: 45s, 12m, 3h, 5d.
-func (a *app) age(ts *timestamppb.Timestamp) string {
-	if ts == nil {
-		return ""
-	}
-	return humanDuration(a.now().Sub(ts.AsTime()))
-}
-
-func humanDuration(d time.Duration) string {
-	if d < 0 {
-		d = 0
-	}
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", int(d/time.Second))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d/time.Minute))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh", int(d/time.Hour))
-	default:
-		return fmt.Sprintf("%dd", int(d/(24*time.Hour)))
-	}
-}
-
-// formatLatency renders a probe's connect time to about three significant
-// digits: 850µs, 1.23ms, 12.3ms, 123ms, 1.23s.
-func formatLatency(d time.Duration) string {
-	unit := time.Microsecond
-	switch {
-	case d >= time.Second:
-		unit = 10 * time.Millisecond
-	case d >= 100*time.Millisecond:
-		unit = time.Millisecond
-	case d >= 10*time.Millisecond:
-		unit = 100 * time.Microsecond
-	case d >= time.Millisecond:
-		unit = 10 * time.Microsecond
-	}
-	return d.Round(unit).String()
-}
-
-// formatLabels renders labels as "k=v,k2=v2", sorted.
-func formatLabels(m map[string]string) string {
-	keys := sortedKeys(m)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = k + "=" + m[k]
-	}
-	return strings.Join(parts, ",")
-}
-
-// trimName drops a resource name's collection prefix: "web" for
-// "groups/web".
-func trimName(name string) string {
-	if i := strings.LastIndexByte(name, '/'); i >= 0 {
-		return name[i+1:]
-	}
-	return name
-}
-
-func joinTrimmed(names []string) string {
-	out := make([]string, len(names))
-	for i, n := range names {
-		out[i] = trimName(n)
-	}
-	slices.Sort(out)
-	return strings.Join(out, ",")
-}
-
 // terminalSafe makes text that comes from agents or the controller (host
 // names, interface names, problem and path messages, errors) safe to print
 // on a terminal, on one line. Tabs and line breaks become spaces, so they
@@ -219,4 +139,48 @@ func terminalSafe(s string) string {
 		}
 	}
 	return s // printable ASCII, the common case
+}
+
+// printPlain prints a plain Go value as JSON or YAML, per --output.
+func (a *app) printPlain(v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if a.output == "yaml" {
+		b, err = jsonToYAML(b)
+		if err != nil {
+			return err
+		}
+		_, err = a.io.out.Write(b)
+		return err
+	}
+	_, err = fmt.Fprintf(a.io.out, "%s\n", escapeQuoted(b))
+	return err
+}
+
+// printStreamItem prints one streamed message: a JSON line, or a YAML
+// document.
+func (a *app) printStreamItem(m proto.Message) error {
+	if a.output == "yaml" {
+		b, err := marshalYAML(m)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(a.io.out, "---\n%s", b)
+		return err
+	}
+	return a.printJSONLine(m)
+}
+
+// printList prints list, the API's list response, as JSON or YAML per
+// --output, or its items as a table under header, a row each.
+func printList[T any](a *app, list proto.Message, items []T, header []string, row func(T) []string) error {
+	return a.printObject(list, func(w io.Writer) error {
+		t := newTable(w, header...)
+		for _, it := range items {
+			t.row(row(it)...)
+		}
+		return t.flush()
+	})
 }

@@ -3,18 +3,31 @@ package cli
 import (
 	"context"
 	"fmt"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // maxPageSize is the largest page the API serves.
 const maxPageSize = 1000
 
-// pageFunc fetches one page of at most size items after token and returns
-// them with the next token ("" on the last page).
-type pageFunc[T any] func(ctx context.Context, size int32, token string) ([]T, string, error)
+// pageResponse is a list response: a page of items and the token of the
+// next page ("" on the last page).
+type pageResponse interface {
+	proto.Message
+	GetNextPageToken() string
+}
 
-// collectPages follows page tokens until the last page, or until limit
-// items when limit > 0. Each page is one call bounded by --timeout.
-func collectPages[T any](ctx context.Context, a *app, limit int, fetch pageFunc[T]) ([]T, error) {
+// listPages calls a list method (e.g. hc.ListHosts) page after page until
+// the last page, or until limit items when limit > 0, and returns the items
+// that items takes from each response. It sets req's page_size and
+// page_token, the fields every list request of the API has (AIP-158). Each
+// page is one call bounded by --timeout. A failure is returned as "what:
+// why".
+func listPages[Q proto.Message, R pageResponse, T any](ctx context.Context, a *app, what string, limit int, list unaryMethod[Q, R], req Q, items func(R) []T) ([]T, error) {
+	m := req.ProtoReflect()
+	sizeField := m.Descriptor().Fields().ByName("page_size")
+	tokenField := m.Descriptor().Fields().ByName("page_token")
 	var (
 		out   []T
 		token string
@@ -25,21 +38,24 @@ func collectPages[T any](ctx context.Context, a *app, limit int, fetch pageFunc[
 		if limit > 0 {
 			size = min(limit-len(out), maxPageSize)
 		}
+		m.Set(sizeField, protoreflect.ValueOfInt32(int32(size)))
+		m.Set(tokenField, protoreflect.ValueOfString(token))
 		cctx, cancel := a.callCtx(ctx)
-		items, next, err := fetch(cctx, int32(size), token)
+		resp, err := list(cctx, req)
 		cancel()
 		if err != nil {
-			return nil, a.rpcErr(err)
+			return nil, fmt.Errorf("%s: %w", what, a.rpcErr(err))
 		}
-		out = append(out, items...)
+		out = append(out, items(resp)...)
 		if limit > 0 && len(out) >= limit {
 			return out[:limit], nil
 		}
+		next := resp.GetNextPageToken()
 		if next == "" {
 			return out, nil
 		}
 		if seen[next] {
-			return nil, fmt.Errorf("controller returned page token %q twice", next)
+			return nil, fmt.Errorf("%s: controller returned page token %q twice", what, next)
 		}
 		seen[next] = true
 		token = next

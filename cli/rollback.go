@@ -5,11 +5,7 @@ import (
 )
 
 func (a *app) rollbackCommand() *cobra.Command {
-	var (
-		sf         strategyFlags
-		to, reason string
-		wait       bool
-	)
+	var f startFlags
 	cmd := &cobra.Command{
 		Use:   "rollback GROUP --to REV",
 		Short: "Roll a group's hosts back to an older policy revision",
@@ -33,20 +29,17 @@ succeeded.`,
 			if !cmd.Flags().Changed("to") {
 				return usagef("rollback: --to REV is required (the revision to go back to; see mpfleetctl revisions %s)", trimName(args[0]))
 			}
-			rev, err := parseRevision(to)
+			rev, err := parseRevision(f.to)
 			if err != nil {
 				return err
 			}
-			st, err := sf.strategy(cmd.Flags())
+			st, err := f.strategy(cmd.Flags())
 			if err != nil {
 				return err
 			}
-			return a.startRollout(cmd.Context(), trimName(args[0]), rev, st, reason, wait)
+			return a.startRollout(cmd.Context(), trimName(args[0]), rev, st, f.reason, f.wait)
 		},
 	}
-	cmd.Flags().StringVar(&to, "to", "", "revision (`REV`) to go back to (required)")
-	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded in the rollout and the audit log)")
-	cmd.Flags().BoolVar(&wait, "wait", false, "follow the rollout until it ends; exit non-zero unless it succeeded")
-	sf.register(cmd.Flags())
+	f.register(cmd.Flags(), "revision (`REV`) to go back to (required)")
 	return cmd
 }

@@ -4,27 +4,15 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
-	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/grpc"
 
 	mpfleetv1 "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
 
-func (a *app) rollouts() (mpfleetv1.RolloutServiceClient, error) {
-	conn, err := a.client()
-	if err != nil {
-		return nil, err
-	}
-	return mpfleetv1.NewRolloutServiceClient(conn), nil
-}
-
 func (a *app) rolloutCommand() *cobra.Command {
-	cmd := &cobra.Command{
+	return parentCommand(&cobra.Command{
 		Use:     "rollout COMMAND",
 		Aliases: []string{"rollouts"},
 		Short:   "Start, follow, pause, resume and cancel rollouts",
@@ -46,9 +34,7 @@ rolled_back.`,
   mpfleetctl rollout status r-7f3a --watch
   mpfleetctl rollout list web
   mpfleetctl rollout pause r-7f3a --reason "investigating fallbacks"`,
-		RunE: parentRunE("command", "start, status, list, pause, resume, cancel"),
-	}
-	cmd.AddCommand(
+	}, "command",
 		a.rolloutStartCommand(),
 		a.rolloutStatusCommand(),
 		a.rolloutListCommand(),
@@ -63,123 +49,10 @@ to the revision they ran before (the rollout goes ROLLING_BACK, then
 ROLLED_BACK) unless its strategy says no_rollback, in which case they stay on
 the target revision (CANCELLED).`),
 	)
-	return cmd
-}
-
-// strategyFlags are the flags that build a RolloutStrategy.
-type strategyFlags struct {
-	canary, batch, bake, stepTimeout, maxFailures string
-	noRollback                                    bool
-}
-
-func (s *strategyFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&s.canary, "canary", "", "hosts in the canary step (`N|N%`: a number of hosts, or a percentage of the group's)")
-	fs.StringVar(&s.batch, "batch", "", "hosts per batch after the canary (`N|N%`: a number of hosts, or a percentage of the group's)")
-	fs.StringVar(&s.bake, "bake", "", "how long (`DURATION`) a host must stay IN_SYNC and healthy at the target to count as succeeded, e.g. 30s")
-	fs.StringVar(&s.stepTimeout, "step-timeout", "", "how long (`DURATION`) a step's hosts have to succeed, e.g. 5m")
-	fs.StringVar(&s.maxFailures, "max-failures", "", "how many failed hosts (`N`) are tolerated before the rollout halts")
-	fs.BoolVar(&s.noRollback, "no-rollback", false, "when halted, leave moved hosts on the target revision instead of moving them back")
-}
-
-// strategyFlagNames are the flags of strategyFlags.
-var strategyFlagNames = []string{"canary", "batch", "bake", "step-timeout", "max-failures", "no-rollback"}
-
-// strategy returns the strategy the flags given describe, or nil when none
-// is given: the controller then uses the group's rollout_strategy, or its
-// default.
-func (s *strategyFlags) strategy(fs *pflag.FlagSet) (*mpfleetv1.RolloutStrategy, error) {
-	given := false
-	for _, n := range strategyFlagNames {
-		given = given || fs.Changed(n)
-	}
-	if !given {
-		return nil, nil
-	}
-	st := &mpfleetv1.RolloutStrategy{NoRollback: s.noRollback}
-	var err error
-	if fs.Changed("canary") {
-		n, pct, err := parseCountOrPercent("canary", s.canary)
-		if err != nil {
-			return nil, err
-		}
-		if pct {
-			st.CanaryPercent = n
-		} else {
-			st.CanaryCount = n
-		}
-	}
-	if fs.Changed("batch") {
-		n, pct, err := parseCountOrPercent("batch", s.batch)
-		if err != nil {
-			return nil, err
-		}
-		if pct {
-			st.BatchPercent = n
-		} else {
-			st.BatchSize = n
-		}
-	}
-	if fs.Changed("bake") {
-		if st.BakeTime, err = parseStrategyDuration("bake", s.bake); err != nil {
-			return nil, err
-		}
-	}
-	if fs.Changed("step-timeout") {
-		if st.StepTimeout, err = parseStrategyDuration("step-timeout", s.stepTimeout); err != nil {
-			return nil, err
-		}
-	}
-	if fs.Changed("max-failures") {
-		n, err := strconv.ParseInt(strings.TrimSpace(s.maxFailures), 10, 32)
-		if err != nil || n < 0 {
-			return nil, usagef("--max-failures %q: want a number of hosts from 0", s.maxFailures)
-		}
-		st.MaxFailures = int32(n)
-	}
-	return st, nil
-}
-
-// parseCountOrPercent parses the value of --canary or --batch: N (hosts,
-// from 1) or N% (of the group's hosts, 1 to 100).
-func parseCountOrPercent(flag, s string) (n int32, percent bool, err error) {
-	t := strings.TrimSpace(s)
-	if p, ok := strings.CutSuffix(t, "%"); ok {
-		v, err := strconv.ParseInt(strings.TrimSpace(p), 10, 32)
-		if err != nil || v < 1 || v > 100 {
-			return 0, false, usagef("--%s %q: want a percentage from 1%% to 100%%", flag, s)
-		}
-		return int32(v), true, nil
-	}
-	v, err := strconv.ParseInt(t, 10, 32)
-	if err != nil || v < 1 {
-		return 0, false, usagef("--%s %q: want a number of hosts from 1, or a percentage such as 25%%", flag, s)
-	}
-	return int32(v), false, nil
-}
-
-func parseStrategyDuration(flag, s string) (*durationpb.Duration, error) {
-	d, err := time.ParseDuration(strings.TrimSpace(s))
-	if err != nil || d <= 0 {
-		return nil, usagef("--%s %q: want a positive duration such as 30s or 5m", flag, s)
-	}
-	return durationpb.New(d), nil
-}
-
-// parseRevision parses the value of --to.
-func parseRevision(s string) (int64, error) {
-	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-	if err != nil || n < 1 {
-		return 0, usagef("--to %q: want a revision number from 1", s)
-	}
-	return n, nil
 }
 
 func (a *app) rolloutStartCommand() *cobra.Command {
-	var (
-		sf         strategyFlags
-		to, reason string
-		wait       bool
-	)
+	var f startFlags
 	cmd := &cobra.Command{
 		Use:   "start GROUP",
 		Short: "Start a rollout of a group to a policy revision",
@@ -210,23 +83,20 @@ exits non-zero unless it ends succeeded.`,
   mpfleetctl rollout start web --canary 10% --max-failures 1 --wait`,
 		Args: exactArgs(1, "GROUP"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := sf.strategy(cmd.Flags())
+			st, err := f.strategy(cmd.Flags())
 			if err != nil {
 				return err
 			}
 			var rev int64
 			if cmd.Flags().Changed("to") {
-				if rev, err = parseRevision(to); err != nil {
+				if rev, err = parseRevision(f.to); err != nil {
 					return err
 				}
 			}
-			return a.startRollout(cmd.Context(), trimName(args[0]), rev, st, reason, wait)
+			return a.startRollout(cmd.Context(), trimName(args[0]), rev, st, f.reason, f.wait)
 		},
 	}
-	sf.register(cmd.Flags())
-	cmd.Flags().StringVar(&to, "to", "", "revision (`REV`) to move the hosts to (default: the group's latest policy revision)")
-	cmd.Flags().StringVar(&reason, "reason", "", "why (recorded in the rollout and the audit log)")
-	cmd.Flags().BoolVar(&wait, "wait", false, "follow the rollout until it ends; exit non-zero unless it succeeded")
+	f.register(cmd.Flags(), "revision (`REV`) to move the hosts to (default: the group's latest policy revision)")
 	return cmd
 }
 
@@ -237,14 +107,12 @@ func (a *app) startRollout(ctx context.Context, group string, rev int64, st *mpf
 	if err != nil {
 		return err
 	}
-	cctx, cancel := a.callCtx(ctx)
-	r, err := rc.CreateRollout(cctx, &mpfleetv1.CreateRolloutRequest{
+	r, err := unary(ctx, a, fmt.Sprintf("group %q", group), rc.CreateRollout, &mpfleetv1.CreateRolloutRequest{
 		Rollout: &mpfleetv1.Rollout{Group: groupName(group), TargetRevision: rev, Strategy: st},
 		Reason:  reason,
 	})
-	cancel()
 	if err != nil {
-		return fmt.Errorf("group %q: %w", group, a.rpcErr(err))
+		return err
 	}
 	if a.output == "table" || !wait {
 		// With --wait, -o json prints the rollout's states as JSON lines.
@@ -319,18 +187,11 @@ not stop the rollout.`,
 }
 
 func (a *app) getRollout(ctx context.Context, rc mpfleetv1.RolloutServiceClient, name string) (*mpfleetv1.Rollout, error) {
-	cctx, cancel := a.callCtx(ctx)
-	defer cancel()
-	r, err := rc.GetRollout(cctx, &mpfleetv1.GetRolloutRequest{Name: name})
-	if err != nil {
-		return nil, fmt.Errorf("rollout %q: %w", trimName(name), a.rpcErr(err))
-	}
-	return r, nil
+	return unary(ctx, a, fmt.Sprintf("rollout %q", trimName(name)), rc.GetRollout, &mpfleetv1.GetRolloutRequest{Name: name})
 }
 
 func (a *app) rolloutListCommand() *cobra.Command {
-	var limit int
-	cmd := &cobra.Command{
+	return listCommand(&cobra.Command{
 		Use:   "list [GROUP]",
 		Short: "List rollouts, newest first",
 		Long: `rollout list lists the rollouts (of GROUP, if given), newest first, following
@@ -341,45 +202,45 @@ PROGRESS (hosts done of all the rollout's hosts, e.g. 3/6) and AGE.`,
   mpfleetctl rollout list web --limit 5
   mpfleetctl rollout list -o json`,
 		Args: cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			rc, err := a.rollouts()
-			if err != nil {
-				return err
+	}, "rollouts", func(cmd *cobra.Command, args []string, limit int) error {
+		rc, err := a.rollouts()
+		if err != nil {
+			return err
+		}
+		req := &mpfleetv1.ListRolloutsRequest{}
+		if len(args) == 1 {
+			req.Group = groupName(args[0])
+		}
+		rs, err := listPages(cmd.Context(), a, "list rollouts", limit, rc.ListRollouts, req, (*mpfleetv1.ListRolloutsResponse).GetRollouts)
+		if err != nil {
+			return err
+		}
+		header := []string{"NAME", "GROUP", "FROM", "TARGET", "STATE", "STEP", "PROGRESS", "AGE"}
+		return printList(a, &mpfleetv1.ListRolloutsResponse{Rollouts: rs}, rs, header, func(r *mpfleetv1.Rollout) []string {
+			p := progressOf(r)
+			prog := ""
+			if p.total > 0 {
+				prog = fmt.Sprintf("%d/%d", p.done, p.total)
 			}
-			req := &mpfleetv1.ListRolloutsRequest{}
-			if len(args) == 1 {
-				req.Group = groupName(args[0])
-			}
-			rs, err := collectPages(cmd.Context(), a, limit, func(ctx context.Context, size int32, token string) ([]*mpfleetv1.Rollout, string, error) {
-				req.PageSize, req.PageToken = size, token
-				resp, err := rc.ListRollouts(ctx, req)
-				return resp.GetRollouts(), resp.GetNextPageToken(), err
-			})
-			if err != nil {
-				return fmt.Errorf("list rollouts: %w", err)
-			}
-			return a.printObject(&mpfleetv1.ListRolloutsResponse{Rollouts: rs}, func(w io.Writer) error {
-				t := newTable(w, "NAME", "GROUP", "FROM", "TARGET", "STATE", "STEP", "PROGRESS", "AGE")
-				for _, r := range rs {
-					p := progressOf(r)
-					prog := ""
-					if p.total > 0 {
-						prog = fmt.Sprintf("%d/%d", p.done, p.total)
-					}
-					t.row(trimName(r.GetName()), trimName(r.GetGroup()), revision(r.GetFromRevision()),
-						revision(r.GetTargetRevision()), shortEnum(r.GetState()), currentStepLabel(r), prog, a.age(r.GetCreateTime()))
-				}
-				return t.flush()
-			})
-		},
-	}
-	cmd.Flags().IntVar(&limit, "limit", 0, "list at most N rollouts (0: all)")
-	return cmd
+			return []string{trimName(r.GetName()), trimName(r.GetGroup()), revision(r.GetFromRevision()),
+				revision(r.GetTargetRevision()), shortEnum(r.GetState()), currentStepLabel(r), prog, a.age(r.GetCreateTime())}
+		})
+	})
 }
 
 // rolloutControlCommand is pause, resume or cancel.
 func (a *app) rolloutControlCommand(verb, done, short, long string) *cobra.Command {
 	var reason string
+	// control calls the method of verb on the rollout name.
+	control := func(rc mpfleetv1.RolloutServiceClient, ctx context.Context, name string, opts ...grpc.CallOption) (*mpfleetv1.Rollout, error) {
+		switch verb {
+		case "pause":
+			return rc.PauseRollout(ctx, &mpfleetv1.PauseRolloutRequest{Name: name, Reason: reason}, opts...)
+		case "resume":
+			return rc.ResumeRollout(ctx, &mpfleetv1.ResumeRolloutRequest{Name: name, Reason: reason}, opts...)
+		}
+		return rc.CancelRollout(ctx, &mpfleetv1.CancelRolloutRequest{Name: name, Reason: reason}, opts...)
+	}
 	cmd := &cobra.Command{
 		Use:     verb + " ROLLOUT",
 		Short:   short,
@@ -387,24 +248,10 @@ func (a *app) rolloutControlCommand(verb, done, short, long string) *cobra.Comma
 		Example: fmt.Sprintf("  mpfleetctl rollout %s r-7f3a --reason \"...\"", verb),
 		Args:    exactArgs(1, "ROLLOUT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			rc, err := a.rollouts()
+			name := rolloutName(args[0])
+			r, err := callService(cmd.Context(), a, fmt.Sprintf("rollout %q", trimName(name)), mpfleetv1.NewRolloutServiceClient, control, name)
 			if err != nil {
 				return err
-			}
-			name := rolloutName(args[0])
-			ctx, cancel := a.callCtx(cmd.Context())
-			defer cancel()
-			var r *mpfleetv1.Rollout
-			switch verb {
-			case "pause":
-				r, err = rc.PauseRollout(ctx, &mpfleetv1.PauseRolloutRequest{Name: name, Reason: reason})
-			case "resume":
-				r, err = rc.ResumeRollout(ctx, &mpfleetv1.ResumeRolloutRequest{Name: name, Reason: reason})
-			default:
-				r, err = rc.CancelRollout(ctx, &mpfleetv1.CancelRolloutRequest{Name: name, Reason: reason})
-			}
-			if err != nil {
-				return fmt.Errorf("rollout %q: %w", trimName(name), a.rpcErr(err))
 			}
 			return a.printObject(r, func(w io.Writer) error {
 				_, err := fmt.Fprintf(w, "rollout/%s %s (state %s)\n", terminalSafe(trimName(r.GetName())), done, shortEnum(r.GetState()))

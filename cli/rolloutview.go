@@ -171,22 +171,16 @@ func (v *rolloutView) show(r *mpfleetv1.Rollout) error {
 		v.line = line
 		v.a.printf("%s %s\n", now, terminalSafe(line))
 	}
-	for _, s := range r.GetSteps() {
-		reasons := map[string]string{}
-		for _, f := range s.GetFailures() {
-			reasons[f.GetHost()] = f.GetReason()
+	for _, f := range failures(r) {
+		if v.failed[f.host] {
+			continue
 		}
-		for _, h := range s.GetFailedHosts() {
-			if v.failed[h] {
-				continue
-			}
-			v.failed[h] = true
-			line := fmt.Sprintf("rollout/%s host/%s failed", id, trimName(h))
-			if why := reasons[h]; why != "" {
-				line += ": " + oneLine(why)
-			}
-			v.a.printf("%s %s\n", now, terminalSafe(line))
+		v.failed[f.host] = true
+		line := fmt.Sprintf("rollout/%s host/%s failed", id, trimName(f.host))
+		if f.reason != "" {
+			line += ": " + oneLine(f.reason)
 		}
+		v.a.printf("%s %s\n", now, terminalSafe(line))
 	}
 	return nil
 }
@@ -266,26 +260,17 @@ func (a *app) liveFrame(r *mpfleetv1.Rollout, width int) []string {
 		}
 	}
 	const maxFailures = 3
-	var fails []string
-	for _, s := range steps {
-		reasons := map[string]string{}
-		for _, f := range s.GetFailures() {
-			reasons[f.GetHost()] = f.GetReason()
-		}
-		for _, h := range s.GetFailedHosts() {
-			line := "  host/" + terminalSafe(trimName(h)) + " failed"
-			if why := reasons[h]; why != "" {
-				line += ": " + terminalSafe(oneLine(why))
-			}
-			fails = append(fails, line)
-		}
-	}
+	fails := failures(r)
 	for i, f := range fails {
 		if i == maxFailures {
 			fmt.Fprintf(&b, "  … and %d more failed\n", len(fails)-maxFailures)
 			break
 		}
-		b.WriteString(f + "\n")
+		line := "  host/" + terminalSafe(trimName(f.host)) + " failed"
+		if f.reason != "" {
+			line += ": " + terminalSafe(oneLine(f.reason))
+		}
+		b.WriteString(line + "\n")
 	}
 	if m := r.GetMessage(); m != "" {
 		b.WriteString("  " + terminalSafe(oneLine(m)) + "\n")
@@ -452,34 +437,38 @@ func (a *app) describeRollout(w io.Writer, r *mpfleetv1.Rollout) error {
 		d.field(0, "Ended", formatTime(r.GetEndTime())+" (after "+formatDuration(a.elapsed(r))+")")
 	}
 	d.section(0, "Steps")
-	if len(r.GetSteps()) == 0 {
-		d.line(1, "none yet")
-		return d.err
-	}
-	t := d.table(1, "STEP", "HOSTS", "DONE", "FAILED", "PENDING", "STARTED", "ENDED")
-	for _, s := range r.GetSteps() {
+	describeRows(d, 1, "none yet", r.GetSteps(), []string{"STEP", "HOSTS", "DONE", "FAILED", "PENDING", "STARTED", "ENDED"}, func(s *mpfleetv1.RolloutStep) []string {
 		sp := stepProgress(s)
-		t.row(stepTitle(s.GetIndex()), strconv.Itoa(sp.total), strconv.Itoa(sp.done), strconv.Itoa(sp.failed),
-			strconv.Itoa(sp.pending), formatTime(s.GetStartTime()), formatTime(s.GetEndTime()))
+		return []string{stepTitle(s.GetIndex()), strconv.Itoa(sp.total), strconv.Itoa(sp.done), strconv.Itoa(sp.failed),
+			strconv.Itoa(sp.pending), formatTime(s.GetStartTime()), formatTime(s.GetEndTime())}
+	})
+	if fs := failures(r); len(fs) > 0 {
+		d.section(0, "Failed hosts")
+		describeRows(d, 1, "", fs, []string{"STEP", "HOST", "REASON"}, func(f hostFailure) []string {
+			return []string{stepLabel(f.step), trimName(f.host), oneLine(f.reason)}
+		})
 	}
-	d.flushTable(t)
-	var failures [][3]string
+	return d.err
+}
+
+// hostFailure is a host that failed a step of a rollout, and why.
+type hostFailure struct {
+	step         int32
+	host, reason string
+}
+
+// failures lists the hosts that failed the steps of a rollout, step by
+// step.
+func failures(r *mpfleetv1.Rollout) []hostFailure {
+	var out []hostFailure
 	for _, s := range r.GetSteps() {
 		reasons := map[string]string{}
 		for _, f := range s.GetFailures() {
 			reasons[f.GetHost()] = f.GetReason()
 		}
 		for _, h := range s.GetFailedHosts() {
-			failures = append(failures, [3]string{stepLabel(s.GetIndex()), trimName(h), oneLine(reasons[h])})
+			out = append(out, hostFailure{step: s.GetIndex(), host: h, reason: reasons[h]})
 		}
 	}
-	if len(failures) > 0 {
-		d.section(0, "Failed hosts")
-		t := d.table(1, "STEP", "HOST", "REASON")
-		for _, f := range failures {
-			t.row(f[0], f[1], f[2])
-		}
-		d.flushTable(t)
-	}
-	return d.err
+	return out
 }
