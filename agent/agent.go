@@ -62,7 +62,6 @@ import (
 	"github.com/mpfleet/mpfleet/internal/policy"
 	"github.com/mpfleet/mpfleet/internal/reconcile"
 	"github.com/mpfleet/mpfleet/internal/route"
-	"github.com/mpfleet/mpfleet/internal/transport"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc/credentials"
 )
@@ -84,7 +83,10 @@ type Options struct {
 	HostID string
 	// Labels are what groups select the host by.
 	Labels map[string]string
-	// Controller is the controller's address, host:port.
+	// Controller is the controller's address, host:port, or the addresses
+	// of several replicas separated by commas; a name may resolve to
+	// several. The agent holds one stream, to one replica at a time, and
+	// moves to another when its replica goes away (controllers.go).
 	Controller string
 	// Credentials secure the connection (TLS, mutual TLS); nil is plaintext.
 	Credentials credentials.TransportCredentials
@@ -113,6 +115,10 @@ type Options struct {
 	BackoffMin, BackoffMax time.Duration
 	// ConnectTimeout bounds one connection attempt (default 10s).
 	ConnectTimeout time.Duration
+	// LookupHost resolves a controller name to the addresses of its
+	// replicas, afresh for every round through them (default: the system
+	// resolver).
+	LookupHost func(ctx context.Context, host string) ([]netip.Addr, error)
 	// Kernel opens the kernel to reconcile.
 	Kernel KernelOpener
 	// System observes the host.
@@ -141,6 +147,10 @@ type Agent struct {
 	opts Options
 	log  *slog.Logger
 
+	controllers []string     // Options.Controller, parsed
+	lookup      lookupFunc   // resolves controller names
+	drains      atomic.Int64 // drains that moved the agent (tests)
+
 	sessionC chan *session // connectLoop → loop: a new session
 	confirmC chan uint64   // echoed nonces
 
@@ -156,6 +166,8 @@ type Agent struct {
 
 	downMu sync.Mutex
 	down   map[int]bool // links seen going down since the last reconcile
+
+	hot hotplugBox // addresses added since the last look (hotplug.go)
 
 	applied atomic.Pointer[appliedRevision] // what the hello says is applied
 
@@ -183,14 +195,19 @@ func New(opts Options) (*Agent, error) {
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
-	switch {
-	case opts.Controller == "":
+	if opts.Controller == "" {
 		return nil, errors.New("agent: no controller address")
+	}
+	controllers, err := parseControllers(opts.Controller)
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	switch {
 	case opts.Kernel == nil:
 		return nil, errors.New("agent: no kernel")
 	case opts.System == nil:
 		return nil, errors.New("agent: no system")
-	case opts.Token != "" && opts.Credentials == nil && !transport.IsLoopback(opts.Controller):
+	case opts.Token != "" && opts.Credentials == nil && !allLoopback(controllers):
 		return nil, fmt.Errorf("agent: refusing to send a bearer token in plaintext to %s: use TLS", opts.Controller)
 	}
 	def := func(d *time.Duration, v time.Duration) {
@@ -208,12 +225,17 @@ func New(opts Options) (*Agent, error) {
 	if opts.Version == "" {
 		opts.Version = Version
 	}
+	lookup := lookupFunc(defaultLookup)
+	if opts.LookupHost != nil {
+		lookup = opts.LookupHost
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Agent{
 		opts: opts, log: log.With("host", opts.HostID),
+		controllers: controllers, lookup: lookup,
 		sessionC: make(chan *session),
 		confirmC: make(chan uint64, 16),
 		desiredC: make(chan struct{}, 1),

@@ -56,6 +56,8 @@ type fakeController struct {
 	addr  string
 	auth  []string // authorization metadata of each session
 	peers []string // client certificate common name of each session
+
+	drainC chan *pb.Drain // the stream serving takes one, sends it, and ends
 }
 
 // newController listens on 127.0.0.1 and serves at once unless paused.
@@ -70,7 +72,7 @@ func newController(t testing.TB, paused bool) *fakeController {
 
 // newControllerOn serves on lis (made in another namespace, say).
 func newControllerOn(t testing.TB, lis net.Listener, paused bool) *fakeController {
-	c := &fakeController{subs: map[chan struct{}]bool{}, lis: lis, addr: lis.Addr().String()}
+	c := &fakeController{subs: map[chan struct{}]bool{}, lis: lis, addr: lis.Addr().String(), drainC: make(chan *pb.Drain, 1)}
 	if !paused {
 		c.serve()
 	}
@@ -203,6 +205,11 @@ func (c *fakeController) Connect(st pb.AgentService_ConnectServer) error {
 			}
 		case err := <-errc:
 			return err
+		case d := <-c.drainC:
+			if err := st.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_Drain{Drain: d}}); err != nil {
+				return err
+			}
+			return nil
 		case <-st.Context().Done():
 			return st.Context().Err()
 		}

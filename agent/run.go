@@ -40,7 +40,7 @@ type Flags struct {
 
 func flagSet(f *Flags) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("mpfleet-agent", pflag.ContinueOnError)
-	fs.StringVar(&f.Controller, "controller", "127.0.0.1:7400", "controller address, host:port")
+	fs.StringVar(&f.Controller, "controller", "127.0.0.1:7400", "controller address, host:port; for several replicas a comma-separated list, or a name that resolves to several addresses (re-resolved each round): the agent holds one stream, to one replica at a time, and moves to another, in random order, when its replica goes away")
 	fs.StringVar(&f.HostID, "host-id", "", "host id in the fleet: lower-case letters, digits, '-' and '.' (default: the host name)")
 	fs.StringToStringVar(&f.Labels, "labels", nil, "labels of this host, k=v,k2=v2: they choose its group only when the controller authenticates nobody; otherwise the operator's labels and those in the certificate do, and these are reported")
 	fs.StringVar(&f.StateDir, "state-dir", "/var/lib/mpfleet-agent", "directory of the last good configuration, re-applied at start")
@@ -51,7 +51,7 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.StringVar(&f.TLSCAFile, "tls-ca-file", "", "CA bundle to verify the controller's certificate (enables TLS)")
 	fs.StringVar(&f.TLSCertFile, "tls-cert-file", "", "client certificate for mutual TLS; its common name must be the host id")
 	fs.StringVar(&f.TLSKeyFile, "tls-key-file", "", "client key for mutual TLS")
-	fs.StringVar(&f.ServerName, "server-name", "", "name to verify the controller's certificate against (default: the host of --controller)")
+	fs.StringVar(&f.ServerName, "server-name", "", "name to verify the controller's certificate against, whichever replica is dialed (default: the host of each --controller address as listed)")
 	fs.StringVar(&f.Token, "token", "", "bearer token (only over TLS, or to a loopback controller)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.ProbeListen, "probe-listen", "", "serve as a probe target: an MPTCP listener on `ADDR` (host:port) that accepts and drains, so that a fleet can probe its own members")
@@ -69,6 +69,11 @@ It re-applies the last good configuration from --state-dir at start, before
 the controller is reachable; a new revision, and that restore, that the
 controller does not confirm within --confirm-timeout of its apply is
 reverted.
+
+With several controller replicas, list them all in --controller (a:7400,b:7400)
+or give a name that resolves to each. The agent holds one stream, to one
+replica; when that replica goes away it moves to another, and when it is
+stopped (it drains its agents) it moves at once.
 
 Every flag can also be set in the environment (MPFLEET_AGENT_HOST_ID for
 --host-id, ...) or in a --config YAML file; the command line wins, then the
@@ -102,6 +107,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := ValidateHostID(f.HostID); err != nil {
 		return fmt.Errorf("--host-id: %w", err)
 	}
+	controllers, err := parseControllers(f.Controller)
+	if err != nil {
+		return fmt.Errorf("--controller: %w", err)
+	}
 	creds, err := clientTLS(f)
 	if err != nil {
 		return err
@@ -128,7 +137,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if creds == nil && !transport.IsLoopback(f.Controller) {
+	if creds == nil && !allLoopback(controllers) {
 		log.Warn("plaintext connection to a controller that is not on loopback: use --tls-ca-file", "controller", f.Controller)
 	}
 	log.Info("mpfleet agent starting", "version", Version, "host", f.HostID, "controller", f.Controller,

@@ -69,57 +69,105 @@ func backoff(n int, lo, hi time.Duration) time.Duration {
 	return time.Duration(rand.Int64N(int64(ceil) + 1))
 }
 
-// connectLoop keeps a session with the controller until ctx ends: it dials,
-// hands the session to the reconcile loop, receives until the stream ends,
-// and tries again after a backoff. The backoff starts over after a session
-// that got its desired configuration.
+// connectLoop keeps a session with a controller replica until ctx ends:
+// round after round through the controller addresses (controllers.go), it
+// dials, hands the session to the reconcile loop and receives until the
+// stream ends. A round that got no stream is followed by a backoff; the
+// backoff starts over after a session that got its desired configuration.
+// A replica that drains (it is being stopped) has released the host: the
+// agent moves to another one after a small jitter, not its backoff.
 func (a *Agent) connectLoop(ctx context.Context) {
+	rot := &rotation{entries: a.controllers, lookup: a.lookup, warn: func(entry string, err error) {
+		a.log.Warn("cannot resolve the controller address; dialing it as it is", "controller", entry, "err", err)
+	}}
 	attempt := 0
+	last := ""
 	for ctx.Err() == nil {
-		s, err := a.dial(ctx)
-		if err != nil {
+		rot.newRound(ctx, last)
+		var pause time.Duration
+		served := false
+		for t, ok := rot.take(); ok && ctx.Err() == nil; t, ok = rot.take() {
+			healthy, drain := a.serve(ctx, t, attempt)
 			if ctx.Err() != nil {
 				return
 			}
-			a.log.Warn("cannot reach the controller", "controller", a.opts.Controller, "attempt", attempt+1, "err", err)
-		} else {
-			select {
-			case a.sessionC <- s:
-			case <-ctx.Done():
-				s.close()
-				return
+			if !healthy && drain == nil {
+				continue // unreachable, refused, or broken at once: the next
 			}
-			a.log.Info("connected to the controller", "controller", a.opts.Controller, "local", s.local)
-			start := time.Now()
-			healthy, err := a.receive(s)
-			close(s.done)
-			s.close()
-			if ctx.Err() != nil {
-				return
+			served, last, attempt = true, t.addr, 0
+			pause = backoff(0, a.opts.BackoffMin, a.opts.BackoffMin)
+			if drain != nil {
+				pause = a.drainPause(drain)
 			}
-			a.log.Warn("controller connection ended", "after", time.Since(start).Round(time.Millisecond), "err", err)
-			if healthy {
-				attempt = 0
-			}
+			break
 		}
-		pause := backoff(attempt, a.opts.BackoffMin, a.opts.BackoffMax)
-		attempt++
+		if !served {
+			pause = backoff(attempt, a.opts.BackoffMin, a.opts.BackoffMax)
+			attempt++
+		}
 		if !wait.Sleep(ctx, pause) {
 			return
 		}
 	}
 }
 
-// dial opens a session: a new client connection (so that the backoff above,
-// not gRPC's own, paces the attempts, and the local address is that of this
-// connection), the stream, and the hello.
-func (a *Agent) dial(ctx context.Context) (*session, error) {
+// serve dials target t and, if that works, hands the session to the loop
+// and receives until the stream ends. It returns whether a desired
+// configuration came on it, and the drain that ended it, if one did.
+func (a *Agent) serve(ctx context.Context, t target, attempt int) (healthy bool, drain *pb.Drain) {
+	s, err := a.dial(ctx, t)
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("cannot reach the controller", "controller", t.entry, "addr", t.addr, "attempt", attempt+1, "err", err)
+		}
+		return false, nil
+	}
+	select {
+	case a.sessionC <- s:
+	case <-ctx.Done():
+		s.close()
+		return false, nil
+	}
+	a.log.Info("connected to the controller", "controller", t.entry, "addr", t.addr, "local", s.local)
+	start := time.Now()
+	healthy, drain, err = a.receive(s)
+	close(s.done)
+	s.close()
+	if ctx.Err() != nil {
+		return healthy, drain
+	}
+	if drain != nil {
+		a.log.Info("the controller replica is draining; moving to another", "controller", t.entry, "addr", t.addr, "reason", drain.GetReason())
+		a.drains.Add(1)
+		return healthy, drain
+	}
+	a.log.Warn("controller connection ended", "controller", t.entry, "addr", t.addr, "after", time.Since(start).Round(time.Millisecond), "err", err)
+	return healthy, nil
+}
+
+// drainPause is how long to wait before moving after drain d: at random
+// within what the controller asks for (at most the longest backoff), else
+// within the shortest backoff.
+func (a *Agent) drainPause(d *pb.Drain) time.Duration {
+	within := a.opts.BackoffMin
+	if w := d.GetReconnectWithin().AsDuration(); w > 0 {
+		within = min(w, a.opts.BackoffMax)
+	}
+	return time.Duration(rand.Int64N(int64(within) + 1))
+}
+
+// dial opens a session to target t: a new client connection (so that the
+// backoff above, not gRPC's own, paces the attempts, and the local address
+// is that of this connection), the stream, and the hello. The connection
+// goes to t.addr under the authority t.entry, so that TLS checks the
+// controller's certificate against the host as listed.
+func (a *Agent) dial(ctx context.Context, t target) (*session, error) {
 	var local, remote atomic.Pointer[netip.Addr]
-	dialer := func(ctx context.Context, addr string) (net.Conn, error) {
+	dialer := func(ctx context.Context, _ string) (net.Conn, error) {
 		var d net.Dialer
 		// Plain TCP: endpoint changes never touch the controller connection.
 		d.SetMultipathTCP(false)
-		c, err := a.dialTCP(ctx, &d, addr)
+		c, err := a.dialTCP(ctx, &d, t.addr)
 		if err != nil {
 			return nil, err
 		}
@@ -147,7 +195,7 @@ func (a *Agent) dial(ctx context.Context) (*session, error) {
 	if a.opts.Token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: a.opts.Token, secure: a.opts.Credentials != nil}))
 	}
-	conn, err := grpc.NewClient("passthrough:///"+a.opts.Controller, opts...)
+	conn, err := grpc.NewClient("passthrough:///"+t.entry, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -204,9 +252,10 @@ func (a *Agent) hello(ctx context.Context) *pb.AgentHello {
 	return h
 }
 
-// receive reads the controller's messages until the stream ends. It
-// returns whether a desired configuration came, and why the stream ended.
-func (a *Agent) receive(s *session) (bool, error) {
+// receive reads the controller's messages until the stream ends or the
+// controller drains it. It returns whether a desired configuration came,
+// the drain, and why the stream ended.
+func (a *Agent) receive(s *session) (bool, *pb.Drain, error) {
 	got := false
 	for {
 		m, err := s.stream.Recv()
@@ -214,9 +263,11 @@ func (a *Agent) receive(s *session) (bool, error) {
 			if status.Code(err) == codes.ResourceExhausted {
 				a.offerProblem(fmt.Errorf("desired configuration rejected: the controller sent a message over the %d-byte limit: %w", maxRecvMsgSize, err))
 			}
-			return got, err
+			return got, nil, err
 		}
 		switch k := m.GetKind().(type) {
+		case *pb.ConnectResponse_Drain:
+			return got, k.Drain, nil
 		case *pb.ConnectResponse_Desired:
 			got = true
 			a.offerDesired(k.Desired)

@@ -36,6 +36,8 @@ type Flags struct {
 	EtcdReqTimeout  time.Duration
 	AuditKeyFile    string
 	ReplicaName     string
+	DrainRate       float64
+	DrainTimeout    time.Duration
 }
 
 func flagSet(f *Flags) *pflag.FlagSet {
@@ -63,6 +65,8 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	f.AuditMaxBytes = defaultAuditMaxBytes
 	fs.Var((*byteSize)(&f.AuditMaxBytes), "audit-retention-bytes", "keep the audit log within this size (its events' stored values; estimated for a large log), e.g. 256MiB (0: no limit); the leader prunes the oldest. Keep it well under etcd's quota")
 	fs.StringVar(&f.ReplicaName, "replica-name", "", "this replica's name in etcd (agent session keys, leader election): unique among the replicas and the same across restarts, so a restarted replica takes its hosts back at once (default: <host name>:<listen port>)")
+	fs.Float64Var(&f.DrainRate, "drain-rate", 200, "on SIGTERM, how many agents per second to tell to move to another replica (each releases its host first, so another replica takes it at once); 0 ends every agent stream at once")
+	fs.DurationVar(&f.DrainTimeout, "drain-timeout", 30*time.Second, "longest drain on SIGTERM; the agent streams still open then are ended (keep the service manager's stop timeout above it)")
 	fs.StringVar(&f.AuditKeyFile, "audit-key-file", "", "secret key (hex, 32+ bytes) that keys the audit chain's hashes; every replica needs the same file (default: <data-dir>/audit.key, generated on first start)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")

@@ -38,6 +38,13 @@ type HubOptions struct {
 	HealthWriteInterval time.Duration
 	// HelloTimeout bounds the wait for an agent's first message (default 10s).
 	HelloTimeout time.Duration
+	// DrainRate is how many agents a stopping replica tells to move to
+	// another replica per second (hubdrain.go); 0 ends every stream at
+	// once.
+	DrainRate float64
+	// DrainTimeout bounds the drain; the streams still open then are ended
+	// (default 30s).
+	DrainTimeout time.Duration
 }
 
 // hub is the controller side of AgentService: it holds the agents' streams,
@@ -62,6 +69,7 @@ type hub struct {
 	reports atomic.Int64 // agent reports taken in (for tests and metrics)
 
 	hostLocks map[string]*hostLock // serialize a host's attach and detach
+	left      chan struct{}        // cap 1: a session left (hubdrain.go)
 
 	limMu  sync.Mutex
 	limits map[string]*hostLimits // by host id, across its streams
@@ -80,6 +88,9 @@ func newHub(c *Controller, opts HubOptions) *hub {
 	if opts.HelloTimeout == 0 {
 		opts.HelloTimeout = 10 * time.Second
 	}
+	if opts.DrainTimeout == 0 {
+		opts.DrainTimeout = 30 * time.Second
+	}
 	return &hub{
 		c: c, opts: opts, log: c.log.With("component", "hub"),
 		sessions: map[string]*session{},
@@ -87,6 +98,7 @@ func newHub(c *Controller, opts HubOptions) *hub {
 		targets:  map[string]*pb.HostTargets{},
 		prepared: map[string]*grpc.PreparedMsg{},
 		ready:    make(chan struct{}),
+		left:     make(chan struct{}, 1),
 	}
 }
 
@@ -286,6 +298,9 @@ type session struct {
 	dirty       chan struct{} // cap 1: status changed; wakes its writer
 	lastWrite   time.Time
 	lastWritten *pb.Host
+
+	drainC    chan struct{} // closed: move the agent to another replica
+	drainOnce sync.Once
 }
 
 func (s *session) setDesired(key string, d *pb.DesiredConfig) {
@@ -354,6 +369,7 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 		notify:   make(chan struct{}, 1),
 		confirms: make(chan uint64, 16),
 		dirty:    make(chan struct{}, 1),
+		drainC:   make(chan struct{}),
 		status: &pb.Host{
 			Name: store.HostName(id), Labels: labels, ReportedLabels: hello.GetLabels(), Facts: hello.GetFacts(),
 			AgentVersion: hello.GetAgentVersion(), AppliedRevision: hello.GetAppliedRevision(),
@@ -377,7 +393,7 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- h.statusWriter(sctx, s) }()
 	var err, werr error
-	written := false
+	written, drained := false, false
 	select {
 	case err = <-sendErr:
 	case err = <-recvErr:
@@ -388,12 +404,17 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 		}
 	case <-sctx.Done():
 		err = h.endReason(ctx, sctx)
+	case <-s.drainC:
+		drained = true
 	}
 	cancel()
 	if !written {
 		werr = <-writeErr
 	}
 	flush = werr == nil
+	if drained {
+		err = h.handOff(ctx, stream, s, sendErr, flush)
+	}
 	h.log.Info("agent disconnected", "host", id, "err", err)
 	return err
 }

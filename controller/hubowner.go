@@ -200,6 +200,12 @@ func (h *hub) detachLocked(ctx context.Context, s *session, flush bool) {
 	if !current {
 		return
 	}
+	defer func() {
+		select {
+		case h.left <- struct{}{}:
+		default:
+		}
+	}()
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if flush {

@@ -48,6 +48,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if f.EtcdReqTimeout <= 0 {
 		return errors.New("--etcd-request-timeout must be positive")
 	}
+	if err := checkDrainFlags(f); err != nil {
+		return err
+	}
 	auditKey, err := loadAuditKey(f, log)
 	if err != nil {
 		return err
@@ -112,10 +115,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cache := store.NewCache(st, log.With("component", "cache"))
 	c := New(st, cache, Options{Log: log, Retention: Retention{MaxEvents: f.AuditMaxEvents, MaxAge: f.AuditMaxAge, MaxBytes: f.AuditMaxBytes},
-		Store: StoreHealthOptions{Guard: guard}, Hub: HubOptions{Replica: replicaName(f.ReplicaName, lis.Addr())}})
+		Store: StoreHealthOptions{Guard: guard}, Hub: HubOptions{Replica: replicaName(f.ReplicaName, lis.Addr()), DrainRate: f.DrainRate, DrainTimeout: f.DrainTimeout}})
 	srv, hs := c.NewServer(sopts)
 
-	runCtx, stop := context.WithCancel(ctx)
+	// The background work outlives ctx until the drain below is done: the
+	// session lease holds the keys of the hosts still being served.
+	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -147,7 +152,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case err = <-embeddedErr:
 		log.Error("embedded etcd failed", "err", err)
 	}
-	hs.Shutdown()
+	hs.Shutdown() // NOT_SERVING: load balancers and new agents go elsewhere
+	if ctx.Err() != nil {
+		// Asked to stop: move the agents to the other replicas, paced.
+		c.hub.drain()
+	}
 	// End the streams first — agent sessions, then (with the cache) the
 	// watches — so that GracefulStop only waits for unary calls.
 	c.hub.closeAll()

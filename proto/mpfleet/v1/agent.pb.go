@@ -9,6 +9,7 @@ package mpfleetv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -140,7 +141,7 @@ func (x DesiredConfig_Assignment) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DesiredConfig_Assignment.Descriptor instead.
 func (DesiredConfig_Assignment) EnumDescriptor() ([]byte, []int) {
-	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{6, 0}
+	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{7, 0}
 }
 
 // ConnectRequest is one message from an agent on AgentService.Connect.
@@ -630,6 +631,7 @@ type ConnectResponse struct {
 	//
 	//	*ConnectResponse_Desired
 	//	*ConnectResponse_Confirmed
+	//	*ConnectResponse_Drain
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -690,6 +692,15 @@ func (x *ConnectResponse) GetConfirmed() *Confirm {
 	return nil
 }
 
+func (x *ConnectResponse) GetDrain() *Drain {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -704,9 +715,79 @@ type ConnectResponse_Confirmed struct {
 	Confirmed *Confirm `protobuf:"bytes,2,opt,name=confirmed,proto3,oneof"`
 }
 
+type ConnectResponse_Drain struct {
+	// The replica serving the stream is going away: connect to another.
+	// The controller ends the stream right after it.
+	Drain *Drain `protobuf:"bytes,3,opt,name=drain,proto3,oneof"`
+}
+
 func (*ConnectResponse_Desired) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Confirmed) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_Drain) isConnectResponse_Kind() {}
+
+// Drain tells an agent that the controller replica serving its stream is
+// being stopped. The replica has already released the host's session, so
+// another replica accepts the agent at once. The agent connects to another
+// of its controller addresses (the draining one last), within
+// reconnect_within, at a random moment, rather than after its backoff.
+// Replicas drain their agents in paced batches, so that a stop moves them
+// without a thundering herd.
+type Drain struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Why, for the agent's log ("controller replica r1 shutting down").
+	Reason string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The agent reconnects at a random moment within this; unset or zero: at
+	// once, after a small jitter of its own.
+	ReconnectWithin *durationpb.Duration `protobuf:"bytes,2,opt,name=reconnect_within,json=reconnectWithin,proto3" json:"reconnect_within,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Drain) Reset() {
+	*x = Drain{}
+	mi := &file_mpfleet_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Drain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Drain) ProtoMessage() {}
+
+func (x *Drain) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Drain.ProtoReflect.Descriptor instead.
+func (*Drain) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Drain) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Drain) GetReconnectWithin() *durationpb.Duration {
+	if x != nil {
+		return x.ReconnectWithin
+	}
+	return nil
+}
 
 // DesiredConfig is what a host should run. It carries nothing host-specific, so
 // the controller encodes it once per group and sends the same bytes to every
@@ -729,7 +810,7 @@ type DesiredConfig struct {
 
 func (x *DesiredConfig) Reset() {
 	*x = DesiredConfig{}
-	mi := &file_mpfleet_v1_agent_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -741,7 +822,7 @@ func (x *DesiredConfig) String() string {
 func (*DesiredConfig) ProtoMessage() {}
 
 func (x *DesiredConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_agent_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -754,7 +835,7 @@ func (x *DesiredConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DesiredConfig.ProtoReflect.Descriptor instead.
 func (*DesiredConfig) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DesiredConfig) GetAssignment() DesiredConfig_Assignment {
@@ -797,7 +878,7 @@ var File_mpfleet_v1_agent_proto protoreflect.FileDescriptor
 const file_mpfleet_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"\x16mpfleet/v1/agent.proto\x12\n" +
-	"mpfleet.v1\x1a\x15mpfleet/v1/host.proto\x1a\x17mpfleet/v1/policy.proto\"\xdc\x01\n" +
+	"mpfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x15mpfleet/v1/host.proto\x1a\x17mpfleet/v1/policy.proto\"\xdc\x01\n" +
 	"\x0eConnectRequest\x12.\n" +
 	"\x05hello\x18\x01 \x01(\v2\x16.mpfleet.v1.AgentHelloH\x00R\x05hello\x121\n" +
 	"\x06report\x18\x02 \x01(\v2\x17.mpfleet.v1.AgentReportH\x00R\x06report\x12.\n" +
@@ -847,11 +928,15 @@ const file_mpfleet_v1_agent_proto_rawDesc = "" +
 	"\x10KIND_ROLLED_BACK\x10\x04\x12\x11\n" +
 	"\rKIND_RESTORED\x10\x05\"\x1f\n" +
 	"\aConfirm\x12\x14\n" +
-	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\x85\x01\n" +
+	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\xb0\x01\n" +
 	"\x0fConnectResponse\x125\n" +
 	"\adesired\x18\x01 \x01(\v2\x19.mpfleet.v1.DesiredConfigH\x00R\adesired\x123\n" +
-	"\tconfirmed\x18\x02 \x01(\v2\x13.mpfleet.v1.ConfirmH\x00R\tconfirmedB\x06\n" +
-	"\x04kind\"\xe0\x02\n" +
+	"\tconfirmed\x18\x02 \x01(\v2\x13.mpfleet.v1.ConfirmH\x00R\tconfirmed\x12)\n" +
+	"\x05drain\x18\x03 \x01(\v2\x11.mpfleet.v1.DrainH\x00R\x05drainB\x06\n" +
+	"\x04kind\"e\n" +
+	"\x05Drain\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12D\n" +
+	"\x10reconnect_within\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0freconnectWithin\"\xe0\x02\n" +
 	"\rDesiredConfig\x12D\n" +
 	"\n" +
 	"assignment\x18\x01 \x01(\x0e2$.mpfleet.v1.DesiredConfig.AssignmentR\n" +
@@ -882,7 +967,7 @@ func file_mpfleet_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_mpfleet_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mpfleet_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_mpfleet_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_mpfleet_v1_agent_proto_goTypes = []any{
 	(AgentEvent_Kind)(0),          // 0: mpfleet.v1.AgentEvent.Kind
 	(DesiredConfig_Assignment)(0), // 1: mpfleet.v1.DesiredConfig.Assignment
@@ -892,42 +977,46 @@ var file_mpfleet_v1_agent_proto_goTypes = []any{
 	(*AgentEvent)(nil),            // 5: mpfleet.v1.AgentEvent
 	(*Confirm)(nil),               // 6: mpfleet.v1.Confirm
 	(*ConnectResponse)(nil),       // 7: mpfleet.v1.ConnectResponse
-	(*DesiredConfig)(nil),         // 8: mpfleet.v1.DesiredConfig
-	nil,                           // 9: mpfleet.v1.AgentHello.LabelsEntry
-	(*HostFacts)(nil),             // 10: mpfleet.v1.HostFacts
-	(SyncState)(0),                // 11: mpfleet.v1.SyncState
-	(*AppliedState)(nil),          // 12: mpfleet.v1.AppliedState
-	(*MptcpHealth)(nil),           // 13: mpfleet.v1.MptcpHealth
-	(*PlanOperation)(nil),         // 14: mpfleet.v1.PlanOperation
-	(*HostProblem)(nil),           // 15: mpfleet.v1.HostProblem
-	(*MultipathPolicy)(nil),       // 16: mpfleet.v1.MultipathPolicy
+	(*Drain)(nil),                 // 8: mpfleet.v1.Drain
+	(*DesiredConfig)(nil),         // 9: mpfleet.v1.DesiredConfig
+	nil,                           // 10: mpfleet.v1.AgentHello.LabelsEntry
+	(*HostFacts)(nil),             // 11: mpfleet.v1.HostFacts
+	(SyncState)(0),                // 12: mpfleet.v1.SyncState
+	(*AppliedState)(nil),          // 13: mpfleet.v1.AppliedState
+	(*MptcpHealth)(nil),           // 14: mpfleet.v1.MptcpHealth
+	(*PlanOperation)(nil),         // 15: mpfleet.v1.PlanOperation
+	(*HostProblem)(nil),           // 16: mpfleet.v1.HostProblem
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*MultipathPolicy)(nil),       // 18: mpfleet.v1.MultipathPolicy
 }
 var file_mpfleet_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: mpfleet.v1.ConnectRequest.hello:type_name -> mpfleet.v1.AgentHello
 	4,  // 1: mpfleet.v1.ConnectRequest.report:type_name -> mpfleet.v1.AgentReport
 	5,  // 2: mpfleet.v1.ConnectRequest.event:type_name -> mpfleet.v1.AgentEvent
 	6,  // 3: mpfleet.v1.ConnectRequest.confirm:type_name -> mpfleet.v1.Confirm
-	9,  // 4: mpfleet.v1.AgentHello.labels:type_name -> mpfleet.v1.AgentHello.LabelsEntry
-	10, // 5: mpfleet.v1.AgentHello.facts:type_name -> mpfleet.v1.HostFacts
-	11, // 6: mpfleet.v1.AgentReport.sync_state:type_name -> mpfleet.v1.SyncState
-	12, // 7: mpfleet.v1.AgentReport.applied:type_name -> mpfleet.v1.AppliedState
-	13, // 8: mpfleet.v1.AgentReport.health:type_name -> mpfleet.v1.MptcpHealth
-	14, // 9: mpfleet.v1.AgentReport.last_plan:type_name -> mpfleet.v1.PlanOperation
-	10, // 10: mpfleet.v1.AgentReport.facts:type_name -> mpfleet.v1.HostFacts
-	15, // 11: mpfleet.v1.AgentReport.problems:type_name -> mpfleet.v1.HostProblem
+	10, // 4: mpfleet.v1.AgentHello.labels:type_name -> mpfleet.v1.AgentHello.LabelsEntry
+	11, // 5: mpfleet.v1.AgentHello.facts:type_name -> mpfleet.v1.HostFacts
+	12, // 6: mpfleet.v1.AgentReport.sync_state:type_name -> mpfleet.v1.SyncState
+	13, // 7: mpfleet.v1.AgentReport.applied:type_name -> mpfleet.v1.AppliedState
+	14, // 8: mpfleet.v1.AgentReport.health:type_name -> mpfleet.v1.MptcpHealth
+	15, // 9: mpfleet.v1.AgentReport.last_plan:type_name -> mpfleet.v1.PlanOperation
+	11, // 10: mpfleet.v1.AgentReport.facts:type_name -> mpfleet.v1.HostFacts
+	16, // 11: mpfleet.v1.AgentReport.problems:type_name -> mpfleet.v1.HostProblem
 	0,  // 12: mpfleet.v1.AgentEvent.kind:type_name -> mpfleet.v1.AgentEvent.Kind
-	14, // 13: mpfleet.v1.AgentEvent.operations:type_name -> mpfleet.v1.PlanOperation
-	8,  // 14: mpfleet.v1.ConnectResponse.desired:type_name -> mpfleet.v1.DesiredConfig
+	15, // 13: mpfleet.v1.AgentEvent.operations:type_name -> mpfleet.v1.PlanOperation
+	9,  // 14: mpfleet.v1.ConnectResponse.desired:type_name -> mpfleet.v1.DesiredConfig
 	6,  // 15: mpfleet.v1.ConnectResponse.confirmed:type_name -> mpfleet.v1.Confirm
-	1,  // 16: mpfleet.v1.DesiredConfig.assignment:type_name -> mpfleet.v1.DesiredConfig.Assignment
-	16, // 17: mpfleet.v1.DesiredConfig.policy:type_name -> mpfleet.v1.MultipathPolicy
-	2,  // 18: mpfleet.v1.AgentService.Connect:input_type -> mpfleet.v1.ConnectRequest
-	7,  // 19: mpfleet.v1.AgentService.Connect:output_type -> mpfleet.v1.ConnectResponse
-	19, // [19:20] is the sub-list for method output_type
-	18, // [18:19] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	8,  // 16: mpfleet.v1.ConnectResponse.drain:type_name -> mpfleet.v1.Drain
+	17, // 17: mpfleet.v1.Drain.reconnect_within:type_name -> google.protobuf.Duration
+	1,  // 18: mpfleet.v1.DesiredConfig.assignment:type_name -> mpfleet.v1.DesiredConfig.Assignment
+	18, // 19: mpfleet.v1.DesiredConfig.policy:type_name -> mpfleet.v1.MultipathPolicy
+	2,  // 20: mpfleet.v1.AgentService.Connect:input_type -> mpfleet.v1.ConnectRequest
+	7,  // 21: mpfleet.v1.AgentService.Connect:output_type -> mpfleet.v1.ConnectResponse
+	21, // [21:22] is the sub-list for method output_type
+	20, // [20:21] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_mpfleet_v1_agent_proto_init() }
@@ -946,6 +1035,7 @@ func file_mpfleet_v1_agent_proto_init() {
 	file_mpfleet_v1_agent_proto_msgTypes[5].OneofWrappers = []any{
 		(*ConnectResponse_Desired)(nil),
 		(*ConnectResponse_Confirmed)(nil),
+		(*ConnectResponse_Drain)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -953,7 +1043,7 @@ func file_mpfleet_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mpfleet_v1_agent_proto_rawDesc), len(file_mpfleet_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
