@@ -14,7 +14,6 @@ import (
 	"github.com/mpfleet/mpfleet/internal/store"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -24,11 +23,7 @@ type auditService struct {
 }
 
 func (s *auditService) ListAuditEvents(ctx context.Context, req *pb.ListAuditEventsRequest) (*pb.ListAuditEventsResponse, error) {
-	n, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
-	pos, err := decodeToken(req.GetPageToken(), "a")
+	n, pos, err := page(req.GetPageSize(), req.GetPageToken(), "a")
 	if err != nil {
 		return nil, err
 	}
@@ -102,39 +97,28 @@ func (s *auditService) WatchAuditEvents(req *pb.WatchAuditEventsRequest, stream 
 		}
 		err := s.follow(ctx, sub, f, &last, stream)
 		sub.Close()
-		if errors.Is(err, store.ErrLagged) || errors.Is(err, store.ErrResync) {
-			continue // catch up again from etcd
+		if !resubscribe(err) {
+			return err
 		}
-		return err
+		// Catch up again from etcd.
 	}
 }
 
 func (s *auditService) follow(ctx context.Context, sub *store.Subscription, f audit.Filter, last *uint64, stream pb.AuditService_WatchAuditEventsServer) error {
-	for {
-		select {
-		case <-ctx.Done():
+	return follow(ctx, sub, func(ev store.Event) error {
+		a := ev.Audit
+		if a == nil || a.GetSequence() <= *last {
 			return nil
-		case <-sub.Done():
-			if err := sub.Err(); errors.Is(err, store.ErrClosed) {
-				return status.Error(codes.Unavailable, "controller shutting down")
-			}
-			return sub.Err()
-		case ev := <-sub.C():
-			a := ev.Audit
-			if a == nil || a.GetSequence() <= *last {
-				continue
-			}
-			if a.GetSequence() != *last+1 {
-				return store.ErrResync // a gap: read it from etcd
-			}
-			*last = a.GetSequence()
-			if f.Match(a) {
-				if err := stream.Send(a); err != nil {
-					return err
-				}
-			}
 		}
-	}
+		if a.GetSequence() != *last+1 {
+			return store.ErrResync // a gap: read it from etcd
+		}
+		*last = a.GetSequence()
+		if f.Match(a) {
+			return stream.Send(a)
+		}
+		return nil
+	})
 }
 
 func (s *auditService) VerifyAuditLog(ctx context.Context, _ *pb.VerifyAuditLogRequest) (*pb.VerifyAuditLogResponse, error) {
@@ -168,6 +152,18 @@ func (c *Controller) auditFailure(ctx context.Context, action, resource, reason 
 	if _, aerr := c.store.AppendAudit(actx, ev); aerr != nil {
 		c.log.Error("audit: cannot record failure", "action", action, "resource", resource, "err", aerr)
 	}
+}
+
+// written ends a mutating call after its store write: a failure is audited
+// and becomes the call's status; after a success, it waits until the cache
+// reflects the write (rev).
+func (c *Controller) written(ctx context.Context, action, resource, reason string, rev int64, err error) error {
+	if err != nil {
+		c.auditFailure(ctx, action, resource, reason, err)
+		return toStatus(err)
+	}
+	c.waitCache(ctx, rev)
+	return nil
 }
 
 // auditKeyFile is the default audit key file in the data dir.

@@ -25,26 +25,30 @@ func toStatus(err error) error {
 		return err
 	}
 	var inv *policy.InvalidError
-	switch {
-	case errors.As(err, &inv):
+	if errors.As(err, &inv) {
 		return invalidStatus(inv.Violations)
-	case errors.Is(err, store.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, store.ErrAlreadyExists):
-		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, store.ErrConflict):
-		return status.Error(codes.Aborted, err.Error())
-	case errors.Is(err, store.ErrFailedPrecondition):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, store.ErrContention):
-		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, err.Error())
-	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, err.Error())
-	default:
-		return status.Error(codes.Internal, err.Error())
 	}
+	for _, c := range classCodes {
+		if errors.Is(err, c.class) {
+			return status.Error(c.code, err.Error())
+		}
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// classCode is the gRPC code of an error class.
+type classCode struct {
+	class error
+	code  codes.Code
+}
+
+// classCodes are the codes of the error classes, in the order toStatus
+// tries them.
+var classCodes = []classCode{
+	{store.ErrNotFound, codes.NotFound}, {store.ErrAlreadyExists, codes.AlreadyExists},
+	{store.ErrConflict, codes.Aborted}, {store.ErrFailedPrecondition, codes.FailedPrecondition},
+	{store.ErrContention, codes.Unavailable},
+	{context.DeadlineExceeded, codes.DeadlineExceeded}, {context.Canceled, codes.Canceled},
 }
 
 // invalidStatus is INVALID_ARGUMENT with a google.rpc.BadRequest naming each

@@ -35,6 +35,16 @@ func pageSize(n int32) (int, error) {
 	return int(n), nil
 }
 
+// page reads a list request's page size and page token (of kind).
+func page(size int32, token, kind string) (int, string, error) {
+	n, err := pageSize(size)
+	if err != nil {
+		return 0, "", err
+	}
+	pos, err := decodeToken(token, kind)
+	return n, pos, err
+}
+
 // Page tokens are opaque to clients: base64url of "kind:position".
 func encodeToken(kind, pos string) string {
 	return base64.RawURLEncoding.EncodeToString([]byte(kind + ":" + pos))
@@ -83,11 +93,9 @@ func (s *groupService) CreateGroup(ctx context.Context, req *pb.CreateGroupReque
 		return g, nil
 	}
 	g, rev, err := s.c.store.CreateGroup(ctx, req.GetGroupId(), req.GetGroup(), meta(ctx, req.GetReason()))
-	if err != nil {
-		s.c.auditFailure(ctx, "groups.create", name, req.GetReason(), err)
-		return nil, toStatus(err)
+	if err := s.c.written(ctx, "groups.create", name, req.GetReason(), rev, err); err != nil {
+		return nil, err
 	}
-	s.c.waitCache(ctx, rev)
 	return s.c.decorateGroup(g), nil
 }
 
@@ -102,11 +110,7 @@ func (s *groupService) GetGroup(ctx context.Context, req *pb.GetGroupRequest) (*
 }
 
 func (s *groupService) ListGroups(ctx context.Context, req *pb.ListGroupsRequest) (*pb.ListGroupsResponse, error) {
-	n, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
-	after, err := decodeToken(req.GetPageToken(), "g")
+	n, after, err := page(req.GetPageSize(), req.GetPageToken(), "g")
 	if err != nil {
 		return nil, err
 	}
@@ -159,11 +163,9 @@ func (s *groupService) UpdateGroup(ctx context.Context, req *pb.UpdateGroupReque
 	m := meta(ctx, req.GetReason())
 	var started string
 	g, rev, err := s.c.store.UpdateGroupWith(ctx, id, in.GetEtag(), apply, m, s.c.policyHook(m, &started))
-	if err != nil {
-		s.c.auditFailure(ctx, "groups.update", store.GroupName(id), req.GetReason(), err)
-		return nil, toStatus(err)
+	if err := s.c.written(ctx, "groups.update", store.GroupName(id), req.GetReason(), rev, err); err != nil {
+		return nil, err
 	}
-	s.c.waitCache(ctx, rev)
 	g = s.c.decorateGroup(g)
 	if started != "" {
 		g.ActiveRollout = started
@@ -258,11 +260,9 @@ func (s *groupService) DeleteGroup(ctx context.Context, req *pb.DeleteGroupReque
 		return nil, toStatus(err)
 	}
 	rev, err := s.c.store.DeleteGroup(ctx, id, req.GetEtag(), meta(ctx, req.GetReason()))
-	if err != nil {
-		s.c.auditFailure(ctx, "groups.delete", req.GetName(), req.GetReason(), err)
-		return nil, toStatus(err)
+	if err := s.c.written(ctx, "groups.delete", req.GetName(), req.GetReason(), rev, err); err != nil {
+		return nil, err
 	}
-	s.c.waitCache(ctx, rev)
 	return &emptypb.Empty{}, nil
 }
 
@@ -272,11 +272,7 @@ func (s *groupService) ListPolicyRevisions(ctx context.Context, req *pb.ListPoli
 	if err := vs.Err(); err != nil {
 		return nil, toStatus(err)
 	}
-	n, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
-	pos, err := decodeToken(req.GetPageToken(), "r")
+	n, pos, err := page(req.GetPageSize(), req.GetPageToken(), "r")
 	if err != nil {
 		return nil, err
 	}

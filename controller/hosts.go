@@ -2,8 +2,8 @@ package controller
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -118,11 +118,7 @@ func (f hostFilter) match(v *pb.Host) bool {
 }
 
 func (s *hostService) ListHosts(_ context.Context, req *pb.ListHostsRequest) (*pb.ListHostsResponse, error) {
-	n, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
-	after, err := decodeToken(req.GetPageToken(), "h")
+	n, after, err := page(req.GetPageSize(), req.GetPageToken(), "h")
 	if err != nil {
 		return nil, err
 	}
@@ -164,7 +160,7 @@ func (s *hostService) WatchHosts(req *pb.WatchHostsRequest, stream pb.HostServic
 		sessions, targets := s.c.cache.Sessions(), s.c.cache.Targets()
 		err := s.watch(ctx, stream, f, sub, groups, hosts, sessions, targets)
 		sub.Close()
-		if !errors.Is(err, store.ErrLagged) && !errors.Is(err, store.ErrResync) {
+		if !resubscribe(err) {
 			return err
 		}
 	}
@@ -195,68 +191,38 @@ func (s *hostService) watch(ctx context.Context, stream pb.HostService_WatchHost
 		}
 		return nil
 	}
-	ids := make([]string, 0, len(hosts))
-	for id := range hosts {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		if err := emit(id); err != nil {
-			return err
+	emitAll := func(ids []string) error {
+		for _, id := range ids {
+			if err := emit(id); err != nil {
+				return err
+			}
 		}
+		return nil
+	}
+	if err := emitAll(slices.Sorted(maps.Keys(hosts))); err != nil {
+		return err
 	}
 	if err := stream.Send(&pb.HostEvent{Type: pb.HostEvent_TYPE_SYNCED}); err != nil {
 		return err
 	}
-	for {
-		select {
-		case <-ctx.Done():
+	return follow(ctx, sub, func(ev store.Event) error {
+		switch {
+		case ev.GroupID != "":
+			setOrDelete(groups, ev.GroupID, ev.Group, ev.Group == nil)
+		case ev.TargetsGroup != "":
+			setOrDelete(targets, ev.TargetsGroup, ev.Targets, ev.Targets == nil)
+		case ev.HostID != "":
+			setOrDelete(hosts, ev.HostID, ev.Host, ev.Host == nil)
+			return emit(ev.HostID)
+		case ev.SessionID != "":
+			setOrDelete(sessions, ev.SessionID, ev.Replica, ev.Replica == "")
+			return emit(ev.SessionID)
+		default:
 			return nil
-		case <-sub.Done():
-			if errors.Is(sub.Err(), store.ErrClosed) {
-				return status.Error(codes.Unavailable, "controller shutting down")
-			}
-			return sub.Err()
-		case ev := <-sub.C():
-			switch {
-			case ev.GroupID != "" || ev.TargetsGroup != "":
-				switch {
-				case ev.GroupID != "" && ev.Group == nil:
-					delete(groups, ev.GroupID)
-				case ev.GroupID != "":
-					groups[ev.GroupID] = ev.Group
-				case ev.Targets == nil:
-					delete(targets, ev.TargetsGroup)
-				default:
-					targets[ev.TargetsGroup] = ev.Targets
-				}
-				// Membership and desired revisions may change for every host.
-				for id := range hosts {
-					if err := emit(id); err != nil {
-						return err
-					}
-				}
-			case ev.HostID != "":
-				if ev.Host == nil {
-					delete(hosts, ev.HostID)
-				} else {
-					hosts[ev.HostID] = ev.Host
-				}
-				if err := emit(ev.HostID); err != nil {
-					return err
-				}
-			case ev.SessionID != "":
-				if ev.Replica == "" {
-					delete(sessions, ev.SessionID)
-				} else {
-					sessions[ev.SessionID] = ev.Replica
-				}
-				if err := emit(ev.SessionID); err != nil {
-					return err
-				}
-			}
 		}
-	}
+		// Membership and desired revisions may change for every host.
+		return emitAll(slices.Collect(maps.Keys(hosts)))
+	})
 }
 
 // hostTarget is the revision a host of group g should run, and its policy:
@@ -293,11 +259,9 @@ func (s *hostService) DeleteHost(ctx context.Context, req *pb.DeleteHostRequest)
 		return nil, toStatus(err)
 	}
 	rev, err := s.c.store.DeleteHost(ctx, id, meta(ctx, req.GetReason()))
-	if err != nil {
-		s.c.auditFailure(ctx, "hosts.delete", req.GetName(), req.GetReason(), err)
-		return nil, toStatus(err)
+	if err := s.c.written(ctx, "hosts.delete", req.GetName(), req.GetReason(), rev, err); err != nil {
+		return nil, err
 	}
-	s.c.waitCache(ctx, rev)
 	return &emptypb.Empty{}, nil
 }
 
@@ -323,11 +287,9 @@ func (s *hostService) UpdateHost(ctx context.Context, req *pb.UpdateHostRequest)
 		return nil, toStatus(err)
 	}
 	rev, err := s.c.store.PutHostLabels(ctx, id, req.GetHost().GetLabels(), meta(ctx, req.GetReason()))
-	if err != nil {
-		s.c.auditFailure(ctx, "hosts.label", req.GetHost().GetName(), req.GetReason(), err)
-		return nil, toStatus(err)
+	if err := s.c.written(ctx, "hosts.label", req.GetHost().GetName(), req.GetReason(), rev, err); err != nil {
+		return nil, err
 	}
-	s.c.waitCache(ctx, rev)
 	if h, replica, ok := s.c.cache.Host(id); ok {
 		return hostView(h, replica, s.c.cache.Groups(), s.c.cache.Targets()), nil
 	}

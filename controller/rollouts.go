@@ -229,11 +229,9 @@ func (s *rolloutService) CreateRollout(ctx context.Context, req *pb.CreateRollou
 	}
 	m := meta(ctx, req.GetReason())
 	r, rev, err := s.create(ctx, gid, req.GetRolloutId(), in, m)
-	if err != nil {
-		s.c.auditFailure(ctx, "rollouts.create", store.GroupName(gid), req.GetReason(), err)
-		return nil, toStatus(err)
+	if err := s.c.written(ctx, "rollouts.create", store.GroupName(gid), req.GetReason(), rev, err); err != nil {
+		return nil, err
 	}
-	s.c.waitCache(ctx, rev)
 	return r, nil
 }
 
@@ -308,11 +306,7 @@ func (s *rolloutService) GetRollout(_ context.Context, req *pb.GetRolloutRequest
 }
 
 func (s *rolloutService) ListRollouts(_ context.Context, req *pb.ListRolloutsRequest) (*pb.ListRolloutsResponse, error) {
-	n, err := pageSize(req.GetPageSize())
-	if err != nil {
-		return nil, err
-	}
-	pos, err := decodeToken(req.GetPageToken(), "o")
+	n, pos, err := page(req.GetPageSize(), req.GetPageToken(), "o")
 	if err != nil {
 		return nil, err
 	}
@@ -387,11 +381,9 @@ func (s *rolloutService) transition(ctx context.Context, name, etag, reason, act
 		w.Targets = applyTargets(t, res)
 	}
 	rev, err := s.c.store.WriteRollout(ctx, w)
-	if err != nil {
-		s.c.auditFailure(ctx, action, r.GetName(), reason, err)
-		return nil, toStatus(err)
+	if err := s.c.written(ctx, action, r.GetName(), reason, rev, err); err != nil {
+		return nil, err
 	}
-	s.c.waitCache(ctx, rev)
 	return res.Rollout, nil
 }
 
@@ -451,32 +443,22 @@ func (s *rolloutService) WatchRollout(req *pb.WatchRolloutRequest, stream pb.Rol
 		}
 		err := func() error {
 			defer sub.Close()
-			if err := stream.Send(r); err != nil {
+			if err := stream.Send(r); err != nil || !rollout.Active(r.GetState()) {
 				return err
 			}
 			last := r
-			for rollout.Active(last.GetState()) {
-				select {
-				case <-ctx.Done():
+			return follow(ctx, sub, func(ev store.Event) error {
+				if ev.RolloutID != id || ev.Rollout == nil || proto.Equal(ev.Rollout, last) {
 					return nil
-				case <-sub.Done():
-					if errors.Is(sub.Err(), store.ErrClosed) {
-						return status.Error(codes.Unavailable, "controller shutting down")
-					}
-					return sub.Err()
-				case ev := <-sub.C():
-					if ev.RolloutID != id || ev.Rollout == nil || proto.Equal(ev.Rollout, last) {
-						continue
-					}
-					last = ev.Rollout
-					if err := stream.Send(last); err != nil {
-						return err
-					}
 				}
-			}
-			return nil
+				last = ev.Rollout
+				if err := stream.Send(last); err != nil || rollout.Active(last.GetState()) {
+					return err
+				}
+				return errFollowed
+			})
 		}()
-		if !errors.Is(err, store.ErrLagged) && !errors.Is(err, store.ErrResync) {
+		if !resubscribe(err) {
 			return err
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -77,33 +76,5 @@ func Binary(t testing.TB) string {
 // test ends, and returns its client endpoint.
 func Process(t testing.TB, bin string) string {
 	t.Helper()
-	cu, pu := URLs(t)
-	dir := t.TempDir()
-	cmd := exec.Command(bin,
-		"--name", "ext", "--data-dir", filepath.Join(dir, "data"),
-		"--listen-client-urls", cu, "--advertise-client-urls", cu,
-		"--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
-		"--initial-cluster", "ext="+pu, "--log-level", "error")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start etcd: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	c := Client(t, []string{cu})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := c.Get(ctx, "health")
-		cancel()
-		if err == nil {
-			return cu
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("etcd process at %s not ready: %v", cu, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return StartProc(t, bin, ProcOptions{}).Endpoint()
 }

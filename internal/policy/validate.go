@@ -268,6 +268,21 @@ func validateGlob(vs *Violations, field, pattern string) {
 	}
 }
 
+// givenRange checks the <what>_min and <what>_max of a range in field: both
+// given (0 is unset; zeroIs says what else 0 is) or neither, and in order. It
+// reports whether the range is given and in order, for the caller's checks.
+func givenRange(vs *Violations, field, what string, lo, hi uint32, zeroIs string) bool {
+	switch {
+	case (lo == 0) != (hi == 0):
+		vs.add(field+"."+what+"_min", "%s_min and %s_max must be given together (0 is unset, and %s)", what, what, zeroIs)
+	case lo > hi:
+		vs.add(field+"."+what+"_min", "is %d, above %s_max %d", lo, what, hi)
+	default:
+		return lo != 0
+	}
+	return false
+}
+
 func validateRouting(vs *Violations, field string, r *pb.Routing) {
 	if r == nil {
 		return
@@ -278,13 +293,8 @@ func validateRouting(vs *Violations, field string, r *pb.Routing) {
 	// route.Range.Validate applies on every agent: what is accepted here,
 	// every agent can apply. 0 is "unset" on the wire, so table 0 and
 	// priority 0 can only come as a half-given range.
-	tmin, tmax := r.GetTableMin(), r.GetTableMax()
-	if (tmin == 0) != (tmax == 0) {
-		vs.add(field+".table_min", "table_min and table_max must be given together (0 is unset, and table 0 is reserved)")
-	} else if tmin != 0 {
+	if tmin, tmax := r.GetTableMin(), r.GetTableMax(); givenRange(vs, field, "table", tmin, tmax, "table 0 is reserved") {
 		switch {
-		case tmin > tmax:
-			vs.add(field+".table_min", "is %d, above table_max %d", tmin, tmax)
 		case route.TablesReserved(tmin, tmax):
 			vs.add(field+".table_min", "range %d-%d includes a reserved table (253 default, 254 main, 255 local)", tmin, tmax)
 		case tmax-tmin+1 < minRangeWidth:
@@ -293,13 +303,8 @@ func validateRouting(vs *Violations, field string, r *pb.Routing) {
 			vs.add(field+".table_max", "must be below 4294967295")
 		}
 	}
-	pmin, pmax := r.GetPriorityMin(), r.GetPriorityMax()
-	if (pmin == 0) != (pmax == 0) {
-		vs.add(field+".priority_min", "priority_min and priority_max must be given together (0 is unset, and priority 0 is the local table's rule)")
-	} else if pmin != 0 {
+	if pmin, pmax := r.GetPriorityMin(), r.GetPriorityMax(); givenRange(vs, field, "priority", pmin, pmax, "priority 0 is the local table's rule") {
 		switch {
-		case pmin > pmax:
-			vs.add(field+".priority_min", "is %d, above priority_max %d", pmin, pmax)
 		case route.PrioritiesReserved(pmin, pmax):
 			vs.add(field+".priority_max", "is %d; must be below %d (the main table's rule; %d is the default table's)", pmax, route.PriorityMain, route.PriorityDefault)
 		case pmax-pmin+1 < minRangeWidth:

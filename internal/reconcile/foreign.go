@@ -48,32 +48,17 @@ func adoptions(desired HostConfig, actual State) adoption {
 	if len(actual.Foreign) == 0 && len(actual.ForeignRoutes) == 0 {
 		return a
 	}
-	ours := map[route.Rule]bool{}
-	for _, r := range actual.Rules {
-		ours[r.Canonical()] = true
-	}
-	count := map[route.Rule]int{}
-	for _, f := range actual.Foreign {
-		count[f.Canonical()]++
-	}
-	want := map[route.Rule]bool{}
-	for _, r := range desired.Rules {
-		want[r.Canonical()] = true
-	}
+	ours := setOf(actual.Rules, route.Rule.Canonical)
+	count := countOf(actual.Foreign, route.ForeignRule.Canonical)
+	want := setOf(desired.Rules, route.Rule.Canonical)
 	for i, f := range actual.Foreign {
 		r := f.Canonical()
 		if want[r] && !ours[r] && count[r] == 1 && f.Plain() && f.Protocol == route.LegacyRuleProtocol {
 			a.rules[r] = i
 		}
 	}
-	oursKeys := map[route.Key]bool{}
-	for _, r := range actual.Routes {
-		oursKeys[r.Key()] = true
-	}
-	keys := map[route.Key]int{}
-	for _, f := range actual.ForeignRoutes {
-		keys[f.Key()]++
-	}
+	oursKeys := setOf(actual.Routes, route.Route.Key)
+	keys := countOf(actual.ForeignRoutes, route.ForeignRoute.Key)
 	wantRoutes := map[route.Key]route.Route{}
 	for _, r := range desired.Routes {
 		wantRoutes[r.Key()] = r.Canonical()
@@ -115,14 +100,7 @@ type occupied struct {
 
 func occupiedBy(actual State, a adoption) occupied {
 	o := occupied{tables: map[int]Conflict{}, priorities: map[int]Conflict{}}
-	adoptedRule := map[int]bool{}
-	for _, i := range a.rules {
-		adoptedRule[i] = true
-	}
-	adoptedRoute := map[int]bool{}
-	for _, i := range a.routes {
-		adoptedRoute[i] = true
-	}
+	adoptedRule, adoptedRoute := indexes(a.rules), indexes(a.routes)
 	for i, f := range actual.Foreign {
 		if adoptedRule[i] {
 			continue
@@ -210,33 +188,14 @@ func (c Conflict) Where(rng route.Range) string {
 // adopt for desired, rules first, each sorted: what a host reports.
 func Conflicts(desired HostConfig, actual State) []Conflict {
 	a := adoptions(desired, actual)
-	adopted := map[int]bool{}
-	for _, i := range a.rules {
-		adopted[i] = true
-	}
+	rules, routes := except(actual.Foreign, indexes(a.rules)), except(actual.ForeignRoutes, indexes(a.routes))
+	route.SortForeignRules(rules)
+	route.SortForeignRoutes(routes)
 	var out []Conflict
-	var keep []route.ForeignRule
-	for i, f := range actual.Foreign {
-		if !adopted[i] {
-			keep = append(keep, f)
-		}
-	}
-	route.SortForeignRules(keep)
-	for _, f := range keep {
+	for _, f := range rules {
 		out = append(out, Conflict{Rule: ptr(f)})
 	}
-	adopted = map[int]bool{}
-	for _, i := range a.routes {
-		adopted[i] = true
-	}
-	var keepRoutes []route.ForeignRoute
-	for i, f := range actual.ForeignRoutes {
-		if !adopted[i] {
-			keepRoutes = append(keepRoutes, f)
-		}
-	}
-	route.SortForeignRoutes(keepRoutes)
-	for _, f := range keepRoutes {
+	for _, f := range routes {
 		out = append(out, Conflict{Route: ptr(f)})
 	}
 	return out
@@ -413,14 +372,8 @@ func AvoidForeign(desired HostConfig, actual State) (HostConfig, []Move) {
 // adopted — legacy entries that were foreign in before and are mpfleet's in
 // now — gets its old protocol back, last, instead of being deleted.
 func PlanRevert(prev HostConfig, before, now State) (Ops, error) {
-	ours := map[route.Rule]bool{}
-	for _, r := range now.Rules {
-		ours[r.Canonical()] = true
-	}
-	had := map[route.Rule]bool{}
-	for _, r := range before.Rules {
-		had[r.Canonical()] = true
-	}
+	ours, had := setOf(now.Rules, route.Rule.Canonical), setOf(before.Rules, route.Rule.Canonical)
+	oursRt, hadRt := setOf(now.Routes, route.Route.Canonical), setOf(before.Routes, route.Route.Key)
 	prev.Rules = slices.Clone(prev.Rules)
 	prev.Routes = slices.Clone(prev.Routes)
 	var release Ops
@@ -430,14 +383,6 @@ func PlanRevert(prev HostConfig, before, now State) (Ops, error) {
 			prev.Rules = append(prev.Rules, r)
 			release = append(release, Op{Kind: SetRuleProtocol, Rule: ptr(r), Protocol: f.Protocol, OldProtocol: route.Protocol})
 		}
-	}
-	oursRt := map[route.Route]bool{}
-	for _, r := range now.Routes {
-		oursRt[r.Canonical()] = true
-	}
-	hadRt := map[route.Key]bool{}
-	for _, r := range before.Routes {
-		hadRt[r.Key()] = true
 	}
 	for _, f := range before.ForeignRoutes {
 		r := f.Canonical()
@@ -451,4 +396,42 @@ func PlanRevert(prev HostConfig, before, now State) (Ops, error) {
 		return nil, err
 	}
 	return append(ops, release...), nil
+}
+
+// setOf returns the set of the keys of xs.
+func setOf[E any, K comparable](xs []E, key func(E) K) map[K]bool {
+	set := make(map[K]bool, len(xs))
+	for _, x := range xs {
+		set[key(x)] = true
+	}
+	return set
+}
+
+// countOf returns how many of xs have each key.
+func countOf[E any, K comparable](xs []E, key func(E) K) map[K]int {
+	n := map[K]int{}
+	for _, x := range xs {
+		n[key(x)]++
+	}
+	return n
+}
+
+// indexes returns the set of the indexes m maps to.
+func indexes[K comparable](m map[K]int) map[int]bool {
+	set := make(map[int]bool, len(m))
+	for _, i := range m {
+		set[i] = true
+	}
+	return set
+}
+
+// except returns xs without those at the indexes in skip.
+func except[E any](xs []E, skip map[int]bool) []E {
+	var out []E
+	for i, x := range xs {
+		if !skip[i] {
+			out = append(out, x)
+		}
+	}
+	return out
 }

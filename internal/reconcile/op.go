@@ -59,6 +59,9 @@ type Op struct {
 // String renders op for people: "+" adds, "-" deletes, "~" changes in place,
 // e.g. "+ endpoint 198.18.1.2 id 1 subflow dev veth1".
 func (op Op) String() string {
+	if op.Check() != nil {
+		return fmt.Sprintf("? %s (malformed)", op.Kind)
+	}
 	switch op.Kind {
 	case SetSysctl:
 		s := fmt.Sprintf("~ sysctl %s = %s", op.Sysctl, op.Value)
@@ -67,47 +70,51 @@ func (op Op) String() string {
 		}
 		return s
 	case SetLimits:
-		if op.Limits == nil {
-			break
-		}
 		s := "~ " + limitsString(*op.Limits)
 		if op.OldLimits != nil {
 			s += " (was " + strings.TrimPrefix(limitsString(*op.OldLimits), "limits ") + ")"
 		}
 		return s
 	case AddEndpoint, DelEndpoint:
-		if op.Endpoint == nil {
-			break
-		}
 		return sign(op.Kind) + " endpoint " + endpointString(*op.Endpoint, op.Dev)
 	case SetEndpointFlags:
-		if op.Endpoint == nil {
-			break
-		}
 		e := *op.Endpoint
 		return fmt.Sprintf("~ endpoint %s id %d flags %s (was %s)", e.Addr, e.ID, flagsString(op.Flags), flagsString(e.Flags))
 	case AddRule, DelRule:
-		if op.Rule == nil {
-			break
-		}
 		return sign(op.Kind) + " rule " + op.Rule.String()
 	case AddRoute, DelRoute:
-		if op.Route == nil {
-			break
-		}
 		return sign(op.Kind) + " route " + op.Route.Format(op.Dev)
 	case SetRuleProtocol:
-		if op.Rule == nil {
-			break
-		}
 		return fmt.Sprintf("~ rule %s proto %v (was %v)", op.Rule, op.Protocol, op.OldProtocol)
 	case SetRouteProtocol:
-		if op.Route == nil {
-			break
-		}
 		return fmt.Sprintf("~ route %s proto %v (was %v)", op.Route.Format(op.Dev), op.Protocol, op.OldProtocol)
 	}
 	return fmt.Sprintf("? %s (malformed)", op.Kind)
+}
+
+// payload names what an op of each kind carries besides its kind: "limits"
+// (Op.Limits), "endpoint", "rule" or "route" ("": only values).
+var payload = map[Kind]string{
+	SetSysctl: "", SetLimits: "limits",
+	AddEndpoint: "endpoint", DelEndpoint: "endpoint", SetEndpointFlags: "endpoint",
+	AddRule: "rule", DelRule: "rule", SetRuleProtocol: "rule",
+	AddRoute: "route", DelRoute: "route", SetRouteProtocol: "route",
+}
+
+// Check reports, wrapping ErrInvalid, an op of an unknown kind or without
+// what its kind needs (the endpoint of an endpoint op, say). A Kernel checks
+// an op before it touches anything.
+func (op Op) Check() error {
+	need, ok := payload[op.Kind]
+	if !ok {
+		return fmt.Errorf("op kind %q: %w", op.Kind, ErrInvalid)
+	}
+	switch {
+	case need == "limits" && op.Limits == nil, need == "endpoint" && op.Endpoint == nil,
+		need == "rule" && op.Rule == nil, need == "route" && op.Route == nil:
+		return fmt.Errorf("%s op without its %s: %w", op.Kind, need, ErrInvalid)
+	}
+	return nil
 }
 
 func sign(k Kind) string {
@@ -146,24 +153,21 @@ func (op Op) Inverse() (Op, error) {
 		e := *op.Endpoint
 		e.Flags, inv.Flags = op.Flags, op.Endpoint.Flags
 		inv.Endpoint = &e
-	case AddEndpoint:
-		inv.Kind = DelEndpoint
-	case DelEndpoint:
-		inv.Kind = AddEndpoint
-	case AddRule:
-		inv.Kind = DelRule
-	case DelRule:
-		inv.Kind = AddRule
-	case AddRoute:
-		inv.Kind = DelRoute
-	case DelRoute:
-		inv.Kind = AddRoute
+	case AddEndpoint, DelEndpoint, AddRule, DelRule, AddRoute, DelRoute:
+		inv.Kind = opposite[op.Kind]
 	case SetRuleProtocol, SetRouteProtocol:
 		inv.Protocol, inv.OldProtocol = op.OldProtocol, op.Protocol
 	default:
 		return Op{}, fmt.Errorf("op kind %q: %w", op.Kind, ErrInvalid)
 	}
 	return inv, nil
+}
+
+// opposite is the kind of op that undoes an add or delete.
+var opposite = map[Kind]Kind{
+	AddEndpoint: DelEndpoint, DelEndpoint: AddEndpoint,
+	AddRule: DelRule, DelRule: AddRule,
+	AddRoute: DelRoute, DelRoute: AddRoute,
 }
 
 // Ops is an ordered plan: apply them in order.

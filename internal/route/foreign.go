@@ -65,7 +65,7 @@ func CheckAdoption(from, to, legacy Proto) error {
 }
 
 // protoNames are the names iproute2 and the kernel give protocol numbers.
-var protoNames = map[Proto]string{
+var protoNames = names[Proto]{
 	0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static",
 	8: "gated", 9: "ra", 10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted",
 	14: "xorp", 15: "ntk", 16: "dhcp", 17: "mrouted", 18: "keepalived",
@@ -74,32 +74,14 @@ var protoNames = map[Proto]string{
 }
 
 // String returns the protocol's name ("boot", "mpfleet") or its number.
-func (p Proto) String() string {
-	if n, ok := protoNames[p]; ok {
-		return n
-	}
-	return strconv.Itoa(int(p))
-}
+func (p Proto) String() string { return protoNames.format(p) }
 
 // MarshalText implements encoding.TextMarshaler.
 func (p Proto) MarshalText() ([]byte, error) { return []byte(p.String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler: a name String returns,
 // or a number 0–255.
-func (p *Proto) UnmarshalText(b []byte) error {
-	for n, name := range protoNames {
-		if name == string(b) {
-			*p = n
-			return nil
-		}
-	}
-	n, err := strconv.ParseUint(string(b), 10, 8)
-	if err != nil {
-		return fmt.Errorf("protocol %q: %w", b, ErrInvalid)
-	}
-	*p = Proto(n)
-	return nil
-}
+func (p *Proto) UnmarshalText(b []byte) error { return protoNames.parse("protocol", b, p) }
 
 // Type is a route's type (RTN_*).
 type Type uint8
@@ -113,37 +95,19 @@ const (
 	TypeThrow       Type = 9
 )
 
-var typeNames = map[Type]string{
+var typeNames = names[Type]{
 	0: "unspec", 1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast",
 	6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat", 11: "xresolve",
 }
 
 // String returns the type's name as `ip route` prints it.
-func (t Type) String() string {
-	if n, ok := typeNames[t]; ok {
-		return n
-	}
-	return strconv.Itoa(int(t))
-}
+func (t Type) String() string { return typeNames.format(t) }
 
 // MarshalText implements encoding.TextMarshaler.
 func (t Type) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
 
 // UnmarshalText implements encoding.TextUnmarshaler.
-func (t *Type) UnmarshalText(b []byte) error {
-	for n, name := range typeNames {
-		if name == string(b) {
-			*t = n
-			return nil
-		}
-	}
-	n, err := strconv.ParseUint(string(b), 10, 8)
-	if err != nil {
-		return fmt.Errorf("route type %q: %w", b, ErrInvalid)
-	}
-	*t = Type(n)
-	return nil
-}
+func (t *Type) UnmarshalText(b []byte) error { return typeNames.parse("route type", b, t) }
 
 // ForeignRule is a rule inside the owned Range (its priority or the table it
 // looks up is in it) that is not mpfleet's: it lacks Protocol, or it is not

@@ -219,42 +219,21 @@ const (
 )
 
 // String returns the scope's name as `ip route` prints it.
-func (s Scope) String() string {
-	switch s {
-	case ScopeUniverse:
-		return "global"
-	case ScopeSite:
-		return "site"
-	case ScopeLink:
-		return "link"
-	case ScopeHost:
-		return "host"
-	}
-	return strconv.Itoa(int(s))
-}
+func (s Scope) String() string { return scopeNames.format(s) }
+
+var scopeNames = names[Scope]{ScopeUniverse: "global", ScopeSite: "site", ScopeLink: "link", ScopeHost: "host"}
 
 // MarshalText implements encoding.TextMarshaler.
 func (s Scope) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
-// UnmarshalText implements encoding.TextUnmarshaler.
+// UnmarshalText implements encoding.TextUnmarshaler: a name String returns,
+// "universe" or "" (global), or a number 0–255.
 func (s *Scope) UnmarshalText(b []byte) error {
-	switch string(b) {
-	case "global", "universe", "":
+	if string(b) == "universe" || len(b) == 0 {
 		*s = ScopeUniverse
-	case "site":
-		*s = ScopeSite
-	case "link":
-		*s = ScopeLink
-	case "host":
-		*s = ScopeHost
-	default:
-		n, err := strconv.ParseUint(string(b), 10, 8)
-		if err != nil {
-			return fmt.Errorf("scope %q: %w", b, ErrInvalid)
-		}
-		*s = Scope(n)
+		return nil
 	}
-	return nil
+	return scopeNames.parse("scope", b, s)
 }
 
 // Rule is a policy-routing rule `from Src lookup Table priority Priority`.

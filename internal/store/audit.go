@@ -379,14 +379,8 @@ func (s *Store) firstAuditSeq(ctx context.Context) (uint64, error) {
 
 // auditEvent reads the event with sequence seq.
 func (s *Store) auditEvent(ctx context.Context, seq uint64) (*pb.AuditEvent, error) {
-	resp, err := s.c.Get(ctx, s.auditKey(seq))
-	if err != nil {
-		return nil, fmt.Errorf("audit event %d: %w", seq, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, fmt.Errorf("audit event %d: %w", seq, ErrNotFound)
-	}
-	return decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, &pb.AuditEvent{})
+	ev, _, err := getRecord(ctx, s, s.auditKey(seq), fmt.Sprintf("audit event %d", seq), decodeAudit)
+	return ev, err
 }
 
 // KeyAuditChain makes sure the audit chain continues with the store's key;

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -66,15 +67,10 @@ type Cache struct {
 	s   *Store
 	log *slog.Logger
 
-	mu      sync.RWMutex
-	rev     int64
-	ready   bool
-	groups  map[string]*pb.Group
-	hosts   map[string]*pb.Host
-	sess    map[string]string // host id → replica holding its stream
-	rolls   map[string]*pb.Rollout
-	targets map[string]*pb.HostTargets
-	labels  map[string]map[string]string // operator labels by host id
+	mu    sync.RWMutex
+	rev   int64
+	ready bool
+	cacheState
 	subs    map[*Subscription]struct{}
 	changed chan struct{} // closed and replaced on every revision change
 	stopped bool
@@ -87,14 +83,9 @@ func NewCache(s *Store, log *slog.Logger) *Cache {
 	}
 	return &Cache{
 		s: s, log: log,
-		groups:  map[string]*pb.Group{},
-		hosts:   map[string]*pb.Host{},
-		sess:    map[string]string{},
-		rolls:   map[string]*pb.Rollout{},
-		targets: map[string]*pb.HostTargets{},
-		labels:  map[string]map[string]string{},
-		subs:    map[*Subscription]struct{}{},
-		changed: make(chan struct{}),
+		cacheState: newCacheState(),
+		subs:       map[*Subscription]struct{}{},
+		changed:    make(chan struct{}),
 	}
 }
 
@@ -125,87 +116,29 @@ func (c *Cache) Run(ctx context.Context) error {
 }
 
 func (c *Cache) list(ctx context.Context) (int64, error) {
-	groups := map[string]*pb.Group{}
-	hosts := map[string]*pb.Host{}
-	resp, err := c.s.c.Get(ctx, c.s.groupsPrefix(), clientv3.WithPrefix())
-	if err != nil {
-		return 0, fmt.Errorf("list groups: %w", err)
-	}
-	rev := resp.Header.Revision
-	for _, kv := range resp.Kvs {
-		id := strings.TrimPrefix(string(kv.Key), c.s.groupsPrefix())
-		g, err := decode(string(kv.Key), kv.Value, &pb.Group{})
-		if err != nil {
-			c.log.Error("skipping corrupt group", "key", string(kv.Key), "err", err)
-			continue
+	st := newCacheState()
+	var rev int64 // of the first read; the others read at it
+	for _, k := range cacheKinds {
+		prefix := k.prefix(c.s)
+		opts := []clientv3.OpOption{clientv3.WithPrefix()}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
 		}
-		g.Etag = Etag(kv.ModRevision)
-		groups[id] = g
-	}
-	hresp, err := c.s.c.Get(ctx, c.s.hostsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
-	if err != nil {
-		return 0, fmt.Errorf("list hosts: %w", err)
-	}
-	for _, kv := range hresp.Kvs {
-		id := strings.TrimPrefix(string(kv.Key), c.s.hostsPrefix())
-		h, err := decode(string(kv.Key), kv.Value, &pb.Host{})
+		resp, err := c.s.c.Get(ctx, prefix, opts...)
 		if err != nil {
-			c.log.Error("skipping corrupt host", "key", string(kv.Key), "err", err)
-			continue
+			return 0, fmt.Errorf("list %s: %w", strings.TrimPrefix(prefix, c.s.prefix), err)
 		}
-		hosts[id] = h
-	}
-	sess := map[string]string{}
-	sresp, err := c.s.c.Get(ctx, c.s.sessionsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
-	if err != nil {
-		return 0, fmt.Errorf("list sessions: %w", err)
-	}
-	for _, kv := range sresp.Kvs {
-		sess[strings.TrimPrefix(string(kv.Key), c.s.sessionsPrefix())] = string(kv.Value)
-	}
-	rolls := map[string]*pb.Rollout{}
-	rresp, err := c.s.c.Get(ctx, c.s.rolloutsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
-	if err != nil {
-		return 0, fmt.Errorf("list rollouts: %w", err)
-	}
-	for _, kv := range rresp.Kvs {
-		r, err := decode(string(kv.Key), kv.Value, &pb.Rollout{})
-		if err != nil {
-			c.log.Error("skipping corrupt rollout", "key", string(kv.Key), "err", err)
-			continue
+		if rev == 0 {
+			rev = resp.Header.Revision
 		}
-		r.Etag = Etag(kv.ModRevision)
-		rolls[strings.TrimPrefix(string(kv.Key), c.s.rolloutsPrefix())] = r
-	}
-	targets := map[string]*pb.HostTargets{}
-	tresp, err := c.s.c.Get(ctx, c.s.targetsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
-	if err != nil {
-		return 0, fmt.Errorf("list targets: %w", err)
-	}
-	for _, kv := range tresp.Kvs {
-		t, err := decode(string(kv.Key), kv.Value, &pb.HostTargets{})
-		if err != nil {
-			c.log.Error("skipping corrupt targets", "key", string(kv.Key), "err", err)
-			continue
+		for _, kv := range resp.Kvs {
+			if _, err := k.apply(&st, strings.TrimPrefix(string(kv.Key), prefix), kv, false); err != nil {
+				c.log.Error("skipping corrupt "+k.what, "key", string(kv.Key), "err", err)
+			}
 		}
-		targets[strings.TrimPrefix(string(kv.Key), c.s.targetsPrefix())] = t
-	}
-	labels := map[string]map[string]string{}
-	lresp, err := c.s.c.Get(ctx, c.s.hostLabelsPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
-	if err != nil {
-		return 0, fmt.Errorf("list host labels: %w", err)
-	}
-	for _, kv := range lresp.Kvs {
-		h, err := decode(string(kv.Key), kv.Value, &pb.Host{})
-		if err != nil {
-			c.log.Error("skipping corrupt host labels", "key", string(kv.Key), "err", err)
-			continue
-		}
-		labels[strings.TrimPrefix(string(kv.Key), c.s.hostLabelsPrefix())] = h.GetLabels()
 	}
 	c.mu.Lock()
-	c.groups, c.hosts, c.sess, c.rev, c.ready = groups, hosts, sess, rev, true
-	c.rolls, c.targets, c.labels = rolls, targets, labels
+	c.cacheState, c.rev, c.ready = st, rev, true
 	// Subscribers took their snapshot before this list (or subscribed before
 	// the first one, with an empty snapshot): make them take a new one.
 	for s := range c.subs {
@@ -252,103 +185,8 @@ func (c *Cache) apply(evs []*clientv3.Event, rev int64) {
 	var out []Event
 	c.mu.Lock()
 	for _, e := range evs {
-		key := string(e.Kv.Key)
-		del := e.Type == mvccpb.DELETE
-		switch {
-		case strings.HasPrefix(key, c.s.groupsPrefix()):
-			id := strings.TrimPrefix(key, c.s.groupsPrefix())
-			ev := Event{Rev: e.Kv.ModRevision, GroupID: id}
-			if del {
-				delete(c.groups, id)
-			} else {
-				g, err := decode(key, e.Kv.Value, &pb.Group{})
-				if err != nil {
-					c.log.Error("skipping corrupt group", "key", key, "err", err)
-					continue
-				}
-				g.Etag = Etag(e.Kv.ModRevision)
-				c.groups[id] = g
-				ev.Group = g
-			}
+		if ev, ok := c.change(e); ok {
 			out = append(out, ev)
-		case strings.HasPrefix(key, c.s.hostsPrefix()):
-			id := strings.TrimPrefix(key, c.s.hostsPrefix())
-			ev := Event{Rev: e.Kv.ModRevision, HostID: id}
-			if del {
-				delete(c.hosts, id)
-			} else {
-				h, err := decode(key, e.Kv.Value, &pb.Host{})
-				if err != nil {
-					c.log.Error("skipping corrupt host", "key", key, "err", err)
-					continue
-				}
-				c.hosts[id] = h
-				ev.Host = h
-			}
-			out = append(out, ev)
-		case strings.HasPrefix(key, c.s.sessionsPrefix()):
-			id := strings.TrimPrefix(key, c.s.sessionsPrefix())
-			ev := Event{Rev: e.Kv.ModRevision, SessionID: id}
-			if del {
-				delete(c.sess, id)
-			} else {
-				c.sess[id] = string(e.Kv.Value)
-				ev.Replica = string(e.Kv.Value)
-			}
-			out = append(out, ev)
-		case strings.HasPrefix(key, c.s.rolloutsPrefix()):
-			id := strings.TrimPrefix(key, c.s.rolloutsPrefix())
-			ev := Event{Rev: e.Kv.ModRevision, RolloutID: id}
-			if del {
-				delete(c.rolls, id)
-			} else {
-				r, err := decode(key, e.Kv.Value, &pb.Rollout{})
-				if err != nil {
-					c.log.Error("skipping corrupt rollout", "key", key, "err", err)
-					continue
-				}
-				r.Etag = Etag(e.Kv.ModRevision)
-				c.rolls[id] = r
-				ev.Rollout = r
-			}
-			out = append(out, ev)
-		case strings.HasPrefix(key, c.s.targetsPrefix()):
-			id := strings.TrimPrefix(key, c.s.targetsPrefix())
-			ev := Event{Rev: e.Kv.ModRevision, TargetsGroup: id}
-			if del {
-				delete(c.targets, id)
-			} else {
-				t, err := decode(key, e.Kv.Value, &pb.HostTargets{})
-				if err != nil {
-					c.log.Error("skipping corrupt targets", "key", key, "err", err)
-					continue
-				}
-				c.targets[id] = t
-				ev.Targets = t
-			}
-			out = append(out, ev)
-		case strings.HasPrefix(key, c.s.hostLabelsPrefix()):
-			id := strings.TrimPrefix(key, c.s.hostLabelsPrefix())
-			ev := Event{Rev: e.Kv.ModRevision, LabelsHost: id}
-			if del {
-				delete(c.labels, id)
-			} else {
-				h, err := decode(key, e.Kv.Value, &pb.Host{})
-				if err != nil {
-					c.log.Error("skipping corrupt host labels", "key", key, "err", err)
-					continue
-				}
-				c.labels[id] = h.GetLabels()
-				ev.Labels = h.GetLabels()
-			}
-			out = append(out, ev)
-		case strings.HasPrefix(key, c.s.auditPrefix()) && !del:
-			a, err := decode(key, e.Kv.Value, &pb.AuditEvent{})
-			if err != nil {
-				c.log.Error("skipping corrupt audit event", "key", key, "err", err)
-				continue
-			}
-			out = append(out, Event{Rev: e.Kv.ModRevision, Audit: a})
 		}
 	}
 	if rev > c.rev {
@@ -367,6 +205,35 @@ func (c *Cache) apply(evs []*clientv3.Event, rev int64) {
 	}
 	c.bumpLocked()
 	c.mu.Unlock()
+}
+
+// change applies one change the watch saw to the cache and returns its
+// Event; ok is false for a key the cache does not keep and for a record that
+// does not decode (logged, skipped). c.mu is held.
+func (c *Cache) change(e *clientv3.Event) (ev Event, ok bool) {
+	key := string(e.Kv.Key)
+	del := e.Type == mvccpb.DELETE
+	if strings.HasPrefix(key, c.s.auditPrefix()) {
+		if del {
+			return Event{}, false
+		}
+		a, err := decodeAudit(e.Kv)
+		if err != nil {
+			c.log.Error("skipping corrupt audit event", "key", key, "err", err)
+			return Event{}, false
+		}
+		return Event{Rev: e.Kv.ModRevision, Audit: a}, true
+	}
+	for _, k := range cacheKinds {
+		if id, ok := strings.CutPrefix(key, k.prefix(c.s)); ok {
+			ev, err := k.apply(&c.cacheState, id, e.Kv, del)
+			if err != nil {
+				c.log.Error("skipping corrupt "+k.what, "key", key, "err", err)
+			}
+			return ev, err == nil
+		}
+	}
+	return Event{}, false
 }
 
 func (c *Cache) bumpLocked() {
@@ -414,26 +281,10 @@ func (c *Cache) WaitRevision(ctx context.Context, rev int64) error {
 }
 
 // Groups returns the cached groups by id. The values must not be modified.
-func (c *Cache) Groups() map[string]*pb.Group {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make(map[string]*pb.Group, len(c.groups))
-	for k, v := range c.groups {
-		out[k] = v
-	}
-	return out
-}
+func (c *Cache) Groups() map[string]*pb.Group { return cloneLocked(c, &c.groups) }
 
 // Hosts returns the cached host status by id. The values must not be modified.
-func (c *Cache) Hosts() map[string]*pb.Host {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make(map[string]*pb.Host, len(c.hosts))
-	for k, v := range c.hosts {
-		out[k] = v
-	}
-	return out
-}
+func (c *Cache) Hosts() map[string]*pb.Host { return cloneLocked(c, &c.hosts) }
 
 // Host returns one cached host and the replica holding its session ("" when
 // disconnected).
@@ -447,43 +298,35 @@ func (c *Cache) Host(id string) (*pb.Host, string, bool) {
 // HostLabels returns the labels an operator gave host id, and whether any
 // were given.
 func (c *Cache) HostLabels(id string) (map[string]string, bool) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	l, ok := c.labels[id]
-	return l, ok
+	return lookupLocked(c, &c.labels, id)
 }
 
 // Rollouts returns the cached rollouts by id. The values must not be
 // modified.
-func (c *Cache) Rollouts() map[string]*pb.Rollout {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make(map[string]*pb.Rollout, len(c.rolls))
-	for k, v := range c.rolls {
-		out[k] = v
-	}
-	return out
-}
+func (c *Cache) Rollouts() map[string]*pb.Rollout { return cloneLocked(c, &c.rolls) }
 
 // Rollout returns one cached rollout.
-func (c *Cache) Rollout(id string) (*pb.Rollout, bool) {
+func (c *Cache) Rollout(id string) (*pb.Rollout, bool) { return lookupLocked(c, &c.rolls, id) }
+
+// cloneLocked returns a copy of the cache's map *m, read under c.mu.
+func cloneLocked[V any](c *Cache, m *map[string]V) map[string]V {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	r, ok := c.rolls[id]
-	return r, ok
+	return maps.Clone(*m)
+}
+
+// lookupLocked returns the value of id in the cache's map *m, read under
+// c.mu, and whether there is one.
+func lookupLocked[V any](c *Cache, m *map[string]V, id string) (V, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	v, ok := (*m)[id]
+	return v, ok
 }
 
 // Targets returns the cached host targets by group id. The values must not
 // be modified.
-func (c *Cache) Targets() map[string]*pb.HostTargets {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make(map[string]*pb.HostTargets, len(c.targets))
-	for k, v := range c.targets {
-		out[k] = v
-	}
-	return out
-}
+func (c *Cache) Targets() map[string]*pb.HostTargets { return cloneLocked(c, &c.targets) }
 
 // Changed returns a channel closed at the cache's next change.
 func (c *Cache) Changed() <-chan struct{} {
@@ -493,15 +336,7 @@ func (c *Cache) Changed() <-chan struct{} {
 }
 
 // Sessions returns host id → replica for every connected host.
-func (c *Cache) Sessions() map[string]string {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	out := make(map[string]string, len(c.sess))
-	for k, v := range c.sess {
-		out[k] = v
-	}
-	return out
-}
+func (c *Cache) Sessions() map[string]string { return cloneLocked(c, &c.sess) }
 
 // Subscribe returns a subscription to changes after the cache's current
 // state, together with snapshots of groups and hosts taken at the same
@@ -510,14 +345,7 @@ func (c *Cache) Subscribe(buf int) (*Subscription, map[string]*pb.Group, map[str
 	s := &Subscription{ch: make(chan Event, buf), done: make(chan struct{})}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	groups := make(map[string]*pb.Group, len(c.groups))
-	for k, v := range c.groups {
-		groups[k] = v
-	}
-	hosts := make(map[string]*pb.Host, len(c.hosts))
-	for k, v := range c.hosts {
-		hosts[k] = v
-	}
+	groups, hosts := maps.Clone(c.groups), maps.Clone(c.hosts)
 	if c.stopped {
 		s.end(ErrClosed)
 	} else {

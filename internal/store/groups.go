@@ -56,12 +56,7 @@ func (s *Store) CreateGroup(ctx context.Context, id string, g *pb.Group, m Meta)
 			events: []*pb.AuditEvent{s.newEvent(m, "groups.create", g.Name, nil, g)},
 			orElse: []clientv3.Op{clientv3.OpGet(s.groupKey(id), clientv3.WithCountOnly())},
 		}, nil
-	}, func(resp *clientv3.TxnResponse) error {
-		if resp.Responses[0].GetResponseRange().Count > 0 {
-			return fmt.Errorf("group %q: %w", id, ErrAlreadyExists)
-		}
-		return nil
-	})
+	}, failIfCounted(fmt.Errorf("group %q: %w", id, ErrAlreadyExists)))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -76,20 +71,7 @@ func (s *Store) GetGroup(ctx context.Context, id string) (*pb.Group, error) {
 }
 
 func (s *Store) getGroup(ctx context.Context, id string) (*pb.Group, int64, error) {
-	resp, err := s.c.Get(ctx, s.groupKey(id))
-	if err != nil {
-		return nil, 0, fmt.Errorf("get group %q: %w", id, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, 0, fmt.Errorf("group %q: %w", id, ErrNotFound)
-	}
-	kv := resp.Kvs[0]
-	g, err := decode(string(kv.Key), kv.Value, &pb.Group{})
-	if err != nil {
-		return nil, 0, err
-	}
-	g.Etag = Etag(kv.ModRevision)
-	return g, kv.ModRevision, nil
+	return getRecord(ctx, s, s.groupKey(id), fmt.Sprintf("group %q", id), decodeGroup)
 }
 
 // ListGroups returns up to limit groups with ids after `after`, in id order,
@@ -105,19 +87,7 @@ func (s *Store) ListGroups(ctx context.Context, after string, limit int) ([]*pb.
 	if err != nil {
 		return nil, false, fmt.Errorf("list groups: %w", err)
 	}
-	var out []*pb.Group
-	for i, kv := range resp.Kvs {
-		if i == limit {
-			return out, true, nil
-		}
-		g, err := decode(string(kv.Key), kv.Value, &pb.Group{})
-		if err != nil {
-			return nil, false, err
-		}
-		g.Etag = Etag(kv.ModRevision)
-		out = append(out, g)
-	}
-	return out, false, nil
+	return decodePage(resp.Kvs, limit, decodeGroup)
 }
 
 // UpdateFunc computes a group's new state from its current one. It must not
@@ -272,28 +242,11 @@ func (s *Store) ListRevisions(ctx context.Context, id string, before int64, limi
 	if err != nil {
 		return nil, false, fmt.Errorf("list revisions of group %q: %w", id, err)
 	}
-	var out []*pb.PolicyRevision
-	for i, kv := range resp.Kvs {
-		if i == limit {
-			return out, true, nil
-		}
-		r, err := decode(string(kv.Key), kv.Value, &pb.PolicyRevision{})
-		if err != nil {
-			return nil, false, err
-		}
-		out = append(out, r)
-	}
-	return out, false, nil
+	return decodePage(resp.Kvs, limit, decodeRevision)
 }
 
 // GetRevision returns revision n of a group's policy.
 func (s *Store) GetRevision(ctx context.Context, id string, n int64) (*pb.PolicyRevision, error) {
-	resp, err := s.c.Get(ctx, s.revisionKey(id, n))
-	if err != nil {
-		return nil, fmt.Errorf("get revision %d of group %q: %w", n, id, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, fmt.Errorf("revision %d of group %q: %w", n, id, ErrNotFound)
-	}
-	return decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, &pb.PolicyRevision{})
+	r, _, err := getRecord(ctx, s, s.revisionKey(id, n), fmt.Sprintf("revision %d of group %q", n, id), decodeRevision)
+	return r, err
 }

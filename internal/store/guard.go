@@ -131,51 +131,37 @@ type guardKV struct {
 	g  *Guard
 }
 
-func (k *guardKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
-	ctx, end, err := k.g.begin(ctx, true)
+// guarded runs one request of a guardKV through its guard.
+func guarded[R any](ctx context.Context, g *Guard, bounded bool, call func(context.Context) (R, error)) (R, error) {
+	ctx, end, err := g.begin(ctx, bounded)
 	if err != nil {
-		return nil, err
+		var zero R
+		return zero, err
 	}
-	resp, err := k.kv.Put(ctx, key, val, opts...)
+	resp, err := call(ctx)
 	return resp, end(err)
+}
+
+func (k *guardKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
+	return guarded(ctx, k.g, true, func(ctx context.Context) (*clientv3.PutResponse, error) { return k.kv.Put(ctx, key, val, opts...) })
 }
 
 func (k *guardKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	ctx, end, err := k.g.begin(ctx, true)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := k.kv.Get(ctx, key, opts...)
-	return resp, end(err)
+	return guarded(ctx, k.g, true, func(ctx context.Context) (*clientv3.GetResponse, error) { return k.kv.Get(ctx, key, opts...) })
 }
 
 func (k *guardKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
-	ctx, end, err := k.g.begin(ctx, true)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := k.kv.Delete(ctx, key, opts...)
-	return resp, end(err)
+	return guarded(ctx, k.g, true, func(ctx context.Context) (*clientv3.DeleteResponse, error) { return k.kv.Delete(ctx, key, opts...) })
 }
 
 // Compact is not bounded: a physical compaction of a large history takes
 // its time, and only maintenance calls it.
 func (k *guardKV) Compact(ctx context.Context, rev int64, opts ...clientv3.CompactOption) (*clientv3.CompactResponse, error) {
-	ctx, end, err := k.g.begin(ctx, false)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := k.kv.Compact(ctx, rev, opts...)
-	return resp, end(err)
+	return guarded(ctx, k.g, false, func(ctx context.Context) (*clientv3.CompactResponse, error) { return k.kv.Compact(ctx, rev, opts...) })
 }
 
 func (k *guardKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
-	ctx, end, err := k.g.begin(ctx, true)
-	if err != nil {
-		return clientv3.OpResponse{}, err
-	}
-	resp, err := k.kv.Do(ctx, op)
-	return resp, end(err)
+	return guarded(ctx, k.g, true, func(ctx context.Context) (clientv3.OpResponse, error) { return k.kv.Do(ctx, op) })
 }
 
 // Txn collects the transaction and sends it, bounded, on Commit.
@@ -204,10 +190,7 @@ func (t *guardTxn) Else(ops ...clientv3.Op) clientv3.Txn {
 }
 
 func (t *guardTxn) Commit() (*clientv3.TxnResponse, error) {
-	ctx, end, err := t.k.g.begin(t.ctx, true)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := t.k.kv.Txn(ctx).If(t.cmps...).Then(t.then...).Else(t.els...).Commit()
-	return resp, end(err)
+	return guarded(t.ctx, t.k.g, true, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+		return t.k.kv.Txn(ctx).If(t.cmps...).Then(t.then...).Else(t.els...).Commit()
+	})
 }

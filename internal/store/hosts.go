@@ -35,14 +35,8 @@ func (s *Store) PutHost(ctx context.Context, id string, h *pb.Host) (int64, erro
 
 // GetHost reads a host's stored status.
 func (s *Store) GetHost(ctx context.Context, id string) (*pb.Host, error) {
-	resp, err := s.c.Get(ctx, s.hostKey(id))
-	if err != nil {
-		return nil, fmt.Errorf("get host %q: %w", id, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, fmt.Errorf("host %q: %w", id, ErrNotFound)
-	}
-	return decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, &pb.Host{})
+	h, _, err := getRecord(ctx, s, s.hostKey(id), fmt.Sprintf("host %q", id), decodeHost)
+	return h, err
 }
 
 // ClaimSession marks a host connected to replica, bound to lease, unless
@@ -93,34 +87,21 @@ func (s *Store) DeleteSession(ctx context.Context, id, replica string) error {
 // controller holds a session of it: ErrNotFound when there is no such host,
 // ErrFailedPrecondition while it is connected.
 func (s *Store) DeleteHost(ctx context.Context, id string, m Meta) (int64, error) {
-	what := fmt.Sprintf("delete host %q", id)
-	tr, err := s.auditedTxn(ctx, what, func(head) (*txnPlan, error) {
-		resp, err := s.c.Get(ctx, s.hostKey(id))
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", what, err)
-		}
-		if len(resp.Kvs) == 0 {
-			return nil, fmt.Errorf("host %q: %w", id, ErrNotFound)
-		}
-		before, err := decode(string(resp.Kvs[0].Key), resp.Kvs[0].Value, &pb.Host{})
+	tr, err := s.auditedTxn(ctx, fmt.Sprintf("delete host %q", id), func(head) (*txnPlan, error) {
+		before, modRev, err := getRecord(ctx, s, s.hostKey(id), fmt.Sprintf("host %q", id), decodeHost)
 		if err != nil {
 			return nil, err
 		}
 		return &txnPlan{
 			cmps: []clientv3.Cmp{
-				clientv3.Compare(clientv3.ModRevision(s.hostKey(id)), "=", resp.Kvs[0].ModRevision),
+				clientv3.Compare(clientv3.ModRevision(s.hostKey(id)), "=", modRev),
 				clientv3.Compare(clientv3.CreateRevision(s.sessionKey(id)), "=", 0),
 			},
 			ops:    []clientv3.Op{clientv3.OpDelete(s.hostKey(id)), clientv3.OpDelete(s.hostLabelsKey(id))},
 			events: []*pb.AuditEvent{s.newEvent(m, "hosts.delete", HostName(id), before, nil)},
 			orElse: []clientv3.Op{clientv3.OpGet(s.sessionKey(id), clientv3.WithCountOnly())},
 		}, nil
-	}, func(tr *clientv3.TxnResponse) error {
-		if tr.Responses[0].GetResponseRange().Count > 0 {
-			return fmt.Errorf("host %q is connected: stop its agent or revoke its credential first: %w", id, ErrFailedPrecondition)
-		}
-		return nil
-	})
+	}, failIfCounted(fmt.Errorf("host %q is connected: stop its agent or revoke its credential first: %w", id, ErrFailedPrecondition)))
 	if err != nil {
 		return 0, err
 	}

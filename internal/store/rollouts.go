@@ -154,20 +154,7 @@ func (s *Store) auditOpsN(evs []*pb.AuditEvent, h head) (clientv3.Cmp, []clientv
 
 // GetRollout reads a rollout and its mod revision from etcd.
 func (s *Store) GetRollout(ctx context.Context, id string) (*pb.Rollout, int64, error) {
-	resp, err := s.c.Get(ctx, s.rolloutKey(id))
-	if err != nil {
-		return nil, 0, fmt.Errorf("get rollout %q: %w", id, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, 0, fmt.Errorf("rollout %q: %w", id, ErrNotFound)
-	}
-	kv := resp.Kvs[0]
-	r, err := decode(string(kv.Key), kv.Value, &pb.Rollout{})
-	if err != nil {
-		return nil, 0, err
-	}
-	r.Etag = Etag(kv.ModRevision)
-	return r, kv.ModRevision, nil
+	return getRecord(ctx, s, s.rolloutKey(id), fmt.Sprintf("rollout %q", id), decodeRollout)
 }
 
 // GetTargets reads a group's host targets and their mod revision (nil, 0
@@ -180,9 +167,8 @@ func (s *Store) GetTargets(ctx context.Context, group string) (*pb.HostTargets, 
 	if len(resp.Kvs) == 0 {
 		return nil, 0, nil
 	}
-	kv := resp.Kvs[0]
-	t, err := decode(string(kv.Key), kv.Value, &pb.HostTargets{})
-	return t, kv.ModRevision, err
+	t, err := decodeTargets(resp.Kvs[0])
+	return t, resp.Kvs[0].ModRevision, err
 }
 
 // TxnExtra is what a caller adds to a group update's transaction.

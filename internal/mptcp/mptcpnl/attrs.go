@@ -1,7 +1,6 @@
 package mptcpnl
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 
@@ -36,118 +35,92 @@ const (
 	addrAttrIfIdx  = 7 // s32
 )
 
-// encodeAddr writes the MPTCP_PM_ADDR_ATTR_* of e (zero fields are left out:
-// an ID attribute, even 0, tells the kernel not to choose one).
-func encodeAddr(ae *netlink.AttributeEncoder, e mptcp.Endpoint) {
-	if e.Addr.IsValid() {
-		if e.Addr.Is4() {
-			ae.Uint16(addrAttrFamily, afInet)
-			b := e.Addr.As4()
-			ae.Bytes(addrAttrAddr4, b[:])
-		} else {
-			ae.Uint16(addrAttrFamily, afInet6)
-			b := e.Addr.As16()
-			ae.Bytes(addrAttrAddr6, b[:])
-		}
-	}
-	if e.ID != 0 {
-		ae.Uint8(addrAttrID, e.ID)
-	}
-	if e.Port != 0 {
-		ae.Uint16(addrAttrPort, e.Port)
-	}
-	if e.Flags != 0 {
-		ae.Uint32(addrAttrFlags, uint32(e.Flags))
-	}
-	if e.IfIndex != 0 {
-		ae.Int32(addrAttrIfIdx, int32(e.IfIndex))
-	}
+// wireAddr is an endpoint as MPTCP_PM_ADDR_ATTR_* carry it: the address
+// as a family and the bytes of one of two attributes.
+type wireAddr struct {
+	e      mptcp.Endpoint
+	family uint16
+	a4, a6 []byte
 }
 
-// encodeEndpoint returns the attributes of a request about e: one nested
-// MPTCP_PM_ATTR_ADDR.
+// addrAttrs are the MPTCP_PM_ADDR_ATTR_*, in the order they are encoded
+// (zero fields are left out: an ID attribute, even 0, tells the kernel not
+// to choose one).
+var addrAttrs = []attr[wireAddr]{
+	u16Attr(addrAttrFamily, func(w *wireAddr) *uint16 { return &w.family }),
+	rawAttr(addrAttrAddr4, func(w *wireAddr) *[]byte { return &w.a4 }),
+	rawAttr(addrAttrAddr6, func(w *wireAddr) *[]byte { return &w.a6 }),
+	u8Attr(addrAttrID, func(w *wireAddr) *uint8 { return &w.e.ID }),
+	u16Attr(addrAttrPort, func(w *wireAddr) *uint16 { return &w.e.Port }),
+	u32Attr(addrAttrFlags, func(w *wireAddr) *mptcp.Flags { return &w.e.Flags }),
+	s32Attr(addrAttrIfIdx, func(w *wireAddr) *int { return &w.e.IfIndex }),
+}
+
+// encodeAddr writes the MPTCP_PM_ADDR_ATTR_* of e.
+func encodeAddr(ae *netlink.AttributeEncoder, e mptcp.Endpoint) {
+	w := wireAddr{e: e}
+	switch {
+	case e.Addr.Is4():
+		b := e.Addr.As4()
+		w.family, w.a4 = afInet, b[:]
+	case e.Addr.IsValid():
+		b := e.Addr.As16()
+		w.family, w.a6 = afInet6, b[:]
+	}
+	encodeAttrs(ae, addrAttrs, &w)
+}
+
+// endpointAttrs are the attributes of a request about an endpoint, and of a
+// GET_ADDR reply: one nested MPTCP_PM_ATTR_ADDR.
+var endpointAttrs = []attr[mptcp.Endpoint]{{
+	typ: attrAddr,
+	get: func(ad *netlink.AttributeDecoder, e *mptcp.Endpoint) error {
+		ad.Nested(func(nad *netlink.AttributeDecoder) error {
+			var err error
+			*e, err = decodeAddr(nad)
+			return err
+		})
+		return nil
+	},
+	put: func(ae *netlink.AttributeEncoder, e *mptcp.Endpoint) {
+		ae.Nested(attrAddr, func(nae *netlink.AttributeEncoder) error {
+			encodeAddr(nae, *e)
+			return nil
+		})
+	},
+}}
+
+// encodeEndpoint returns the attributes of a request about e.
 func encodeEndpoint(e mptcp.Endpoint) ([]byte, error) {
 	ae := netlink.NewAttributeEncoder()
-	ae.Nested(attrAddr, func(nae *netlink.AttributeEncoder) error {
-		encodeAddr(nae, e)
-		return nil
-	})
+	encodeAttrs(ae, endpointAttrs, &e)
 	return ae.Encode()
 }
 
 // decodeEndpoint decodes the attributes of a GET_ADDR reply. It never panics
 // on malformed input.
-func decodeEndpoint(b []byte) (mptcp.Endpoint, error) {
-	ad, err := netlink.NewAttributeDecoder(b)
-	if err != nil {
-		return mptcp.Endpoint{}, err
-	}
-	var (
-		e     mptcp.Endpoint
-		found bool
-	)
-	for ad.Next() {
-		if ad.Type() != attrAddr {
-			continue
-		}
-		found = true
-		ad.Nested(func(nad *netlink.AttributeDecoder) error {
-			var err error
-			e, err = decodeAddr(nad)
-			return err
-		})
-	}
-	if err := ad.Err(); err != nil {
-		return mptcp.Endpoint{}, err
-	}
-	if !found {
-		return mptcp.Endpoint{}, errors.New("no address attribute")
-	}
-	return e, nil
-}
+func decodeEndpoint(b []byte) (mptcp.Endpoint, error) { return decodeAttrs(b, endpointAttrs, attrAddr) }
 
 func decodeAddr(ad *netlink.AttributeDecoder) (mptcp.Endpoint, error) {
-	var (
-		e      mptcp.Endpoint
-		family uint16
-		a4, a6 []byte
-	)
-	for ad.Next() {
-		switch ad.Type() {
-		case addrAttrFamily:
-			family = ad.Uint16()
-		case addrAttrID:
-			e.ID = ad.Uint8()
-		case addrAttrAddr4:
-			a4 = ad.Bytes()
-		case addrAttrAddr6:
-			a6 = ad.Bytes()
-		case addrAttrPort:
-			e.Port = ad.Uint16()
-		case addrAttrFlags:
-			e.Flags = mptcp.Flags(ad.Uint32())
-		case addrAttrIfIdx:
-			e.IfIndex = int(ad.Int32())
-		}
-	}
-	if err := ad.Err(); err != nil {
+	var w wireAddr
+	if _, err := decodeNext(ad, addrAttrs, &w); err != nil {
 		return mptcp.Endpoint{}, err
 	}
-	switch family {
+	switch w.family {
 	case afInet:
-		if len(a4) != 4 {
-			return mptcp.Endpoint{}, fmt.Errorf("IPv4 endpoint with %d address bytes", len(a4))
+		if len(w.a4) != 4 {
+			return mptcp.Endpoint{}, fmt.Errorf("IPv4 endpoint with %d address bytes", len(w.a4))
 		}
-		e.Addr = netip.AddrFrom4([4]byte(a4))
+		w.e.Addr = netip.AddrFrom4([4]byte(w.a4))
 	case afInet6:
-		if len(a6) != 16 {
-			return mptcp.Endpoint{}, fmt.Errorf("IPv6 endpoint with %d address bytes", len(a6))
+		if len(w.a6) != 16 {
+			return mptcp.Endpoint{}, fmt.Errorf("IPv6 endpoint with %d address bytes", len(w.a6))
 		}
-		e.Addr = netip.AddrFrom16([16]byte(a6))
+		w.e.Addr = netip.AddrFrom16([16]byte(w.a6))
 	default:
-		return mptcp.Endpoint{}, fmt.Errorf("endpoint of unknown address family %d", family)
+		return mptcp.Endpoint{}, fmt.Errorf("endpoint of unknown address family %d", w.family)
 	}
-	return e, nil
+	return w.e, nil
 }
 
 // encodeLimits returns the attributes of a SET_LIMITS request.
@@ -158,31 +131,14 @@ func encodeLimits(l mptcp.Limits) ([]byte, error) {
 	return ae.Encode()
 }
 
+// limitsAttrs are the attributes of a GET_LIMITS reply. (A SET_LIMITS
+// request carries both, zero too: encodeLimits.)
+var limitsAttrs = []attr[mptcp.Limits]{
+	u32Attr(attrRcvAddAddrs, func(l *mptcp.Limits) *uint32 { return &l.AddAddrAccepted }),
+	u32Attr(attrSubflows, func(l *mptcp.Limits) *uint32 { return &l.Subflows }),
+}
+
 // decodeLimits decodes a GET_LIMITS reply.
 func decodeLimits(b []byte) (mptcp.Limits, error) {
-	ad, err := netlink.NewAttributeDecoder(b)
-	if err != nil {
-		return mptcp.Limits{}, err
-	}
-	var (
-		l          mptcp.Limits
-		gotA, gotS bool
-	)
-	for ad.Next() {
-		switch ad.Type() {
-		case attrRcvAddAddrs:
-			l.AddAddrAccepted = ad.Uint32()
-			gotA = true
-		case attrSubflows:
-			l.Subflows = ad.Uint32()
-			gotS = true
-		}
-	}
-	if err := ad.Err(); err != nil {
-		return mptcp.Limits{}, err
-	}
-	if !gotA || !gotS {
-		return mptcp.Limits{}, errors.New("limits reply lacks an attribute")
-	}
-	return l, nil
+	return decodeAttrs(b, limitsAttrs, attrRcvAddAddrs, attrSubflows)
 }

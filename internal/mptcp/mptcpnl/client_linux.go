@@ -210,18 +210,24 @@ func (c *client) endpoint(id uint8) (mptcp.Endpoint, error) {
 	if err != nil {
 		return mptcp.Endpoint{}, &mptcp.OpError{Op: op, Err: err}
 	}
-	msgs, err := c.execute(op, cmdGetAddr, flagsGet, attrs, notFoundOnEINVAL)
+	return get(c, op, cmdGetAddr, attrs, notFoundOnEINVAL, decodeEndpoint)
+}
+
+// get sends a request whose reply is one message, and decodes it.
+func get[T any](c *client, op string, cmd uint8, attrs []byte, classify func(unix.Errno) error, decode func([]byte) (T, error)) (T, error) {
+	var zero T
+	msgs, err := c.execute(op, cmd, flagsGet, attrs, classify)
 	if err != nil {
-		return mptcp.Endpoint{}, err
+		return zero, err
 	}
 	if len(msgs) != 1 {
-		return mptcp.Endpoint{}, &mptcp.OpError{Op: op, Err: fmt.Errorf("kernel sent %d replies, want 1", len(msgs))}
+		return zero, &mptcp.OpError{Op: op, Err: fmt.Errorf("kernel sent %d replies, want 1", len(msgs))}
 	}
-	e, err := decodeEndpoint(msgs[0].Data)
+	v, err := decode(msgs[0].Data)
 	if err != nil {
-		return mptcp.Endpoint{}, &mptcp.OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
+		return zero, &mptcp.OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
 	}
-	return e, nil
+	return v, nil
 }
 
 func (c *client) addEndpoint(e mptcp.Endpoint) error {
@@ -290,19 +296,7 @@ func (c *client) setEndpointFlags(id uint8, f mptcp.Flags) error {
 }
 
 func (c *client) limits() (mptcp.Limits, error) {
-	const op = "mptcp get limits"
-	msgs, err := c.execute(op, cmdGetLimits, flagsGet, nil, nil)
-	if err != nil {
-		return mptcp.Limits{}, err
-	}
-	if len(msgs) != 1 {
-		return mptcp.Limits{}, &mptcp.OpError{Op: op, Err: fmt.Errorf("kernel sent %d replies, want 1", len(msgs))}
-	}
-	l, err := decodeLimits(msgs[0].Data)
-	if err != nil {
-		return mptcp.Limits{}, &mptcp.OpError{Op: op, Err: fmt.Errorf("decode: %w", err)}
-	}
-	return l, nil
+	return get(c, "mptcp get limits", cmdGetLimits, nil, nil, decodeLimits)
 }
 
 func (c *client) setLimits(l mptcp.Limits, op string) error {

@@ -4,6 +4,7 @@
 package fakekernel
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -253,19 +254,29 @@ func (f *Kernel) Do(ctx context.Context, op reconcile.Op) (reconcile.Op, error) 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
-	if f.fail != nil {
-		if err := f.fail(f.calls, op); err != nil {
-			return reconcile.Op{}, fmt.Errorf("fake kernel: %s: %w", op, err)
-		}
+	var undo reconcile.Op
+	err := f.injected(op)
+	if err == nil {
+		undo, err = f.do(op)
 	}
-	undo, err := f.do(op)
 	if err != nil {
 		return reconcile.Op{}, fmt.Errorf("fake kernel: %s: %w", op, err)
 	}
 	return undo, nil
 }
 
+// injected is the failure injected into this call, if any.
+func (f *Kernel) injected(op reconcile.Op) error {
+	if f.fail == nil {
+		return nil
+	}
+	return f.fail(f.calls, op)
+}
+
 func (f *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
+	if err := op.Check(); err != nil {
+		return reconcile.Op{}, err
+	}
 	undo := op
 	switch op.Kind {
 	case reconcile.SetSysctl:
@@ -279,18 +290,12 @@ func (f *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 		f.sysctls[op.Sysctl] = reconcile.NormValue(op.Value)
 		undo.Value, undo.Old = old, op.Value
 	case reconcile.SetLimits:
-		if op.Limits == nil {
-			return reconcile.Op{}, mptcp.ErrInvalid
-		}
 		if op.Limits.Subflows > mptcp.MaxLimit || op.Limits.AddAddrAccepted > mptcp.MaxLimit {
 			return reconcile.Op{}, fmt.Errorf("limit greater than maximum: %w", mptcp.ErrInvalid)
 		}
 		undo.Limits, undo.OldLimits = ptr(f.limits), ptr(*op.Limits)
 		f.limits = *op.Limits
 	case reconcile.AddEndpoint:
-		if op.Endpoint == nil {
-			return reconcile.Op{}, mptcp.ErrInvalid
-		}
 		e := *op.Endpoint
 		if err := e.Validate(); err != nil {
 			return reconcile.Op{}, err
@@ -312,9 +317,6 @@ func (f *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 		f.endpoints[e.ID] = e
 		undo.Kind, undo.Endpoint = reconcile.DelEndpoint, ptr(e)
 	case reconcile.DelEndpoint:
-		if op.Endpoint == nil {
-			return reconcile.Op{}, mptcp.ErrInvalid
-		}
 		e, ok := f.endpoints[op.Endpoint.ID]
 		if !ok {
 			return reconcile.Op{}, mptcp.ErrEndpointNotFound
@@ -322,9 +324,6 @@ func (f *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 		delete(f.endpoints, e.ID)
 		undo.Kind, undo.Endpoint = reconcile.AddEndpoint, ptr(e)
 	case reconcile.SetEndpointFlags:
-		if op.Endpoint == nil {
-			return reconcile.Op{}, mptcp.ErrInvalid
-		}
 		e, ok := f.endpoints[op.Endpoint.ID]
 		if !ok {
 			return reconcile.Op{}, mptcp.ErrEndpointNotFound
@@ -340,9 +339,6 @@ func (f *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 		f.endpoints[e.ID] = n
 		undo.Endpoint, undo.Flags = ptr(n), e.Flags
 	case reconcile.AddRule, reconcile.DelRule:
-		if op.Rule == nil {
-			return reconcile.Op{}, route.ErrInvalid
-		}
 		if err := f.rng.CheckRule(*op.Rule); err != nil {
 			return reconcile.Op{}, err
 		}
@@ -362,9 +358,6 @@ func (f *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 		}
 		undo.Rule = ptr(r)
 	case reconcile.AddRoute, reconcile.DelRoute:
-		if op.Route == nil {
-			return reconcile.Op{}, route.ErrInvalid
-		}
 		if err := f.rng.CheckRoute(*op.Route); err != nil {
 			return reconcile.Op{}, err
 		}
@@ -385,46 +378,26 @@ func (f *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 		}
 		undo.Route = ptr(r)
 	case reconcile.SetRuleProtocol:
-		if op.Rule == nil {
-			return reconcile.Op{}, route.ErrInvalid
-		}
-		if err := f.rng.CheckRule(*op.Rule); err != nil {
-			return reconcile.Op{}, err
-		}
-		if err := route.CheckAdoption(op.OldProtocol, op.Protocol, route.LegacyRuleProtocol); err != nil {
-			return reconcile.Op{}, err
-		}
 		r := op.Rule.Canonical()
-		if err := f.setRuleProtocol(r, op.OldProtocol, op.Protocol); err != nil {
-			return reconcile.Op{}, err
-		}
-		undo.Rule, undo.Protocol, undo.OldProtocol = ptr(r), op.OldProtocol, op.Protocol
+		undo.Rule, undo.Protocol, undo.OldProtocol = &r, op.OldProtocol, op.Protocol
+		return undo, f.setRuleProtocol(*op.Rule, op.OldProtocol, op.Protocol)
 	case reconcile.SetRouteProtocol:
-		if op.Route == nil {
-			return reconcile.Op{}, route.ErrInvalid
-		}
-		if err := f.rng.CheckRoute(*op.Route); err != nil {
-			return reconcile.Op{}, err
-		}
-		if err := route.CheckAdoption(op.OldProtocol, op.Protocol, route.LegacyRouteProtocol); err != nil {
-			return reconcile.Op{}, err
-		}
 		r := op.Route.Canonical()
-		if err := f.setRouteProtocol(r, op.OldProtocol, op.Protocol); err != nil {
-			return reconcile.Op{}, err
-		}
-		undo.Route, undo.Protocol, undo.OldProtocol = ptr(r), op.OldProtocol, op.Protocol
-	default:
-		return reconcile.Op{}, fmt.Errorf("op kind %q: %w", op.Kind, reconcile.ErrInvalid)
+		undo.Route, undo.Protocol, undo.OldProtocol = &r, op.OldProtocol, op.Protocol
+		return undo, f.setRouteProtocol(*op.Route, op.OldProtocol, op.Protocol)
 	}
 	return undo, nil
 }
 
-// setRuleProtocol moves rule r between mpfleet's and the foreign ones, as
+// setRuleProtocol moves rule x between mpfleet's and the foreign ones, as
 // routenl.Manager.SetRuleProtocol does: the one with protocol from must be
 // there and none with to; adopted from unspec, it must be alone among the
 // foreign rules with its priority, source and table.
-func (f *Kernel) setRuleProtocol(r route.Rule, from, to route.Proto) error {
+func (f *Kernel) setRuleProtocol(x route.Rule, from, to route.Proto) error {
+	if err := cmp.Or(f.rng.CheckRule(x), route.CheckAdoption(from, to, route.LegacyRuleProtocol)); err != nil {
+		return err
+	}
+	r := x.Canonical()
 	idx, others := -1, 0
 	for i, x := range f.foreign {
 		switch {
@@ -458,10 +431,14 @@ func (f *Kernel) setRuleProtocol(r route.Rule, from, to route.Proto) error {
 	return nil
 }
 
-// setRouteProtocol moves route r between mpfleet's and the foreign ones, as
-// routenl.Manager.SetRouteProtocol does: the table's route to r.Dst must be
-// exactly r with protocol from.
-func (f *Kernel) setRouteProtocol(r route.Route, from, to route.Proto) error {
+// setRouteProtocol moves route x between mpfleet's and the foreign ones, as
+// routenl.Manager.SetRouteProtocol does: the table's route to x.Dst must be
+// exactly x with protocol from.
+func (f *Kernel) setRouteProtocol(x route.Route, from, to route.Proto) error {
+	if err := cmp.Or(f.rng.CheckRoute(x), route.CheckAdoption(from, to, route.LegacyRouteProtocol)); err != nil {
+		return err
+	}
+	r := x.Canonical()
 	if from == route.Protocol {
 		if cur, ok := f.routes[r.Key()]; !ok || cur != r {
 			return os.ErrNotExist

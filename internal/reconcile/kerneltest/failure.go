@@ -31,24 +31,7 @@ func testKernelRules(t *testing.T, open Opener) {
 		}
 	}
 	s1 := ls[0].Source(false, 0)
-	type refusal struct {
-		name string
-		op   reconcile.Op
-		want error
-	}
-	refused := func(tests []refusal) {
-		t.Helper()
-		for _, tt := range tests {
-			before := ns.Snapshot(t)
-			if err := do(tt.op); !errors.Is(err, tt.want) {
-				t.Errorf("%s: %v, want %v", tt.name, err, tt.want)
-			}
-			if after := ns.Snapshot(t); after != before {
-				t.Errorf("%s: a failed op changed the namespace:\n%s\nwant:\n%s", tt.name, after, before)
-			}
-		}
-	}
-	refused([]refusal{
+	checkRefused(t, ns, []refusal{
 		{"duplicate address", reconcile.Op{Kind: reconcile.AddEndpoint, Endpoint: ptr(mptcp.Endpoint{Addr: ls[0].V4.Addr()})}, os.ErrExist},
 		{"duplicate id", reconcile.Op{Kind: reconcile.AddEndpoint, Endpoint: ptr(mptcp.Endpoint{ID: 1, Addr: eps[len(eps)-1].Addr})}, os.ErrExist},
 		{"invalid endpoint", reconcile.Op{Kind: reconcile.AddEndpoint, Endpoint: ptr(mptcp.Endpoint{Addr: eps[len(eps)-1].Addr, Flags: mptcp.FlagSignal | mptcp.FlagFullmesh})}, mptcp.ErrInvalid},
@@ -65,7 +48,7 @@ func testKernelRules(t *testing.T, open Opener) {
 	if err := do(reconcile.Op{Kind: reconcile.AddEndpoint, Endpoint: ptr(eps[len(eps)-1])}); err != nil {
 		t.Fatalf("eighth endpoint: %v", err)
 	}
-	refused([]refusal{
+	checkRefused(t, ns, []refusal{
 		{"ninth endpoint", reconcile.Op{Kind: reconcile.AddEndpoint, Endpoint: ptr(mptcp.Endpoint{Addr: ls[0].V4.Addr().Next(), Flags: mptcp.FlagSubflow})}, mptcp.ErrTooManyEndpoints},
 	})
 	if err := do(reconcile.Op{Kind: reconcile.AddRule, Rule: ptr(s1.Rule())}); err != nil {
@@ -78,7 +61,7 @@ func testKernelRules(t *testing.T, open Opener) {
 	}
 	other := s1
 	other.Gateway = OtherGateway(ls[0].V4)
-	refused([]refusal{
+	checkRefused(t, ns, []refusal{
 		{"duplicate rule", reconcile.Op{Kind: reconcile.AddRule, Rule: ptr(s1.Rule())}, os.ErrExist},
 		{"second default route in a table", reconcile.Op{Kind: reconcile.AddRoute, Route: &other.Routes()[1]}, os.ErrExist},
 		{"delete a route that differs", reconcile.Op{Kind: reconcile.DelRoute, Route: &other.Routes()[1]}, os.ErrNotExist},
@@ -117,14 +100,7 @@ func testFailureAtEachStepRestores(t *testing.T, open Opener) {
 	k := ns.Kernel()
 	ctx := context.Background()
 	desired := messyState(t, ns)
-	actual, err := k.Read(ctx, desired)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ops, err := reconcile.Plan(desired, actual)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, ops := readPlan(t, k, desired)
 	kinds := map[reconcile.Kind]bool{}
 	for _, op := range ops {
 		kinds[op.Kind] = true
@@ -147,15 +123,9 @@ func testFailureAtEachStepRestores(t *testing.T, open Opener) {
 	if err := reconcile.Apply(ctx, k, ops); err != nil {
 		t.Fatal(err)
 	}
-	after, err := k.Read(ctx, desired)
-	if err != nil {
-		t.Fatal(err)
-	}
+	after := checkConverged(t, k, desired)
 	if got, want := Text(after, false), Text(WantState(desired, after), false); got != want {
 		t.Errorf("state after apply:\n%s\nwant:\n%s", got, want)
-	}
-	if again, err := reconcile.Plan(desired, after); err != nil || len(again) != 0 {
-		t.Errorf("second plan = %v, %v; want no ops", again, err)
 	}
 }
 
@@ -172,18 +142,11 @@ func testNinthEndpointRollsBack(t *testing.T, open Opener) {
 	for i := range 4 {
 		s4 = WithSources(s4, mptcp.FlagSubflow, ls[i].Source(false, i), ls[i].Source(true, 10+i))
 	}
-	actual, err := k.Read(ctx, s4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ops, err := reconcile.Plan(s4, actual)
-	if err != nil {
-		t.Fatal(err)
-	}
+	actual, ops := readPlan(t, k, s4)
 	extra := mptcp.Endpoint{ID: 99, Addr: ls[0].V4.Addr().Next(), Flags: mptcp.FlagSignal}
 	ns.Load(t, reconcile.State{Endpoints: []mptcp.Endpoint{extra}})
 	before := ns.Snapshot(t)
-	err = reconcile.Apply(ctx, k, ops)
+	err := reconcile.Apply(ctx, k, ops)
 	var ae *reconcile.ApplyError
 	if !errors.As(err, &ae) || !errors.Is(err, mptcp.ErrTooManyEndpoints) || ae.RollbackErr != nil {
 		t.Fatalf("Apply = %v, want the kernel's too-many-endpoints error, rolled back", err)

@@ -169,16 +169,8 @@ func Text(s reconcile.State, withIDs bool) string {
 // and Apply's error.
 func Reconcile(t testing.TB, k reconcile.Kernel, desired reconcile.HostConfig) (reconcile.Ops, error) {
 	t.Helper()
-	ctx := context.Background()
-	actual, err := k.Read(ctx, desired)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ops, err := reconcile.Plan(desired, actual)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ops, reconcile.Apply(ctx, k, ops)
+	_, ops := readPlan(t, k, desired)
+	return ops, reconcile.Apply(context.Background(), k, ops)
 }
 
 // mustReconcile is Reconcile, failing the test on an error.

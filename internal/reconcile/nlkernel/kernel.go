@@ -6,6 +6,7 @@
 package nlkernel
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -164,7 +165,7 @@ func (k *Kernel) linkNames(s reconcile.State, desired reconcile.HostConfig) (map
 // Do implements reconcile.Kernel. The undo it returns is built from the kernel's
 // state read just before the change.
 func (k *Kernel) Do(ctx context.Context, op reconcile.Op) (reconcile.Op, error) {
-	if err := ctx.Err(); err != nil {
+	if err := cmp.Or(ctx.Err(), op.Check()); err != nil {
 		return reconcile.Op{}, err
 	}
 	undo, err := k.do(op)
@@ -174,6 +175,7 @@ func (k *Kernel) Do(ctx context.Context, op reconcile.Op) (reconcile.Op, error) 
 	return undo, nil
 }
 
+// do applies op, which Check passed.
 func (k *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 	undo := op
 	switch op.Kind {
@@ -191,22 +193,13 @@ func (k *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 		})
 		return undo, err
 	case reconcile.SetLimits:
-		if op.Limits == nil {
-			return reconcile.Op{}, reconcile.ErrInvalid
-		}
 		old, err := k.mp.Limits()
 		if err != nil {
 			return reconcile.Op{}, err
 		}
-		if err := k.mp.SetLimits(*op.Limits); err != nil {
-			return reconcile.Op{}, err
-		}
 		undo.Limits, undo.OldLimits = &old, ptr(*op.Limits)
-		return undo, nil
+		return undo, k.mp.SetLimits(*op.Limits)
 	case reconcile.AddEndpoint:
-		if op.Endpoint == nil {
-			return reconcile.Op{}, reconcile.ErrInvalid
-		}
 		e := *op.Endpoint
 		if err := k.mp.AddEndpoint(e); err != nil {
 			return reconcile.Op{}, err
@@ -221,83 +214,42 @@ func (k *Kernel) do(op reconcile.Op) (reconcile.Op, error) {
 		}
 		undo.Kind, undo.Endpoint = reconcile.DelEndpoint, &e
 		return undo, nil
-	case reconcile.DelEndpoint:
-		if op.Endpoint == nil {
-			return reconcile.Op{}, reconcile.ErrInvalid
-		}
+	case reconcile.DelEndpoint, reconcile.SetEndpointFlags:
 		cur, err := k.endpointBy(func(x mptcp.Endpoint) bool { return x.ID == op.Endpoint.ID })
 		if err != nil {
-			return reconcile.Op{}, err
-		}
-		if err := k.mp.DeleteEndpoint(cur.ID); err != nil {
-			return reconcile.Op{}, err
-		}
-		cur.Flags &^= mptcp.FlagImplicit // made by the kernel; cannot be added back as such
-		undo.Kind, undo.Endpoint = reconcile.AddEndpoint, &cur
-		return undo, nil
-	case reconcile.SetEndpointFlags:
-		if op.Endpoint == nil {
-			return reconcile.Op{}, reconcile.ErrInvalid
-		}
-		cur, err := k.endpointBy(func(x mptcp.Endpoint) bool { return x.ID == op.Endpoint.ID })
-		if err != nil {
-			return reconcile.Op{}, err
-		}
-		if err := k.mp.SetEndpointFlags(cur.ID, op.Flags); err != nil {
 			return reconcile.Op{}, err
 		}
 		n := cur
+		if op.Kind == reconcile.DelEndpoint {
+			n.Flags &^= mptcp.FlagImplicit // made by the kernel; cannot be added back as such
+			undo.Kind, undo.Endpoint = reconcile.AddEndpoint, &n
+			return undo, k.mp.DeleteEndpoint(cur.ID)
+		}
 		n.Flags = cur.Flags&^mptcp.MutableFlags | op.Flags&mptcp.MutableFlags
 		undo.Endpoint, undo.Flags = &n, cur.Flags
-		return undo, nil
+		return undo, k.mp.SetEndpointFlags(cur.ID, op.Flags)
 	case reconcile.AddRule:
-		return k.ruleOp(op, k.rt.AddRule, reconcile.DelRule)
+		return inverse(op, k.rt.AddRule(*op.Rule))
 	case reconcile.DelRule:
-		return k.ruleOp(op, k.rt.DeleteRule, reconcile.AddRule)
+		return inverse(op, k.rt.DeleteRule(*op.Rule))
 	case reconcile.AddRoute:
-		return k.routeOp(op, k.rt.AddRoute, reconcile.DelRoute)
+		return inverse(op, k.rt.AddRoute(*op.Route))
 	case reconcile.DelRoute:
-		return k.routeOp(op, k.rt.DeleteRoute, reconcile.AddRoute)
+		return inverse(op, k.rt.DeleteRoute(*op.Route))
 	case reconcile.SetRuleProtocol:
-		if op.Rule == nil {
-			return reconcile.Op{}, reconcile.ErrInvalid
-		}
-		if err := k.rt.SetRuleProtocol(*op.Rule, op.OldProtocol, op.Protocol); err != nil {
-			return reconcile.Op{}, err
-		}
-		return op.Inverse()
+		return inverse(op, k.rt.SetRuleProtocol(*op.Rule, op.OldProtocol, op.Protocol))
 	case reconcile.SetRouteProtocol:
-		if op.Route == nil {
-			return reconcile.Op{}, reconcile.ErrInvalid
-		}
-		if err := k.rt.SetRouteProtocol(*op.Route, op.OldProtocol, op.Protocol); err != nil {
-			return reconcile.Op{}, err
-		}
-		return op.Inverse()
+		return inverse(op, k.rt.SetRouteProtocol(*op.Route, op.OldProtocol, op.Protocol))
 	}
 	return reconcile.Op{}, fmt.Errorf("op kind %q: %w", op.Kind, reconcile.ErrInvalid)
 }
 
-func (k *Kernel) ruleOp(op reconcile.Op, fn func(route.Rule) error, inverse reconcile.Kind) (reconcile.Op, error) {
-	if op.Rule == nil {
-		return reconcile.Op{}, reconcile.ErrInvalid
-	}
-	if err := fn(*op.Rule); err != nil {
+// inverse is the undo of op, which the kernel did unless err says otherwise.
+func inverse(op reconcile.Op, err error) (reconcile.Op, error) {
+	if err != nil {
 		return reconcile.Op{}, err
 	}
-	op.Kind = inverse
-	return op, nil
-}
-
-func (k *Kernel) routeOp(op reconcile.Op, fn func(route.Route) error, inverse reconcile.Kind) (reconcile.Op, error) {
-	if op.Route == nil {
-		return reconcile.Op{}, reconcile.ErrInvalid
-	}
-	if err := fn(*op.Route); err != nil {
-		return reconcile.Op{}, err
-	}
-	op.Kind = inverse
-	return op, nil
+	return op.Inverse()
 }
 
 func (k *Kernel) endpointBy(match func(mptcp.Endpoint) bool) (mptcp.Endpoint, error) {

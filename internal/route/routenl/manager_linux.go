@@ -1,6 +1,7 @@
 package routenl
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -159,19 +160,25 @@ func (m *Manager) dumpRoutes() (ours []route.Route, foreign []route.ForeignRoute
 	return ours, foreign, nil
 }
 
+// change makes one change to a rule or route, op: it fails with check, the
+// checks of its arguments, or else does do with the netlink handle, under
+// the lock. Every error is an OpError of op.
+func (m *Manager) change(op string, check error, do func(h *netlink.Handle) error) error {
+	if check != nil {
+		return opErr(op, check)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return opErr(op, do(m.h))
+}
+
 // AddRule adds x, carrying Protocol; it fails with an error wrapping
 // ErrOutOfRange for a rule outside the range and os.ErrExist when mpfleet's
 // rule is there already.
 func (m *Manager) AddRule(x route.Rule) error {
-	op := "add rule " + x.String()
-	if err := m.r.CheckRule(x); err != nil {
-		return opErr(op, err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	// RuleAdd asks for NLM_F_EXCL, so the kernel refuses a duplicate (EEXIST)
 	// with the same protocol.
-	return opErr(op, m.h.RuleAdd(toNetlinkRule(x, route.Protocol)))
+	return m.change("add rule "+x.String(), m.r.CheckRule(x), func(h *netlink.Handle) error { return h.RuleAdd(toNetlinkRule(x, route.Protocol)) })
 }
 
 // DeleteRule deletes mpfleet's rule x; it fails with an error wrapping
@@ -179,26 +186,14 @@ func (m *Manager) AddRule(x route.Rule) error {
 // no such rule carrying Protocol. The kernel matches the protocol, so a
 // foreign rule that looks the same is never deleted.
 func (m *Manager) DeleteRule(x route.Rule) error {
-	op := "delete rule " + x.String()
-	if err := m.r.CheckRule(x); err != nil {
-		return opErr(op, err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return opErr(op, notFound(m.h.RuleDel(toNetlinkRule(x, route.Protocol))))
+	return m.change("delete rule "+x.String(), m.r.CheckRule(x), func(h *netlink.Handle) error { return notFound(h.RuleDel(toNetlinkRule(x, route.Protocol))) })
 }
 
 // AddRoute adds x, carrying Protocol; it fails with an error wrapping
 // ErrOutOfRange for a route outside the owned tables and os.ErrExist when the
 // table already has a route to x.Dst (mpfleet's or not).
 func (m *Manager) AddRoute(x route.Route) error {
-	op := "add route " + x.String()
-	if err := m.r.CheckRoute(x); err != nil {
-		return opErr(op, err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return opErr(op, m.h.RouteAdd(toNetlinkRoute(x, route.Protocol)))
+	return m.change("add route "+x.String(), m.r.CheckRoute(x), func(h *netlink.Handle) error { return h.RouteAdd(toNetlinkRoute(x, route.Protocol)) })
 }
 
 // DeleteRoute deletes mpfleet's route x (matched on table, destination,
@@ -207,13 +202,7 @@ func (m *Manager) AddRoute(x route.Route) error {
 // os.ErrNotExist when there is no such route carrying Protocol. The kernel
 // matches the protocol, so a foreign route is never deleted.
 func (m *Manager) DeleteRoute(x route.Route) error {
-	op := "delete route " + x.String()
-	if err := m.r.CheckRoute(x); err != nil {
-		return opErr(op, err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return opErr(op, notFound(m.h.RouteDel(toNetlinkRoute(x, route.Protocol))))
+	return m.change("delete route "+x.String(), m.r.CheckRoute(x), func(h *netlink.Handle) error { return notFound(h.RouteDel(toNetlinkRoute(x, route.Protocol))) })
 }
 
 // SetRuleProtocol re-makes the rule x, which the kernel holds with protocol
@@ -227,19 +216,17 @@ func (m *Manager) DeleteRoute(x route.Route) error {
 // priority, source and table (a delete without a protocol could not tell the
 // old one from them).
 func (m *Manager) SetRuleProtocol(x route.Rule, from, to route.Proto) error {
-	op := fmt.Sprintf("set rule %v protocol %v (was %v)", x, to, from)
-	if err := m.r.CheckRule(x); err != nil {
-		return opErr(op, err)
-	}
-	if err := route.CheckAdoption(from, to, route.LegacyRuleProtocol); err != nil {
-		return opErr(op, err)
-	}
-	x = x.Canonical()
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	check := cmp.Or(m.r.CheckRule(x), route.CheckAdoption(from, to, route.LegacyRuleProtocol))
+	return m.change(fmt.Sprintf("set rule %v protocol %v (was %v)", x, to, from), check, func(h *netlink.Handle) error {
+		return m.setRuleProtocol(h, x.Canonical(), from, to)
+	})
+}
+
+// setRuleProtocol is SetRuleProtocol of a canonical x. m.mu is held.
+func (m *Manager) setRuleProtocol(h *netlink.Handle, x route.Rule, from, to route.Proto) error {
 	ours, foreign, err := m.dumpRules()
 	if err != nil {
-		return opErr(op, err)
+		return err
 	}
 	var old, others int
 	for _, f := range append(foreign, foreignOf(ours)...) {
@@ -250,34 +237,34 @@ func (m *Manager) SetRuleProtocol(x route.Rule, from, to route.Proto) error {
 		case f.Protocol == from && f.Plain():
 			old++
 		case f.Protocol == to && f.Plain():
-			return opErr(op, fmt.Errorf("a rule with protocol %v exists: %w", to, os.ErrExist))
+			return fmt.Errorf("a rule with protocol %v exists: %w", to, os.ErrExist)
 		default:
 			others++
 		}
 	}
 	switch {
 	case old == 0:
-		return opErr(op, fmt.Errorf("no rule with protocol %v: %w", from, os.ErrNotExist))
+		return fmt.Errorf("no rule with protocol %v: %w", from, os.ErrNotExist)
 	case others > 0 && from == route.ProtoUnspec:
 		// The delete could not tell the old rule from them.
-		return opErr(op, fmt.Errorf("%d other rule(s) with the same priority, source and table: %w", others, route.ErrConflict))
+		return fmt.Errorf("%d other rule(s) with the same priority, source and table: %w", others, route.ErrConflict)
 	}
 	// The kernel keeps rules of one priority in the order they were added,
 	// and deletes the first that matches; a delete without a protocol
 	// (from is unspec) matches any, and the old rule comes first.
-	if err := m.h.RuleAdd(toNetlinkRule(x, to)); err != nil {
-		return opErr(op, err)
+	if err := h.RuleAdd(toNetlinkRule(x, to)); err != nil {
+		return err
 	}
-	if err := m.h.RuleDel(toNetlinkRule(x, from)); err != nil {
+	if err := h.RuleDel(toNetlinkRule(x, from)); err != nil {
 		err = notFound(err)
 		if to != route.ProtoUnspec {
-			if uerr := m.h.RuleDel(toNetlinkRule(x, to)); uerr != nil {
+			if uerr := h.RuleDel(toNetlinkRule(x, to)); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("the rule added with protocol %v stays: %w", to, uerr))
 			}
 		} else {
 			err = errors.Join(err, fmt.Errorf("the rule added with protocol %v stays", to))
 		}
-		return opErr(op, err)
+		return err
 	}
 	return nil
 }
@@ -289,21 +276,19 @@ func (m *Manager) SetRuleProtocol(x route.Rule, from, to route.Proto) error {
 // (ErrInvalid). It fails wrapping os.ErrNotExist unless the table's route to
 // x.Dst is exactly x with protocol from.
 func (m *Manager) SetRouteProtocol(x route.Route, from, to route.Proto) error {
-	op := fmt.Sprintf("set route %v protocol %v (was %v)", x, to, from)
-	if err := m.r.CheckRoute(x); err != nil {
-		return opErr(op, err)
-	}
-	if err := route.CheckAdoption(from, to, route.LegacyRouteProtocol); err != nil {
-		return opErr(op, err)
-	}
-	x = x.Canonical()
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	check := cmp.Or(m.r.CheckRoute(x), route.CheckAdoption(from, to, route.LegacyRouteProtocol))
+	return m.change(fmt.Sprintf("set route %v protocol %v (was %v)", x, to, from), check, func(h *netlink.Handle) error {
+		return m.setRouteProtocol(h, x.Canonical(), from, to)
+	})
+}
+
+// setRouteProtocol is SetRouteProtocol of a canonical x. m.mu is held.
+func (m *Manager) setRouteProtocol(h *netlink.Handle, x route.Route, from, to route.Proto) error {
 	nrs, err := Retry(func() ([]netlink.Route, error) {
-		return m.h.RouteListFiltered(int(x.Family()), &netlink.Route{Table: x.Table}, netlink.RT_FILTER_TABLE)
+		return h.RouteListFiltered(int(x.Family()), &netlink.Route{Table: x.Table}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
-		return opErr(op, err)
+		return err
 	}
 	found := false
 	for _, nr := range nrs {
@@ -312,14 +297,14 @@ func (m *Manager) SetRouteProtocol(x route.Route, from, to route.Proto) error {
 			continue
 		}
 		if f.Route != x || f.Protocol != from || !f.Plain() {
-			return opErr(op, fmt.Errorf("the table's route to %v is %v: %w", x.Dst, f, os.ErrNotExist))
+			return fmt.Errorf("the table's route to %v is %v: %w", x.Dst, f, os.ErrNotExist)
 		}
 		found = true
 	}
 	if !found {
-		return opErr(op, fmt.Errorf("no route to %v in table %d: %w", x.Dst, x.Table, os.ErrNotExist))
+		return fmt.Errorf("no route to %v in table %d: %w", x.Dst, x.Table, os.ErrNotExist)
 	}
-	return opErr(op, m.h.RouteReplace(toNetlinkRoute(x, to)))
+	return h.RouteReplace(toNetlinkRoute(x, to))
 }
 
 // LinkNames returns the namespace's interface names by index.
