@@ -101,6 +101,10 @@ type loop struct {
 	sentPaths     []*pb.PathStatus // as last reported
 	sentPathsOnce bool
 	probeGen      uint64 // bumped before every apply; older rounds are dropped
+
+	// base is what the fast path for added addresses builds on; nil when
+	// the last reconcile did not leave the kernel as desired (hotplug.go).
+	base *hotplugBase
 }
 
 func (l *loop) run(ctx context.Context) {
@@ -124,6 +128,7 @@ func (l *loop) run(ctx context.Context) {
 		case <-l.a.problemC:
 			l.onProblems()
 		case <-l.a.trigger:
+			l.hotplug(ctx)
 			if debounce == nil {
 				debounce = time.After(l.a.opts.Debounce)
 			}
@@ -245,6 +250,7 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 	case pb.DesiredConfig_ASSIGNMENT_UNMANAGED, pb.DesiredConfig_ASSIGNMENT_CONFLICT:
 		// Leave the kernel as it is, and do not restore anything at boot.
 		l.effective, l.held, l.lastRendered, l.lastPlan, l.excluded = nil, nil, nil, nil, nil
+		l.base = nil
 		l.lastGood, l.refused = nil, ""
 		l.setPaths(nil, nil, nil)
 		l.pushProbes()

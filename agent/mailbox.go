@@ -34,6 +34,7 @@ func (a *Agent) notifyChange(c Change) {
 		a.down[c.Link] = true
 		a.downMu.Unlock()
 	}
+	a.offerAddress(c)
 	a.kick()
 }
 

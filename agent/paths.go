@@ -93,10 +93,12 @@ type prober struct {
 	nowC  chan struct{} // cap 1: probe everything now
 
 	out chan []probeOutcome
+
+	ev eventChecks // paths MPTCP events ask to check (pathevents.go)
 }
 
 func newProber(sys System) *prober {
-	return &prober{sys: sys, specC: make(chan struct{}, 1), nowC: make(chan struct{}, 1), out: make(chan []probeOutcome, 1)}
+	return &prober{sys: sys, specC: make(chan struct{}, 1), nowC: make(chan struct{}, 1), out: make(chan []probeOutcome, 1), ev: newEventChecks()}
 }
 
 // set replaces the spec; a changed one is probed at once.
@@ -121,12 +123,16 @@ func signal(c chan struct{}) {
 }
 
 func (p *prober) run(ctx context.Context) {
-	var spec probeSpec
+	var (
+		spec   probeSpec
+		events eventRounds
+	)
 	next := map[netip.AddrPort]time.Time{} // when each target is due
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		all := false
+		var asked map[netip.Addr]bool
 		select {
 		case <-ctx.Done():
 			return
@@ -137,6 +143,8 @@ func (p *prober) run(ctx context.Context) {
 			all = true
 		case <-p.nowC:
 			all = true
+		case <-p.ev.c:
+			asked = p.takeEventChecks()
 		case <-timer.C:
 		}
 		now := time.Now()
@@ -147,16 +155,23 @@ func (p *prober) run(ctx context.Context) {
 				next[t.addr] = now.Add(t.interval)
 			}
 		}
+		var outs []probeOutcome
 		if len(due) > 0 && len(spec.paths) > 0 {
-			outs := p.round(ctx, spec.paths, due, spec.gen)
+			outs = p.round(ctx, spec.paths, due, spec.gen)
+		}
+		// Paths that MPTCP events asked to check, against every target.
+		if checks := events.due(spec, asked, now); len(checks) > 0 && len(spec.targets) > 0 {
+			outs = append(outs, p.round(ctx, checks, spec.targets, spec.gen)...)
+		}
+		if len(outs) > 0 {
 			select {
 			case p.out <- outs:
 			case <-ctx.Done():
 				return
 			}
 		}
-		// Sleep until the next target is due.
-		wait := time.Hour
+		// Sleep until the next target, or deferred event check, is due.
+		wait := events.next(time.Now())
 		for _, t := range spec.targets {
 			wait = min(wait, time.Until(next[t.addr]))
 		}

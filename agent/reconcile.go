@@ -27,6 +27,10 @@ const maxChase = 3
 // confirm a new revision with the controller, read back, report.
 func (l *loop) reconcile(ctx context.Context, why reason) {
 	defer l.endPass(why, l.events)
+	// What the fast path knew is read anew; changes from now on are for
+	// the fast path to take once this pass has left a base (hotplug.go).
+	l.base = nil
+	l.a.takeAddresses()
 	for idx := range l.a.takeDown() {
 		l.flapped[idx] = true
 	}
@@ -113,6 +117,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.lastRendered = rendered
 		l.applied = policy.AppliedFromState(actual, ifaces)
 		l.clearFlapped(ifaces)
+		l.base = &hotplugBase{d: d, ifaces: ifaces, k: k, state: actual}
 		if newRev {
 			l.commit(d)
 			l.event(pb.AgentEvent_KIND_APPLIED, d, fmt.Sprintf("%s revision %d applied: the kernel already held it", d.GetGroup(), d.GetRevision()), nil)
@@ -184,6 +189,9 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	}
 	l.lastRendered = rendered
 	l.clearFlapped(ifaces)
+	if err == nil {
+		l.base = &hotplugBase{d: d, ifaces: ifaces, k: k, state: after}
+	}
 	switch {
 	case why == reasonRestore:
 		l.event(pb.AgentEvent_KIND_RESTORED, d, fmt.Sprintf("%s revision %d re-applied from the state dir at start", d.GetGroup(), d.GetRevision()), ops)

@@ -61,4 +61,10 @@ type Change struct {
 	// Down is true for a link change that leaves the link not up
 	// (administratively or operationally) or removes it.
 	Down bool
+	// Added, for an address change, is the address (with its prefix
+	// length) when the change made it usable on Link; invalid for a
+	// removal, an address not yet usable (tentative) or one not known. An
+	// added address can become an endpoint at once, ahead of the full
+	// reconcile the change also triggers (hotplug.go).
+	Added netip.Prefix
 }

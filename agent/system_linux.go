@@ -303,7 +303,7 @@ func (s *NetlinkSystem) Watch(ctx context.Context, notify func(Change)) error {
 				addrC = nil
 				return ended()
 			}
-			notify(Change{Link: u.LinkIndex, Addr: true})
+			notify(addrChange(u))
 		case u, ok := <-linkC:
 			if !ok {
 				linkC = nil
@@ -321,6 +321,20 @@ func (s *NetlinkSystem) Watch(ctx context.Context, notify func(Change)) error {
 			notify(c)
 		}
 	}
+}
+
+// addrChange is the Change of an address update: Added is set for an
+// address that is new (or updated) and usable, not tentative.
+func addrChange(u netlink.AddrUpdate) Change {
+	c := Change{Link: u.LinkIndex, Addr: true}
+	if !u.NewAddr || u.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+		return c
+	}
+	if ip, ok := netip.AddrFromSlice(u.LinkAddress.IP); ok {
+		bits, _ := u.LinkAddress.Mask.Size()
+		c.Added = netip.PrefixFrom(ip.Unmap(), bits)
+	}
+	return c
 }
 
 // Probe implements System: the route lookup on the namespace's rtnetlink
