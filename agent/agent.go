@@ -62,13 +62,14 @@ import (
 	"github.com/mpfleet/mpfleet/internal/policy"
 	"github.com/mpfleet/mpfleet/internal/reconcile"
 	"github.com/mpfleet/mpfleet/internal/route"
+	"github.com/mpfleet/mpfleet/internal/version"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc/credentials"
 )
 
-// Version is the agent's version, as reported in its hello. Set it at build
-// time with -ldflags "-X github.com/mpfleet/mpfleet/agent.Version=v1.2.3".
-var Version = "dev"
+// Version is the agent's version, as reported in its hello: the build's,
+// which make build stamps from git (package internal/version).
+var Version = version.Get().Version
 
 // KernelOpener opens the reconcile.Kernel of the agent's namespace for an
 // owned routing range. The agent opens a new one when a policy moves the
@@ -260,6 +261,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.prober.run(ctx) })
 	restore := l.boot()
 	wg.Go(func() { a.watchLoop(ctx) })
+	wg.Go(func() { a.pathEventLoop(ctx) })
 	wg.Go(func() { a.connectLoop(ctx) })
 	if restore {
 		// Applied while the controller is being reached, and confirmed by

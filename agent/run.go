@@ -35,7 +35,6 @@ type Flags struct {
 	LogLevel       string
 	ProbeListen    string
 	Config         string
-	Version        bool
 }
 
 func flagSet(f *Flags) *pflag.FlagSet {
@@ -56,7 +55,6 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.ProbeListen, "probe-listen", "", "serve as a probe target: an MPTCP listener on `ADDR` (host:port) that accepts and drains, so that a fleet can probe its own members")
 	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
-	fs.BoolVar(&f.Version, "version", false, "print the version and exit")
 	return fs
 }
 
@@ -83,14 +81,10 @@ environment, then the file.
 // Run runs the agent program until ctx ends (SIGTERM in main).
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f Flags
-	if err := program.Parse(flagSet(&f), args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_AGENT_", NoArgs: true}); err != nil {
+	if err := program.Parse(flagSet(&f), args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_AGENT_", NoArgs: true, Stdout: stdout}); err != nil {
 		if errors.Is(err, program.ErrHelp) {
 			return nil
 		}
-		return err
-	}
-	if f.Version {
-		_, err := fmt.Fprintln(stdout, Version)
 		return err
 	}
 	log, err := program.Logger(stderr, f.LogLevel)

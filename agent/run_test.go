@@ -5,6 +5,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/mpfleet/mpfleet/internal/version"
 )
 
 func TestRunFlags(t *testing.T) {
@@ -18,7 +20,7 @@ func TestRunFlags(t *testing.T) {
 		}
 	}
 	out.Reset()
-	if err := Run(context.Background(), []string{"--version"}, &out, &errb); err != nil || strings.TrimSpace(out.String()) != Version {
+	if err := Run(context.Background(), []string{"--version"}, &out, &errb); err != nil || strings.TrimSpace(out.String()) != version.Line("mpfleet-agent") {
 		t.Errorf("--version: %q, %v", out.String(), err)
 	}
 	for _, tt := range []struct {

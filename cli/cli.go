@@ -1,7 +1,9 @@
 // Package cli implements mpfleetctl, the command-line client of the mpfleet
 // controller: it applies group manifests (YAML), starts and follows rollouts
 // of policy revisions, reads groups, policy revisions, hosts and the audit
-// log, and prints them as a table, JSON or YAML.
+// log, and prints them as a table, JSON or YAML. It also makes the private
+// CA and certificates that mutual TLS with the controller needs (certs), and
+// says its version and the controller's (version).
 //
 // Run is the whole program; cmd/mpfleetctl/main.go only calls it and exits
 // with ExitCode. Every error reaches the user as one line on stderr,
@@ -195,6 +197,7 @@ MPFLEET_TOKEN, MPFLEET_CA_FILE, …). A flag on the command line wins.`,
 	f.StringVar(&a.keyFile, "key-file", "", "PEM private key of --cert-file")
 	f.StringVar(&a.serverName, "server-name", "", "name to verify the controller's certificate against (default: the host of --controller)")
 	f.BoolVar(&a.insecure, "insecure", false, "allow plaintext (no TLS) to a controller that is not on a loopback address")
+	addVersionFlag(root)
 
 	root.AddCommand(
 		a.applyCommand(),
@@ -209,6 +212,8 @@ MPFLEET_TOKEN, MPFLEET_CA_FILE, …). A flag on the command line wins.`,
 		a.watchCommand(),
 		a.rolloutCommand(),
 		a.rollbackCommand(),
+		a.versionCommand(),
+		a.certsCommand(),
 	)
 	return root
 }

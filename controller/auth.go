@@ -242,6 +242,8 @@ var methodRoles = map[string]Role{
 	"/mpfleet.v1.AuditService/VerifyAuditLog":   RoleViewer,
 
 	"/mpfleet.v1.AgentService/Connect": RoleAgent,
+
+	"/mpfleet.v1.VersionService/GetVersion": RoleViewer,
 }
 
 // roleUnknown is what a method missing from the table needs: nobody has it.

@@ -117,6 +117,7 @@ func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server
 	pb.RegisterHostServiceServer(srv, &hostService{c: c})
 	pb.RegisterRolloutServiceServer(srv, &rolloutService{c: c})
 	pb.RegisterAgentServiceServer(srv, &agentService{h: c.hub})
+	pb.RegisterVersionServiceServer(srv, versionService{})
 	hs := health.NewServer()
 	c.sh.attach(hs) // NOT_SERVING while etcd is unreachable or out of space
 	healthpb.RegisterHealthServer(srv, hs)

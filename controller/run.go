@@ -27,7 +27,7 @@ import (
 // Run runs the controller until ctx ends (SIGTERM in main).
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f Flags
-	if err := program.Parse(flagSet(&f), args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_CONTROLLER_"}); err != nil {
+	if err := program.Parse(flagSet(&f), args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_CONTROLLER_", Stdout: stdout}); err != nil {
 		if errors.Is(err, program.ErrHelp) {
 			return nil
 		}

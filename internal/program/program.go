@@ -1,7 +1,7 @@
 // Package program starts mpfleet's programs (controller and agent) the same
 // way: a context that SIGINT and SIGTERM end, flags from the command line,
 // the environment and a --config file (package config), and a structured
-// log at the level --log-level asks for.
+// log at the level --log-level asks for, and --version.
 package program
 
 import (
@@ -14,12 +14,17 @@ import (
 	"syscall"
 
 	"github.com/mpfleet/mpfleet/internal/config"
+	"github.com/mpfleet/mpfleet/internal/version"
 	"github.com/spf13/pflag"
 )
 
-// ErrHelp is what Parse returns after printing --help: the program ends
-// successfully.
+// ErrHelp is what Parse returns after printing --help, or --version: the
+// program ends successfully.
 var ErrHelp = pflag.ErrHelp
+
+// VersionFlag prints the program's version (version.Line of the flag set's
+// name) to Spec.Stdout.
+const VersionFlag = "version"
 
 // Spec describes a program to Parse.
 type Spec struct {
@@ -30,6 +35,9 @@ type Spec struct {
 	EnvPrefix string
 	// NoArgs makes arguments other than flags an error.
 	NoArgs bool
+	// Stdout, when set, is where --version prints: Parse then defines
+	// --version, unless the flag set has it already.
+	Stdout io.Writer
 }
 
 // ConfigFlag is the flag that names a program's YAML config file; the flag
@@ -38,15 +46,27 @@ const ConfigFlag = "config"
 
 // Parse parses args into fs, then sets every flag not given on the command
 // line from the environment or the --config file. --help prints s.Usage,
-// a "Flags:" heading and the flags to stderr and returns ErrHelp.
+// a "Flags:" heading and the flags to stderr and returns ErrHelp. With
+// s.Stdout set, --version on the command line prints version.Line(fs.Name())
+// there and returns ErrHelp, before the environment and the --config file
+// are read.
 func Parse(fs *pflag.FlagSet, args []string, stderr io.Writer, s Spec) error {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprint(stderr, s.Usage+"\nFlags:\n")
 		fs.PrintDefaults()
 	}
+	if s.Stdout != nil && fs.Lookup(VersionFlag) == nil {
+		fs.Bool(VersionFlag, false, "print the version and exit")
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if f := fs.Lookup(VersionFlag); s.Stdout != nil && f != nil && f.Changed && f.Value.String() == "true" {
+		if _, err := fmt.Fprintln(s.Stdout, version.Line(fs.Name())); err != nil {
+			return err
+		}
+		return ErrHelp
 	}
 	if s.NoArgs && fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/mpfleet/mpfleet/internal/program"
+	"github.com/mpfleet/mpfleet/internal/version"
 	"github.com/spf13/pflag"
 )
 
@@ -108,5 +109,56 @@ func TestLogger(t *testing.T) {
 	}
 	if _, err := program.Logger(&buf, "loud"); err == nil || !strings.HasPrefix(err.Error(), "--log-level: ") {
 		t.Errorf("unknown level: %v", err)
+	}
+}
+
+// TestParseVersion: with Spec.Stdout, --version prints the program's
+// version line there and ends the program successfully, before the
+// environment and the config file are read; a flag set that has --version
+// keeps its own definition; without Stdout there is no --version.
+func TestParseVersion(t *testing.T) {
+	t.Setenv("MPFLEET_PROGTEST_QUIET", "not a bool") // would fail Parse if read
+	var f flags
+	var stdout, stderr bytes.Buffer
+	s := spec
+	s.Stdout = &stdout
+	err := program.Parse(flagSet(&f), []string{"--version", "--config", "/nonexistent/c.yaml"}, &stderr, s)
+	if !errors.Is(err, program.ErrHelp) {
+		t.Fatalf("--version: %v, want ErrHelp", err)
+	}
+	if got, want := stdout.String(), version.Line("test-program")+"\n"; got != want {
+		t.Errorf("--version printed %q, want %q", got, want)
+	}
+	if !strings.HasPrefix(stdout.String(), "test-program ") {
+		t.Errorf("--version does not start with the program's name: %q", stdout.String())
+	}
+
+	// --help lists it.
+	stderr.Reset()
+	if err := program.Parse(flagSet(&f), []string{"--help"}, &stderr, s); !errors.Is(err, program.ErrHelp) || !strings.Contains(stderr.String(), "--version") {
+		t.Errorf("--help: %v, without --version:\n%s", err, stderr.String())
+	}
+
+	// Set only from the environment, it is not asked for.
+	if err := os.Unsetenv("MPFLEET_PROGTEST_QUIET"); err != nil { // t.Setenv restores it
+		t.Fatal(err)
+	}
+	t.Setenv("MPFLEET_PROGTEST_VERSION", "true")
+	stdout.Reset()
+	if err := program.Parse(flagSet(&f), nil, &stderr, s); err != nil || stdout.Len() != 0 {
+		t.Errorf("MPFLEET_PROGTEST_VERSION=true: %v, printed %q", err, stdout.String())
+	}
+
+	// The flag set's own --version is used, not redefined (that panics).
+	fs := flagSet(&f)
+	own := fs.Bool("version", false, "its own")
+	stdout.Reset()
+	if err := program.Parse(fs, []string{"--version"}, &stderr, s); !errors.Is(err, program.ErrHelp) || !*own || stdout.Len() == 0 {
+		t.Errorf("own --version flag: %v, set %v, printed %q", err, *own, stdout.String())
+	}
+
+	// Without Stdout, no --version.
+	if err := program.Parse(flagSet(&f), []string{"--version"}, &stderr, spec); err == nil || !strings.Contains(err.Error(), "unknown flag: --version") {
+		t.Errorf("--version without Stdout: %v, want unknown flag", err)
 	}
 }

@@ -1,0 +1,215 @@
+package cli
+
+// certgen: the X.509 work of "mpfleetctl certs" — a private CA, the
+// controller's server certificate and agents' client certificates, ECDSA
+// P-256, from the standard library only.
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// The files of a certs directory besides the agents' HOST.pem and
+// HOST-key.pem.
+const (
+	caCertFile     = "ca.pem"
+	caKeyFile      = "ca-key.pem"
+	serverCertFile = "server.pem"
+	serverKeyFile  = "server-key.pem"
+)
+
+// backdate is how far before now a certificate becomes valid, so that hosts
+// whose clocks are a little behind accept it.
+const backdate = time.Hour
+
+// certSpec is a certificate to make.
+type certSpec struct {
+	commonName string
+	ips        []net.IP
+	dnsNames   []string
+	uris       []*url.URL
+	// isCA makes a CA certificate; otherwise usage is its extended key usage.
+	isCA  bool
+	usage x509.ExtKeyUsage
+	// notAfter ends its validity (NotBefore is backdate before now).
+	notBefore, notAfter time.Time
+}
+
+// keyPair is a certificate and its key, parsed and PEM-encoded.
+type keyPair struct {
+	cert    *x509.Certificate
+	key     crypto.Signer
+	certPEM []byte
+	keyPEM  []byte
+}
+
+// makeCert makes a fresh ECDSA P-256 key and a certificate for spec, signed
+// by parent and its key, or self-signed when parent is nil.
+func makeCert(spec certSpec, parent *x509.Certificate, parentKey crypto.Signer) (keyPair, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return keyPair{}, fmt.Errorf("key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return keyPair{}, fmt.Errorf("serial number: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: spec.commonName},
+		NotBefore:    spec.notBefore,
+		NotAfter:     spec.notAfter,
+		IPAddresses:  spec.ips,
+		DNSNames:     spec.dnsNames,
+		URIs:         spec.uris,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+	}
+	if spec.isCA {
+		tmpl.Subject.Organization = []string{"mpfleet"}
+		tmpl.KeyUsage |= x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+		tmpl.BasicConstraintsValid, tmpl.IsCA, tmpl.MaxPathLenZero = true, true, true
+	} else {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{spec.usage}
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		return keyPair{}, fmt.Errorf("certificate: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return keyPair{}, fmt.Errorf("certificate: %w", err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return keyPair{}, fmt.Errorf("key: %w", err)
+	}
+	return keyPair{
+		cert:    cert,
+		key:     key,
+		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}),
+	}, nil
+}
+
+// loadCA reads dir's ca.pem and ca-key.pem and checks that they belong
+// together and that the CA is valid at now.
+func loadCA(dir string, now time.Time) (*x509.Certificate, crypto.Signer, error) {
+	certFile, keyFile := filepath.Join(dir, caCertFile), filepath.Join(dir, caKeyFile)
+	cb, err := readPEM(certFile, "CERTIFICATE")
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(cb)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", certFile, err)
+	}
+	if !cert.IsCA {
+		return nil, nil, fmt.Errorf("%s: not a CA certificate", certFile)
+	}
+	if now.After(cert.NotAfter) {
+		return nil, nil, fmt.Errorf("%s: the CA expired at %s", certFile, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	kb, err := readPEM(keyFile, "PRIVATE KEY")
+	if err != nil {
+		return nil, nil, err
+	}
+	k, err := x509.ParsePKCS8PrivateKey(kb)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", keyFile, err)
+	}
+	key, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, nil, fmt.Errorf("%s: not a signing key", keyFile)
+	}
+	if pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(cert.PublicKey) {
+		return nil, nil, fmt.Errorf("%s is not the key of %s", keyFile, certFile)
+	}
+	return cert, key, nil
+}
+
+// readPEM returns the contents of the first PEM block of file, which must be
+// of type typ.
+func readPEM(file, typ string) ([]byte, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s: no such file (run \"mpfleetctl certs init\" first, or give its --dir)", file)
+		}
+		return nil, err
+	}
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != typ {
+		return nil, fmt.Errorf("%s: no PEM %s block", file, typ)
+	}
+	return block.Bytes, nil
+}
+
+// outFile is a file to write.
+type outFile struct {
+	path string
+	data []byte
+	mode fs.FileMode
+}
+
+// writeFiles writes files, none of which may exist unless force. Nothing is
+// written when one is refused. Each is written to a temporary file and
+// renamed into place, so that a key has its mode from the start and a
+// forced overwrite also corrects the mode.
+func writeFiles(files []outFile, force bool) error {
+	if !force {
+		for _, f := range files {
+			if _, err := os.Lstat(f.path); err == nil {
+				return fmt.Errorf("%s exists: not overwritten (--force replaces it)", f.path)
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	for _, f := range files {
+		if err := writeOutFile(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeOutFile(f outFile) error {
+	tmp, err := os.CreateTemp(filepath.Dir(f.path), "."+filepath.Base(f.path)+".*")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }() // after the rename, nothing is there
+	if err := tmp.Chmod(f.mode); err != nil {
+		_ = tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(f.data); err != nil {
+		_ = tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		_ = tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), f.path)
+}
