@@ -67,20 +67,30 @@ func (p *Proc) Kill() {
 // Start starts the process (again, after Kill) and waits until it serves.
 func (p *Proc) Start() {
 	p.t.Helper()
+	p.spawn()
+	p.waitReady()
+}
+
+// spawn starts the process without waiting for it.
+func (p *Proc) spawn() {
+	p.t.Helper()
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.cmd != nil {
-		p.mu.Unlock()
 		p.t.Fatal("etcd process already running")
 	}
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
-		p.mu.Unlock()
 		p.t.Fatalf("start etcd: %v", err)
 	}
 	p.cmd = cmd
-	p.mu.Unlock()
+}
 
+// waitReady waits until the process answers a linearizable read: a member
+// of a cluster, once it has a leader and has caught up with it.
+func (p *Proc) waitReady() {
+	p.t.Helper()
 	c := Client(p.t, []string{p.endpoint})
 	defer c.Close()
 	deadline := time.Now().Add(30 * time.Second)
