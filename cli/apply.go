@@ -3,8 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"io"
-	"os"
 	"slices"
 	"time"
 
@@ -30,35 +28,15 @@ func maskFor(want *mpfleetv1.Group) []string {
 	return updatePaths
 }
 
-// readManifests reads and parses the file given with -f ("-": stdin).
-func (a *app) readManifests(file string) ([]*manifest, error) {
-	var (
-		data   []byte
-		err    error
-		source = file
-	)
-	switch file {
-	case "":
-		return nil, usagef("-f FILE is required (-f - reads stdin)")
-	case "-":
-		source = "stdin"
-		data, err = io.ReadAll(a.io.in)
-	default:
-		data, err = os.ReadFile(file)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return parseManifests(source, data)
-}
-
 func (a *app) applyCommand() *cobra.Command {
 	var opts applyOptions
 	cmd := &cobra.Command{
-		Use:   "apply -f FILE",
+		Use:   "apply -f FILE|DIR [-f ...] [-R]",
 		Short: "Create or update groups from a YAML file",
 		Long: `apply makes the controller's groups match the Group documents of a YAML
-file (several documents separated by "---"; "-f -" reads stdin). A group
+file (several documents separated by "---"; "-f -" reads stdin). -f may be
+repeated, and may name a directory: its *.yaml, *.yml and *.json files, in
+name order (with -R also its subdirectories'). A group
 that does not exist is created; one that exists is updated (description,
 selector and policy, guarded by its etag) unless it already equals the
 document, in which case nothing is written. Every document is parsed and
@@ -103,14 +81,14 @@ by group, and exits non-zero if a group did not get there:
 			if fl := cmd.Flag("timeout"); fl != nil && fl.Changed {
 				opts.waitTimeout = a.timeout
 			}
-			ms, err := a.readManifests(opts.file)
+			ms, err := a.readManifests(opts.files)
 			if err != nil {
 				return err
 			}
 			return a.apply(cmd.Context(), ms, opts)
 		},
 	}
-	cmd.Flags().StringVarP(&opts.file, "filename", "f", "", "YAML file of Group documents (- for stdin)")
+	opts.files.add(cmd)
 	cmd.Flags().StringVar(&opts.reason, "reason", "", "why the change is made (recorded in the audit log and the new revision)")
 	cmd.Flags().BoolVar(&opts.dryRun, "dry-run", false, "validate on the controller and print what would change; write nothing")
 	cmd.Flags().BoolVar(&opts.wait, "wait", false, "wait until the changed groups' hosts run the new revision (or their rollouts end); exit non-zero if one does not")
@@ -123,7 +101,7 @@ const defaultWaitTimeout = 5 * time.Minute
 
 // applyOptions are the flags of apply.
 type applyOptions struct {
-	file        string // -f: the manifests
+	files       fileFlags // -f, -R: the manifests
 	reason      string
 	dryRun      bool
 	wait        bool
@@ -159,7 +137,7 @@ func (a *app) apply(ctx context.Context, ms []*manifest, opts applyOptions) erro
 		}
 		if c.verb != "unchanged" {
 			if _, err := a.writeGroup(ctx, gc, c, opts.reason, true); err != nil {
-				return fmt.Errorf("group %q (document %d, line %d): %w", m.ID, m.Index, m.Line, err)
+				return fmt.Errorf("group %q (%s): %w", m.ID, m.where(), err)
 			}
 		}
 		changes = append(changes, c)

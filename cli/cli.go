@@ -45,11 +45,15 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 }
 
 // ExitCode returns the exit status for an error returned by Run: 0 for nil,
-// 2 for a usage error, 1 for any other error.
+// 2 for a usage error, 1 for any other error; diff -f returns 1 when the
+// files differ from the live groups and 2 on any error, as kubectl diff.
 func ExitCode(err error) int {
+	var ce interface{ ExitCode() int }
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &ce):
+		return ce.ExitCode()
 	case IsUsageError(err):
 		return 2
 	default:
@@ -103,6 +107,10 @@ type app struct {
 
 	controller string
 	output     string
+	// listFormat is name, wide or jsonpath when --output says so (output
+	// is then "table"); jsonTmpl is the parsed jsonpath template.
+	listFormat string
+	jsonTmpl   *jsonTemplate
 	timeout    time.Duration
 	token      string
 	tls        bool
@@ -138,6 +146,9 @@ func run(ctx context.Context, args []string, sio stdio, getenv func(string) stri
 	}
 	if err == nil {
 		return nil
+	}
+	if errors.Is(err, errDiffers) {
+		return err // diff -f: the diff says it
 	}
 	if !a.started && !IsUsageError(err) {
 		// Cobra's own errors: unknown command, unknown flag, wrong number
@@ -188,7 +199,7 @@ MPFLEET_TOKEN, MPFLEET_CA_FILE, …). A flag on the command line wins.`,
 
 	f := root.PersistentFlags()
 	f.StringVar(&a.controller, "controller", DefaultController, "controller address, host:port")
-	f.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml")
+	f.StringVarP(&a.output, "output", "o", "table", "output format: table, json or yaml; for get and rollout list also name, wide or jsonpath=TEMPLATE")
 	f.DurationVar(&a.timeout, "timeout", 10*time.Second, "deadline of each call to the controller (0: none; watches run until interrupted); given to apply --wait, also how long to wait for hosts")
 	f.StringVar(&a.token, "token", "", "bearer token sent as authorization metadata (only over TLS or to a loopback controller)")
 	f.BoolVar(&a.tls, "tls", false, "connect with TLS (implied by --ca-file, --cert-file, --key-file, --server-name)")
@@ -238,10 +249,8 @@ func (a *app) setup(cmd *cobra.Command) error {
 	if err != nil {
 		return err
 	}
-	switch a.output {
-	case "table", "json", "yaml":
-	default:
-		return usagef("--output %q: must be table, json or yaml", a.output)
+	if err := a.parseOutput(cmd); err != nil {
+		return err
 	}
 	if a.timeout < 0 {
 		return usagef("--timeout %v: must not be negative", a.timeout)

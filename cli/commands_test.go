@@ -583,8 +583,8 @@ h5     lab     disconnected   degraded: 1 problem    5         5         0      
 	}
 	wantOneLineError(t, c.run(t, "", nil, "get", "hosts", "--state", "sideways"), 2,
 		`mpfleetctl: --state "sideways": want one of in_sync, applying, drifted, failed, conflict, unmanaged, disconnected, degraded (see 'mpfleetctl get hosts --help')`)
-	wantOneLineError(t, c.run(t, "", nil, "get", "hosts", "-l", "role"), 2,
-		`mpfleetctl: -l "role": want key=value[,key=value...] (see 'mpfleetctl get hosts --help')`)
+	wantOneLineError(t, c.run(t, "", nil, "get", "hosts", "-l", "role in (a"), 2,
+		`mpfleetctl: -l "role in (a": '(' without ')' (see 'mpfleetctl get hosts --help')`)
 }
 
 func TestDescribeHost(t *testing.T) {
@@ -749,7 +749,7 @@ func TestConnectionRefusals(t *testing.T) {
 		{"cert without key", []string{"--cert-file", "c.pem", "get", "groups"},
 			"mpfleetctl: --cert-file and --key-file go together (see 'mpfleetctl get groups --help')"},
 		{"bad output", []string{"-o", "xml", "get", "groups"},
-			`mpfleetctl: --output "xml": must be table, json or yaml (see 'mpfleetctl get groups --help')`},
+			`mpfleetctl: --output "xml": must be table, json, yaml, name, wide or jsonpath=TEMPLATE (see 'mpfleetctl get groups --help')`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -771,9 +771,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"get", "groups", "--colour"}, `mpfleetctl: unknown flag: --colour (see 'mpfleetctl get groups --help')`},
 		{[]string{"get"}, `mpfleetctl: get: missing resource type (one of: groups, hosts) (see 'mpfleetctl get --help')`},
 		{[]string{"get", "rollouts"}, `mpfleetctl: get: unknown resource type "rollouts" (one of: groups, hosts) (see 'mpfleetctl get --help')`},
-		{[]string{"apply"}, `mpfleetctl: -f FILE is required (-f - reads stdin) (see 'mpfleetctl apply --help')`},
+		{[]string{"apply"}, `mpfleetctl: -f FILE is required (-f - reads stdin; -f DIR reads a directory) (see 'mpfleetctl apply --help')`},
 		{[]string{"delete", "group"}, `mpfleetctl: group: want NAME, got 0 argument(s) (see 'mpfleetctl delete group --help')`},
-		{[]string{"diff", "web", "1"}, `mpfleetctl: diff: want GROUP REV1 REV2, got 2 argument(s) (see 'mpfleetctl diff --help')`},
+		{[]string{"diff", "web", "1"}, `mpfleetctl: diff: want GROUP REV1 REV2 (or -f FILE), got 2 argument(s) (see 'mpfleetctl diff --help')`},
 		{[]string{"audit"}, `mpfleetctl: audit: missing command (one of: list, verify, watch) (see 'mpfleetctl audit --help')`},
 		{[]string{"audit", "list", "extra"}, `mpfleetctl: unknown command "extra" for "mpfleetctl audit list" (see 'mpfleetctl audit list --help')`},
 	}

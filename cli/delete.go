@@ -12,9 +12,10 @@ import (
 func (a *app) deleteCommand() *cobra.Command {
 	var etag string
 	group := a.deleteSubcommand("group", &cobra.Command{
-		Use:     "group NAME",
-		Aliases: []string{"groups"},
-		Short:   "Delete a group and its policy revisions",
+		Use:               "group NAME",
+		ValidArgsFunction: firstArg(a.completeGroups),
+		Aliases:           []string{"groups"},
+		Short:             "Delete a group and its policy revisions",
 		Long: `delete group deletes a group and its policy revisions. Its hosts become
 UNMANAGED and keep their kernel state as it is. With --etag the delete fails
 if the group changed since that etag was read.`,
@@ -27,9 +28,10 @@ if the group changed since that etag was read.`,
 	})
 	group.Flags().StringVar(&etag, "etag", "", "delete only if the group's etag still is this")
 	host := a.deleteSubcommand("host", &cobra.Command{
-		Use:     "host NAME",
-		Aliases: []string{"hosts"},
-		Short:   "Delete a host that is not connected (admin)",
+		Use:               "host NAME",
+		ValidArgsFunction: firstArg(a.completeHosts),
+		Aliases:           []string{"hosts"},
+		Short:             "Delete a host that is not connected (admin)",
 		Long: `delete host removes a decommissioned (or forged) host from the fleet: its
 stored status, so that it no longer shows, counts or takes part in rollouts.
 A connected host is refused: stop its agent or revoke its credential first.

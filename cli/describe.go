@@ -15,9 +15,10 @@ import (
 
 func (a *app) describeHostCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:     "host NAME",
-		Aliases: []string{"hosts"},
-		Short:   "Show everything about one host",
+		Use:               "host NAME",
+		ValidArgsFunction: firstArg(a.completeHosts),
+		Aliases:           []string{"hosts"},
+		Short:             "Show everything about one host",
 		Long: `describe host shows a host's group, sync state and health, then what keeps
 it from running its policy as asked and the paths it manages, then its labels
 and facts (kernel, MPTCP support, interfaces with addresses and gateways),

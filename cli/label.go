@@ -17,9 +17,10 @@ import (
 func (a *app) labelCommand() *cobra.Command {
 	var e labelEdit
 	host := &cobra.Command{
-		Use:     "host NAME KEY=VALUE... [KEY-]...",
-		Aliases: []string{"hosts"},
-		Short:   "Set or remove a host's labels, which choose its group",
+		Use:               "host NAME KEY=VALUE... [KEY-]...",
+		ValidArgsFunction: firstArg(a.completeHosts),
+		Aliases:           []string{"hosts"},
+		Short:             "Set or remove a host's labels, which choose its group",
 		Long: `label host sets the labels of a host (KEY=VALUE) or removes them (KEY-).
 With authentication on, these labels — set by an operator, audited — and the
 labels bound in the agent's certificate or token are what choose a host's

@@ -28,6 +28,9 @@ type manifest struct {
 	Index int
 	// Line is the file line the document starts on, from 1.
 	Line int
+	// Source is the file the document is in, set when apply or plan read
+	// several files.
+	Source string
 	// ID is the group id, e.g. "web".
 	ID string
 	// Group holds description, selector and policy; nothing else is set.

@@ -22,9 +22,9 @@ func planLine(op *mpfleetv1.PlanOperation) string {
 }
 
 func (a *app) planCommand() *cobra.Command {
-	var file string
+	var files fileFlags
 	cmd := &cobra.Command{
-		Use:   "plan -f FILE",
+		Use:   "plan -f FILE|DIR [-f ...] [-R]",
 		Short: "Show what the policies of a file would change on each host",
 		Long: `plan asks the controller, for each Group document of the file, which kernel
 operations its policy would cause on each host of the group (computed from
@@ -36,14 +36,14 @@ kernel lacks). A group that does not exist yet has no hosts to plan.`,
   mpfleetctl plan -f groups.yaml -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ms, err := a.readManifests(file)
+			ms, err := a.readManifests(files)
 			if err != nil {
 				return err
 			}
 			return a.plan(cmd.Context(), ms)
 		},
 	}
-	cmd.Flags().StringVarP(&file, "filename", "f", "", "YAML file of Group documents (- for stdin)")
+	files.add(cmd)
 	return cmd
 }
 
@@ -67,7 +67,7 @@ func (a *app) plan(ctx context.Context, ms []*manifest) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("group %q (document %d, line %d): %w", m.ID, m.Index, m.Line, a.rpcErr(err))
+			return fmt.Errorf("group %q (%s): %w", m.ID, m.where(), a.rpcErr(err))
 		}
 		results = append(results, result{m: m, resp: resp})
 	}

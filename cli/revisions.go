@@ -11,8 +11,9 @@ import (
 
 func (a *app) revisionsCommand() *cobra.Command {
 	return listCommand(&cobra.Command{
-		Use:   "revisions GROUP",
-		Short: "List a group's policy revisions, newest first",
+		Use:               "revisions GROUP",
+		ValidArgsFunction: firstArg(a.completeGroups),
+		Short:             "List a group's policy revisions, newest first",
 		Long: `revisions lists a group's immutable policy revisions, newest first: REVISION,
 CREATED, ACTOR and REASON. Compare two of them with "mpfleetctl diff".`,
 		Example: `  mpfleetctl revisions web

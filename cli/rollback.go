@@ -7,8 +7,9 @@ import (
 func (a *app) rollbackCommand() *cobra.Command {
 	var f startFlags
 	cmd := &cobra.Command{
-		Use:   "rollback GROUP --to REV",
-		Short: "Roll a group's hosts back to an older policy revision",
+		Use:               "rollback GROUP --to REV",
+		ValidArgsFunction: firstArg(a.completeGroups),
+		Short:             "Roll a group's hosts back to an older policy revision",
 		Long: `rollback starts a rollout that moves the hosts of GROUP to the older policy
 revision --to (required; "mpfleetctl revisions GROUP" lists them, "mpfleetctl
 diff GROUP A B" compares two). It is "rollout start GROUP --to REV" under the

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	mpfleetv1 "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
@@ -54,8 +55,9 @@ the target revision (CANCELLED).`),
 func (a *app) rolloutStartCommand() *cobra.Command {
 	var f startFlags
 	cmd := &cobra.Command{
-		Use:   "start GROUP",
-		Short: "Start a rollout of a group to a policy revision",
+		Use:               "start GROUP",
+		ValidArgsFunction: firstArg(a.completeGroups),
+		Short:             "Start a rollout of a group to a policy revision",
 		Long: `rollout start moves the hosts of GROUP from the revision they run to --to
 (default: the group's latest policy revision) in steps, and prints the new
 rollout's name:
@@ -191,9 +193,10 @@ func (a *app) getRollout(ctx context.Context, rc mpfleetv1.RolloutServiceClient,
 }
 
 func (a *app) rolloutListCommand() *cobra.Command {
-	return listCommand(&cobra.Command{
-		Use:   "list [GROUP]",
-		Short: "List rollouts, newest first",
+	return withListFormats(listCommand(&cobra.Command{
+		Use:               "list [GROUP]",
+		ValidArgsFunction: firstArg(a.completeGroups),
+		Short:             "List rollouts, newest first",
 		Long: `rollout list lists the rollouts (of GROUP, if given), newest first, following
 all pages unless --limit. The table has NAME, GROUP, FROM and TARGET revision,
 STATE, STEP (the step in progress, or the last one: canary, batch 1, …),
@@ -216,7 +219,7 @@ PROGRESS (hosts done of all the rollout's hosts, e.g. 3/6) and AGE.`,
 			return err
 		}
 		header := []string{"NAME", "GROUP", "FROM", "TARGET", "STATE", "STEP", "PROGRESS", "AGE"}
-		return printList(a, &mpfleetv1.ListRolloutsResponse{Rollouts: rs}, rs, header, func(r *mpfleetv1.Rollout) []string {
+		row := func(r *mpfleetv1.Rollout) []string {
 			p := progressOf(r)
 			prog := ""
 			if p.total > 0 {
@@ -224,8 +227,16 @@ PROGRESS (hosts done of all the rollout's hosts, e.g. 3/6) and AGE.`,
 			}
 			return []string{trimName(r.GetName()), trimName(r.GetGroup()), revision(r.GetFromRevision()),
 				revision(r.GetTargetRevision()), shortEnum(r.GetState()), currentStepLabel(r), prog, a.age(r.GetCreateTime())}
-		})
-	})
+		}
+		return resourceList[*mpfleetv1.Rollout]{
+			items:      rs,
+			wrap:       func(rs []*mpfleetv1.Rollout) proto.Message { return &mpfleetv1.ListRolloutsResponse{Rollouts: rs} },
+			header:     header,
+			row:        row,
+			wideHeader: []string{"MESSAGE"},
+			wideRow:    func(r *mpfleetv1.Rollout) []string { return []string{oneLine(r.GetMessage())} },
+		}.print(a)
+	}))
 }
 
 // rolloutControlCommand is pause, resume or cancel.

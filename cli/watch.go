@@ -24,17 +24,19 @@ line, including the SYNCED marker that ends the initial list.`,
   mpfleetctl watch hosts -l role=web -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkLabelSelector(labels); err != nil {
+			sel, err := parseLabelSelector(labels)
+			if err != nil {
 				return err
 			}
-			req := &mpfleetv1.WatchHostsRequest{LabelSelector: labels}
+			server, rest := sel.split()
+			req := &mpfleetv1.WatchHostsRequest{LabelSelector: server}
 			if group != "" {
 				req.Group = groupName(group)
 			}
-			return a.watchHosts(cmd.Context(), req)
+			return a.watchHosts(cmd.Context(), req, rest)
 		},
 	}
-	hostsCmd.Flags().StringVarP(&labels, "selector", "l", "", "only hosts with these labels: k=v,k2=v2")
+	hostsCmd.Flags().StringVarP(&labels, "selector", "l", "", "only hosts with matching labels: k=v, k!=v, k in (a,b), k notin (a,b), k, !k")
 	hostsCmd.Flags().StringVar(&group, "group", "", "only hosts of this group")
 	return parentCommand(&cobra.Command{
 		Use:     "watch RESOURCE",
@@ -43,13 +45,16 @@ line, including the SYNCED marker that ends the initial list.`,
 	}, "resource type", hostsCmd)
 }
 
-func (a *app) watchHosts(ctx context.Context, req *mpfleetv1.WatchHostsRequest) error {
+func (a *app) watchHosts(ctx context.Context, req *mpfleetv1.WatchHostsRequest, rest labelSelector) error {
 	hc, err := a.hosts()
 	if err != nil {
 		return err
 	}
 	last := map[string]string{} // host → last line printed, without the time
 	return watchStream(ctx, a, "watch hosts", hc.WatchHosts, req, func(ev *mpfleetv1.HostEvent) error {
+		if !hostEventMatches(ev, rest) {
+			return nil
+		}
 		if a.output != "table" {
 			return a.printStreamItem(ev)
 		}
@@ -80,4 +85,15 @@ func (a *app) watchHosts(ctx context.Context, req *mpfleetv1.WatchHostsRequest) 
 		a.printf("%s %s\n", a.now().UTC().Format("15:04:05"), terminalSafe(line))
 		return nil
 	})
+}
+
+// hostEventMatches reports whether ev concerns a host rest matches (the
+// part of -l the controller cannot check). A deletion and the SYNCED
+// marker always pass.
+func hostEventMatches(ev *mpfleetv1.HostEvent, rest labelSelector) bool {
+	switch ev.GetType() {
+	case mpfleetv1.HostEvent_TYPE_SYNCED, mpfleetv1.HostEvent_TYPE_DELETED:
+		return true
+	}
+	return rest.matches(ev.GetHost().GetLabels())
 }
