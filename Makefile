@@ -19,6 +19,9 @@ GOLANGCI_LINT_VERSION      := v2.15.0
 
 # Debian packages the tests and the lab need (ip, tc, sysctl).
 APT_PACKAGES := iproute2 procps
+# Debian packages only `make bench` needs, besides those: mptcpd, which the
+# hotplug benchmark runs side by side with the agent.
+BENCH_APT_PACKAGES := mptcpd mptcpd-plugins
 
 PKGS := ./...
 TEST_TIMEOUT ?= 15m
@@ -71,11 +74,22 @@ deps: ## install Debian packages the tests need (as root, with apt-get)
 
 # ---------------------------------------------------------------- build
 
+# What --version says, from git (internal/version): the release (git
+# describe), the commit, and the commit's time as the build date, so that a
+# build is reproducible. LDFLAGS adds to the linker flags (make package: -s -w).
+VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+COMMIT      ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILD_DATE  ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
+VERSION_PKG := github.com/mpfleet/mpfleet/internal/version
+LDFLAGS     ?=
+BUILD_LDFLAGS = $(LDFLAGS) -X $(VERSION_PKG).Version=$(VERSION) -X $(VERSION_PKG).Commit=$(COMMIT) -X $(VERSION_PKG).Date=$(BUILD_DATE)
+
 .PHONY: build
-build: ## build bin/mpfleet-controller, bin/mpfleet-agent, bin/mpfleetctl
+build: ## build bin/mpfleet-controller, bin/mpfleet-agent, bin/mpfleetctl, stamped with the git version
 	@mkdir -p $(BIN)
 	@for d in $(wildcard controller/cmd/* agent/cmd/* cli/cmd/*); do \
-		echo "go build -o bin/$$(basename $$d) ./$$d"; $(GO) build -o $(BIN)/$$(basename $$d) ./$$d || exit 1; done
+		echo "go build -o bin/$$(basename $$d) ./$$d ($(VERSION))"; \
+		$(GO) build -ldflags '$(BUILD_LDFLAGS)' -o $(BIN)/$$(basename $$d) ./$$d || exit 1; done
 
 .PHONY: proto
 proto: $(PROTO_TOOLS) ## regenerate Go code from proto/
@@ -141,7 +155,8 @@ test-short: ## unit tests only, no root needed
 	$(GO) test -race -short $(PKGS)
 
 .PHONY: bench
-bench: ## run the benchmarks (root for the kernel ones)
+bench: ## run the benchmarks (root for the kernel ones; installs mptcpd for the hotplug one)
+	-@$(MAKE) --no-print-directory deps APT_PACKAGES="$(APT_PACKAGES) $(BENCH_APT_PACKAGES)"
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
 
 # ---------------------------------------------------------------- lab and demo
@@ -179,3 +194,41 @@ bench-scale: build $(TOOLS)/etcd ## scale benchmark, hub vs every agent watching
 	$(GO) test -run '^$$' -bench Scale -benchtime 1x -timeout 180m ./test/scale -args \
 		-agents $(SCALE_AGENTS) -loadgens $(SCALE_LOADGENS) -changes $(SCALE_CHANGES) \
 		-loadgen-bin $(BIN)/mpfleet-loadgen $(SCALE_ARGS)
+
+# ---------------------------------------------------------------- packages
+
+NFPM_VERSION    := v2.45.2
+DIST            := $(CURDIR)/dist
+PACKAGE_VERSION ?= $(shell deploy/packaging/version.sh)
+# Release builds: position-independent (ASLR; lintian calls a Go binary
+# without it "statically linked", an error), no shared libraries (no libc
+# dependency), no local paths, stripped (LDFLAGS, which build adds to its version stamps:
+# -ldflags in GOFLAGS would be overridden by build's own).
+PACKAGE_GOFLAGS := -trimpath -buildmode=pie
+APT_PACKAGES    += lintian
+
+$(TOOLS)/.nfpm-$(NFPM_VERSION):
+	GOBIN=$(TOOLS) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+	@touch $@
+# make test needs nfpm for the package tests.
+tools: $(TOOLS)/.nfpm-$(NFPM_VERSION)
+
+.PHONY: package
+package: $(TOOLS)/.nfpm-$(NFPM_VERSION) ## build .deb packages of the controller, agent and mpfleetctl into dist/, and lintian them
+	@[ -n "$(PACKAGE_VERSION)" ] || { echo "package: no version (PACKAGE_VERSION=...)" >&2; exit 1; }
+	CGO_ENABLED=0 GOFLAGS="$(PACKAGE_GOFLAGS)" $(MAKE) --no-print-directory build BIN=$(DIST)/bin LDFLAGS='-s -w'
+	@version='$(PACKAGE_VERSION)'; \
+	echo "deploy/packaging/build.sh $(DIST)/bin $(DIST) $$version"; \
+	debs=$$(NFPM=$(TOOLS)/nfpm deploy/packaging/build.sh $(DIST)/bin $(DIST) "$$version"); \
+	echo "$$debs"; \
+	if ! command -v lintian >/dev/null; then \
+		if [ "$$(id -u)" != 0 ]; then echo "package: lintian is not installed (apt-get install lintian): packages not checked" >&2; exit 0; fi; \
+		echo "package: installing lintian"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian; \
+	fi; \
+	echo "lintian --fail-on error,warning" $$debs; \
+	lintian --fail-on error,warning $$debs
+# make test builds and lints the packages before the tests run: the package
+# test (deploy/) then only links again, its compiled code in the build cache.
+test: package
