@@ -20,7 +20,8 @@
 // which it is re-applied at the next start before the controller is reached,
 // and confirmed like a new revision (a RESTORED event once confirmed;
 // reverted and ROLLED_BACK if not). UNMANAGED and CONFLICT leave the kernel
-// as it is. A failed apply is rolled back by the journal: FAILED and
+// as it is (a host whose group is deleted keeps what it was last given; see
+// Cleanup for removing it). A failed apply is rolled back by the journal: FAILED and
 // APPLY_FAILED with the reason; a new revision that failed is not tried
 // again until another comes, and meanwhile the last good one is kept.
 // Address and link changes (rtnetlink) trigger a
@@ -251,8 +252,17 @@ func New(opts Options) (*Agent, error) {
 // configuration from the state dir while it connects to the controller
 // (which must confirm it), stays connected (reconnecting with backoff),
 // follows address and link changes and resyncs periodically. It leaves the kernel as it is when it returns. It returns
-// nil when ctx ends.
+// nil when ctx ends. Unless it is a dry run, it holds the state dir's lock
+// while it runs, and fails at once, wrapping ErrStateDirInUse, when another
+// agent holds it.
 func (a *Agent) Run(ctx context.Context) error {
+	if a.opts.StateDir != "" && !a.opts.DryRun {
+		release, err := lockStateDir(a.opts.StateDir, true)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		defer release()
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	l := &loop{a: a, log: a.log, flapped: map[int]bool{}, results: pathResults{}}

@@ -519,7 +519,8 @@ func TestAgentLinkFlap(t *testing.T) {
 	down := hostIfaces()
 	down[2].Up, down[2].Gateways = false, nil
 	h.sys.setInterfaces(down, Change{Link: 3, Down: true})
-	waitUntil(t, "eth1's routing withdrawn", func() bool { return len(h.k.Snapshot().Rules) == 1 })
+	// (Rule and routes are withdrawn by one apply, op by op: wait for both.)
+	waitUntil(t, "eth1's routing withdrawn", func() bool { st := h.k.Snapshot(); return len(st.Rules) == 1 && len(st.Routes) == 2 })
 	if st := h.k.Snapshot(); len(st.Endpoints) != 2 || len(st.Routes) != 2 {
 		t.Fatalf("with eth1 down: %d endpoints, %d routes; want 2 and 2", len(st.Endpoints), len(st.Routes))
 	}

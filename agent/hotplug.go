@@ -150,6 +150,11 @@ func (l *loop) hotplug(ctx context.Context) {
 		l.base = nil // the full reconcile refuses the plan and says why
 		return
 	}
+	if err := l.recordBefore(ops); err != nil {
+		l.log.Debug("hotplug: left to the full reconcile", "addresses", news, "err", err)
+		l.base = nil
+		return
+	}
 	if err := reconcile.Apply(ctx, b.k, ops); err != nil {
 		l.log.Debug("hotplug: left to the full reconcile", "addresses", news, "err", err)
 		l.base = nil

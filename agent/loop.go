@@ -105,6 +105,10 @@ type loop struct {
 	// base is what the fast path for added addresses builds on; nil when
 	// the last reconcile did not leave the kernel as desired (hotplug.go).
 	base *hotplugBase
+
+	// rec is the state dir's records for --cleanup, read at first use
+	// (record.go).
+	rec *records
 }
 
 func (l *loop) run(ctx context.Context) {

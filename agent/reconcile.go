@@ -118,6 +118,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.applied = policy.AppliedFromState(actual, ifaces)
 		l.clearFlapped(ifaces)
 		l.base = &hotplugBase{d: d, ifaces: ifaces, k: k, state: actual}
+		l.recordEndpoints(actual)
 		if newRev {
 			l.commit(d)
 			l.event(pb.AgentEvent_KIND_APPLIED, d, fmt.Sprintf("%s revision %d applied: the kernel already held it", d.GetGroup(), d.GetRevision()), nil)
@@ -149,7 +150,9 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	// Probe rounds begun against the kernel as it was are dropped; the
 	// paths are probed again once it holds the new state.
 	l.probeGen++
-	err = reconcile.Apply(ctx, k, ops)
+	if err = l.recordBefore(ops); err == nil {
+		err = reconcile.Apply(ctx, k, ops)
+	}
 	for try := 0; err != nil && kernelRaced(err) && try < 2; try++ {
 		// The kernel changed between the read and the apply (an endpoint it
 		// made itself for a join took an address or an ID): the journal
@@ -170,7 +173,9 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		}
 		actual, ops = now, again
 		l.lastPlan = ops
-		err = reconcile.Apply(ctx, k, ops)
+		if err = l.recordBefore(ops); err == nil {
+			err = reconcile.Apply(ctx, k, ops)
+		}
 	}
 	if err != nil {
 		l.pushProbes()
@@ -191,6 +196,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	l.clearFlapped(ifaces)
 	if err == nil {
 		l.base = &hotplugBase{d: d, ifaces: ifaces, k: k, state: after}
+		l.recordEndpoints(after)
 	}
 	switch {
 	case why == reasonRestore:

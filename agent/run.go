@@ -35,6 +35,7 @@ type Flags struct {
 	LogLevel       string
 	ProbeListen    string
 	Config         string
+	Cleanup        bool
 }
 
 func flagSet(f *Flags) *pflag.FlagSet {
@@ -55,6 +56,7 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.ProbeListen, "probe-listen", "", "serve as a probe target: an MPTCP listener on `ADDR` (host:port) that accepts and drains, so that a fleet can probe its own members")
 	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
+	fs.BoolVar(&f.Cleanup, "cleanup", false, "remove what mpfleet put in this namespace's kernel (rules and routes with proto 173 in any table, the endpoints --state-dir records as mpfleet's), restore the sysctls and limits it changed to the values --state-dir recorded, remove the state dir's files, and exit; no controller needed; refused while an agent runs with the same --state-dir")
 	return fs
 }
 
@@ -76,6 +78,9 @@ stopped (it drains its agents) it moves at once.
 Every flag can also be set in the environment (MPFLEET_AGENT_HOST_ID for
 --host-id, ...) or in a --config YAML file; the command line wins, then the
 environment, then the file.
+
+mpfleet-agent --cleanup [--state-dir DIR] undoes what the agent did to the
+kernel, for removing mpfleet from a host: stop the agent first.
 `
 
 // Run runs the agent program until ctx ends (SIGTERM in main).
@@ -90,6 +95,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log, err := program.Logger(stderr, f.LogLevel)
 	if err != nil {
 		return err
+	}
+	if f.Cleanup {
+		return Cleanup(ctx, CleanupOptions{StateDir: f.StateDir, Kernel: NetlinkKernels(0), Out: stdout})
 	}
 	if f.HostID == "" {
 		h, err := os.Hostname()

@@ -14,7 +14,7 @@ func TestRunFlags(t *testing.T) {
 	if err := Run(context.Background(), []string{"--help"}, &out, &errb); err != nil {
 		t.Fatalf("--help: %v", err)
 	}
-	for _, want := range []string{"mpfleet-agent applies", "--controller", "--confirm-timeout", "--probe-listen ADDR", "MPFLEET_AGENT_HOST_ID"} {
+	for _, want := range []string{"mpfleet-agent applies", "--controller", "--confirm-timeout", "--probe-listen ADDR", "MPFLEET_AGENT_HOST_ID", "--cleanup"} {
 		if !strings.Contains(errb.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}

@@ -55,10 +55,8 @@ func loadState(dir string) (*pb.DesiredConfig, error) {
 	return d, nil
 }
 
-// saveState writes d as dir's state file atomically: a temporary file in
-// the same directory, synced, then renamed over the old one, and the
-// directory synced, so that a crash leaves the old or the new state, never
-// a torn one.
+// saveState writes d as dir's state file atomically (writeAtomic), so that
+// a crash leaves the old or the new state, never a torn one.
 func saveState(dir string, d *pb.DesiredConfig, now time.Time) error {
 	raw, err := protojson.Marshal(d)
 	if err != nil {
@@ -68,33 +66,7 @@ func saveState(dir string, d *pb.DesiredConfig, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("state: %w", err)
-	}
-	f, err := os.CreateTemp(dir, ".state-*.tmp")
-	if err != nil {
-		return fmt.Errorf("state: %w", err)
-	}
-	tmp := f.Name()
-	defer func() { _ = os.Remove(tmp) }() // fails harmlessly after the rename
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, stateFile))
-	}
-	if err != nil {
-		return fmt.Errorf("state: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync() // best effort: the rename is durable once the directory is
-		_ = d.Close()
-	}
-	return nil
+	return writeAtomic(dir, stateFile, b)
 }
 
 // maxDesiredSize bounds a DesiredConfig the agent accepts: the limit the
