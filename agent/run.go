@@ -86,13 +86,14 @@ kernel, for removing mpfleet from a host: stop the agent first.
 // Run runs the agent program until ctx ends (SIGTERM in main).
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f Flags
-	if err := program.Parse(flagSet(&f), args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_AGENT_", NoArgs: true, Stdout: stdout}); err != nil {
+	fs := flagSet(&f)
+	if err := program.Parse(fs, args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_AGENT_", NoArgs: true, Stdout: stdout}); err != nil {
 		if errors.Is(err, program.ErrHelp) {
 			return nil
 		}
 		return err
 	}
-	log, err := program.Logger(stderr, f.LogLevel)
+	log, err := program.NewLogger(fs, stderr)
 	if err != nil {
 		return err
 	}

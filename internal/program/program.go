@@ -1,14 +1,14 @@
 // Package program starts mpfleet's programs (controller and agent) the same
 // way: a context that SIGINT and SIGTERM end, flags from the command line,
-// the environment and a --config file (package config), and a structured
-// log at the level --log-level asks for, and --version.
+// the environment and a --config file (package config), a structured log
+// at the level --log-level and in the format --log-format ask for, and
+// --version.
 package program
 
 import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -46,7 +46,8 @@ const ConfigFlag = "config"
 
 // Parse parses args into fs, then sets every flag not given on the command
 // line from the environment or the --config file. --help prints s.Usage,
-// a "Flags:" heading and the flags to stderr and returns ErrHelp. With
+// a "Flags:" heading and the flags to stderr and returns ErrHelp. A flag
+// set with --log-level gets --log-format too, unless it has it. With
 // s.Stdout set, --version on the command line prints version.Line(fs.Name())
 // there and returns ErrHelp, before the environment and the --config file
 // are read.
@@ -58,6 +59,9 @@ func Parse(fs *pflag.FlagSet, args []string, stderr io.Writer, s Spec) error {
 	}
 	if s.Stdout != nil && fs.Lookup(VersionFlag) == nil {
 		fs.Bool(VersionFlag, false, "print the version and exit")
+	}
+	if fs.Lookup(LogLevelFlag) != nil && fs.Lookup(LogFormatFlag) == nil {
+		fs.String(LogFormatFlag, FormatAuto, logFormatUsage)
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -72,16 +76,6 @@ func Parse(fs *pflag.FlagSet, args []string, stderr io.Writer, s Spec) error {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	return config.Apply(fs, s.EnvPrefix, ConfigFlag)
-}
-
-// Logger returns a text log to w at level (debug, info, warn or error);
-// an unknown level is an error naming --log-level.
-func Logger(w io.Writer, level string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
 // SignalContext returns a context that SIGINT and SIGTERM end; stop

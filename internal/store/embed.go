@@ -3,13 +3,17 @@ package store
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
+	"github.com/mpfleet/mpfleet/internal/zaplog"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap/zapcore"
 )
 
 // The embedded etcd member is local only: nothing off the machine may reach
@@ -47,8 +51,16 @@ type EmbedConfig struct {
 	PeerURL string
 	// StartTimeout bounds the wait for the member to be ready (default 60s).
 	StartTimeout time.Duration
-	// LogLevel of etcd's own logger (default "fatal": etcd reports errors
-	// that matter through Err, and its shutdown chatter is noise).
+	// Log, when set, receives etcd's log with component=etcd, filtered
+	// at the log's own level: etcd's debug and info messages come at debug
+	// (they are chatter at info), its warnings at warn, its errors (and
+	// worse) at error; but what is noise for a local member (etcdNoise)
+	// and everything while it stops (its servers report their closed
+	// listeners as errors) come at debug. LogLevel is then unused.
+	Log *slog.Logger
+	// LogLevel of etcd's own logger to stderr when Log is nil (default
+	// "fatal": etcd reports errors that matter through Err, and its
+	// shutdown chatter is noise).
 	LogLevel string
 	// QuotaBytes is the member's backend quota (etcd's
 	// --quota-backend-bytes; default DefaultQuotaBytes, 2 GiB). A write
@@ -108,6 +120,7 @@ func checkLocalURL(raw string, unix bool) error {
 type Embedded struct {
 	e         *embed.Etcd
 	clientURL string
+	closing   *atomic.Bool
 }
 
 // StartEmbedded starts a single-member etcd in cfg.DataDir and waits until it
@@ -175,6 +188,12 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 	ec.InitialCluster = ec.Name + "=" + pu.String()
 	ec.LogLevel = cfg.LogLevel
 	ec.LogOutputs = []string{"stderr"}
+	closing := new(atomic.Bool)
+	if cfg.Log != nil {
+		ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zaplog.New(cfg.Log.With("component", "etcd").Handler(), etcdLevel(closing)))
+		// Not "debug": that would serve pprof and traces on the client URL.
+		ec.LogLevel = "info"
+	}
 	// Keep history bounded: the controller's watch re-lists after a compaction.
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = "1h"
@@ -191,13 +210,15 @@ func StartEmbedded(ctx context.Context, cfg EmbedConfig) (*Embedded, error) {
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	case <-t.C:
+		closing.Store(true)
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd: not ready after %s", cfg.StartTimeout)
 	case <-ctx.Done():
+		closing.Store(true)
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &Embedded{e: e, clientURL: cfg.ClientURL}, nil
+	return &Embedded{e: e, clientURL: cfg.ClientURL, closing: closing}, nil
 }
 
 // Endpoints returns the client endpoints to dial (unix:///path for a
@@ -209,5 +230,26 @@ func (e *Embedded) Err() <-chan error { return e.e.Err() }
 
 // Close stops the member.
 func (e *Embedded) Close() {
+	e.closing.Store(true)
 	e.e.Close()
+}
+
+// etcdNoise are the messages of etcd that say nothing about a local member:
+// it serves gRPC and HTTP on its one client URL by design, and has no auth
+// tokens to sign. They come at debug.
+var etcdNoise = map[string]bool{
+	"Running http and grpc server on single port. This is not recommended for production.": true,
+	"simple token is not cryptographically signed":                                         true,
+}
+
+// etcdLevel is the level of etcd's messages in the program's log: one step
+// down from etcd's own (zaplog.Quieter), and debug for etcdNoise and for
+// everything once closing is set.
+func etcdLevel(closing *atomic.Bool) zaplog.Leveler {
+	return func(e zapcore.Entry) slog.Level {
+		if e.Message != "" && (etcdNoise[e.Message] || closing.Load()) {
+			return slog.LevelDebug
+		}
+		return zaplog.Quieter(e)
+	}
 }

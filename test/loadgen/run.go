@@ -89,13 +89,14 @@ Every flag can also be set in the environment (MPFLEET_LOADGEN_AGENTS for
 // Run runs mpfleet-loadgen until ctx ends.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f Flags
-	if err := program.Parse(flagSet(&f), args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_LOADGEN_", NoArgs: true}); err != nil {
+	fs := flagSet(&f)
+	if err := program.Parse(fs, args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_LOADGEN_", NoArgs: true}); err != nil {
 		if errors.Is(err, program.ErrHelp) {
 			return nil
 		}
 		return err
 	}
-	log, err := program.Logger(stderr, f.LogLevel)
+	log, err := program.NewLogger(fs, stderr)
 	if err != nil {
 		return err
 	}
