@@ -100,13 +100,18 @@ type ServerOptions struct {
 func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server) {
 	a := &authenticator{creds: opts.creds}
 	sopts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(recoverUnary(c.log), a.unary),
-		grpc.ChainStreamInterceptor(recoverStream(c.log), a.stream),
+		grpc.ChainUnaryInterceptor(recoverUnary(c.log), a.unary, logUnary(c.log)),
+		grpc.ChainStreamInterceptor(recoverStream(c.log), a.stream, logStream(c.log)),
 		// Agents ping every 20s; allow pings down to 5s, also between streams,
 		// so that no agent is ever cut off with too_many_pings.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.MaxRecvMsgSize(8 << 20),
+		// A connection's write buffer (taken from a shared pool for each
+		// flush) is one HTTP/2 frame of the default size, not 32 KiB: a
+		// fan-out to 10,000 agents writes to all their connections at once
+		// (docs/scaling.md has what an agent costs).
+		grpc.WriteBufferSize(16 << 10),
 	}
 	if opts.creds != nil && opts.creds.serverTLS() != nil {
 		sopts = append(sopts, grpc.Creds(credentials.NewTLS(opts.creds.serverTLS())))

@@ -26,7 +26,7 @@ type hostService struct {
 // what follows from the current groups (membership, desired revision) and
 // from the sessions (connected or not).
 func hostView(h *pb.Host, replica string, groups map[string]*pb.Group, targets map[string]*pb.HostTargets) *pb.Host {
-	v := proto.Clone(h).(*pb.Host)
+	v := shallowHost(h) // only v's own fields are set below
 	v.Connected = replica != ""
 	ids := policy.Assign(groups, v.GetLabels())
 	v.Group, v.ConflictingGroups, v.DesiredRevision = "", nil, 0

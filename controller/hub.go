@@ -36,6 +36,11 @@ type HubOptions struct {
 	// HealthWriteInterval bounds how often a host's status is written when
 	// only its health counters changed (default 15s).
 	HealthWriteInterval time.Duration
+	// StatusFailTimeout is how long a host's status may fail to be stored
+	// (the writes are retried) before its agent's stream ends with
+	// UNAVAILABLE (default 30s); while the store is known unhealthy, the
+	// first failure ends it.
+	StatusFailTimeout time.Duration
 	// HelloTimeout bounds the wait for an agent's first message (default 10s).
 	HelloTimeout time.Duration
 	// DrainRate is how many agents a stopping replica tells to move to
@@ -68,6 +73,9 @@ type hub struct {
 	encodes atomic.Int64 // desired messages encoded (for tests and metrics)
 	reports atomic.Int64 // agent reports taken in (for tests and metrics)
 
+	writes *hostWriter    // statuses, claims and releases, batched (hubbatch.go)
+	events *auditAppender // agent events, batched (hubaudit.go)
+
 	hostLocks map[string]*hostLock // serialize a host's attach and detach
 	left      chan struct{}        // cap 1: a session left (hubdrain.go)
 
@@ -88,10 +96,13 @@ func newHub(c *Controller, opts HubOptions) *hub {
 	if opts.HelloTimeout == 0 {
 		opts.HelloTimeout = 10 * time.Second
 	}
+	if opts.StatusFailTimeout == 0 {
+		opts.StatusFailTimeout = 30 * time.Second
+	}
 	if opts.DrainTimeout == 0 {
 		opts.DrainTimeout = 30 * time.Second
 	}
-	return &hub{
+	h := &hub{
 		c: c, opts: opts, log: c.log.With("component", "hub"),
 		sessions: map[string]*session{},
 		groups:   map[string]*pb.Group{},
@@ -100,11 +111,29 @@ func newHub(c *Controller, opts HubOptions) *hub {
 		ready:    make(chan struct{}),
 		left:     make(chan struct{}, 1),
 	}
+	h.writes = newHostWriter(c.store, h.log, writerOptions{
+		replica: opts.Replica, every: opts.HealthWriteInterval, failAfter: opts.StatusFailTimeout,
+		unhealthy: func() bool { st, _ := c.sh.current(); return st != storeOK },
+	})
+	h.events = newAuditAppender(c.store, h.log)
+	return h
 }
 
 // run follows group changes until ctx ends. (The session lease is the
-// replica's: replica.go.)
+// replica's: replica.go.) Its writers go on a little longer: until the
+// streams still open have left (writing what is pending, releasing their
+// hosts), for at most writersGrace.
 func (h *hub) run(ctx context.Context) {
+	wctx, stopWriters := context.WithCancel(context.WithoutCancel(ctx))
+	var writers sync.WaitGroup
+	writers.Add(2)
+	go func() { defer writers.Done(); h.writes.run(wctx) }()
+	go func() { defer writers.Done(); h.events.run(wctx) }()
+	defer func() {
+		h.awaitLeft(writersGrace)
+		stopWriters()
+		writers.Wait()
+	}()
 	// Subscribe only once the cache holds etcd's state, so that the first
 	// snapshot of groups is real.
 	if err := h.c.cache.WaitRevision(ctx, 1); err != nil {
@@ -210,9 +239,8 @@ func (h *hub) relabelLocked(id string, labels map[string]string, given bool) {
 	s.labels = labels
 	st := proto.Clone(s.status).(*pb.Host)
 	st.Labels = labels
-	s.status = st
 	s.mu.Unlock()
-	s.markDirty() // its writer writes it at once: labels are no counter
+	h.setStatus(s, st, true) // written at once: labels are no counter
 	key, d := desiredFor(h.groups, h.targets, s.id, labels)
 	s.setDesired(key, d)
 }
@@ -289,15 +317,19 @@ type session struct {
 	anonymous bool              // no authentication: the agent's labels choose
 	bound     map[string]string // labels bound in its credential
 
-	mu          sync.Mutex
-	desiredKey  string
-	desired     *pb.DesiredConfig
-	notify      chan struct{} // cap 1: the desired configuration changed
-	confirms    chan uint64
-	status      *pb.Host      // the newest, in memory
-	dirty       chan struct{} // cap 1: status changed; wakes its writer
-	lastWrite   time.Time
-	lastWritten *pb.Host
+	mu         sync.Mutex
+	desiredKey string
+	desired    *pb.DesiredConfig
+	notify     chan struct{} // cap 1: the desired configuration changed
+	confirms   chan uint64
+	status     *pb.Host // the newest, in memory
+	gen        uint64   // changes of status so far
+	promptGen  uint64   // the last change to write at once (not counters only)
+	writtenGen uint64   // the change last written
+	lastWrite  time.Time
+
+	ws          writeState  // the writer's, under its lock
+	writeFailed atomic.Bool // its status could not be stored: the writer ended the stream
 
 	drainC    chan struct{} // closed: move the agent to another replica
 	drainOnce sync.Once
@@ -320,21 +352,30 @@ func (s *session) setDesired(key string, d *pb.DesiredConfig) {
 func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	ctx := stream.Context()
 	caller := callerFrom(ctx)
+	// One goroutine receives: the hello, then (once the stream is served)
+	// the reports and events; this one sends. (Two per stream, not three:
+	// at fleet size a goroutine's stack is a good part of what an agent
+	// costs the controller.)
 	first := make(chan *pb.ConnectRequest, 1)
-	errc := make(chan error, 1)
+	recvErr := make(chan error, 1)
+	serve := make(chan served, 1) // closed without a value: not served
+	defer close(serve)
 	go func() {
 		m, err := stream.Recv()
 		if err != nil {
-			errc <- err
+			recvErr <- err
 			return
 		}
 		first <- m
+		if sv, ok := <-serve; ok {
+			recvErr <- h.receiver(sv.ctx, stream, sv.s, caller)
+		}
 	}()
 	var hello *pb.AgentHello
 	select {
 	case m := <-first:
 		hello = m.GetHello()
-	case err := <-errc:
+	case err := <-recvErr:
 		return err
 	case <-time.After(h.opts.HelloTimeout):
 		return status.Error(codes.DeadlineExceeded, "no hello within "+h.opts.HelloTimeout.String())
@@ -368,7 +409,6 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 		id: id, labels: labels, cancel: cancel, end: end, peer: caller.Peer, anonymous: caller.Anonymous, bound: caller.Labels,
 		notify:   make(chan struct{}, 1),
 		confirms: make(chan uint64, 16),
-		dirty:    make(chan struct{}, 1),
 		drainC:   make(chan struct{}),
 		status: &pb.Host{
 			Name: store.HostName(id), Labels: labels, ReportedLabels: hello.GetLabels(), Facts: hello.GetFacts(),
@@ -382,38 +422,21 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	if err := h.attach(ctx, s, caller, hello); err != nil {
 		return err
 	}
-	flush := true // write what is pending when the stream ends
-	defer func() { h.detach(ctx, s, flush) }()
+	// When the stream ends, what is pending is written, unless the status
+	// could not be stored (the writer ended the stream).
+	defer func() { h.detach(ctx, s, !s.writeFailed.Load()) }()
 	h.log.Info("agent connected", "host", id, "peer", caller.Peer)
 
-	sendErr := make(chan error, 1)
-	go func() { sendErr <- h.sender(sctx, stream, s) }()
-	recvErr := make(chan error, 1)
-	go func() { recvErr <- h.receiver(sctx, stream, s, caller) }()
-	writeErr := make(chan error, 1)
-	go func() { writeErr <- h.statusWriter(sctx, s) }()
-	var err, werr error
-	written, drained := false, false
-	select {
-	case err = <-sendErr:
-	case err = <-recvErr:
-	case werr = <-writeErr:
-		written, err = true, werr
-		if err == nil {
-			err = h.endReason(ctx, sctx)
-		}
-	case <-sctx.Done():
+	serve <- served{ctx: sctx, s: s}
+	why, err := h.sender(sctx, stream, s, recvErr)
+	if why == endContext {
 		err = h.endReason(ctx, sctx)
-	case <-s.drainC:
-		drained = true
 	}
 	cancel()
-	if !written {
-		werr = <-writeErr
-	}
-	flush = werr == nil
-	if drained {
-		err = h.handOff(ctx, stream, s, sendErr, flush)
+	if why == endDrain {
+		stopped := make(chan error, 1)
+		stopped <- nil // the sender (this goroutine) has stopped
+		err = h.handOff(ctx, stream, s, stopped, !s.writeFailed.Load())
 	}
 	h.log.Info("agent disconnected", "host", id, "err", err)
 	return err

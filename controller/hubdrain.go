@@ -4,7 +4,7 @@ package controller
 // replicas, paced, rather than dropping them all at once: it refuses new
 // streams (its health is already NOT_SERVING, so load balancers move away),
 // then tells its agents to move, DrainRate per second. For each, it stops
-// the stream's status writer, writes what is pending, releases the host's
+// the stream's sender, writes what is pending, releases the host's
 // session key — so that another replica accepts the agent at once — and
 // only then sends Drain and ends the stream. It returns once every agent
 // has gone, or DrainTimeout has passed (the streams still open are ended

@@ -5,6 +5,7 @@ package controller
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/wait"
@@ -22,10 +23,23 @@ func (h *hub) renewLease(ctx context.Context, lease clientv3.LeaseID) {
 		ids = append(ids, hid)
 	}
 	h.mu.Unlock()
+	// Many at once, so that the writer batches them.
+	sem := make(chan struct{}, reclaimsAtOnce)
+	var wg sync.WaitGroup
 	for _, hid := range ids {
-		h.reclaim(ctx, hid, lease)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			h.reclaim(ctx, hid, lease)
+		}()
 	}
+	wg.Wait()
 }
+
+// reclaimsAtOnce bounds the claims renewLease has waiting at once: enough
+// to fill the writer's transactions.
+const reclaimsAtOnce = 4 * batchesInFlight * 120
 
 // currentLease waits for the replica's first session and returns its lease.
 func (h *hub) currentLease(ctx context.Context) (clientv3.LeaseID, error) {

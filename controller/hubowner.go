@@ -98,8 +98,11 @@ func unavailable(ctx context.Context, what string, err error) error {
 }
 
 // attach makes s the stream of its host: it claims the host across the
-// fleet, registers s here (a stream of the same host's credential that it
-// replaces ends), and writes the host's status.
+// fleet — writing its status in the same transaction when the hello
+// changed more than counters of the status stored — and registers s here (a
+// stream of the same host's credential that it replaces ends). What the
+// claim does not write, the writer writes when due: after a controller
+// restart, the hello's status and the first report become one write.
 func (h *hub) attach(ctx context.Context, s *session, caller Caller, hello *pb.AgentHello) error {
 	unlock := h.lockHost(s.id)
 	defer unlock()
@@ -114,45 +117,45 @@ func (h *hub) attach(ctx context.Context, s *session, caller Caller, hello *pb.A
 		// nobody evicts a stream that is alive.
 		return status.Errorf(codes.AlreadyExists, "host %q is connected (from %s); a second stream is refused while the first lives", s.id, old.peer)
 	}
-	if err := h.claim(ctx, s.id, lease); err != nil {
+	h.restoreStatus(s, hello)
+	if err := h.claim(ctx, s, lease, s.pending().prompt); err != nil {
 		return err
 	}
-	h.restoreStatus(ctx, s, hello)
 	h.mu.Lock()
 	if h.closing {
 		h.mu.Unlock()
-		h.release(ctx, s.id)
+		h.release(ctx, s, false)
 		return status.Error(codes.Unavailable, "controller shutting down")
 	}
-	if old := h.sessions[s.id]; old != nil {
-		old.cancel() // the host's own credential reconnects: the newest wins
-	}
+	old = h.sessions[s.id]
 	h.sessions[s.id] = s
 	key, d := desiredFor(h.groups, h.targets, s.id, s.labels)
 	s.setDesired(key, d)
 	renewed := h.lease
 	h.mu.Unlock()
+	if old != nil {
+		h.writes.forget(old)
+		old.cancel() // the host's own credential reconnects: the newest wins
+	}
 	if renewed != lease {
 		// The lease was replaced since the claim, and the sessions to
 		// claim again listed without s: claim under the new one.
-		if err := h.claim(ctx, s.id, renewed); err != nil {
+		if err := h.claim(ctx, s, renewed, false); err != nil {
 			h.detachLocked(ctx, s, false)
 			return err
 		}
 	}
-	if err := h.putStatus(ctx, s, s.currentStatus()); err != nil {
-		h.detachLocked(ctx, s, false)
-		return unavailable(ctx, "cannot store the host's status", err)
-	}
+	h.writes.mark(s) // what the claim did not write, when it is due
 	return nil
 }
 
-// claim claims host id for this replica under lease.
-func (h *hub) claim(ctx context.Context, id string, lease clientv3.LeaseID) error {
-	holder, err := h.c.store.ClaimSession(ctx, id, h.opts.Replica, lease)
+// claim claims host s.id for this replica under lease, writing (with
+// withStatus) its newest status in the same transaction.
+func (h *hub) claim(ctx context.Context, s *session, lease clientv3.LeaseID, withStatus bool) error {
+	holder, err := h.writes.claim(ctx, s, lease, withStatus)
 	switch {
 	case errors.Is(err, store.ErrAlreadyExists):
-		return status.Errorf(codes.AlreadyExists, "host %q is connected to controller replica %q; a second stream is refused while the first lives (a dead replica's hold ends within %s)", id, holder, h.opts.SessionTTL)
+		return status.Errorf(codes.AlreadyExists, "host %q is connected to controller replica %q; a second stream is refused while the first lives (a dead replica's hold ends within %s)", s.id, holder, h.opts.SessionTTL)
 	case err != nil:
 		return unavailable(ctx, "cannot record the host's session", err)
 	}
@@ -161,13 +164,20 @@ func (h *hub) claim(ctx context.Context, id string, lease clientv3.LeaseID) erro
 
 // restoreStatus keeps the last reported state the agent had (a restart of
 // the controller changes nothing on the hosts) but takes the new facts,
-// unless the two together are over the size of a status.
-func (h *hub) restoreStatus(ctx context.Context, s *session, hello *pb.AgentHello) {
-	prev, err := h.c.store.GetHost(ctx, s.id)
-	if err != nil {
+// unless the two together are over the size of a status. The status stored
+// (as the cache has it: no read of etcd per connecting agent) counts as
+// written now, so that a hello that changes only counters and the last-seen
+// time is not written at once.
+func (h *hub) restoreStatus(s *session, hello *pb.AgentHello) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen, s.promptGen = 1, 1 // a host not stored: its hello's status, at once
+	prev, _, ok := h.c.cache.Host(s.id)
+	if !ok || prev == nil {
 		return
 	}
-	st := proto.Clone(prev).(*pb.Host)
+	st := shallowHost(prev) // the cache's statuses are never changed
 	st.Labels, st.Facts, st.AgentVersion, st.DryRun = s.status.Labels, s.status.Facts, s.status.AgentVersion, s.status.DryRun
 	st.ReportedLabels = s.status.ReportedLabels
 	st.LastSeenTime = s.status.LastSeenTime
@@ -178,12 +188,20 @@ func (h *hub) restoreStatus(ctx context.Context, s *session, hello *pb.AgentHell
 		h.log.Warn("the stored status with the new facts is over the size of a status; starting afresh", "host", s.id, "bytes", n, "limit", maxHostStatusSize)
 		return
 	}
-	s.status = st
+	write, wait := nextWrite(st, prev, now, h.opts.HealthWriteInterval, now)
+	s.status, s.lastWrite = st, now
+	switch {
+	case write != nil:
+	case wait > 0:
+		s.promptGen = 0 // counters only: written when due
+	default:
+		s.gen, s.promptGen = 0, 0 // as stored
+	}
 }
 
 // detach ends s's hold of its host, unless a newer stream of the host
-// holds it now: with flush, the status not yet written is written, then
-// the host's session key is released.
+// holds it now: with flush, the status not yet written is written, and the
+// host's session key released, in one write.
 func (h *hub) detach(ctx context.Context, s *session, flush bool) {
 	unlock := h.lockHost(s.id)
 	defer unlock()
@@ -193,38 +211,32 @@ func (h *hub) detach(ctx context.Context, s *session, flush bool) {
 func (h *hub) detachLocked(ctx context.Context, s *session, flush bool) {
 	h.mu.Lock()
 	current := h.sessions[s.id] == s
-	if current {
+	h.mu.Unlock()
+	if !current {
+		h.writes.forget(s)
+		return
+	}
+	// Released before it leaves the map: once the map is empty, every
+	// release is done (awaitLeft).
+	h.release(ctx, s, flush)
+	h.mu.Lock()
+	if h.sessions[s.id] == s {
 		delete(h.sessions, s.id)
 	}
 	h.mu.Unlock()
-	if !current {
-		return
+	select {
+	case h.left <- struct{}{}:
+	default:
 	}
-	defer func() {
-		select {
-		case h.left <- struct{}{}:
-		default:
-		}
-	}()
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if flush {
-		s.mu.Lock()
-		st, last := s.status, s.lastWritten
-		s.mu.Unlock()
-		if st != last && !proto.Equal(st, last) {
-			if err := h.putStatus(dctx, s, st); err != nil {
-				h.log.Warn("write host status at the end of its stream", "host", s.id, "err", err)
-			}
-		}
-	}
-	h.release(dctx, s.id)
 }
 
-// release deletes host id's session key if this replica holds it.
-func (h *hub) release(ctx context.Context, id string) {
-	if err := h.c.store.DeleteSession(ctx, id, h.opts.Replica); err != nil {
-		h.log.Warn("end session", "host", id, "err", err)
+// release releases the host of s if this replica holds it, writing first
+// (with flush) what is pending of its status.
+func (h *hub) release(ctx context.Context, s *session, flush bool) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := h.writes.release(dctx, s, flush); err != nil {
+		h.log.Warn("end session", "host", s.id, "err", err)
 	}
 }
 
@@ -241,15 +253,8 @@ func (h *hub) reclaim(ctx context.Context, id string, lease clientv3.LeaseID) {
 	if s == nil {
 		return
 	}
-	if err := h.claim(ctx, id, lease); err != nil && ctx.Err() == nil {
+	if err := h.claim(ctx, s, lease, false); err != nil && ctx.Err() == nil {
 		h.log.Warn("re-announce session; ending the stream", "host", id, "err", err)
 		s.end(err)
 	}
-}
-
-// currentStatus returns the newest status of s.
-func (s *session) currentStatus() *pb.Host {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.status
 }

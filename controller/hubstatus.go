@@ -4,6 +4,7 @@ package controller
 
 import (
 	"context"
+	"slices"
 
 	"github.com/mpfleet/mpfleet/internal/store"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
@@ -22,8 +23,11 @@ func (h *hub) report(_ context.Context, s *session, r *pb.AgentReport) error {
 		return nil
 	}
 	s.mu.Lock()
-	st := proto.Clone(s.status).(*pb.Host)
+	prev := s.status
 	s.mu.Unlock()
+	// A shallow copy: statuses are never changed once made, and the
+	// report's fields replace the copy's.
+	st := shallowHost(prev)
 	st.SyncState = r.GetSyncState()
 	st.AppliedRevision = r.GetAppliedRevision()
 	st.Applied = r.GetApplied()
@@ -40,26 +44,30 @@ func (h *hub) report(_ context.Context, s *session, r *pb.AgentReport) error {
 		h.log.Warn("agent report refused: it makes the host's status too large; the stored status stays as it was", "host", s.id, "bytes", n, "limit", maxHostStatusSize)
 		return nil
 	}
-	s.setStatus(st)
+	h.setStatus(s, st, reportChange(prev, st))
 	return nil
 }
 
-// pathStates is what of h is written at once when it changes: the paths'
-// states, without when they were checked or how long a probe took.
-func pathStates(h *pb.MptcpHealth) *pb.MptcpHealth {
-	if len(h.GetPaths()) == 0 {
-		return nil
-	}
-	out := &pb.MptcpHealth{}
-	for _, p := range h.GetPaths() {
-		q := proto.Clone(p).(*pb.PathStatus)
-		q.LastCheckTime, q.ProbeLatency = nil, nil
-		out.Paths = append(out.Paths, q)
-	}
-	return out
+// reportChange says whether a report changed what of a host's status is
+// written at once — all it sets but health counters and the last-seen time
+// — from prev to st. (Field by field, without copies: this runs for every
+// report.)
+func reportChange(prev, st *pb.Host) bool {
+	return st.GetSyncState() != prev.GetSyncState() || st.GetAppliedRevision() != prev.GetAppliedRevision() ||
+		st.GetLastError() != prev.GetLastError() || !slices.Equal(st.GetExcludedAddresses(), prev.GetExcludedAddresses()) ||
+		!same(st.GetApplied(), prev.GetApplied()) || !same(st.GetFacts(), prev.GetFacts()) ||
+		!slices.EqualFunc(st.GetLastPlan(), prev.GetLastPlan(), same[*pb.PlanOperation]) ||
+		!slices.EqualFunc(st.GetProblems(), prev.GetProblems(), same[*pb.HostProblem]) ||
+		!samePathStates(st.GetHealth().GetPaths(), prev.GetHealth().GetPaths())
 }
 
-func (h *hub) recordEvent(ctx context.Context, s *session, caller Caller, action string, result pb.AuditResult, ev *pb.AgentEvent) {
+// same says whether a and b are equal messages (at once when they are one).
+func same[M proto.Message](a, b M) bool {
+	return proto.Message(a) == proto.Message(b) || proto.Equal(a, b)
+}
+
+// recordEvent queues an agent's event for the audit log (hubaudit.go).
+func (h *hub) recordEvent(s *session, caller Caller, action string, result pb.AuditResult, ev *pb.AgentEvent) {
 	after, _ := anypb.New(ev)
 	resource := ev.GetGroup()
 	if resource == "" {
@@ -72,14 +80,10 @@ func (h *hub) recordEvent(ctx context.Context, s *session, caller Caller, action
 	a := &pb.AuditEvent{
 		Actor: actor, Action: action, Resource: resource, Host: store.HostName(s.id),
 		After: after, Result: result, PeerAddress: caller.Peer, RequestId: caller.RequestID,
-		Reason: ev.GetMessage(), StatusCode: "OK",
+		Reason: ev.GetMessage(), StatusCode: "OK", Time: timestamppb.Now(),
 	}
 	if result == pb.AuditResult_AUDIT_RESULT_FAILURE {
 		a.StatusCode, a.Error = "FAILED", ev.GetMessage()
 	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
-	defer cancel()
-	if _, err := h.c.store.AppendAudit(actx, a); err != nil {
-		h.log.Error("audit: cannot record agent event", "host", s.id, "action", action, "err", err)
-	}
+	h.events.add(a) // the appender logs what it drops
 }

@@ -13,9 +13,25 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// served is what the receiver of a stream gets once the stream is served.
+type served struct {
+	ctx context.Context
+	s   *session
+}
+
+// Why a stream's sender returned.
+const (
+	endReceiver = iota // the receiver ended (with the error returned)
+	endSend            // a send failed (the error returned)
+	endContext         // the stream's context ended
+	endDrain           // the drain tells the agent to move
+)
+
 // sender sends the latest desired configuration whenever it changes, and
-// confirm echoes.
-func (h *hub) sender(ctx context.Context, stream pb.AgentService_ConnectServer, s *session) error {
+// confirm echoes, until the receiver ends (recvErr), a send fails, ctx
+// ends or the drain tells the agent to move. It returns why, and the
+// receiver's or the send's error.
+func (h *hub) sender(ctx context.Context, stream pb.AgentService_ConnectServer, s *session, recvErr <-chan error) (int, error) {
 	sent := ""
 	for {
 		s.mu.Lock()
@@ -24,20 +40,24 @@ func (h *hub) sender(ctx context.Context, stream pb.AgentService_ConnectServer, 
 		if key != sent {
 			pm, err := h.prepare(stream, key, d)
 			if err != nil {
-				return err
+				return endSend, err
 			}
 			if err := stream.SendMsg(pm); err != nil {
-				return err
+				return endSend, err
 			}
 			sent = key
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return endContext, nil
+		case err := <-recvErr:
+			return endReceiver, err
+		case <-s.drainC:
+			return endDrain, nil
 		case <-s.notify:
 		case n := <-s.confirms:
 			if err := stream.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_Confirmed{Confirmed: &pb.Confirm{Nonce: n}}}); err != nil {
-				return err
+				return endSend, err
 			}
 		}
 	}
@@ -87,7 +107,7 @@ func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer
 				h.log.Warn("agent event rate exceeded; event dropped", "host", s.id, "kind", ev.GetKind())
 				continue
 			}
-			h.recordEvent(ctx, s, caller, a.action, a.result, ev)
+			h.recordEvent(s, caller, a.action, a.result, ev)
 		case *pb.ConnectRequest_Confirm:
 			select {
 			case s.confirms <- k.Confirm.GetNonce():

@@ -1,70 +1,106 @@
 package controller
 
 // Host status writes, coalesced per host. A report only updates the host's
-// status in memory and wakes the host's writer; the writer has at most one
-// write in flight and always writes the newest status. So a burst of reports
-// makes at most two writes (the one in flight, then the newest), an agent's
-// stream never waits for etcd, and one host's flood never delays another
-// host. A change of anything but health counters and the last-seen time (a
-// path's state, the sync state, a problem, labels) is written as soon as the
-// write in flight is done; a change of counters only, at most every
+// status in memory and queues the host for the hub's writer (hubbatch.go),
+// which writes the newest status of many hosts in one etcd transaction and
+// has at most one write of a host in flight. So a burst of reports makes at
+// most two writes (the one in flight, then the newest), an agent's stream
+// never waits for etcd, and one host's flood never delays another host. A
+// change of anything but health counters and the last-seen time (a path's
+// state, the sync state, a problem, labels) is written in the writer's next
+// transaction; a change of counters only, at most every
 // HealthWriteInterval; a status equal to the last one written, never.
 //
-// A status write that fails ends the agent's stream with UNAVAILABLE: the
-// agent reconnects and reports again, rather than the controller keeping a
-// stale status as if it were stored.
+// A status that cannot be stored is tried again, with backoff; the agent's
+// stream ends with UNAVAILABLE (the agent reconnects and reports again,
+// rather than the controller keeping a stale status as if it were stored)
+// only once it has failed for StatusFailTimeout, or while the store is
+// known to be unhealthy.
 
 import (
-	"context"
+	"slices"
 	"time"
 
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
-
-// statusWriteTimeout bounds one status write (the store's guard bounds it
-// more tightly, to --etcd-request-timeout).
-const statusWriteTimeout = 10 * time.Second
 
 // AgentReports reports how many agent reports the hub has taken in (valid
 // or not), however many status writes they made.
 func (c *Controller) AgentReports() int64 { return c.hub.reports.Load() }
 
-// setStatus makes st the newest status of s and wakes its writer.
-func (s *session) setStatus(st *pb.Host) {
+// setStatus makes st the newest status of s — prompt: a change to write at
+// once, not of counters only — and queues it for the writer.
+func (h *hub) setStatus(s *session, st *pb.Host, prompt bool) {
 	s.mu.Lock()
 	s.status = st
+	s.gen++
+	if prompt {
+		s.promptGen = s.gen
+	}
 	s.mu.Unlock()
-	s.markDirty()
+	h.writes.mark(s)
 }
 
-// markDirty wakes the status writer of s.
-func (s *session) markDirty() {
-	select {
-	case s.dirty <- struct{}{}:
-	default: // already woken: it reads the newest status
+// pending is what of a session's status is not yet written.
+type pending struct {
+	status    *pb.Host // the newest
+	gen       uint64   // its change
+	changed   bool     // since the last write
+	prompt    bool     // a change to write at once among them
+	lastWrite time.Time
+}
+
+// pending returns what of the status of s is not yet written.
+func (s *session) pending() pending {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return pending{status: s.status, gen: s.gen, changed: s.gen > s.writtenGen, prompt: s.promptGen > s.writtenGen, lastWrite: s.lastWrite}
+}
+
+// wrote records that the status of s as of change gen was written at at.
+func (s *session) wrote(gen uint64, at time.Time) {
+	s.mu.Lock()
+	s.writtenGen, s.lastWrite = max(s.writtenGen, gen), at
+	s.mu.Unlock()
+}
+
+// due says whether p is to be written now, or else how long until a change
+// of counters only is (0: nothing to write).
+func (p pending) due(every time.Duration, now time.Time) (bool, time.Duration) {
+	switch {
+	case !p.changed:
+		return false, 0
+	case p.prompt:
+		return true, 0
 	}
+	if wait := every - now.Sub(p.lastWrite); wait > 0 {
+		return false, wait
+	}
+	return true, 0
 }
 
 // nextWrite decides what to write of a host whose newest status is st, and
 // whose status last written (at lastWrite) is last: st, or nil and how long
-// until a change of counters only is due (0: nothing to write).
+// until a change of counters only is due (0: nothing to write). It compares
+// whole statuses: a stream's first status against the stored one (a report
+// says itself what it changed: reportChange).
 func nextWrite(st, last *pb.Host, lastWrite time.Time, every time.Duration, now time.Time) (*pb.Host, time.Duration) {
-	if st == nil || st == last || proto.Equal(st, last) {
+	if st == nil || st == last {
 		return nil, 0
 	}
 	if last == nil {
 		return st, 0
 	}
-	a := proto.Clone(st).(*pb.Host)
-	b := proto.Clone(last).(*pb.Host)
-	// Path states are not counters: a change is written at once.
-	a.Health, b.Health = pathStates(a.Health), pathStates(b.Health)
-	a.LastSeenTime, b.LastSeenTime = nil, nil
-	if !proto.Equal(a, b) {
+	// Path states are not counters: a change is written at once. (Compared
+	// in place, without copies: this runs for every report.)
+	if !proto.Equal(without(st, "health", "last_seen_time"), without(last, "health", "last_seen_time")) ||
+		!samePathStates(st.GetHealth().GetPaths(), last.GetHealth().GetPaths()) {
 		return st, 0
+	}
+	if proto.Equal(st.GetHealth(), last.GetHealth()) && proto.Equal(st.GetLastSeenTime(), last.GetLastSeenTime()) {
+		return nil, 0
 	}
 	if wait := every - now.Sub(lastWrite); wait > 0 {
 		return nil, wait
@@ -72,58 +108,48 @@ func nextWrite(st, last *pb.Host, lastWrite time.Time, every time.Duration, now 
 	return st, 0
 }
 
-// statusWriter writes the status of s whenever it changes, until ctx ends
-// (then it returns nil) or a write fails (then it returns the UNAVAILABLE
-// status that ends the stream).
-func (h *hub) statusWriter(ctx context.Context, s *session) error {
-	due := time.NewTimer(time.Hour)
-	due.Stop()
-	defer due.Stop()
-	armed := false
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-s.dirty:
-		case <-due.C:
-			armed = false
-		}
-		s.mu.Lock()
-		st, last, at := s.status, s.lastWritten, s.lastWrite
-		s.mu.Unlock()
-		w, wait := nextWrite(st, last, at, h.opts.HealthWriteInterval, time.Now())
-		if w == nil {
-			if wait > 0 && !armed {
-				due.Reset(wait)
-				armed = true
-			}
-			continue
-		}
-		if err := h.putStatus(ctx, s, w); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			h.log.Warn("write host status failed; ending the agent's stream", "host", s.id, "err", err)
-			return status.Errorf(codes.Unavailable, "the controller could not store the status of host %q: %v; reconnect", s.id, err)
+// samePathStates says whether two reports' paths are in the same states:
+// equal but for when they were checked and how long a probe took.
+func samePathStates(a, b []*pb.PathStatus) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !proto.Equal(without(a[i], "last_check_time", "probe_latency"), without(b[i], "last_check_time", "probe_latency")) {
+			return false
 		}
 	}
+	return true
 }
 
-// putStatus writes st as the status of s, if it is within the size of a
-// status (what the hello and reports add was checked before; a status over
-// it is a bug, logged and not written).
-func (h *hub) putStatus(ctx context.Context, s *session, st *pb.Host) error {
-	if n := proto.Size(st); n > maxHostStatusSize {
-		h.log.Error("host status over its size limit; not written", "host", s.id, "bytes", n, "limit", maxHostStatusSize)
-		return nil
+// shallowHost returns a shallow copy of h: it shares h's values, so only
+// its own fields may be set (statuses are never changed once made: a change
+// is a new copy). Field by field: this runs for every report and every
+// host a watch sends (TestShallowHost checks that no field is missed).
+func shallowHost(h *pb.Host) *pb.Host {
+	c := &pb.Host{
+		Name: h.Name, Labels: h.Labels, Facts: h.Facts, Group: h.Group, ConflictingGroups: h.ConflictingGroups,
+		DesiredRevision: h.DesiredRevision, AppliedRevision: h.AppliedRevision, SyncState: h.SyncState, LastError: h.LastError,
+		Applied: h.Applied, Health: h.Health, Connected: h.Connected, LastSeenTime: h.LastSeenTime, AgentVersion: h.AgentVersion,
+		ExcludedAddresses: h.ExcludedAddresses, DryRun: h.DryRun, LastPlan: h.LastPlan, Problems: h.Problems, ReportedLabels: h.ReportedLabels,
 	}
-	wctx, cancel := context.WithTimeout(ctx, statusWriteTimeout)
-	defer cancel()
-	if _, err := h.c.store.PutHost(wctx, s.id, st); err != nil {
-		return err
+	if u := h.ProtoReflect().GetUnknown(); len(u) > 0 {
+		c.ProtoReflect().SetUnknown(u)
 	}
-	s.mu.Lock()
-	s.lastWritten, s.lastWrite = st, time.Now()
-	s.mu.Unlock()
-	return nil
+	return c
+}
+
+// without returns a shallow copy of m without the fields named skip: it
+// shares m's values, and must not be changed.
+func without(m proto.Message, skip ...protoreflect.Name) proto.Message {
+	r := m.ProtoReflect()
+	c := r.New()
+	r.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if !slices.Contains(skip, fd.Name()) {
+			c.Set(fd, v)
+		}
+		return true
+	})
+	c.SetUnknown(r.GetUnknown())
+	return c.Interface()
 }

@@ -27,13 +27,14 @@ import (
 // Run runs the controller until ctx ends (SIGTERM in main).
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f Flags
-	if err := program.Parse(flagSet(&f), args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_CONTROLLER_", Stdout: stdout}); err != nil {
+	fs := flagSet(&f)
+	if err := program.Parse(fs, args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_CONTROLLER_", Stdout: stdout}); err != nil {
 		if errors.Is(err, program.ErrHelp) {
 			return nil
 		}
 		return err
 	}
-	log, err := program.Logger(stderr, f.LogLevel)
+	log, err := program.NewLogger(fs, stderr)
 	if err != nil {
 		return err
 	}
@@ -70,7 +71,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			log.Warn("the audit log may fill etcd: keep --audit-retention-bytes well under --etcd-quota-bytes (a quarter of it leaves room for history and the rest)",
 				"audit-retention-bytes", f.AuditMaxBytes, "etcd-quota-bytes", f.EtcdQuotaBytes)
 		}
-		embedded, err = store.StartEmbedded(ctx, store.EmbedConfig{DataDir: f.DataDir, ClientURL: f.EtcdClientURL, PeerURL: f.EtcdPeerURL, QuotaBytes: int64(f.EtcdQuotaBytes)})
+		embedded, err = store.StartEmbedded(ctx, store.EmbedConfig{DataDir: f.DataDir, ClientURL: f.EtcdClientURL, PeerURL: f.EtcdPeerURL, QuotaBytes: int64(f.EtcdQuotaBytes), Log: log})
 		if err != nil {
 			return err
 		}

@@ -128,17 +128,44 @@ func (s *Store) auditOps(ev *pb.AuditEvent, h head) (clientv3.Cmp, []clientv3.Op
 // AppendAudit appends an event that goes with no other change (a failed call,
 // an agent event). It fills sequence, name, hashes and, if unset, time.
 func (s *Store) AppendAudit(ctx context.Context, ev *pb.AuditEvent) (*pb.AuditEvent, error) {
-	ev = proto.Clone(ev).(*pb.AuditEvent)
-	if ev.Time == nil {
-		ev.Time = timestamppb.New(s.now())
+	evs, err := s.AppendAudits(ctx, []*pb.AuditEvent{ev})
+	if err != nil {
+		return nil, err
 	}
-	_, err := s.auditedTxn(ctx, "append audit event", func(head) (*txnPlan, error) {
-		return &txnPlan{events: []*pb.AuditEvent{ev}}, nil
+	return evs[0], nil
+}
+
+// MaxAuditBatch is the most events one AppendAudits call takes: each is a
+// put, and the chain head one more, within etcd's default --max-txn-ops
+// (128).
+const MaxAuditBatch = 120
+
+// AppendAudits appends events that go with no other change, in their order,
+// in one transaction: the chain runs through them in memory, and the head is
+// compared and put once. It returns the events as appended (copies, with
+// sequence, name, hashes and, if unset, time filled in).
+func (s *Store) AppendAudits(ctx context.Context, evs []*pb.AuditEvent) ([]*pb.AuditEvent, error) {
+	if len(evs) == 0 || len(evs) > MaxAuditBatch {
+		return nil, fmt.Errorf("append %d audit events: one call takes 1 to %d: %w", len(evs), MaxAuditBatch, ErrFailedPrecondition)
+	}
+	out := make([]*pb.AuditEvent, len(evs))
+	for i, ev := range evs {
+		out[i] = proto.Clone(ev).(*pb.AuditEvent)
+		if out[i].Time == nil {
+			out[i].Time = timestamppb.New(s.now())
+		}
+	}
+	what := "append audit event"
+	if len(evs) > 1 {
+		what = fmt.Sprintf("append %d audit events", len(evs))
+	}
+	_, err := s.auditedTxn(ctx, what, func(head) (*txnPlan, error) {
+		return &txnPlan{events: out}, nil
 	}, nil)
 	if err != nil {
 		return nil, err
 	}
-	return ev, nil
+	return out, nil
 }
 
 // AuditQuery selects audit events.

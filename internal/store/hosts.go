@@ -44,40 +44,17 @@ func (s *Store) GetHost(ctx context.Context, id string) (*pb.Host, error) {
 // error wrapping ErrAlreadyExists. A replica may claim a host it already
 // holds again (with a new lease, after its old one expired).
 func (s *Store) ClaimSession(ctx context.Context, id, replica string, lease clientv3.LeaseID) (holder string, err error) {
-	key := s.sessionKey(id)
-	put := clientv3.OpPut(key, replica, clientv3.WithLease(lease))
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		tr, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(put).Else(
-			clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "=", replica)}, []clientv3.Op{put}, []clientv3.Op{clientv3.OpGet(key)}),
-		).Commit()
-		if err != nil {
-			return "", fmt.Errorf("claim session %q: %w", id, err)
-		}
-		if tr.Succeeded {
-			return replica, nil
-		}
-		inner := tr.Responses[0].GetResponseTxn()
-		if inner.GetSucceeded() {
-			return replica, nil
-		}
-		if kvs := inner.GetResponses()[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			holder := string(kvs[0].Value)
-			return holder, fmt.Errorf("host %q: its stream is held by controller replica %q: %w", id, holder, ErrAlreadyExists)
-		}
-		// Released between the compares and the read: try again.
-		if err := backoff(ctx, attempt); err != nil {
-			return "", err
-		}
+	res, err := s.WriteHosts(ctx, replica, []HostWrite{{ID: id, Claim: true, Lease: lease}})
+	if err != nil {
+		return "", fmt.Errorf("claim session %q: %w", id, err)
 	}
-	return "", fmt.Errorf("claim session %q: %w", id, ErrContention)
+	return res[0].Holder, res[0].Err
 }
 
 // DeleteSession removes a host's session if replica still holds it (another
 // replica may have taken the host over in the meantime).
 func (s *Store) DeleteSession(ctx context.Context, id, replica string) error {
-	_, err := s.c.Txn(ctx).If(clientv3.Compare(clientv3.Value(s.sessionKey(id)), "=", replica)).
-		Then(clientv3.OpDelete(s.sessionKey(id))).Commit()
-	if err != nil {
+	if _, err := s.WriteHosts(ctx, replica, []HostWrite{{ID: id, Release: true}}); err != nil {
 		return fmt.Errorf("delete session %q: %w", id, err)
 	}
 	return nil
