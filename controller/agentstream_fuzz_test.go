@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,8 +19,6 @@ import (
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -110,34 +107,7 @@ func newFuzzEnv(tb testing.TB) *fuzzEnv {
 func startLogged(tb testing.TB, log *slog.Logger) *env {
 	tb.Helper()
 	_, cli := etcdtest.Embedded(tb)
-	st := store.New(cli, "/mpfleet/v1/")
-	cache := store.NewCache(st, quietLog())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() { defer func() { done <- struct{}{} }(); _ = cache.Run(ctx) }()
-	c := controller.New(st, cache, controller.Options{Log: log,
-		Hub: controller.HubOptions{SessionTTL: 2 * time.Second, HelloTimeout: 2 * time.Second}})
-	go func() { defer func() { done <- struct{}{} }(); c.Run(ctx) }()
-	srv, hs := c.NewServer(controller.ServerOptions{})
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	go func() { _ = srv.Serve(lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		conn.Close()
-		srv.Stop()
-		cancel()
-		<-done
-		<-done
-	})
-	return &env{conn: conn, groups: pb.NewGroupServiceClient(conn), audit: pb.NewAuditServiceClient(conn),
-		hosts: pb.NewHostServiceClient(conn), agents: pb.NewAgentServiceClient(conn), etcd: cli, addr: lis.Addr().String(), ctl: c}
+	return startOn(tb, cli, controller.Options{Log: log, Hub: controller.HubOptions{HelloTimeout: 2 * time.Second}})
 }
 
 // streamResult is what one fuzzed stream got back.

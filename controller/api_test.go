@@ -53,13 +53,26 @@ func start(t testing.TB) *env {
 func startWith(t testing.TB, opts controller.Options, sopts ...store.Option) *env {
 	t.Helper()
 	_, cli := etcdtest.Embedded(t)
+	opts.Log = quietLog()
+	return startOn(t, cli, opts, sopts...)
+}
+
+// startOn runs a controller over the etcd client cli (a session TTL of 2 s
+// unless opts sets one, quietLog unless opts sets a logger), serving gRPC on
+// loopback, all stopped when the test ends.
+func startOn(t testing.TB, cli *clientv3.Client, opts controller.Options, sopts ...store.Option) *env {
+	t.Helper()
 	st := store.New(cli, "/mpfleet/v1/", sopts...)
 	cache := store.NewCache(st, quietLog())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)
 	go func() { defer func() { done <- struct{}{} }(); _ = cache.Run(ctx) }()
-	opts.Log = quietLog()
-	opts.Hub.SessionTTL = 2 * time.Second
+	if opts.Log == nil {
+		opts.Log = quietLog()
+	}
+	if opts.Hub.SessionTTL == 0 {
+		opts.Hub.SessionTTL = 2 * time.Second
+	}
 	c := controller.New(st, cache, opts)
 	go func() { defer func() { done <- struct{}{} }(); c.Run(ctx) }()
 	srv, hs := c.NewServer(controller.ServerOptions{})

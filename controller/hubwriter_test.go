@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -13,13 +12,9 @@ import (
 	"github.com/mpfleet/mpfleet/controller"
 	"github.com/mpfleet/mpfleet/internal/etcdtest"
 	"github.com/mpfleet/mpfleet/internal/nstest"
-	"github.com/mpfleet/mpfleet/internal/store"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -145,35 +140,9 @@ func startGated(t *testing.T, gated string) (*env, *gate, *syncBuf) {
 	_, cli := etcdtest.Embedded(t)
 	g := &gate{KV: cli.KV, key: "/mpfleet/v1/hosts/" + gated}
 	cli.KV = g
-	st := store.New(cli, "/mpfleet/v1/")
 	logs := &syncBuf{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cache := store.NewCache(st, quietLog())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() { defer func() { done <- struct{}{} }(); _ = cache.Run(ctx) }()
-	c := controller.New(st, cache, controller.Options{Log: log, Hub: controller.HubOptions{SessionTTL: 2 * time.Second}})
-	go func() { defer func() { done <- struct{}{} }(); c.Run(ctx) }()
-	srv, hs := c.NewServer(controller.ServerOptions{})
-	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		srv.Stop()
-		cancel()
-		<-done
-		<-done
-	})
-	return &env{conn: conn, groups: pb.NewGroupServiceClient(conn), audit: pb.NewAuditServiceClient(conn),
-		hosts: pb.NewHostServiceClient(conn), agents: pb.NewAgentServiceClient(conn), etcd: cli, addr: lis.Addr().String(), ctl: c}, g, logs
+	return startOn(t, cli, controller.Options{Log: log}), g, logs
 }
 
 // storedHost reads a host's status from etcd as stored, and the number of

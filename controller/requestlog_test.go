@@ -2,20 +2,16 @@ package controller_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"log/slog"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/mpfleet/mpfleet/controller"
 	"github.com/mpfleet/mpfleet/internal/etcdtest"
-	"github.com/mpfleet/mpfleet/internal/store"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -53,33 +49,8 @@ func (b *syncBuffer) records(t *testing.T) []map[string]any {
 func TestRequestLogMatchesAudit(t *testing.T) {
 	var out syncBuffer
 	_, cli := etcdtest.Embedded(t)
-	st := store.New(cli, "/mpfleet/v1/")
-	cache := store.NewCache(st, quietLog())
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); _ = cache.Run(ctx) }()
-	c := controller.New(st, cache, controller.Options{Log: slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug}))})
-	go func() { defer wg.Done(); c.Run(ctx) }()
-	srv, _ := c.NewServer(controller.ServerOptions{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(lis) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		srv.Stop()
-		cancel()
-		wg.Wait()
-	})
-	if err := cache.WaitRevision(ctxT(t), 1); err != nil {
-		t.Fatal(err)
-	}
+	e := startOn(t, cli, controller.Options{Log: slog.New(slog.NewJSONHandler(&out, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	conn := e.conn
 
 	var header metadata.MD
 	if _, err := pb.NewGroupServiceClient(conn).CreateGroup(ctxT(t), &pb.CreateGroupRequest{GroupId: "web", Group: webGroup()}, grpc.Header(&header)); err != nil {
