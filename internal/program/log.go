@@ -43,12 +43,6 @@ func NewLogger(fs *pflag.FlagSet, w io.Writer) (*slog.Logger, error) {
 	return LoggerFormat(w, level.Value.String(), format)
 }
 
-// Logger returns a text log to w at level (debug, info, warn or error);
-// an unknown level is an error naming --log-level.
-func Logger(w io.Writer, level string) (*slog.Logger, error) {
-	return LoggerFormat(w, level, FormatText)
-}
-
 // LoggerFormat returns a log to w at level (debug, info, warn or error) in
 // format (text, json or auto). An unknown level is an error naming
 // --log-level, an unknown format one naming --log-format.

@@ -98,7 +98,7 @@ func TestParseErrors(t *testing.T) {
 
 func TestLogger(t *testing.T) {
 	var buf bytes.Buffer
-	log, err := program.Logger(&buf, "warn")
+	log, err := program.LoggerFormat(&buf, "warn", program.FormatText)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func TestLogger(t *testing.T) {
 	if out := buf.String(); strings.Contains(out, "hidden") || !strings.Contains(out, "level=WARN msg=shown k=v") {
 		t.Errorf("log at warn:\n%s", out)
 	}
-	if _, err := program.Logger(&buf, "loud"); err == nil || !strings.HasPrefix(err.Error(), "--log-level: ") {
+	if _, err := program.LoggerFormat(&buf, "loud", program.FormatText); err == nil || !strings.HasPrefix(err.Error(), "--log-level: ") {
 		t.Errorf("unknown level: %v", err)
 	}
 }
