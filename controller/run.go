@@ -18,8 +18,10 @@ import (
 	"github.com/mpfleet/mpfleet/internal/program"
 	"github.com/mpfleet/mpfleet/internal/store"
 	"github.com/mpfleet/mpfleet/internal/transport"
+	"github.com/mpfleet/mpfleet/internal/zaplog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 )
@@ -86,7 +88,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints: endpoints, DialTimeout: 10 * time.Second, TLS: etcdTLS,
 		DialKeepAliveTime: 30 * time.Second, DialKeepAliveTimeout: 10 * time.Second,
-		Logger: etcdClientLogger(),
+		Logger: etcdClientLogger(log),
 		// Reconnect within seconds once etcd is back (gRPC's default
 		// backoff grows to two minutes).
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
@@ -175,16 +177,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
-// etcdClientLogger keeps the etcd client's own zap logger to errors: its
-// retry chatter is noise, and what matters reaches our log as errors.
-func etcdClientLogger() *zap.Logger {
-	cfg := zap.NewProductionConfig()
-	cfg.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
-	l, err := cfg.Build()
-	if err != nil {
-		return zap.NewNop()
-	}
-	return l
+// etcdClientLogger sends the etcd client's own log through the
+// controller's (component=etcd-client): its errors at error, the rest
+// (retries of calls the controller retries or reports itself) at debug.
+func etcdClientLogger(log *slog.Logger) *zap.Logger {
+	return zaplog.New(log.With("component", "etcd-client").Handler(), func(e zapcore.Entry) slog.Level {
+		if e.Level >= zapcore.ErrorLevel {
+			return slog.LevelError
+		}
+		return slog.LevelDebug
+	})
 }
 
 func serverSecurity(f Flags, log *slog.Logger) (ServerOptions, error) {
