@@ -112,13 +112,9 @@ func makeCert(spec certSpec, parent *x509.Certificate, parentKey crypto.Signer) 
 // together and that the CA is valid at now.
 func loadCA(dir string, now time.Time) (*x509.Certificate, crypto.Signer, error) {
 	certFile, keyFile := filepath.Join(dir, caCertFile), filepath.Join(dir, caKeyFile)
-	cb, err := readPEM(certFile, "CERTIFICATE")
+	cert, err := readParsed(certFile, "CERTIFICATE", x509.ParseCertificate)
 	if err != nil {
 		return nil, nil, err
-	}
-	cert, err := x509.ParseCertificate(cb)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", certFile, err)
 	}
 	if !cert.IsCA {
 		return nil, nil, fmt.Errorf("%s: not a CA certificate", certFile)
@@ -126,13 +122,9 @@ func loadCA(dir string, now time.Time) (*x509.Certificate, crypto.Signer, error)
 	if now.After(cert.NotAfter) {
 		return nil, nil, fmt.Errorf("%s: the CA expired at %s", certFile, cert.NotAfter.UTC().Format(time.RFC3339))
 	}
-	kb, err := readPEM(keyFile, "PRIVATE KEY")
+	k, err := readParsed(keyFile, "PRIVATE KEY", x509.ParsePKCS8PrivateKey)
 	if err != nil {
 		return nil, nil, err
-	}
-	k, err := x509.ParsePKCS8PrivateKey(kb)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", keyFile, err)
 	}
 	key, ok := k.(crypto.Signer)
 	if !ok {
@@ -145,6 +137,21 @@ func loadCA(dir string, now time.Time) (*x509.Certificate, crypto.Signer, error)
 }
 
 // readPEM returns the contents of the first PEM block of file, which must be
+// readParsed reads file's one PEM block of type typ and parses it; a parse
+// error names the file.
+func readParsed[T any](file, typ string, parse func([]byte) (T, error)) (T, error) {
+	b, err := readPEM(file, typ)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	v, err := parse(b)
+	if err != nil {
+		return v, fmt.Errorf("%s: %w", file, err)
+	}
+	return v, nil
+}
+
 // of type typ.
 func readPEM(file, typ string) ([]byte, error) {
 	b, err := os.ReadFile(file)

@@ -31,11 +31,7 @@ func (a *app) completeGroups(cmd *cobra.Command, args []string, toComplete strin
 			return nil, err
 		}
 		groups, err := listPages(ctx, a, "list groups", completionLimit, gc.ListGroups, &mpfleetv1.ListGroupsRequest{}, (*mpfleetv1.ListGroupsResponse).GetGroups)
-		var names []string
-		for _, g := range groups {
-			names = append(names, g.GetName())
-		}
-		return names, err
+		return namesOf(groups, (*mpfleetv1.Group).GetName), err
 	})
 }
 
@@ -47,11 +43,7 @@ func (a *app) completeHosts(cmd *cobra.Command, args []string, toComplete string
 			return nil, err
 		}
 		hosts, err := listPages(ctx, a, "list hosts", completionLimit, hc.ListHosts, &mpfleetv1.ListHostsRequest{}, (*mpfleetv1.ListHostsResponse).GetHosts)
-		var names []string
-		for _, h := range hosts {
-			names = append(names, h.GetName())
-		}
-		return names, err
+		return namesOf(hosts, (*mpfleetv1.Host).GetName), err
 	})
 }
 
@@ -91,4 +83,13 @@ func (a *app) completeNames(ctx context.Context, args []string, toComplete strin
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp
+}
+
+// namesOf returns the name of each item.
+func namesOf[T any](items []T, name func(T) string) []string {
+	names := make([]string, 0, len(items))
+	for _, it := range items {
+		names = append(names, name(it))
+	}
+	return names
 }

@@ -133,3 +133,16 @@ func orDefault(s, def string) string {
 	}
 	return s
 }
+
+// firstOf folds errs into one error: the first, and how many more there are
+// (of what: "problems"); nil when errs is empty.
+func firstOf(errs []error, what string) error {
+	switch len(errs) {
+	case 0:
+		return nil
+	case 1:
+		return errs[0]
+	default:
+		return fmt.Errorf("%w (and %d more %s)", errs[0], len(errs)-1, what)
+	}
+}

@@ -148,14 +148,10 @@ func (a *app) readManifests(ff fileFlags) ([]*manifest, error) {
 			out = append(out, m)
 		}
 	}
-	switch len(errs) {
-	case 0:
-		return out, nil
-	case 1:
-		return nil, errs[0]
-	default:
-		return nil, fmt.Errorf("%w (and %d more files with problems)", errs[0], len(errs)-1)
+	if err := firstOf(errs, "files with problems"); err != nil {
+		return nil, err
 	}
+	return out, nil
 }
 
 // where names a manifest's document in messages: "document 2, line 14",

@@ -72,14 +72,10 @@ func parseManifests(source string, data []byte) ([]*manifest, error) {
 		m.Index = i + 1
 		out = append(out, m)
 	}
-	switch len(errs) {
-	case 0:
-		return out, nil
-	case 1:
-		return nil, errs[0]
-	default:
-		return nil, fmt.Errorf("%w (and %d more problems)", errs[0], len(errs)-1)
+	if err := firstOf(errs, "problems"); err != nil {
+		return nil, err
 	}
+	return out, nil
 }
 
 type document struct {

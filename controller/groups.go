@@ -100,10 +100,9 @@ func (s *groupService) CreateGroup(ctx context.Context, req *pb.CreateGroupReque
 }
 
 func (s *groupService) GetGroup(ctx context.Context, req *pb.GetGroupRequest) (*pb.Group, error) {
-	var vs policy.Violations
-	id := policy.GroupIDFromName(&vs, "name", req.GetName())
-	if err := vs.Err(); err != nil {
-		return nil, toStatus(err)
+	id, err := groupID("name", req.GetName())
+	if err != nil {
+		return nil, err
 	}
 	g, err := s.c.store.GetGroup(ctx, id)
 	return s.c.decorateGroup(g), toStatus(err)
@@ -253,11 +252,9 @@ func copyPath(dst, src protoreflect.Message, p string) {
 }
 
 func (s *groupService) DeleteGroup(ctx context.Context, req *pb.DeleteGroupRequest) (*emptypb.Empty, error) {
-	var vs policy.Violations
-	id := policy.GroupIDFromName(&vs, "name", req.GetName())
-	policy.ValidateReason(&vs, "reason", req.GetReason())
-	if err := vs.Err(); err != nil {
-		return nil, toStatus(err)
+	id, err := groupID("name", req.GetName(), func(vs *policy.Violations) { policy.ValidateReason(vs, "reason", req.GetReason()) })
+	if err != nil {
+		return nil, err
 	}
 	rev, err := s.c.store.DeleteGroup(ctx, id, req.GetEtag(), meta(ctx, req.GetReason()))
 	if err := s.c.written(ctx, "groups.delete", req.GetName(), req.GetReason(), rev, err); err != nil {
@@ -267,10 +264,9 @@ func (s *groupService) DeleteGroup(ctx context.Context, req *pb.DeleteGroupReque
 }
 
 func (s *groupService) ListPolicyRevisions(ctx context.Context, req *pb.ListPolicyRevisionsRequest) (*pb.ListPolicyRevisionsResponse, error) {
-	var vs policy.Violations
-	id := policy.GroupIDFromName(&vs, "parent", req.GetParent())
-	if err := vs.Err(); err != nil {
-		return nil, toStatus(err)
+	id, err := groupID("parent", req.GetParent())
+	if err != nil {
+		return nil, err
 	}
 	n, pos, err := page(req.GetPageSize(), req.GetPageToken(), "r")
 	if err != nil {
@@ -316,4 +312,16 @@ func (s *groupService) GetPolicyRevision(ctx context.Context, req *pb.GetPolicyR
 // statusCode names err's gRPC code as the audit log records it.
 func statusCode(err error) string {
 	return status.Code(toStatus(err)).String()
+}
+
+// groupID checks a request's group name, in field, and whatever more checks
+// add, and returns the group's id, or INVALID_ARGUMENT naming every
+// violation.
+func groupID(field, name string, checks ...func(*policy.Violations)) (string, error) {
+	var vs policy.Violations
+	id := policy.GroupIDFromName(&vs, field, name)
+	for _, check := range checks {
+		check(&vs)
+	}
+	return id, toStatus(vs.Err())
 }

@@ -130,7 +130,9 @@ func (h *hub) run(ctx context.Context) {
 	go func() { defer writers.Done(); h.writes.run(wctx) }()
 	go func() { defer writers.Done(); h.events.run(wctx) }()
 	defer func() {
-		h.awaitLeft(writersGrace)
+		t := time.NewTimer(writersGrace)
+		h.awaitLeft(t.C)
+		t.Stop()
 		stopWriters()
 		writers.Wait()
 	}()
@@ -163,17 +165,11 @@ func (h *hub) follow(ctx context.Context, sub *store.Subscription) error {
 			switch {
 			case ev.LabelsHost != "":
 				h.relabelLocked(ev.LabelsHost, ev.Labels, ev.Labels != nil)
-			case ev.GroupID != "" && ev.Group == nil:
-				delete(h.groups, ev.GroupID)
-				dirty = true
 			case ev.GroupID != "":
-				h.groups[ev.GroupID] = ev.Group
-				dirty = true
-			case ev.TargetsGroup != "" && ev.Targets == nil:
-				delete(h.targets, ev.TargetsGroup)
+				putOrDelete(h.groups, ev.GroupID, ev.Group)
 				dirty = true
 			case ev.TargetsGroup != "":
-				h.targets[ev.TargetsGroup] = ev.Targets
+				putOrDelete(h.targets, ev.TargetsGroup, ev.Targets)
 				dirty = true
 			}
 			// Reassign once the whole transaction is in: a policy change
@@ -470,4 +466,14 @@ type agentService struct {
 
 func (a *agentService) Connect(stream pb.AgentService_ConnectServer) error {
 	return a.h.connect(knownFieldsOnly{stream})
+}
+
+// putOrDelete sets m[k] to v, or deletes k when v is nil (the cache's
+// event for a deleted key).
+func putOrDelete[V any](m map[string]*V, k string, v *V) {
+	if v == nil {
+		delete(m, k)
+		return
+	}
+	m[k] = v
 }

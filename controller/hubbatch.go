@@ -521,21 +521,22 @@ func (h *laterHeap) Pop() any {
 // streams still open to leave.
 const writersGrace = 5 * time.Second
 
-// awaitLeft waits until no stream is registered, for at most d.
-func (h *hub) awaitLeft(d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
+// awaitLeft waits until no stream is registered, or until done fires, and
+// returns how many streams are still registered.
+func (h *hub) awaitLeft(done <-chan time.Time) int {
 	for {
 		h.mu.Lock()
 		n := len(h.sessions)
 		h.mu.Unlock()
 		if n == 0 {
-			return
+			return 0
 		}
 		select {
 		case <-h.left:
-		case <-t.C:
-			return
+		case <-done:
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return len(h.sessions)
 		}
 	}
 }

@@ -88,22 +88,13 @@ func (h *hub) drain() (moved, left int) {
 			timedOut = true
 		}
 	}
-	for !timedOut {
+	if timedOut {
 		h.mu.Lock()
 		left = len(h.sessions)
 		h.mu.Unlock()
-		if left == 0 {
-			break
-		}
-		select {
-		case <-h.left:
-		case <-deadline.C:
-			timedOut = true
-		}
+	} else {
+		left = h.awaitLeft(deadline.C)
 	}
-	h.mu.Lock()
-	left = len(h.sessions)
-	h.mu.Unlock()
 	if left > 0 {
 		h.log.Warn("drain timed out; ending the streams still open", "moved", moved, "left", left, "after", time.Since(start).Round(time.Millisecond))
 	} else {

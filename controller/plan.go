@@ -16,11 +16,9 @@ import (
 // applied — the same rendering and planning the agents run. Nothing is
 // applied or written.
 func (s *hostService) PlanPolicy(ctx context.Context, req *pb.PlanPolicyRequest) (*pb.PlanPolicyResponse, error) {
-	var vs policy.Violations
-	id := policy.GroupIDFromName(&vs, "group", req.GetGroup())
-	policy.ValidatePolicy(&vs, "policy", req.GetPolicy())
-	if err := vs.Err(); err != nil {
-		return nil, toStatus(err)
+	id, err := groupID("group", req.GetGroup(), func(vs *policy.Violations) { policy.ValidatePolicy(vs, "policy", req.GetPolicy()) })
+	if err != nil {
+		return nil, err
 	}
 	g, err := s.c.store.GetGroup(ctx, id)
 	if err != nil {

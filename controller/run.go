@@ -30,14 +30,8 @@ import (
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f Flags
 	fs := flagSet(&f)
-	if err := program.Parse(fs, args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_CONTROLLER_", Stdout: stdout}); err != nil {
-		if errors.Is(err, program.ErrHelp) {
-			return nil
-		}
-		return err
-	}
-	log, err := program.NewLogger(fs, stderr)
-	if err != nil {
+	log, done, err := program.Start(fs, args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_CONTROLLER_", Stdout: stdout})
+	if done || err != nil {
 		return err
 	}
 

@@ -7,8 +7,10 @@ package program
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -76,6 +78,20 @@ func Parse(fs *pflag.FlagSet, args []string, stderr io.Writer, s Spec) error {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	return config.Apply(fs, s.EnvPrefix, ConfigFlag)
+}
+
+// Start is what a program does first: Parse, then NewLogger. done is true
+// after --help or --version: the program has nothing more to do and ends
+// successfully.
+func Start(fs *pflag.FlagSet, args []string, stderr io.Writer, s Spec) (log *slog.Logger, done bool, err error) {
+	if err := Parse(fs, args, stderr, s); err != nil {
+		if errors.Is(err, ErrHelp) {
+			return nil, true, nil
+		}
+		return nil, false, err
+	}
+	log, err = NewLogger(fs, stderr)
+	return log, false, err
 }
 
 // SignalContext returns a context that SIGINT and SIGTERM end; stop

@@ -162,3 +162,21 @@ func TestParseVersion(t *testing.T) {
 		t.Errorf("--version without Stdout: %v, want unknown flag", err)
 	}
 }
+
+func TestStart(t *testing.T) {
+	var f flags
+	var stderr bytes.Buffer
+	log, done, err := program.Start(flagSet(&f), []string{"--log-level", "debug"}, &stderr, spec)
+	if err != nil || done || log == nil {
+		t.Fatalf("Start = %v, done %v, err %v", log, done, err)
+	}
+	if !log.Enabled(t.Context(), -4) {
+		t.Error("--log-level debug: the logger does not log debug")
+	}
+	if _, done, err := program.Start(flagSet(&f), []string{"--help"}, &stderr, spec); err != nil || !done {
+		t.Errorf("--help: done %v, err %v; want done and no error", done, err)
+	}
+	if _, done, err := program.Start(flagSet(&f), []string{"--log-level", "loud"}, &stderr, spec); err == nil || done {
+		t.Errorf("--log-level loud: done %v, err %v; want an error", done, err)
+	}
+}

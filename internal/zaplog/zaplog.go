@@ -25,20 +25,6 @@ func Quieter(e zapcore.Entry) slog.Level {
 	}
 }
 
-// Same maps zap's levels to slog's namesakes; error and above become error.
-func Same(e zapcore.Entry) slog.Level {
-	switch l := e.Level; {
-	case l <= zapcore.DebugLevel:
-		return slog.LevelDebug
-	case l == zapcore.InfoLevel:
-		return slog.LevelInfo
-	case l == zapcore.WarnLevel:
-		return slog.LevelWarn
-	default:
-		return slog.LevelError
-	}
-}
-
 // Leveler chooses the slog level of a zap entry (its Message and
 // LoggerName are set, its fields are not). Asked with only Level set, it
 // must give the highest level it gives any entry of that Level: it may

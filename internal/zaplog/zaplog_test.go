@@ -57,21 +57,18 @@ func TestNew(t *testing.T) {
 
 func TestLevels(t *testing.T) {
 	for _, tc := range []struct {
-		zl          zapcore.Level
-		quiet, same slog.Level
+		zl    zapcore.Level
+		quiet slog.Level
 	}{
-		{zapcore.DebugLevel, slog.LevelDebug, slog.LevelDebug},
-		{zapcore.InfoLevel, slog.LevelDebug, slog.LevelInfo},
-		{zapcore.WarnLevel, slog.LevelWarn, slog.LevelWarn},
-		{zapcore.ErrorLevel, slog.LevelError, slog.LevelError},
-		{zapcore.DPanicLevel, slog.LevelError, slog.LevelError},
-		{zapcore.FatalLevel, slog.LevelError, slog.LevelError},
+		{zapcore.DebugLevel, slog.LevelDebug},
+		{zapcore.InfoLevel, slog.LevelDebug},
+		{zapcore.WarnLevel, slog.LevelWarn},
+		{zapcore.ErrorLevel, slog.LevelError},
+		{zapcore.DPanicLevel, slog.LevelError},
+		{zapcore.FatalLevel, slog.LevelError},
 	} {
 		if got := zaplog.Quieter(zapcore.Entry{Level: tc.zl}); got != tc.quiet {
 			t.Errorf("Quieter(%s) = %s, want %s", tc.zl, got, tc.quiet)
-		}
-		if got := zaplog.Same(zapcore.Entry{Level: tc.zl}); got != tc.same {
-			t.Errorf("Same(%s) = %s, want %s", tc.zl, got, tc.same)
 		}
 	}
 
@@ -81,7 +78,7 @@ func TestLevels(t *testing.T) {
 		if e.Message == "noise" {
 			return slog.LevelDebug
 		}
-		return zaplog.Same(e)
+		return slog.LevelWarn
 	}
 	lg2 := zaplog.New(slog.NewJSONHandler(&buf2, nil), lower)
 	lg2.Warn("noise")
@@ -90,11 +87,11 @@ func TestLevels(t *testing.T) {
 		t.Errorf("lowered entry logged: %v", got)
 	}
 
-	// Same keeps info at info.
+	// A Leveler may keep a library's info at info.
 	var buf bytes.Buffer
-	lg := zaplog.New(slog.NewJSONHandler(&buf, nil), zaplog.Same)
+	lg := zaplog.New(slog.NewJSONHandler(&buf, nil), func(zapcore.Entry) slog.Level { return slog.LevelInfo })
 	lg.Info("hello")
 	if got := records(t, &buf); len(got) != 1 || got[0]["level"] != "INFO" || got[0]["msg"] != "hello" {
-		t.Errorf("Same at info: %v", got)
+		t.Errorf("info at info: %v", got)
 	}
 }

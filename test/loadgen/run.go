@@ -90,14 +90,8 @@ Every flag can also be set in the environment (MPFLEET_LOADGEN_AGENTS for
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var f Flags
 	fs := flagSet(&f)
-	if err := program.Parse(fs, args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_LOADGEN_", NoArgs: true}); err != nil {
-		if errors.Is(err, program.ErrHelp) {
-			return nil
-		}
-		return err
-	}
-	log, err := program.NewLogger(fs, stderr)
-	if err != nil {
+	log, done, err := program.Start(fs, args, stderr, program.Spec{Usage: Usage, EnvPrefix: "MPFLEET_LOADGEN_", NoArgs: true})
+	if done || err != nil {
 		return err
 	}
 	cfg, err := f.config()
