@@ -232,3 +232,25 @@ package: $(TOOLS)/.nfpm-$(NFPM_VERSION) ## build .deb packages of the controller
 # make test builds and lints the packages before the tests run: the package
 # test (deploy/) then only links again, its compiled code in the build cache.
 test: package
+
+# ---------------------------------------------------------------- images
+
+# Container images from scratch, built without a Docker engine by
+# deploy/image (go-containerregistry): one docker-archive tarball per program
+# in dist/images/, tagged $(IMAGE_REPO)/<program>:$(VERSION). The binaries are
+# static (CGO_ENABLED=0, and not -buildmode=pie: a scratch image has no
+# dynamic loader), -trimpath and stripped: the same sources give the same digest.
+IMAGES         := $(DIST)/images
+IMAGE_REPO     ?= ghcr.io/mpfleet
+IMAGE_PLATFORM ?= linux/$(shell $(GO) env GOARCH)
+IMAGE_PROGRAMS := mpfleet-controller mpfleet-agent mpfleetctl
+
+.PHONY: images
+images: ## build container images of the controller, agent and mpfleetctl into dist/images/ (no Docker needed; IMAGE_PLATFORM=linux/arm64)
+	@[ -n "$(VERSION)" ] || { echo "images: no version (VERSION=...)" >&2; exit 1; }
+	CGO_ENABLED=0 GOOS=$(word 1,$(subst /, ,$(IMAGE_PLATFORM))) GOARCH=$(word 2,$(subst /, ,$(IMAGE_PLATFORM))) GOFLAGS=-trimpath \
+		$(MAKE) --no-print-directory build BIN=$(IMAGES)/bin LDFLAGS='-s -w' \
+		VERSION='$(VERSION)' COMMIT='$(COMMIT)' BUILD_DATE='$(BUILD_DATE)'
+	$(GO) run ./deploy/image --out $(IMAGES) --repository $(IMAGE_REPO) --platform $(IMAGE_PLATFORM) \
+		--version '$(VERSION)' --commit '$(COMMIT)' --date '$(BUILD_DATE)' \
+		$(addprefix $(IMAGES)/bin/,$(IMAGE_PROGRAMS))
