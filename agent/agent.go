@@ -65,6 +65,7 @@ import (
 	"github.com/mpfleet/mpfleet/internal/route"
 	"github.com/mpfleet/mpfleet/internal/version"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/credentials"
 )
 
@@ -134,6 +135,11 @@ type Options struct {
 	// wait for passes rather than for time. It must return at once and not
 	// call into the agent.
 	OnReconcile func(Pass)
+	// Metrics, if set, gets the agent's Prometheus collectors
+	// (mpfleet_agent_*, metrics.go); New fails if they cannot be
+	// registered there. Run registers them in the registry it serves on
+	// --metrics-listen.
+	Metrics prometheus.Registerer
 }
 
 // ValidateHostID checks a host id as the controller does (policy.ValidHostID).
@@ -172,6 +178,10 @@ type Agent struct {
 	hot hotplugBox // addresses added since the last look (hotplug.go)
 
 	applied atomic.Pointer[appliedRevision] // what the hello says is applied
+
+	metrics  *agentMetrics
+	streamUp atomic.Bool            // a stream to a controller is up (ready.go)
+	failure  atomic.Pointer[string] // why the last pass failed; nil: it did not
 
 	prober *prober
 
@@ -235,6 +245,12 @@ func New(opts Options) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	m := newAgentMetrics(opts.System, log.With("host", opts.HostID))
+	if opts.Metrics != nil {
+		if err := m.register(opts.Metrics); err != nil {
+			return nil, fmt.Errorf("agent: metrics: %w", err)
+		}
+	}
 	return &Agent{
 		opts: opts, log: log.With("host", opts.HostID),
 		controllers: controllers, lookup: lookup,
@@ -245,6 +261,7 @@ func New(opts Options) (*Agent, error) {
 		trigger:  make(chan struct{}, 1),
 		down:     map[int]bool{},
 		prober:   newProber(opts.System),
+		metrics:  m,
 	}, nil
 }
 
@@ -270,6 +287,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.prober.run(ctx) })
 	restore := l.boot()
+	l.publish()
 	wg.Go(func() { a.watchLoop(ctx) })
 	wg.Go(func() { a.pathEventLoop(ctx) })
 	wg.Go(func() { a.connectLoop(ctx) })

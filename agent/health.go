@@ -8,11 +8,15 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// healthCounters are the MPTcpExt counters a report carries: those that
-// speak of MPTCP working (handshakes, joins, fallbacks, failures).
+// healthCounters are the MPTcpExt counters a report carries (and
+// mpfleet_agent_mptcpext_total exports): those that speak of MPTCP working
+// (handshakes, joins, fallbacks, failures). Every counter that
+// mptcp.Counters.Fallbacks sums is among them (the last four are 6.17's),
+// so that mpfleet_agent_mptcp_fallbacks_total counts them all.
 var healthCounters = []string{
 	"MPCapableSYNRX", "MPCapableSYNTX", "MPCapableFallbackACK", "MPCapableFallbackSYNACK",
-	"MPFallbackTokenInit", "MPJoinSynRx", "MPJoinSynAckRx", "MPJoinAckRx", "MPJoinSynTxConnectErr",
+	"MPFallbackTokenInit", "MPCapableDataFallback", "MD5SigFallback", "DssFallback", "SimultConnectFallback",
+	"MPJoinSynRx", "MPJoinSynAckRx", "MPJoinAckRx", "MPJoinSynTxConnectErr",
 	"AddAddr", "RmAddr", "SubflowStale", "SubflowRecover", "MPFailTx", "MPFailRx",
 	"MPRstTx", "MPRstRx", "Blackhole", "MPCurrEstab",
 }

@@ -63,6 +63,7 @@ func (l *loop) judgePaths() {
 		names[i.Index] = i.Name
 	}
 	l.pathStatus, l.pathProblems = pathStatuses(l.paths, l.targets, l.results, names, time.Now())
+	l.a.metrics.setPaths(l.pathStatus)
 }
 
 // pathsChanged reports whether the paths' states differ from the last

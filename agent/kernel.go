@@ -32,7 +32,13 @@ func (l *loop) readApplied(ctx context.Context) {
 	}
 	if st, err := k.Read(ctx, reconcile.HostConfig{Range: rng}); err == nil {
 		l.applied = policy.AppliedFromState(st, policy.InterfacesFromFacts(l.facts))
+		l.sawKernel(st)
 	}
+}
+
+// sawKernel takes what a read of the kernel found for the metrics.
+func (l *loop) sawKernel(st reconcile.State) {
+	l.a.metrics.endpoints.Set(float64(len(st.Endpoints)))
 }
 
 // kernelFor returns the kernel for the owned range rng, opening it if the

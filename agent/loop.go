@@ -243,10 +243,12 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 	if err := validateDesired(d); err != nil {
 		msg := "desired configuration rejected: " + err.Error()
 		l.log.Warn("rejected a desired configuration", "group", d.GetGroup(), "revision", d.GetRevision(), "err", err)
+		l.a.metrics.applyFailures.Inc()
 		l.refused = msg
 		l.setState(pb.SyncState_SYNC_STATE_FAILED, msg)
 		l.event(pb.AgentEvent_KIND_APPLY_FAILED, d, msg, nil)
 		l.lastFailMsg = msg
+		l.publish()
 		l.sendReport(ctx)
 		return
 	}
@@ -266,6 +268,7 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 			l.setState(pb.SyncState_SYNC_STATE_UNMANAGED, "")
 		}
 		l.readApplied(ctx)
+		l.publish()
 		l.sendReport(ctx)
 	case pb.DesiredConfig_ASSIGNMENT_MANAGED:
 		if sameConfig(d, l.held) {
@@ -285,6 +288,7 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 func (l *loop) onProblems() {
 	for _, err := range l.a.takeProblems() {
 		msg := err.Error()
+		l.a.metrics.applyFailures.Inc()
 		l.refused = msg
 		l.setState(pb.SyncState_SYNC_STATE_FAILED, msg)
 		if msg != l.lastFailMsg {
@@ -292,4 +296,5 @@ func (l *loop) onProblems() {
 			l.lastFailMsg = msg
 		}
 	}
+	l.publish()
 }

@@ -159,6 +159,7 @@ func (l *loop) guardPath(ctx context.Context, actual reconcile.State, ops reconc
 // that it goes in once the connection takes another path.
 func (l *loop) refusePlan(ctx context.Context, d *pb.DesiredConfig, why reason, msg string, ops reconcile.Ops, held []string) {
 	l.log.Warn("refused a plan that would move the controller connection", "group", d.GetGroup(), "revision", d.GetRevision(), "reason", why.String(), "err", msg)
+	l.a.metrics.applyFailures.Inc()
 	l.pushProbes()
 	l.lastPlan = ops
 	before, beforeErr := l.state, l.lastError

@@ -4,7 +4,11 @@ package agent
 // test can wait for the pass that a change or a resync started and then
 // check what it did, or that it did nothing, instead of sleeping.
 
-import pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+import (
+	"time"
+
+	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+)
 
 // Pass is the outcome of one reconcile pass, as Options.OnReconcile sees it.
 type Pass struct {
@@ -22,9 +26,12 @@ type Pass struct {
 	Events int
 }
 
-// endPass numbers a pass that has ended and hands it to the hook; events is
-// the loop's event count when the pass began.
-func (l *loop) endPass(why reason, events uint64) {
+// endPass numbers a pass that has ended, measures it, publishes its
+// outcome (ready.go) and hands it to the hook; events is the loop's event
+// count when the pass began, start the time.
+func (l *loop) endPass(why reason, events uint64, start time.Time) {
+	l.a.metrics.reconcile.Observe(time.Since(start).Seconds())
+	l.publish()
 	l.passes++
 	if f := l.a.opts.OnReconcile; f != nil {
 		f(Pass{Seq: l.passes, Reason: why.String(), State: l.state, Events: int(l.events - events)})

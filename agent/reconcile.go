@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"github.com/mpfleet/mpfleet/internal/policy"
@@ -26,7 +27,7 @@ const maxChase = 3
 // against the interfaces present now: render, read, plan, apply (journaled),
 // confirm a new revision with the controller, read back, report.
 func (l *loop) reconcile(ctx context.Context, why reason) {
-	defer l.endPass(why, l.events)
+	defer l.endPass(why, l.events, time.Now())
 	// What the fast path knew is read anew; changes from now on are for
 	// the fast path to take once this pass has left a base (hotplug.go).
 	l.base = nil
@@ -67,6 +68,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.failed(ctx, d, "read the kernel: "+err.Error(), nil, false)
 		return
 	}
+	l.sawKernel(actual)
 	// A sysctl the kernel lacks is reported, and the rest applied. Rules and
 	// routes that mpfleet did not make inside its range are reported, left
 	// alone and kept apart from: an address whose table or priority one
@@ -186,6 +188,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	after, err := k.Read(ctx, cfg)
 	if err == nil {
 		l.applied = policy.AppliedFromState(after, ifaces)
+		l.sawKernel(after)
 	}
 	if confirm && !l.confirm(ctx) {
 		l.rollBack(ctx, d, why, k, cfg, actual, ifaces)
@@ -205,6 +208,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.commit(d)
 		l.event(pb.AgentEvent_KIND_APPLIED, d, fmt.Sprintf("%s revision %d applied", d.GetGroup(), d.GetRevision()), ops)
 	case drift:
+		l.a.metrics.driftRepairs.Inc()
 		l.event(pb.AgentEvent_KIND_DRIFT_REPAIRED, d, "the kernel had changed under the agent; repaired", ops)
 	}
 	// Check the paths as the kernel is now.
@@ -261,6 +265,7 @@ func (l *loop) settle(held []string) {
 // host) are retried at the next change or resync.
 func (l *loop) failed(ctx context.Context, d *pb.DesiredConfig, msg string, ops reconcile.Ops, hold bool) {
 	l.log.Warn("reconcile failed", "group", d.GetGroup(), "revision", d.GetRevision(), "err", msg)
+	l.a.metrics.applyFailures.Inc()
 	if ops != nil {
 		l.lastPlan = ops
 	}

@@ -65,6 +65,7 @@ func (l *loop) sendReport(ctx context.Context) {
 		r.ExcludedAddresses = append(r.ExcludedAddresses, a.String())
 	}
 	if h, err := l.a.opts.System.Health(ctx); err == nil {
+		l.a.metrics.health.offer(h)
 		r.Health = h
 	} else {
 		l.log.Debug("health", "err", err)
@@ -100,4 +101,5 @@ func (l *loop) setState(s pb.SyncState, lastError string) {
 		l.log.Info("sync state", "state", s.String(), "error", lastError)
 	}
 	l.state, l.lastError = s, lastError
+	l.a.metrics.setSyncState(s)
 }

@@ -7,8 +7,10 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/mpfleet/mpfleet/internal/metrics"
 	"github.com/mpfleet/mpfleet/internal/probe"
 	"github.com/mpfleet/mpfleet/internal/program"
 	"github.com/mpfleet/mpfleet/internal/transport"
@@ -36,6 +38,8 @@ type Flags struct {
 	ProbeListen    string
 	Config         string
 	Cleanup        bool
+	MetricsListen  string
+	EnablePprof    bool
 }
 
 func flagSet(f *Flags) *pflag.FlagSet {
@@ -55,6 +59,8 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.StringVar(&f.Token, "token", "", "bearer token (only over TLS, or to a loopback controller)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.ProbeListen, "probe-listen", "", "serve as a probe target: an MPTCP listener on `ADDR` (host:port) that accepts and drains, so that a fleet can probe its own members")
+	fs.StringVar(&f.MetricsListen, metrics.ListenFlag, "", metrics.ListenUsage)
+	fs.BoolVar(&f.EnablePprof, "enable-pprof", false, metrics.PprofUsage)
 	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
 	fs.BoolVar(&f.Cleanup, "cleanup", false, "remove what mpfleet put in this namespace's kernel (rules and routes with proto 173 in any table, the endpoints --state-dir records as mpfleet's), restore the sysctls and limits it changed to the values --state-dir recorded, remove the state dir's files, and exit; no controller needed; refused while an agent runs with the same --state-dir")
 	return fs
@@ -74,6 +80,11 @@ With several controller replicas, list them all in --controller (a:7400,b:7400)
 or give a name that resolves to each. The agent holds one stream, to one
 replica; when that replica goes away it moves to another, and when it is
 stopped (it drains its agents) it moves at once.
+
+With --metrics-listen ADDR it serves Prometheus metrics (mpfleet_agent_*) on
+/metrics, and /healthz and /readyz for probes, over plain HTTP: /readyz is 200
+while the agent holds a stream to a controller and its last reconcile pass
+succeeded, else 503 with the reason.
 
 Every flag can also be set in the environment (MPFLEET_AGENT_HOST_ID for
 --host-id, ...) or in a --config YAML file; the command line wins, then the
@@ -112,6 +123,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if f.EnablePprof && f.MetricsListen == "" {
+		return fmt.Errorf("--enable-pprof serves on --%s: give that address too", metrics.ListenFlag)
+	}
 	if f.ProbeListen != "" {
 		pl, err := probe.Listen(ctx, netns.None(), f.ProbeListen)
 		if err != nil {
@@ -125,14 +139,31 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer func() { _ = sys.Close() }()
+	reg := metrics.NewRegistry("mpfleet-agent")
 	a, err := New(Options{
 		HostID: f.HostID, Labels: f.Labels, Controller: f.Controller, Credentials: creds, Token: f.Token,
 		StateDir: f.StateDir, DryRun: f.DryRun,
 		ResyncInterval: f.ResyncInterval, ConfirmTimeout: f.ConfirmTimeout, ReportInterval: f.ReportInterval,
-		Kernel: NetlinkKernels(0), System: sys, Logger: log,
+		Kernel: NetlinkKernels(0), System: sys, Logger: log, Metrics: reg,
 	})
 	if err != nil {
 		return err
+	}
+	if f.MetricsListen != "" {
+		srv, err := metrics.Listen(metrics.Options{Addr: f.MetricsListen, Gatherer: reg, Ready: a.Ready, Pprof: f.EnablePprof, Log: log})
+		if err != nil {
+			return err
+		}
+		sctx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if err := srv.Serve(sctx); err != nil {
+				log.Error("the metrics server stopped", "err", err)
+			}
+		})
+		defer wg.Wait()
+		defer stop()
+		log.Info("serving metrics and probes", "addr", srv.Addr().String(), "pprof", f.EnablePprof)
 	}
 	if creds == nil && !allLoopback(controllers) {
 		log.Warn("plaintext connection to a controller that is not on loopback: use --tls-ca-file", "controller", f.Controller)

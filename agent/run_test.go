@@ -14,7 +14,7 @@ func TestRunFlags(t *testing.T) {
 	if err := Run(context.Background(), []string{"--help"}, &out, &errb); err != nil {
 		t.Fatalf("--help: %v", err)
 	}
-	for _, want := range []string{"mpfleet-agent applies", "--controller", "--confirm-timeout", "--probe-listen ADDR", "MPFLEET_AGENT_HOST_ID", "--cleanup"} {
+	for _, want := range []string{"mpfleet-agent applies", "--controller", "--confirm-timeout", "--probe-listen ADDR", "MPFLEET_AGENT_HOST_ID", "--cleanup", "--metrics-listen ADDR", "--enable-pprof"} {
 		if !strings.Contains(errb.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}
@@ -39,6 +39,9 @@ func TestRunFlags(t *testing.T) {
 		{"stray argument", []string{"extra"}, nil, "unexpected"},
 		{"bad probe listen address", []string{"--host-id", "h1", "--probe-listen", "nowhere"}, nil, "--probe-listen"},
 		{"bad probe listen address from the environment", []string{"--host-id", "h1"}, map[string]string{"MPFLEET_AGENT_PROBE_LISTEN": "198.18.0.1"}, "--probe-listen"},
+		{"bad metrics listen address", []string{"--host-id", "h1", "--dry-run", "--metrics-listen", "nowhere"}, nil, "--metrics-listen"},
+		{"bad metrics listen address in the config file", []string{"--host-id", "h1", "--dry-run", "--config", writeTemp(t, "metrics-listen: 198.18.0.1\n")}, nil, "--metrics-listen"},
+		{"pprof without a metrics address", []string{"--host-id", "h1", "--enable-pprof"}, nil, "--enable-pprof"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			for k, v := range tt.env {

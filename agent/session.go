@@ -129,8 +129,10 @@ func (a *Agent) serve(ctx context.Context, t target, attempt int) (healthy bool,
 		return false, nil
 	}
 	a.log.Info("connected to the controller", "controller", t.entry, "addr", t.addr, "local", s.local)
+	a.setStream(true)
 	start := time.Now()
 	healthy, drain, err = a.receive(s)
+	a.setStream(false)
 	close(s.done)
 	s.close()
 	if ctx.Err() != nil {
