@@ -12,6 +12,7 @@ import (
 
 	"github.com/mpfleet/mpfleet/internal/store"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -37,6 +38,7 @@ type Controller struct {
 	sh        *storeHealth
 	leading   atomic.Bool
 	pruneNow  chan struct{}
+	metrics   *controllerMetrics // nil: no metrics
 }
 
 // Options configure a Controller.
@@ -45,6 +47,10 @@ type Options struct {
 	Hub       HubOptions
 	Retention Retention
 	Store     StoreHealthOptions
+	// Metrics, if set, gets the controller's Prometheus metrics
+	// (mpfleet_controller_* and grpc_server_*; see metrics.go); the
+	// servers NewServer returns count their calls in it.
+	Metrics prometheus.Registerer
 }
 
 // New returns a controller over s and its cache. The caller runs the cache
@@ -57,6 +63,9 @@ func New(s *store.Store, cache *store.Cache, opts Options) *Controller {
 	c := &Controller{store: s, cache: cache, log: log, retention: opts.Retention, pruneNow: make(chan struct{}, 1)}
 	c.sh = newStoreHealth(s, log, opts.Store)
 	c.hub = newHub(c, opts.Hub)
+	if opts.Metrics != nil {
+		c.metrics = newControllerMetrics(c, opts.Metrics)
+	}
 	return c
 }
 
@@ -99,9 +108,10 @@ type ServerOptions struct {
 // reflection (v1 and v1alpha) registered, and the health status.
 func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server) {
 	a := &authenticator{creds: opts.creds}
+	unary, stream := c.metrics.interceptors()
 	sopts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(recoverUnary(c.log), a.unary, logUnary(c.log)),
-		grpc.ChainStreamInterceptor(recoverStream(c.log), a.stream, logStream(c.log)),
+		grpc.ChainUnaryInterceptor(append(unary, recoverUnary(c.log), a.unary, logUnary(c.log))...),
+		grpc.ChainStreamInterceptor(append(stream, recoverStream(c.log), a.stream, logStream(c.log))...),
 		// Agents ping every 20s; allow pings down to 5s, also between streams,
 		// so that no agent is ever cut off with too_many_pings.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
@@ -127,6 +137,7 @@ func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server
 	c.sh.attach(hs) // NOT_SERVING while etcd is unreachable or out of space
 	healthpb.RegisterHealthServer(srv, hs)
 	reflection.Register(srv) // registers both v1 and v1alpha
+	c.metrics.initialize(srv)
 	return srv, hs
 }
 

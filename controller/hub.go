@@ -81,6 +81,8 @@ type hub struct {
 
 	limMu  sync.Mutex
 	limits map[string]*hostLimits // by host id, across its streams
+
+	fresh map[string]revCommit // policy revisions committed since the last reassign (propagation.go)
 }
 
 func newHub(c *Controller, opts HubOptions) *hub {
@@ -162,6 +164,7 @@ func (h *hub) follow(ctx context.Context, sub *store.Subscription) error {
 			return sub.Err()
 		case ev := <-sub.C():
 			h.mu.Lock()
+			h.noteCommitLocked(ev)
 			switch {
 			case ev.LabelsHost != "":
 				h.relabelLocked(ev.LabelsHost, ev.Labels, ev.Labels != nil)
@@ -238,7 +241,9 @@ func (h *hub) relabelLocked(id string, labels map[string]string, given bool) {
 	s.mu.Unlock()
 	h.setStatus(s, st, true) // written at once: labels are no counter
 	key, d := desiredFor(h.groups, h.targets, s.id, labels)
-	s.setDesired(key, d)
+	if s.setDesired(key, d) {
+		h.expectLocked(s, d)
+	}
 }
 
 // desiredFor returns the desired configuration of a host with labels, and
@@ -277,13 +282,16 @@ func (h *hub) reassignLocked() {
 	for _, s := range h.sessions {
 		key, d := desiredFor(h.groups, h.targets, s.id, s.labels)
 		used[key] = true
-		s.setDesired(key, d)
+		if s.setDesired(key, d) {
+			h.expectLocked(s, d)
+		}
 	}
 	for k := range h.prepared {
 		if !used[k] {
 			delete(h.prepared, k)
 		}
 	}
+	clear(h.fresh)
 }
 
 // prepare returns the encoded message for key, encoding it once (with the
@@ -329,9 +337,14 @@ type session struct {
 
 	drainC    chan struct{} // closed: move the agent to another replica
 	drainOnce sync.Once
+
+	propRev   int64     // the revision whose propagation is timed (0: none), under mu
+	propStart time.Time // when it was committed
 }
 
-func (s *session) setDesired(key string, d *pb.DesiredConfig) {
+// setDesired sets the desired configuration of s and reports whether it
+// changed.
+func (s *session) setDesired(key string, d *pb.DesiredConfig) bool {
 	s.mu.Lock()
 	changed := key != s.desiredKey
 	s.desiredKey, s.desired = key, d
@@ -342,6 +355,7 @@ func (s *session) setDesired(key string, d *pb.DesiredConfig) {
 		default:
 		}
 	}
+	return changed
 }
 
 // connect serves one agent's stream.

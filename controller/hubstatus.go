@@ -44,6 +44,7 @@ func (h *hub) report(_ context.Context, s *session, r *pb.AgentReport) error {
 		h.log.Warn("agent report refused: it makes the host's status too large; the stored status stays as it was", "host", s.id, "bytes", n, "limit", maxHostStatusSize)
 		return nil
 	}
+	h.observePropagation(s, st)
 	h.setStatus(s, st, reportChange(prev, st))
 	return nil
 }

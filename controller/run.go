@@ -57,6 +57,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("listen on %s: %w", f.Listen, err)
 	}
 	defer lis.Close()
+	// /metrics, /healthz and /readyz from now on (--metrics-listen).
+	mon, err := startMonitor(f, log)
+	if err != nil {
+		return err
+	}
+	defer mon.close()
 
 	var endpoints []string
 	var etcdTLS *tls.Config
@@ -105,15 +111,17 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// Every request of the store is bounded and fails at once while the
 	// health monitor knows etcd to be unreachable.
 	guard := store.NewGuard(f.EtcdReqTimeout)
-	cli.KV = guard.KV(cli.KV)
+	cli.KV = mon.kv(guard.KV(cli.KV))
 	st := store.New(cli, f.EtcdPrefix, store.WithAuditKey(auditKey))
 	if err := keyAuditChain(ctx, st, log); err != nil {
 		return err
 	}
 	cache := store.NewCache(st, log.With("component", "cache"))
 	c := New(st, cache, Options{Log: log, Retention: Retention{MaxEvents: f.AuditMaxEvents, MaxAge: f.AuditMaxAge, MaxBytes: f.AuditMaxBytes},
-		Store: StoreHealthOptions{Guard: guard}, Hub: HubOptions{Replica: replicaName(f.ReplicaName, lis.Addr()), DrainRate: f.DrainRate, DrainTimeout: f.DrainTimeout}})
+		Store: StoreHealthOptions{Guard: guard}, Hub: HubOptions{Replica: replicaName(f.ReplicaName, lis.Addr()), DrainRate: f.DrainRate, DrainTimeout: f.DrainTimeout},
+		Metrics: mon.registerer()})
 	srv, hs := c.NewServer(sopts)
+	mon.follow(c)
 
 	// The background work outlives ctx until the drain below is done: the
 	// session lease holds the keys of the hosts still being served.

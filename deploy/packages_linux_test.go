@@ -164,6 +164,9 @@ func TestPackages(t *testing.T) {
 	t.Run("hardened-agent", func(t *testing.T) {
 		testHardenedAgent(t, root, filepath.Join(dist, "bin"))
 	})
+	t.Run("observability", func(t *testing.T) {
+		testObservability(t, root, filepath.Join(dist, "bin"))
+	})
 	t.Run("install", func(t *testing.T) {
 		testInstall(t, debs)
 	})

@@ -51,6 +51,8 @@ type Config struct {
 	Name string
 	// LogLevel is the programs' --log-level. By default "info".
 	LogLevel string
+	// ControllerFlags are extra flags of every start of the controller.
+	ControllerFlags []string
 	// AgentFlags are extra flags of every start of every agent.
 	AgentFlags []string
 	// HostFlags are extra flags of every start of the agent of one host,

@@ -36,17 +36,18 @@ func (f *Fleet) start(h lab.Host, program, log string, args []string) (*lab.Proc
 }
 
 // StartController starts the controller in the ctl namespace, on embedded
-// etcd in DataDir (the same on every start), and waits until it answers
+// etcd in DataDir (the same on every start), with Config.ControllerFlags,
+// and waits until it answers
 // mpfleetctl, at most 30 s.
 func (f *Fleet) StartController(ctx context.Context) error {
-	p, err := f.start(lab.Controller, "mpfleet-controller", "controller", []string{
+	p, err := f.start(lab.Controller, "mpfleet-controller", "controller", slices.Concat([]string{
 		"--listen", f.ControllerAddr(),
 		"--data-dir", f.DataDir(),
 		"--tls-cert-file", f.PKI.Controller.Cert, "--tls-key-file", f.PKI.Controller.Key,
 		"--tls-client-ca-file", f.PKI.CA,
 		"--tokens-file", f.PKI.Tokens,
 		"--log-level", f.cfg.LogLevel,
-	})
+	}, f.cfg.ControllerFlags))
 	if err != nil {
 		return fmt.Errorf("start the controller: %w", err)
 	}
