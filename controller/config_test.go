@@ -21,7 +21,7 @@ func TestDeployConfigParses(t *testing.T) {
 	if err := config.Apply(fs, "MPFLEET_CONTROLLER_TEST_", "config"); err != nil {
 		t.Fatal(err)
 	}
-	if f.Listen != "0.0.0.0:7400" || f.TLSClientCAFile == "" || f.TokensFile == "" || f.MetricsListen != ":7401" || f.EnablePprof {
+	if f.Listen != "0.0.0.0:7400" || f.TLSClientCAFile == "" || f.TokensFile == "" || f.Metrics.Listen != ":7401" || f.Metrics.Pprof {
 		t.Fatalf("parsed %+v", f)
 	}
 	if _, err := serverSecurity(Flags{Listen: f.Listen}, slog.New(slog.DiscardHandler)); err == nil {

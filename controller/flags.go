@@ -39,8 +39,7 @@ type Flags struct {
 	ReplicaName     string
 	DrainRate       float64
 	DrainTimeout    time.Duration
-	MetricsListen   string
-	EnablePprof     bool
+	Metrics         metrics.Flags
 }
 
 func flagSet(f *Flags) *pflag.FlagSet {
@@ -71,8 +70,7 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.Float64Var(&f.DrainRate, "drain-rate", 200, "on SIGTERM, how many agents per second to tell to move to another replica (each releases its host first, so another replica takes it at once); 0 ends every agent stream at once")
 	fs.DurationVar(&f.DrainTimeout, "drain-timeout", 30*time.Second, "longest drain on SIGTERM; the agent streams still open then are ended (keep the service manager's stop timeout above it)")
 	fs.StringVar(&f.AuditKeyFile, "audit-key-file", "", "secret key (hex, 32+ bytes) that keys the audit chain's hashes; every replica needs the same file (default: <data-dir>/audit.key, generated on first start)")
-	fs.StringVar(&f.MetricsListen, metrics.ListenFlag, "", metrics.ListenUsage)
-	fs.BoolVar(&f.EnablePprof, "enable-pprof", false, metrics.PprofUsage)
+	f.Metrics.Register(fs)
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
 	return fs

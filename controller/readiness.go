@@ -59,11 +59,11 @@ type monitor struct {
 // startMonitor listens on --metrics-listen (failing at once on a bad
 // address) and serves until stopped. Without the flag it returns nil.
 func startMonitor(f Flags, log *slog.Logger) (*monitor, error) {
-	if f.MetricsListen == "" {
+	if f.Metrics.Listen == "" {
 		return nil, nil
 	}
 	m := &monitor{reg: metrics.NewRegistry("mpfleet-controller"), done: make(chan struct{})}
-	srv, err := metrics.Listen(metrics.Options{Addr: f.MetricsListen, Gatherer: m.reg, Ready: m.ready, Pprof: f.EnablePprof, Log: log.With("component", "metrics")})
+	srv, err := metrics.Listen(metrics.Options{Addr: f.Metrics.Listen, Gatherer: m.reg, Ready: m.ready, Pprof: f.Metrics.Pprof, Log: log.With("component", "metrics")})
 	if err != nil {
 		return nil, err
 	}
@@ -75,7 +75,7 @@ func startMonitor(f Flags, log *slog.Logger) (*monitor, error) {
 			log.Error("metrics server stopped", "err", err)
 		}
 	}()
-	log.Info("serving metrics", "metrics-listen", srv.Addr().String(), "pprof", f.EnablePprof)
+	log.Info("serving metrics", "metrics-listen", srv.Addr().String(), "pprof", f.Metrics.Pprof)
 	return m, nil
 }
 

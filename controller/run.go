@@ -48,6 +48,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := checkDrainFlags(f); err != nil {
 		return err
 	}
+	if err := f.Metrics.Check(); err != nil {
+		return err
+	}
 	auditKey, err := loadAuditKey(f, log)
 	if err != nil {
 		return err

@@ -220,25 +220,17 @@ func integer(v any, kind string, signed bool, bits int) (string, error) {
 	if !signed {
 		want = "a non-negative integer"
 	}
-	var s string
-	switch x := v.(type) {
-	case int:
-		s = strconv.Itoa(x)
-	case int64:
-		s = strconv.FormatInt(x, 10)
-	case uint64:
-		s = strconv.FormatUint(x, 10)
-	case float64:
+	s, ok := digits(v)
+	if x, isFloat := v.(float64); isFloat {
 		if x != math.Trunc(x) || math.IsInf(x, 0) {
 			return "", fmt.Errorf("%s is not %s", describe(v), want)
 		}
 		if math.Abs(x) > maxExact {
 			return "", fmt.Errorf("%s is not an exact integer: write an integer beyond 2^53 out in digits, not as a floating-point number", describe(v))
 		}
-		s = strconv.FormatFloat(x, 'f', -1, 64)
-	case string:
-		s = x
-	default:
+		s, ok = strconv.FormatFloat(x, 'f', -1, 64), true
+	}
+	if !ok {
 		return "", fmt.Errorf("%s is not %s", describe(v), want)
 	}
 	var err error
@@ -262,19 +254,11 @@ func integer(v any, kind string, signed bool, bits int) (string, error) {
 // float accepts a YAML number or a numeric string, keeping its digits (the
 // shortest text that parses back to the same float64).
 func float(v any, kind string, bits int) (string, error) {
-	var s string
-	switch x := v.(type) {
-	case int:
-		s = strconv.Itoa(x)
-	case int64:
-		s = strconv.FormatInt(x, 10)
-	case uint64:
-		s = strconv.FormatUint(x, 10)
-	case float64:
-		s = strconv.FormatFloat(x, 'g', -1, 64)
-	case string:
-		s = x
-	default:
+	s, ok := digits(v)
+	if x, isFloat := v.(float64); isFloat {
+		s, ok = strconv.FormatFloat(x, 'g', -1, 64), true
+	}
+	if !ok {
 		return "", fmt.Errorf("%s is not a number", describe(v))
 	}
 	if _, err := strconv.ParseFloat(s, bits); err != nil {
@@ -362,4 +346,20 @@ func describe(v any) string {
 		return "a map"
 	}
 	return fmt.Sprint(v)
+}
+
+// digits returns the decimal text of a YAML integer, or a string as it is;
+// ok is false for any other value.
+func digits(v any) (s string, ok bool) {
+	switch x := v.(type) {
+	case int:
+		return strconv.Itoa(x), true
+	case int64:
+		return strconv.FormatInt(x, 10), true
+	case uint64:
+		return strconv.FormatUint(x, 10), true
+	case string:
+		return x, true
+	}
+	return "", false
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
 )
 
 // ListenFlag is the flag that names the address to serve on; empty: no
@@ -139,6 +140,31 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err
+	}
+	return nil
+}
+
+// PprofFlag is the flag that turns /debug/pprof/ on.
+const PprofFlag = "enable-pprof"
+
+// Flags are a daemon's metrics settings, --metrics-listen and
+// --enable-pprof.
+type Flags struct {
+	Listen string
+	Pprof  bool
+}
+
+// Register defines the flags in fs.
+func (f *Flags) Register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.Listen, ListenFlag, "", ListenUsage)
+	fs.BoolVar(&f.Pprof, PprofFlag, false, PprofUsage)
+}
+
+// Check refuses --enable-pprof without --metrics-listen, which would serve
+// nothing.
+func (f Flags) Check() error {
+	if f.Pprof && f.Listen == "" {
+		return fmt.Errorf("--%s serves on --%s: give that address too", PprofFlag, ListenFlag)
 	}
 	return nil
 }

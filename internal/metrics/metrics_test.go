@@ -12,6 +12,7 @@ import (
 	"github.com/mpfleet/mpfleet/internal/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
+	"github.com/spf13/pflag"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -100,5 +101,23 @@ func TestPprof(t *testing.T) {
 func TestListenBadAddress(t *testing.T) {
 	if _, err := metrics.Listen(metrics.Options{Addr: "127.0.0.1:notaport", Gatherer: prometheus.NewRegistry()}); err == nil || !strings.Contains(err.Error(), "--metrics-listen") {
 		t.Errorf("Listen(bad address) = %v, want an error naming --metrics-listen", err)
+	}
+}
+
+func TestFlags(t *testing.T) {
+	var f metrics.Flags
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	f.Register(fs)
+	if err := fs.Parse([]string{"--enable-pprof"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Check(); err == nil || !strings.Contains(err.Error(), "--metrics-listen") {
+		t.Errorf("--enable-pprof alone: %v, want an error naming --metrics-listen", err)
+	}
+	if err := fs.Parse([]string{"--metrics-listen", ":7401"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Check(); err != nil || f.Listen != ":7401" || !f.Pprof {
+		t.Errorf("flags %+v, check %v", f, err)
 	}
 }
