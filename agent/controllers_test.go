@@ -377,7 +377,7 @@ func TestAgentTLSPerAddress(t *testing.T) {
 	for _, n := range []string{"ctl-a.test", "ctl-b.test", "ctl-c.test"} {
 		res.set(n, "127.0.0.1")
 	}
-	creds, err := clientTLS(Flags{TLSCAFile: caFile})
+	creds, err := clientCreds(Flags{TLSCAFile: caFile})
 	if err != nil {
 		t.Fatal(err)
 	}

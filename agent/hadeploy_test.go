@@ -41,8 +41,8 @@ func TestDeployAgentConfigs(t *testing.T) {
 		if f.TLSCAFile == "" {
 			t.Errorf("%s: no TLS to the controller", tc.path)
 		}
-		if tc.path == "config/agent.yaml" && f.MetricsListen != ":7402" {
-			t.Errorf("%s: metrics-listen %q, want \":7402\"", tc.path, f.MetricsListen)
+		if tc.path == "config/agent.yaml" && f.Metrics.Listen != ":7402" {
+			t.Errorf("%s: metrics-listen %q, want \":7402\"", tc.path, f.Metrics.Listen)
 		}
 	}
 }

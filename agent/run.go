@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,7 +12,6 @@ import (
 	"github.com/mpfleet/mpfleet/internal/metrics"
 	"github.com/mpfleet/mpfleet/internal/probe"
 	"github.com/mpfleet/mpfleet/internal/program"
-	"github.com/mpfleet/mpfleet/internal/transport"
 	"github.com/spf13/pflag"
 	"github.com/vishvananda/netns"
 	"google.golang.org/grpc/credentials"
@@ -38,8 +36,7 @@ type Flags struct {
 	ProbeListen    string
 	Config         string
 	Cleanup        bool
-	MetricsListen  string
-	EnablePprof    bool
+	Metrics        metrics.Flags
 }
 
 func flagSet(f *Flags) *pflag.FlagSet {
@@ -59,8 +56,7 @@ func flagSet(f *Flags) *pflag.FlagSet {
 	fs.StringVar(&f.Token, "token", "", "bearer token (only over TLS, or to a loopback controller)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&f.ProbeListen, "probe-listen", "", "serve as a probe target: an MPTCP listener on `ADDR` (host:port) that accepts and drains, so that a fleet can probe its own members")
-	fs.StringVar(&f.MetricsListen, metrics.ListenFlag, "", metrics.ListenUsage)
-	fs.BoolVar(&f.EnablePprof, "enable-pprof", false, metrics.PprofUsage)
+	f.Metrics.Register(fs)
 	fs.StringVar(&f.Config, "config", "", "YAML file of settings (keys are flag names)")
 	fs.BoolVar(&f.Cleanup, "cleanup", false, "remove what mpfleet put in this namespace's kernel (rules and routes with proto 173 in any table, the endpoints --state-dir records as mpfleet's), restore the sysctls and limits it changed to the values --state-dir recorded, remove the state dir's files, and exit; no controller needed; refused while an agent runs with the same --state-dir")
 	return fs
@@ -85,6 +81,10 @@ With --metrics-listen ADDR it serves Prometheus metrics (mpfleet_agent_*) on
 /metrics, and /healthz and /readyz for probes, over plain HTTP: /readyz is 200
 while the agent holds a stream to a controller and its last reconcile pass
 succeeded, else 503 with the reason.
+
+The TLS files reload without a restart when they change, and on SIGHUP:
+new connections to a controller use them; the open stream keeps its
+certificate until it reconnects for another reason.
 
 Every flag can also be set in the environment (MPFLEET_AGENT_HOST_ID for
 --host-id, ...) or in a --config YAML file; the command line wins, then the
@@ -119,12 +119,17 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--controller: %w", err)
 	}
-	creds, err := clientTLS(f)
+	tlsFiles, err := clientTLS(f, log)
 	if err != nil {
 		return err
 	}
-	if f.EnablePprof && f.MetricsListen == "" {
-		return fmt.Errorf("--enable-pprof serves on --%s: give that address too", metrics.ListenFlag)
+	var creds credentials.TransportCredentials
+	if tlsFiles != nil {
+		creds = tlsFiles.Credentials()
+	}
+	defer startTLSReload(ctx, tlsFiles, log)()
+	if err := f.Metrics.Check(); err != nil {
+		return err
 	}
 	if f.ProbeListen != "" {
 		pl, err := probe.Listen(ctx, netns.None(), f.ProbeListen)
@@ -149,8 +154,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if f.MetricsListen != "" {
-		srv, err := metrics.Listen(metrics.Options{Addr: f.MetricsListen, Gatherer: reg, Ready: a.Ready, Pprof: f.EnablePprof, Log: log})
+	if f.Metrics.Listen != "" {
+		srv, err := metrics.Listen(metrics.Options{Addr: f.Metrics.Listen, Gatherer: reg, Ready: a.Ready, Pprof: f.Metrics.Pprof, Log: log})
 		if err != nil {
 			return err
 		}
@@ -163,7 +168,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		})
 		defer wg.Wait()
 		defer stop()
-		log.Info("serving metrics and probes", "addr", srv.Addr().String(), "pprof", f.EnablePprof)
+		log.Info("serving metrics and probes", "addr", srv.Addr().String(), "pprof", f.Metrics.Pprof)
 	}
 	if creds == nil && !allLoopback(controllers) {
 		log.Warn("plaintext connection to a controller that is not on loopback: use --tls-ca-file", "controller", f.Controller)
@@ -173,24 +178,4 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	err = a.Run(ctx)
 	log.Info("mpfleet agent stopped; the kernel is left as it is")
 	return err
-}
-
-// clientTLS returns the TLS credentials the flags ask for, or nil for
-// plaintext.
-func clientTLS(f Flags) (credentials.TransportCredentials, error) {
-	info := transport.TLSInfo{
-		CertFile: f.TLSCertFile, KeyFile: f.TLSKeyFile, TrustedCAFile: f.TLSCAFile, ServerName: f.ServerName,
-		CALabel: "--tls-ca-file", KeyPairLabel: "TLS key pair",
-	}
-	if info.Empty() {
-		return nil, nil
-	}
-	if (f.TLSCertFile == "") != (f.TLSKeyFile == "") {
-		return nil, errors.New("--tls-cert-file and --tls-key-file must be given together")
-	}
-	c, err := info.ClientConfig()
-	if err != nil {
-		return nil, err
-	}
-	return credentials.NewTLS(c), nil
 }

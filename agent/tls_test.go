@@ -50,7 +50,7 @@ func TestAgentMutualTLS(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
-	creds, err := clientTLS(Flags{TLSCAFile: caFile, TLSCertFile: cliCert, TLSKeyFile: cliKey, ServerName: "controller.test"})
+	creds, err := clientCreds(Flags{TLSCAFile: caFile, TLSCertFile: cliCert, TLSKeyFile: cliKey, ServerName: "controller.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +85,7 @@ func TestAgentRefusesWrongServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds, err := clientTLS(Flags{TLSCAFile: caFile, ServerName: "controller.test"})
+	creds, err := clientCreds(Flags{TLSCAFile: caFile, ServerName: "controller.test"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,8 @@
 // Package transport holds what mpfleet's programs share about their
 // connections: TLS configurations built from certificate, key and CA files
 // (TLSInfo, after etcd's client/pkg/transport), for servers and clients
-// alike, and the loopback check that decides where plaintext is allowed.
+// alike, a client's that follows its files as they change (ClientReloader),
+// and the loopback check that decides where plaintext is allowed.
 package transport
 
 import (
