@@ -38,17 +38,20 @@ func (a *app) certsCommand() *cobra.Command {
 without openssl: "certs init" a private CA and the controller's server
 certificate, "certs issue" a client certificate for each agent, naming its host
 id (which the controller checks against the agent's hello) and binding its
-labels (which choose its group).
+labels (which choose its group), and, in a Kubernetes pod, "certs request" a
+node's agent certificate from cert-manager.
 
-Keys are ECDSA P-256, written readable by their owner only (0600); no file is
-overwritten unless --force. Keep ca-key.pem off the hosts: only "certs issue"
-needs it.
+Keys are ECDSA P-256. init and issue write them readable by their owner only
+(0600) and overwrite no file unless --force; request writes its files for the
+owner and the group (0640: the agent reads them through the pod's fsGroup),
+replacing them. Keep ca-key.pem off the hosts: only "certs issue" needs it.
 
 Client certificates identify agents only: mpfleetctl itself authenticates
 with a bearer token (--token), over TLS verified with ca.pem (--ca-file).`,
 		Example: `  mpfleetctl certs init --dir pki --server-ip 198.18.0.1 --server-name ctl.example
-  mpfleetctl certs issue --dir pki web-1 --label role=web`,
-	}, "command", a.certsInitCommand(), a.certsIssueCommand())
+  mpfleetctl certs issue --dir pki web-1 --label role=web
+  mpfleetctl certs request --dir /etc/mpfleet/tls --name "$NODE_NAME"`,
+	}, "command", a.certsInitCommand(), a.certsIssueCommand(), a.certsRequestCommand())
 }
 
 func (a *app) certsInitCommand() *cobra.Command {

@@ -183,7 +183,7 @@ func TestCertsRefusals(t *testing.T) {
 		{"issue without host", []string{"certs", "issue", "--dir", dir}, 2, "want HOST"},
 		{"issue bad days", []string{"certs", "issue", "--dir", dir, "web-1", "--days", "-1"}, 2, "--days -1"},
 		{"issue without a CA", []string{"certs", "issue", "--dir", filepath.Join(dir, "none"), "web-1"}, 1, `no such file (run "mpfleetctl certs init" first`},
-		{"certs without a command", []string{"certs"}, 2, "missing command (one of: init, issue)"},
+		{"certs without a command", []string{"certs"}, 2, "missing command (one of: init, issue, request)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runCLI(t, "", nil, tc.args...)

@@ -39,8 +39,9 @@ const (
 //     container;
 //   - the agent DaemonSet on every node (tolerating every taint, host
 //     network, system-node-critical), its certificate its node's own, from
-//     an init container that alone holds an API token, which may only
-//     create and get CertificateRequests; the agents dialing a headless
+//     an init container running mpfleetctl certs request (certInitWiring)
+//     that alone holds an API token, which may only create and get
+//     CertificateRequests; the agents dialing a headless
 //     Service over the controller, by a name in the controller's
 //     certificate.
 func checkBuild(t *testing.T, tr *k8sTree, b *k8sBuild) map[string]any {
@@ -151,37 +152,11 @@ func checkAgents(t *testing.T, b *k8sBuild, w k8sWorkload, names map[string]k8sD
 	}
 	cfg := containerConfig(t, b, w, c)
 
-	// The init container writes the key and certificates into a memory
-	// volume, from which the agent reads them.
-	var certDir string
-	var tlsVol *corev1.Volume
-	for _, ic := range spec.InitContainers {
-		env := map[string]string{}
-		for _, e := range ic.Env {
-			env[e.Name] = e.Value
-		}
-		v := volumeAt(w, ic, env["CERT_DIR"]+"/tls.key")
-		if env["CERT_DIR"] == "" || v == nil || v.EmptyDir == nil {
-			continue
-		}
-		certDir, tlsVol = env["CERT_DIR"], v
-		if v.EmptyDir.Medium != corev1.StorageMediumMemory {
-			t.Errorf("%s: the agent's key is in volume %s, which is not in memory (emptyDir medium Memory)", w.doc, v.Name)
-		}
-		if is := issuers[env["ISSUER_NAME"]]; is == nil || (env["ISSUER_KIND"] != "" && env["ISSUER_KIND"] != "Issuer") {
-			t.Errorf("%s: init container %s asks issuer %s %q, which is not an Issuer here", w.doc, ic.Name, env["ISSUER_KIND"], env["ISSUER_NAME"])
-		}
-		for _, e := range []string{"NODE_NAME=spec.nodeName", "POD_NAME=metadata.name", "POD_UID=metadata.uid", "POD_NAMESPACE=metadata.namespace"} {
-			name, field, _ := strings.Cut(e, "=")
-			if !slices.ContainsFunc(ic.Env, func(e corev1.EnvVar) bool {
-				return e.Name == name && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == field
-			}) {
-				t.Errorf("%s: init container %s: no %s from %s", w.doc, ic.Name, name, field)
-			}
-		}
-	}
-	if tlsVol == nil {
-		t.Errorf("%s: no init container writes the agent's certificate (CERT_DIR) into an emptyDir", w.doc)
+	// The init container (mpfleetctl certs request) writes the key and
+	// certificates into a memory volume, from which the agent reads them.
+	certDir, tlsVol, problems := certInitWiring(w, issuers)
+	for _, p := range problems {
+		t.Error(p)
 	}
 	for _, k := range []string{"tls-key-file=tls.key", "tls-cert-file=tls.crt", "tls-ca-file=ca.crt"} {
 		key, file, _ := strings.Cut(k, "=")

@@ -38,7 +38,6 @@ var mpfleetImages = []string{
 
 // otherImages are the images from elsewhere the manifests may run, and why.
 var otherImages = map[string]string{
-	"mpfleet-cert-init":            "the agents' init container: an image with sh, openssl and kubectl the operator chooses, named in the kustomizations' images",
 	"gcr.io/etcd-development/etcd": "the etcd members of ha/",
 }
 
