@@ -310,17 +310,12 @@ func duration(v any) (string, error) {
 // digits; an integral float within ±2^53 is written as an integer (1e6 is
 // 1000000), any other float in its shortest exact form.
 func text(v any) (string, error) {
+	if s, ok := digits(v); ok {
+		return s, nil
+	}
 	switch x := v.(type) {
-	case string:
-		return x, nil
 	case bool:
 		return strconv.FormatBool(x), nil
-	case int:
-		return strconv.Itoa(x), nil
-	case int64:
-		return strconv.FormatInt(x, 10), nil
-	case uint64:
-		return strconv.FormatUint(x, 10), nil
 	case float64:
 		if x == math.Trunc(x) && math.Abs(x) <= maxExact {
 			return strconv.FormatFloat(x, 'f', -1, 64), nil

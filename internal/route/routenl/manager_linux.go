@@ -117,17 +117,11 @@ func (m *Manager) dumpRules() (ours []route.Rule, foreign []route.ForeignRule, e
 	if err != nil {
 		return nil, nil, opErr("list rules", err)
 	}
-	for _, nr := range nrs {
-		f := fromNetlinkRule(nr)
-		if !m.r.OverlapsRule(f.Rule) {
-			continue
-		}
-		if f.Protocol == route.Protocol && f.Plain() && m.r.OwnsRule(f.Rule) {
-			ours = append(ours, f.Rule)
-			continue
-		}
-		foreign = append(foreign, f)
-	}
+	ours, foreign = split(nrs, fromNetlinkRule,
+		func(f route.ForeignRule) bool { return m.r.OverlapsRule(f.Rule) },
+		func(f route.ForeignRule) (route.Rule, bool) {
+			return f.Rule, f.Protocol == route.Protocol && f.Plain() && m.r.OwnsRule(f.Rule)
+		})
 	route.SortRules(ours)
 	route.SortForeignRules(foreign)
 	return ours, foreign, nil
@@ -144,20 +138,30 @@ func (m *Manager) dumpRoutes() (ours []route.Route, foreign []route.ForeignRoute
 	if err != nil {
 		return nil, nil, opErr("list routes", err)
 	}
+	ours, foreign = split(nrs, fromNetlinkForeignRoute,
+		func(f route.ForeignRoute) bool { return m.r.HasTable(f.Table) },
+		func(f route.ForeignRoute) (route.Route, bool) { return f.Route, f.Protocol == route.Protocol && f.Plain() })
+	route.SortRoutes(ours)
+	route.SortForeignRoutes(foreign)
+	return ours, foreign, nil
+}
+
+// split converts the kernel's objects with conv, drops those outside the
+// owned range (inRange), and sorts the rest into mpfleet's — as own gives
+// them, when it says they are — and foreign ones.
+func split[N, F, O any](nrs []N, conv func(N) F, inRange func(F) bool, own func(F) (O, bool)) (ours []O, foreign []F) {
 	for _, nr := range nrs {
-		if !m.r.HasTable(nr.Table) {
+		f := conv(nr)
+		if !inRange(f) {
 			continue
 		}
-		f := fromNetlinkForeignRoute(nr)
-		if f.Protocol == route.Protocol && f.Plain() {
-			ours = append(ours, f.Route)
+		if o, ok := own(f); ok {
+			ours = append(ours, o)
 			continue
 		}
 		foreign = append(foreign, f)
 	}
-	route.SortRoutes(ours)
-	route.SortForeignRoutes(foreign)
-	return ours, foreign, nil
+	return ours, foreign
 }
 
 // change makes one change to a rule or route, op: it fails with check, the
