@@ -140,7 +140,9 @@ func (m *Manager) dumpRoutes() (ours []route.Route, foreign []route.ForeignRoute
 	}
 	ours, foreign = split(nrs, fromNetlinkForeignRoute,
 		func(f route.ForeignRoute) bool { return m.r.HasTable(f.Table) },
-		func(f route.ForeignRoute) (route.Route, bool) { return f.Route, f.Protocol == route.Protocol && f.Plain() })
+		func(f route.ForeignRoute) (route.Route, bool) {
+			return f.Route, f.Protocol == route.Protocol && f.Plain()
+		})
 	route.SortRoutes(ours)
 	route.SortForeignRoutes(foreign)
 	return ours, foreign, nil
