@@ -22,7 +22,7 @@ import (
 	_ "github.com/prometheus/common/expfmt"
 	_ "k8s.io/api/apps/v1"
 	_ "k8s.io/api/core/v1"
-	_ "k8s.io/api/rbac/v1"
 	_ "k8s.io/api/policy/v1"
+	_ "k8s.io/api/rbac/v1"
 	_ "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
