@@ -236,17 +236,20 @@ test: package
 # ---------------------------------------------------------------- images
 
 # Container images from scratch, built without a Docker engine by
-# deploy/image (go-containerregistry): one docker-archive tarball per program
-# in dist/images/, tagged $(IMAGE_REPO)/<program>:$(VERSION). The binaries are
-# static (CGO_ENABLED=0, and not -buildmode=pie: a scratch image has no
-# dynamic loader), -trimpath and stripped: the same sources give the same digest.
+# deploy/image (go-containerregistry): one OCI image layout archive per
+# program, dist/images/<program>.oci.tar, tagged $(IMAGE_REPO)/<program>:$(VERSION)
+# (skopeo copy oci-archive:, podman load, docker load, ctr images import; see
+# docs/operations.md "Container images"). The binaries are static
+# (CGO_ENABLED=0, and not -buildmode=pie: a scratch image has no dynamic
+# loader), -trimpath and stripped: the same sources give the same digest and
+# the same archive, byte for byte.
 IMAGES         := $(DIST)/images
 IMAGE_REPO     ?= ghcr.io/mpfleet
 IMAGE_PLATFORM ?= linux/$(shell $(GO) env GOARCH)
 IMAGE_PROGRAMS := mpfleet-controller mpfleet-agent mpfleetctl
 
 .PHONY: images
-images: ## build container images of the controller, agent and mpfleetctl into dist/images/ (no Docker needed; IMAGE_PLATFORM=linux/arm64)
+images: ## build OCI images of the controller, agent and mpfleetctl as dist/images/<program>.oci.tar (no Docker needed; IMAGE_PLATFORM=linux/arm64)
 	@[ -n "$(VERSION)" ] || { echo "images: no version (VERSION=...)" >&2; exit 1; }
 	CGO_ENABLED=0 GOOS=$(word 1,$(subst /, ,$(IMAGE_PLATFORM))) GOARCH=$(word 2,$(subst /, ,$(IMAGE_PLATFORM))) GOFLAGS=-trimpath \
 		$(MAKE) --no-print-directory build BIN=$(IMAGES)/bin LDFLAGS='-s -w' \

@@ -71,15 +71,16 @@ func Build(s Spec) (v1.Image, error) {
 	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(gz)), nil
-	}, tarball.WithMediaType(types.DockerLayer))
+	}, tarball.WithMediaType(types.OCILayer))
 	if err != nil {
 		return nil, fmt.Errorf("%s: layer: %w", s.Binary, err)
 	}
 
-	// Docker media types, as a docker-archive tarball has them: the digest
-	// of the image built here is the digest of the image read back from
-	// the tarball and pushed (crane push).
-	img, err := mutate.Append(empty.Image, mutate.Addendum{
+	// OCI media types throughout (manifest, config, layer), as the OCI
+	// image layout written by writeArchive holds them: the digest of the
+	// image built here is the digest a registry shows once it is pushed.
+	base := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	img, err := mutate.Append(base, mutate.Addendum{
 		Layer: layer,
 		History: v1.History{
 			Created:   v1.Time{Time: created},

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,17 +19,20 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 
 	"github.com/mpfleet/mpfleet/internal/nstest"
 )
 
 // TestImageMpfleetctl builds a static mpfleetctl stamped as make build
-// stamps it, makes its image with the command's flags, and reads the
-// tarball back: the config, the layer's files and owners, the binary run
-// from the layer, and the same digest (and tarball) from a second build
-// after the binary's mtime changed.
+// stamps it, makes its image with the command's flags, and reads the OCI
+// archive back: its tar entries, index.json and its annotations, the media
+// types, the config, the layer's files and owners, the binary run from the
+// layer, manifest.json for Docker, and the same digest (and archive, byte
+// for byte) from a second build after the binary's mtime changed.
 func TestImageMpfleetctl(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds mpfleetctl: not in -short mode")
@@ -53,6 +57,8 @@ func TestImageMpfleetctl(t *testing.T) {
 		"-ldflags", "-s -w -X "+pkg+".Version="+version+" -X "+pkg+".Commit="+commit+" -X "+pkg+".Date="+date,
 		"-o", bin, "./cli/cmd/mpfleetctl")
 
+	ref := "ghcr.io/mpfleet/mpfleetctl:" + version
+	created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	build := func(out string) (file string, digest v1.Hash, fileSum [32]byte) {
 		t.Helper()
 		var stdout, stderr bytes.Buffer
@@ -61,33 +67,56 @@ func TestImageMpfleetctl(t *testing.T) {
 		if err != nil {
 			t.Fatalf("run: %v (stderr: %s)", err, stderr.String())
 		}
-		file = filepath.Join(out, "mpfleetctl.tar")
+		file = filepath.Join(out, "mpfleetctl.oci.tar")
 		b, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
 		}
-		img := readImage(t, file, "ghcr.io/mpfleet/mpfleetctl:"+version)
-		digest, err = img.Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := file + "\tghcr.io/mpfleet/mpfleetctl:" + version + "@" + digest.String() + "\n"; stdout.String() != want {
+		_, desc := readArchive(t, file, created)
+		digest = desc.Digest
+		if want := file + "\t" + ref + "@" + digest.String() + "\n"; stdout.String() != want {
 			t.Errorf("run printed %q, want %q", stdout.String(), want)
 		}
 		return file, digest, sha256.Sum256(b)
 	}
 	file, digest1, sum1 := build(filepath.Join(tmp, "out1"))
-	img := readImage(t, file, "ghcr.io/mpfleet/mpfleetctl:"+version)
+	img, desc := readArchive(t, file, created)
 
-	// The manifest and config.
-	if mt, err := img.MediaType(); err != nil || mt != types.DockerManifestSchema2 {
-		t.Errorf("manifest media type %q (%v), want %q", mt, err, types.DockerManifestSchema2)
+	// index.json: the one manifest, its digest the image's, annotated
+	// with the tag and the full reference, for this platform.
+	if d, err := img.Digest(); err != nil || d != desc.Digest {
+		t.Errorf("image digest %s (%v), index.json names %s", d, err, desc.Digest)
+	}
+	wantDesc := v1.Descriptor{
+		MediaType: types.OCIManifestSchema1,
+		Platform:  &v1.Platform{OS: "linux", Architecture: runtime.GOARCH},
+		Annotations: map[string]string{
+			"org.opencontainers.image.ref.name": version,
+			"io.containerd.image.name":          ref,
+		},
+	}
+	gotDesc := v1.Descriptor{MediaType: desc.MediaType, Platform: desc.Platform, Annotations: desc.Annotations}
+	if diff := cmp.Diff(wantDesc, gotDesc); diff != "" {
+		t.Errorf("index.json manifest descriptor (-want +got):\n%s", diff)
+	}
+
+	// The manifest and config: OCI media types, digests and sizes that
+	// match the blobs.
+	if err := validate.Image(img); err != nil {
+		t.Errorf("image does not validate: %v", err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MediaType != types.OCIManifestSchema1 || m.Config.MediaType != types.OCIConfigJSON {
+		t.Errorf("manifest media type %q, config %q; want %q, %q",
+			m.MediaType, m.Config.MediaType, types.OCIManifestSchema1, types.OCIConfigJSON)
 	}
 	cf, err := img.ConfigFile()
 	if err != nil {
 		t.Fatal(err)
 	}
-	created := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	type config struct {
 		OS, Architecture   string
 		Created            time.Time
@@ -126,8 +155,8 @@ func TestImageMpfleetctl(t *testing.T) {
 	if err != nil || len(layers) != 1 {
 		t.Fatalf("layers: %d, %v; want 1", len(layers), err)
 	}
-	if mt, err := layers[0].MediaType(); err != nil || mt != types.DockerLayer {
-		t.Errorf("layer media type %q (%v), want %q", mt, err, types.DockerLayer)
+	if mt, err := layers[0].MediaType(); err != nil || mt != types.OCILayer {
+		t.Errorf("layer media type %q (%v), want %q", mt, err, types.OCILayer)
 	}
 	type layerFile struct {
 		Name           string
@@ -194,6 +223,25 @@ func TestImageMpfleetctl(t *testing.T) {
 		t.Errorf("mpfleetctl --version from the image: %q, want %q and the commit", v, version)
 	}
 
+	// manifest.json, for Docker's classic image store, names the same
+	// config and layer blobs under the reference.
+	tag, err := name.NewTag(ref, name.StrictValidation)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dimg, err := tarball.ImageFromPath(file, &tag)
+	if err != nil {
+		t.Fatalf("%s: manifest.json: image %s: %v", file, ref, err)
+	}
+	if got, err := dimg.ConfigName(); err != nil || got != m.Config.Digest {
+		t.Errorf("manifest.json config %s (%v), want %s", got, err, m.Config.Digest)
+	}
+	if dl, err := dimg.Layers(); err != nil || len(dl) != 1 {
+		t.Errorf("manifest.json layers: %d, %v; want 1", len(dl), err)
+	} else if got, err := dl[0].Digest(); err != nil || got != m.Layers[0].Digest {
+		t.Errorf("manifest.json layer %s (%v), want %s", got, err, m.Layers[0].Digest)
+	}
+
 	// Reproducible: the binary's file time plays no part.
 	later := time.Now().Add(time.Hour)
 	if err := os.Chtimes(bin, later, later); err != nil {
@@ -204,7 +252,7 @@ func TestImageMpfleetctl(t *testing.T) {
 		t.Errorf("second build: digest %s, first %s", digest2, digest1)
 	}
 	if sum1 != sum2 {
-		t.Errorf("second build: tarball differs from the first (sha256 %x, %x)", sum2, sum1)
+		t.Errorf("second build: archive differs from the first (sha256 %x, %x)", sum2, sum1)
 	}
 }
 
@@ -257,18 +305,76 @@ func TestImageRejects(t *testing.T) {
 	}
 }
 
-// readImage reads the image tagged ref from a tarball.
-func readImage(t *testing.T, file, ref string) v1.Image {
+// readArchive checks the tar entries of the OCI archive file (the image
+// layout's files, sorted, times mtime, owner 0:0, no PAX records), unpacks
+// it into a temporary directory and reads it back as an image layout: the
+// image its index.json names, and the descriptor naming it.
+func readArchive(t *testing.T, file string, mtime time.Time) (v1.Image, v1.Descriptor) {
 	t.Helper()
-	tag, err := name.NewTag(ref, name.StrictValidation)
+	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := tarball.ImageFromPath(file, &tag)
-	if err != nil {
-		t.Fatalf("%s: image %s: %v", file, ref, err)
+	defer f.Close()
+	dir := t.TempDir()
+	var names []string
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		names = append(names, h.Name)
+		if !h.ModTime.Equal(mtime) || h.Uid != 0 || h.Gid != 0 || len(h.PAXRecords) != 0 ||
+			!h.AccessTime.IsZero() || !h.ChangeTime.IsZero() {
+			t.Errorf("%s: %s: mtime %v, owner %d:%d, PAX %v, atime %v, ctime %v; want mtime %v, owner 0:0, no PAX or other times",
+				file, h.Name, h.ModTime, h.Uid, h.Gid, h.PAXRecords, h.AccessTime, h.ChangeTime, mtime)
+		}
+		path := filepath.Join(dir, filepath.FromSlash(h.Name))
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(path, 0o755)
+		case tar.TypeReg:
+			var b []byte
+			if b, err = io.ReadAll(tr); err == nil {
+				err = os.WriteFile(path, b, 0o644)
+			}
+		default:
+			t.Fatalf("%s: %s: type %q, want a file or directory", file, h.Name, h.Typeflag)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
-	return img
+	if len(names) != 8 || !slices.IsSorted(names) ||
+		!slices.Equal(names[:2], []string{"blobs/", "blobs/sha256/"}) ||
+		!slices.Equal(names[5:], []string{"index.json", "manifest.json", "oci-layout"}) {
+		t.Errorf("%s: entries %q, want blobs/, blobs/sha256/, three blobs, index.json, manifest.json, oci-layout in order", file, names)
+	}
+
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	idx, err := p.ImageIndex()
+	if err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatalf("%s: index.json: %v", file, err)
+	}
+	if im.MediaType != types.OCIImageIndex || len(im.Manifests) != 1 {
+		t.Fatalf("%s: index.json: media type %q, %d manifests; want %q, 1", file, im.MediaType, len(im.Manifests), types.OCIImageIndex)
+	}
+	img, err := idx.Image(im.Manifests[0].Digest)
+	if err != nil {
+		t.Fatalf("%s: image %s: %v", file, im.Manifests[0].Digest, err)
+	}
+	return img, im.Manifests[0]
 }
 
 // output runs a command in dir with env added to the environment and

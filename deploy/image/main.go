@@ -1,14 +1,16 @@
 // Command image builds the container images of mpfleet's programs without a
 // Docker engine: for each static Linux binary given, an image from scratch
-// holding it at /usr/bin/<name>, written as a tarball <out>/<name>.tar that
-// `docker load`, `podman load`, `ctr images import`, `crane push` and
-// `skopeo copy docker-archive:` read. `make images` runs it:
+// holding it at /usr/bin/<name>, with OCI media types, written as an OCI
+// image layout packed in one tar, <out>/<name>.oci.tar, that `skopeo copy
+// oci-archive:`, `podman load`, `docker load`, `ctr images import` and
+// (unpacked into a directory) `crane push` read. `make images` runs it:
 //
 //	go run ./deploy/image --out dist/images --version v1.2.3 \
 //	  --commit $(git rev-parse HEAD) --date 2026-01-02T03:04:05Z \
 //	  dist/images/bin/mpfleet-controller dist/images/bin/mpfleet-agent dist/images/bin/mpfleetctl
 //
-// The same binaries and flags give the same image digests.
+// The same binaries and flags give the same image digests and the same
+// archives, byte for byte.
 package main
 
 import (

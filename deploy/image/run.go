@@ -13,16 +13,16 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-// run builds an image of each binary named in args and writes it as a
-// tarball into --out, printing one line per image (file, reference,
-// digest) to stdout. Bad flags or binaries write nothing.
+// run builds an image of each binary named in args and writes it as an
+// OCI image layout archive <name>.oci.tar into --out, printing one line
+// per image (file, reference, manifest digest) to stdout. Bad flags or
+// binaries write nothing.
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("image", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	out := fs.String("out", "dist/images", "directory to write <name>.tar into")
+	out := fs.String("out", "dist/images", "directory to write <name>.oci.tar into")
 	repo := fs.String("repository", "ghcr.io/mpfleet", "repository prefix: an image is <repository>/<name>:<version>")
 	version := fs.String("version", "", "the image tag and version label (required; make images: git describe)")
 	commit := fs.String("commit", "", "the revision label: the commit hash")
@@ -31,7 +31,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	platform := fs.String("platform", "linux/"+defaultArch(), "the image's platform, linux/<GOARCH>[/<variant>]; the binaries must be built for it")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: go run ./deploy/image [flags] BINARY...\n\n"+
-			"Builds an image from scratch of each static Linux BINARY, written to <out>/<name>.tar.\n\nFlags:\n")
+			"Builds an image from scratch of each static Linux BINARY, written as an OCI image\n"+
+			"layout archive to <out>/<name>.oci.tar; prints each file, reference and digest.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -89,14 +90,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		images = append(images, image{tag: tag, file: filepath.Join(*out, prog+".tar"), img: img})
+		images = append(images, image{tag: tag, file: filepath.Join(*out, prog+archiveSuffix), img: img})
 	}
 
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
 	for _, im := range images {
-		if err := writeTarball(im.file, im.tag, im.img); err != nil {
+		if err := writeArchiveFile(im.file, im.tag, im.img, created); err != nil {
 			return fmt.Errorf("%s: %w", im.file, err)
 		}
 		digest, err := im.img.Digest()
@@ -134,29 +135,4 @@ func defaultArch() string {
 		return a
 	}
 	return runtime.GOARCH
-}
-
-// writeTarball writes img tagged tag to file (docker-archive format,
-// compressed layers) through a temporary file, so that a failure leaves
-// no partial tarball behind.
-func writeTarball(file string, tag name.Tag, img v1.Image) error {
-	f, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	err = tarball.Write(tag, img, f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, 0o644)
-	}
-	if err == nil {
-		err = os.Rename(tmp, file)
-	}
-	if err != nil {
-		_ = os.Remove(tmp) // best effort: err says what went wrong
-	}
-	return err
 }
