@@ -32,7 +32,7 @@ type credStore struct {
 
 	mu      sync.Mutex
 	streams map[*openStream]struct{}
-	stamps  map[string]fileStamp // what each file looked like when loaded
+	stamps  map[string]transport.FileStamp // what each file looked like when loaded
 
 	reloads atomic.Int64 // successful reloads (tests wait on it)
 }
@@ -45,27 +45,9 @@ type openStream struct {
 	actor  string
 }
 
-type fileStamp struct {
-	mod  time.Time
-	size int64
-	ino  uint64
-}
-
-func stampOf(path string) fileStamp {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fileStamp{}
-	}
-	st := fileStamp{mod: fi.ModTime(), size: fi.Size()}
-	if s, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.ino = s.Ino
-	}
-	return st
-}
-
 // newCredStore loads the credentials the flags name.
 func newCredStore(f Flags, log *slog.Logger) (*credStore, error) {
-	c := &credStore{f: f, log: log, streams: map[*openStream]struct{}{}, stamps: map[string]fileStamp{}}
+	c := &credStore{f: f, log: log, streams: map[*openStream]struct{}{}, stamps: map[string]transport.FileStamp{}}
 	if err := c.load(); err != nil {
 		return nil, err
 	}
@@ -84,9 +66,9 @@ func (c *credStore) files() []string {
 
 // load reads every file; nothing changes unless all of them are good.
 func (c *credStore) load() error {
-	stamps := map[string]fileStamp{}
+	stamps := map[string]transport.FileStamp{}
 	for _, p := range c.files() {
-		stamps[p] = stampOf(p)
+		stamps[p] = transport.StampOf(p)
 	}
 	var ts *tokenSet
 	if c.f.TokensFile != "" {
@@ -195,7 +177,7 @@ func (c *credStore) changed() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for p, st := range c.stamps {
-		if stampOf(p) != st {
+		if !transport.StampOf(p).Same(st) {
 			return true
 		}
 	}

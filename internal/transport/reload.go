@@ -48,8 +48,8 @@ type ClientReloader struct {
 	mu      sync.Mutex
 	cfg     *tls.Config                      // in force
 	creds   credentials.TransportCredentials // gRPC's TLS credentials of cfg
-	loaded  []fileStamp                      // the files as they were when cfg was read
-	failed  []fileStamp                      // as they were at the last read that failed; nil: none since
+	loaded  []FileStamp                      // the files as they were when cfg was read
+	failed  []FileStamp                      // as they were at the last read that failed; nil: none since
 	checked time.Time                        // the last look at the files
 }
 
@@ -123,7 +123,7 @@ func (r *ClientReloader) checkLocked(now time.Time) (changed bool, err error) {
 
 // loadLocked reads the files, which looked like st just before. r.mu is
 // held.
-func (r *ClientReloader) loadLocked(st []fileStamp) error {
+func (r *ClientReloader) loadLocked(st []FileStamp) error {
 	cfg, err := r.info.ClientConfig()
 	if err != nil {
 		r.failed = st
@@ -133,35 +133,39 @@ func (r *ClientReloader) loadLocked(st []fileStamp) error {
 	return nil
 }
 
-func (r *ClientReloader) stamps() []fileStamp {
-	var st []fileStamp
+func (r *ClientReloader) stamps() []FileStamp {
+	var st []FileStamp
 	for _, p := range []string{r.info.CertFile, r.info.KeyFile, r.info.TrustedCAFile} {
 		if p != "" {
-			st = append(st, stampOf(p))
+			st = append(st, StampOf(p))
 		}
 	}
 	return st
 }
 
-// fileStamp is what a file looked like: nil when it could not be looked
-// at.
-type fileStamp struct{ fi os.FileInfo }
+// FileStamp is what a file looked like — its modification time, size and
+// identity (inode) — to tell whether it changed; the zero FileStamp is a
+// file that could not be looked at.
+type FileStamp struct{ fi os.FileInfo }
 
-func stampOf(path string) fileStamp {
-	fi, err := os.Stat(path) // through symbolic links, as Kubernetes mounts secrets
+// StampOf looks at the file at path, through symbolic links (as Kubernetes
+// mounts secrets).
+func StampOf(path string) FileStamp {
+	fi, err := os.Stat(path)
 	if err != nil {
-		return fileStamp{}
+		return FileStamp{}
 	}
-	return fileStamp{fi: fi}
+	return FileStamp{fi: fi}
 }
 
-func (s fileStamp) same(o fileStamp) bool {
+// Same reports whether s and o show the same file, unchanged.
+func (s FileStamp) Same(o FileStamp) bool {
 	if s.fi == nil || o.fi == nil {
 		return s.fi == nil && o.fi == nil
 	}
 	return s.fi.ModTime().Equal(o.fi.ModTime()) && s.fi.Size() == o.fi.Size() && os.SameFile(s.fi, o.fi)
 }
 
-func sameStamps(a, b []fileStamp) bool {
-	return slices.EqualFunc(a, b, fileStamp.same)
+func sameStamps(a, b []FileStamp) bool {
+	return slices.EqualFunc(a, b, FileStamp.Same)
 }
