@@ -29,14 +29,21 @@ type Client struct {
 // Dial opens a Client. On a kernel without MPTCP (no mptcp_pm family) it
 // returns one error that matches ErrUnsupported and os.ErrNotExist.
 func Dial(opts *DialOptions) (*Client, error) {
+	return open(opts, dial, func(c *client) *Client { return &Client{c: c} })
+}
+
+// open opens a connection with dial and opts (nil: the zero DialOptions)
+// and wraps it.
+func open[C, W any](opts *DialOptions, dial func(*DialOptions) (C, error), wrap func(C) W) (W, error) {
 	if opts == nil {
 		opts = &DialOptions{}
 	}
 	c, err := dial(opts)
 	if err != nil {
-		return nil, err
+		var zero W
+		return zero, err
 	}
-	return &Client{c: c}, nil
+	return wrap(c), nil
 }
 
 // Close releases the Client's sockets.

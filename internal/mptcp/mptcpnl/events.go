@@ -83,14 +83,7 @@ type EventConn struct {
 
 // DialEvents subscribes to MPTCP events.
 func DialEvents(opts *DialOptions) (*EventConn, error) {
-	if opts == nil {
-		opts = &DialOptions{}
-	}
-	c, err := dialEvents(opts)
-	if err != nil {
-		return nil, err
-	}
-	return &EventConn{c: c}, nil
+	return open(opts, dialEvents, func(c *eventConn) *EventConn { return &EventConn{c: c} })
 }
 
 // Receive blocks until the kernel sends one or more events and returns them.
