@@ -175,9 +175,11 @@ type Agent struct {
 	downMu sync.Mutex
 	down   map[int]bool // links seen going down since the last reconcile
 
-	hot hotplugBox // addresses added since the last look (hotplug.go)
+	hot hotplugBox // the fast path for added addresses (hotplug.go)
 
 	applied atomic.Pointer[appliedRevision] // what the hello says is applied
+
+	evlog eventLog // numbers the events, and what the controller acknowledged (report.go)
 
 	metrics  *agentMetrics
 	streamUp atomic.Bool            // a stream to a controller is up (ready.go)

@@ -37,14 +37,14 @@ func TestAgentAppliesDesired(t *testing.T) {
 		t.Fatal("fake kernel does not hold the policy")
 	}
 	hello := h.ctrl.hello(0)
-	want := &pb.AgentHello{HostId: "web-1", Labels: map[string]string{"role": "web"}, AgentVersion: Version}
-	if diff := cmp.Diff(want, hello, protocmp.Transform(), protocmp.IgnoreFields(&pb.AgentHello{}, "facts")); diff != "" {
+	want := &pb.AgentHello{HostId: "web-1", Labels: map[string]string{"role": "web"}, AgentVersion: Version, EventEpoch: h.agent.evlog.epochOf()}
+	if diff := cmp.Diff(want, hello, protocmp.Transform(), protocmp.IgnoreFields(&pb.AgentHello{}, "facts")); diff != "" || want.EventEpoch == 0 {
 		t.Errorf("hello (-want +got):\n%s", diff)
 	}
 	if len(hello.GetFacts().GetInterfaces()) != 3 || hello.GetFacts().GetKernelVersion() == "" {
 		t.Errorf("hello facts: %v", hello.GetFacts())
 	}
-	if ev.GetGroup() != "groups/web" || ev.GetRevision() != 1 || len(ev.GetOperations()) == 0 {
+	if ev.GetGroup() != "groups/web" || ev.GetRevision() != 1 || len(ev.GetOperations()) == 0 || ev.GetSequence() == 0 {
 		t.Errorf("APPLIED event: %v", ev)
 	}
 	// 2 endpoints, 2 rules, 4 routes, enabled is already 1, a sysctl, limits.

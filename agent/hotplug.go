@@ -7,26 +7,55 @@ package agent
 // and applies: a dozen netlink dumps and /proc reads before the first op.
 // The fast path instead takes what the last reconcile that left the kernel
 // as desired knew (the interfaces it rendered against and the kernel state
-// it read back), adds the new address to its interface, and renders and
-// plans with the same code against both interface sets. What the new set
-// adds for the new address alone, and only that, is applied at once: its
-// endpoint, and when the policy routes it, its rule and its table's routes
-// first (Plan's order: no endpoint before its routing, or a subflow opened
-// from it at once would leave by the main table). Anything else the address
-// would change (another endpoint pushed out by the endpoint maximum, a
-// table moved, a deletion of any kind) leaves it all to the full reconcile,
-// as does anything that makes the remembered state doubtful: an address
-// removed, a link changed, a link that went down, a reconcile that failed
-// or was not confirmed, dry run. The fast path never deletes, goes through
-// management-path protection like a full plan, and is journaled: an op the
-// kernel refuses (an endpoint ID taken meanwhile) undoes the rest, and the
-// full reconcile that follows decides. That reconcile then finds nothing to
-// do for the address.
+// it read back: the base), and runs on the goroutine that delivers the
+// address event (NetlinkSystem's watch, watch_linux.go), before the loop
+// hears of the change at all. Two ways, one answer:
+//
+//   - The template (hotplug_template.go), made when the base is: for a
+//     policy without routing, over a kernel that holds exactly what the
+//     base renders, what an address on each interface would get, so that
+//     the event costs a map lookup and one netlink request (on the kernel's
+//     own socket for it, when it has one: mptcpnl.EndpointAdder). It
+//     answers only where it is sure to agree with the second way, and
+//     leaves the rest to it; a property test holds it to that.
+//   - Render and plan: the base's interfaces plus the new address, rendered
+//     and planned with the full reconcile's own code, against the base's
+//     kernel state. What the new set adds for the new address alone, and
+//     only that, is applied at once: its endpoint, and when the policy
+//     routes it, its rule and its table's routes first (Plan's order: no
+//     endpoint before its routing, or a subflow opened from it at once
+//     would leave by the main table).
+//
+// Anything else the address would change (another endpoint pushed out by
+// the endpoint maximum, a table moved, a deletion of any kind) leaves it all
+// to the full reconcile, as does anything that makes the base doubtful: an
+// address removed, a link changed, a link that went down, a reconcile that
+// failed or was not confirmed (no base is made before the controller
+// confirms a new revision), dry run (none is made at all). The fast path
+// never deletes, holds back what management-path protection would (an op
+// that changes how the controller connection is routed is left to the full
+// reconcile, which asks the kernel), and applies under the journal: an op
+// the kernel refuses (an endpoint ID taken meanwhile) undoes the rest, and
+// the full reconcile that follows decides. That reconcile then finds
+// nothing to do for the address.
+//
+// Each address is taken on its own, in the order the kernel announced
+// them, the base growing by what each brought. Addresses that come while a
+// reconcile runs wait for the base it leaves, and are then taken before any
+// later one. The reconcile that follows reports what the fast path applied
+// as the last plan, and records its endpoints for --cleanup (record.go)
+// once it finds the kernel as desired: after the kernel took them, not
+// before as the full reconcile's own are, because the record (a file
+// written and synced, 0.2 to 1 ms here) would cost more than the whole
+// event. An agent killed in between leaves such an endpoint unrecorded
+// until its next reconcile; the kernel's endpoints do not outlive a reboot,
+// so only a --cleanup run in that gap, without a restart, leaves it behind.
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
@@ -39,14 +68,22 @@ import (
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 )
 
-// hotplugBox is the mailbox of added addresses between the address watch
-// and the loop.
+// hotplugBox is the fast path's state, shared by the goroutine that
+// delivers address events and the loop, under mu.
 type hotplugBox struct {
-	mu    sync.Mutex
-	added []addedAddr
-	// blocked: a change since the last reconcile began that the fast path
-	// cannot account for (an address removed or unknown, a link changed).
+	mu sync.Mutex
+	// base is what the fast path builds on; nil while a reconcile runs,
+	// and from a change the fast path cannot account for until the next
+	// reconcile leaves one.
+	base *hotplugBase
+	// added are the addresses that came while there was no base, to be
+	// taken once there is, in order; blocked: a change came that the fast
+	// path cannot account for, so that no base is made before the next
+	// reconcile begins.
+	added   []addedAddr
 	blocked bool
+	// applied is what the fast path applied since the loop last took it.
+	applied reconcile.Ops
 }
 
 // addedAddr is an address that appeared on a link.
@@ -55,115 +92,236 @@ type addedAddr struct {
 	addr netip.Prefix
 }
 
-// offerAddress records an address change for the fast path: an address
-// added, or (any other change) that the fast path must wait for the next
-// full reconcile.
-func (a *Agent) offerAddress(c Change) {
-	a.hot.mu.Lock()
-	defer a.hot.mu.Unlock()
-	if c.Addr && c.Added.IsValid() {
-		if len(a.hot.added) < maxHotplugPending {
-			a.hot.added = append(a.hot.added, addedAddr{c.Link, c.Added})
-			return
-		}
-	}
-	a.hot.blocked = true
-}
-
-// maxHotplugPending bounds the addresses waiting for the fast path; past
-// it, the full reconcile takes them all.
+// maxHotplugPending bounds the addresses waiting for a base; past it, the
+// full reconcile takes them all.
 const maxHotplugPending = 256
-
-// takeAddresses returns the addresses added since the last take and
-// whether the fast path must leave them to the full reconcile; both start
-// over.
-func (a *Agent) takeAddresses() ([]addedAddr, bool) {
-	a.hot.mu.Lock()
-	defer a.hot.mu.Unlock()
-	added, blocked := a.hot.added, a.hot.blocked
-	a.hot.added, a.hot.blocked = nil, false
-	return added, blocked
-}
 
 // hotplugBase is what the last reconcile that left the kernel as desired
 // knew: the desired configuration, the interfaces it rendered against
 // (gateways remembered), the kernel it applied to and the state it read
 // back. The fast path adds to it what it applies.
 type hotplugBase struct {
+	ctx    context.Context
+	log    *slog.Logger
 	d      *pb.DesiredConfig
 	ifaces []policy.Interface
 	k      reconcile.Kernel
-	state  reconcile.State
+	// fast is k's own way to add an endpoint with one request, if it has
+	// one.
+	fast    endpointAdder
+	state   reconcile.State
+	flapped map[int]bool // links down since their endpoints were made
+	// local is the controller connection's local address, remote the
+	// controller's, as the loop knew them.
+	local  func() netip.Addr
+	remote netip.Addr
 	// pending is the plan on ifaces against state (the ops held back, or
-	// the kernel did not take), by key; made at the first use.
+	// the kernel did not take), by key.
 	pending map[opID]int
+	// tmpl answers for an address without rendering; nil: every address
+	// is rendered and planned.
+	tmpl *hotTemplate
+}
+
+// endpointAdder is a reconcile.Kernel that can add an endpoint with one
+// request on a socket of its own (netlinkKernel).
+type endpointAdder interface {
+	addEndpointNow(e mptcp.Endpoint) error
 }
 
 // errHotplugSkip: the new addresses would change more than their own
 // additions.
 var errHotplugSkip = errors.New("the new addresses change more than their own endpoints and routing")
 
-// hotplug runs the fast path for the addresses added since the last look,
-// if the loop holds a base to build on; see the top of the file.
-func (l *loop) hotplug(ctx context.Context) {
-	added, blocked := l.a.takeAddresses()
-	b := l.base
-	if blocked || b == nil || b.k != l.kernel || b.d != l.effective || l.a.opts.DryRun {
-		l.base = nil // doubtful until the next reconcile, which decides
+// offerAddress runs the fast path for an address or link change, on the
+// goroutine that delivers it: an added address is applied at once if there
+// is a base, or waits for one; any other change ends the base.
+func (a *Agent) offerAddress(c Change) {
+	h := &a.hot
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case !c.Addr || !c.Added.IsValid():
+		h.drop()
+	case h.base != nil:
+		h.drain()
+		if h.base != nil {
+			h.add(addedAddr{c.Link, c.Added})
+		}
+	case !h.blocked && len(h.added) < maxHotplugPending:
+		h.added = append(h.added, addedAddr{c.Link, c.Added})
+	default:
+		h.drop()
+	}
+}
+
+// drop ends the base: doubtful until the next reconcile, which decides.
+func (h *hotplugBox) drop() {
+	h.base, h.added, h.blocked = nil, nil, true
+}
+
+// drain takes the addresses that waited for the base, in order.
+func (h *hotplugBox) drain() {
+	for len(h.added) > 0 && h.base != nil {
+		ad := h.added[0]
+		h.added = h.added[1:]
+		h.add(ad)
+	}
+	h.added = nil
+}
+
+// add runs the fast path for one address on the base: the template if it
+// answers, else render and plan.
+func (h *hotplugBox) add(ad addedAddr) {
+	b := h.base
+	if b.tmpl != nil {
+		switch ep, v := b.tmpl.lookup(ad.link, ad.addr); v {
+		case hotKnown:
+			return
+		case hotNotSelected:
+			b.ifaces, _ = withAddresses(b.ifaces, []addedAddr{ad}, nil)
+			b.tmpl.note(ad, 0)
+			return
+		case hotEndpoint:
+			h.addEndpoint(b, ad, ep)
+			return
+		}
+	}
+	h.renderAndPlan(b, ad)
+}
+
+// addEndpoint applies the template's endpoint for ad.
+func (h *hotplugBox) addEndpoint(b *hotplugBase, ad addedAddr, ep mptcp.Endpoint) {
+	var err error
+	if b.fast != nil {
+		err = b.fast.addEndpointNow(ep)
+	}
+	e := ep // on the heap from here on, not before the request
+	ops := reconcile.Ops{{Kind: reconcile.AddEndpoint, Endpoint: &e, Dev: b.state.Links[ad.link]}}
+	if b.fast == nil {
+		err = reconcile.Apply(b.ctx, b.k, ops)
+	}
+	if err != nil {
+		b.log.Debug("hotplug: left to the full reconcile", "address", ad.addr, "err", err)
+		h.drop()
 		return
 	}
-	if len(added) == 0 {
-		return
-	}
-	ifaces, news := withAddresses(b.ifaces, added, l.flapped)
+	b.ifaces, _ = withAddresses(b.ifaces, []addedAddr{ad}, nil)
+	b.state = withOps(b.state, ops)
+	b.tmpl.note(ad, ep.ID)
+	h.applied = append(h.applied, ops...)
+	b.log.Debug("hotplug: applied ahead of the reconcile", "ops", ops)
+}
+
+// renderAndPlan runs the fast path for ad by rendering and planning.
+func (h *hotplugBox) renderAndPlan(b *hotplugBase, ad addedAddr) {
+	ifaces, news := withAddresses(b.ifaces, []addedAddr{ad}, b.flapped)
 	if ifaces == nil {
-		l.base = nil
+		h.drop()
 		return
 	}
 	if len(news) == 0 {
 		return // known already (an address's lifetimes renewed, say)
 	}
-	if b.pending == nil {
-		was, err := planOn(b.d.GetPolicy(), b.ifaces, b.state)
-		if err != nil {
-			l.log.Debug("hotplug: left to the full reconcile", "err", err)
-			l.base = nil
-			return
-		}
-		b.pending = opCounts(was)
-	}
 	ops, err := hotplugOps(b.d.GetPolicy(), b.pending, ifaces, b.state, news)
 	if err != nil {
-		l.log.Debug("hotplug: left to the full reconcile", "addresses", news, "err", err)
-		l.base = nil
+		b.log.Debug("hotplug: left to the full reconcile", "addresses", news, "err", err)
+		h.drop()
 		return
 	}
-	if len(ops) == 0 {
-		b.ifaces = ifaces // not selected by the policy
+	if len(ops) > 0 {
+		c := mgmtConn{local: b.local(), controller: b.remote}
+		if _, held := protect(ops, b.state, c.local); len(held) > 0 {
+			h.drop()
+			return
+		}
+		if c.local.IsValid() && c.controller.IsValid() && lookups(b.state, ops, c).changed() {
+			h.drop() // the full reconcile asks the kernel (guardPath)
+			return
+		}
+		if err := reconcile.Apply(b.ctx, b.k, ops); err != nil {
+			b.log.Debug("hotplug: left to the full reconcile", "addresses", news, "err", err)
+			h.drop()
+			return
+		}
+		// What was pending stays so: the new plan is the old one and ops.
+		b.state = withOps(b.state, ops)
+		h.applied = append(h.applied, ops...)
+		b.log.Debug("hotplug: applied ahead of the reconcile", "ops", ops)
+	}
+	b.ifaces = ifaces
+	if b.tmpl != nil {
+		b.tmpl = newHotTemplate(b.d.GetPolicy(), b.ifaces, b.state, b.flapped)
+	}
+}
+
+// stopHotplug ends the fast path's base: a reconcile reads the host and
+// the kernel anew (or the kernel is left alone). What the fast path applied
+// is taken first; addresses that come from now on wait for the next base.
+func (l *loop) stopHotplug() {
+	h := &l.a.hot
+	h.mu.Lock()
+	h.base, h.added, h.blocked = nil, nil, false
+	ops := h.applied
+	h.applied = nil
+	h.mu.Unlock()
+	l.tookHotplugged(ops)
+}
+
+// startHotplug makes the base of the fast path from what a reconcile that
+// left the kernel as desired knew (see hotplugBase), unless it is a dry run
+// or a change came meanwhile that the base would not account for.
+func (l *loop) startHotplug(ctx context.Context, d *pb.DesiredConfig, ifaces []policy.Interface, k reconcile.Kernel, st reconcile.State) {
+	if l.a.opts.DryRun {
 		return
 	}
-	if _, held := protect(ops, b.state, l.localAddr()); len(held) > 0 {
-		l.base = nil
+	b := &hotplugBase{
+		ctx: ctx, log: l.log, d: d, ifaces: ifaces, k: k, state: st,
+		flapped: maps.Clone(l.flapped), remote: l.remote, local: l.a.localAddr,
+	}
+	if b.local == nil {
+		local := l.local
+		b.local = func() netip.Addr { return local }
+	}
+	was, err := planOn(d.GetPolicy(), ifaces, st)
+	if err != nil {
+		l.log.Debug("hotplug: no base", "err", err)
 		return
 	}
-	if msg := l.guardPath(ctx, b.state, ops); msg != "" {
-		l.base = nil // the full reconcile refuses the plan and says why
-		return
+	b.pending = opCounts(was)
+	if len(was) == 0 {
+		b.tmpl = newHotTemplate(d.GetPolicy(), ifaces, st, b.flapped)
 	}
-	if err := l.recordBefore(ops); err != nil {
-		l.log.Debug("hotplug: left to the full reconcile", "addresses", news, "err", err)
-		l.base = nil
-		return
+	b.fast, _ = k.(endpointAdder)
+	h := &l.a.hot
+	h.mu.Lock()
+	if !h.blocked {
+		h.base = b
 	}
-	if err := reconcile.Apply(ctx, b.k, ops); err != nil {
-		l.log.Debug("hotplug: left to the full reconcile", "addresses", news, "err", err)
-		l.base = nil
-		return
+	h.mu.Unlock()
+}
+
+// hotplug, on the loop when an address or link changed: the addresses that
+// waited for the base are taken. What the fast path applied is left for
+// the reconcile that follows (stopHotplug, and its record at the end), not
+// handled now: the loop's work, a synced file above all, while the kernel
+// hands the new endpoint to whoever waits for it would only slow them.
+func (l *loop) hotplug(context.Context) {
+	h := &l.a.hot
+	h.mu.Lock()
+	if h.base != nil && len(h.added) > 0 {
+		h.drain()
 	}
-	// What was pending stays so: the new plan is the old one and ops.
-	b.ifaces, b.state = ifaces, withOps(b.state, ops)
-	l.lastPlan = ops
-	l.log.Debug("hotplug: applied ahead of the reconcile", "ops", ops.String())
+	h.mu.Unlock()
+}
+
+// tookHotplugged makes ops, which the fast path applied, the last plan.
+// Their endpoints are recorded as mpfleet's by the reconcile that follows,
+// once it finds the kernel as desired (recordEndpoints).
+func (l *loop) tookHotplugged(ops reconcile.Ops) {
+	if len(ops) > 0 {
+		l.lastPlan = ops
+	}
 }
 
 // withAddresses returns ifaces with the added addresses on their links,

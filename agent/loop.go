@@ -83,7 +83,7 @@ type loop struct {
 	facts       *pb.HostFacts
 	sentFacts   *pb.HostFacts
 	dryRevision int64 // dry run: the revision the kernel matches
-	pending     []*pb.AgentEvent
+	pending     []pendingEvent
 	chase       int    // reconciles in a row that left something to do
 	passes      uint64 // reconcile passes ended (pass.go)
 	events      uint64 // events emitted
@@ -101,10 +101,6 @@ type loop struct {
 	sentPaths     []*pb.PathStatus // as last reported
 	sentPathsOnce bool
 	probeGen      uint64 // bumped before every apply; older rounds are dropped
-
-	// base is what the fast path for added addresses builds on; nil when
-	// the last reconcile did not leave the kernel as desired (hotplug.go).
-	base *hotplugBase
 
 	// rec is the state dir's records for --cleanup, read at first use
 	// (record.go).
@@ -165,11 +161,7 @@ func (l *loop) connected(ctx context.Context, s *session) {
 		l.local, l.remote = s.local, s.remote
 	}
 	l.sentFacts = nil
-	pending := l.pending
-	l.pending = nil
-	for _, ev := range pending {
-		l.sendEvent(ev)
-	}
+	l.resendEvents()
 	l.sendReport(ctx)
 }
 
@@ -255,8 +247,8 @@ func (l *loop) onDesired(ctx context.Context, d *pb.DesiredConfig) {
 	switch d.GetAssignment() {
 	case pb.DesiredConfig_ASSIGNMENT_UNMANAGED, pb.DesiredConfig_ASSIGNMENT_CONFLICT:
 		// Leave the kernel as it is, and do not restore anything at boot.
+		l.stopHotplug()
 		l.effective, l.held, l.lastRendered, l.lastPlan, l.excluded = nil, nil, nil, nil, nil
-		l.base = nil
 		l.lastGood, l.refused = nil, ""
 		l.setPaths(nil, nil, nil)
 		l.pushProbes()

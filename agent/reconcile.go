@@ -30,8 +30,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	defer l.endPass(why, l.events, time.Now())
 	// What the fast path knew is read anew; changes from now on are for
 	// the fast path to take once this pass has left a base (hotplug.go).
-	l.base = nil
-	l.a.takeAddresses()
+	l.stopHotplug()
 	for idx := range l.a.takeDown() {
 		l.flapped[idx] = true
 	}
@@ -119,7 +118,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 		l.lastRendered = rendered
 		l.applied = policy.AppliedFromState(actual, ifaces)
 		l.clearFlapped(ifaces)
-		l.base = &hotplugBase{d: d, ifaces: ifaces, k: k, state: actual}
+		l.startHotplug(ctx, d, ifaces, k, actual)
 		l.recordEndpoints(actual)
 		if newRev {
 			l.commit(d)
@@ -198,7 +197,7 @@ func (l *loop) reconcile(ctx context.Context, why reason) {
 	l.lastRendered = rendered
 	l.clearFlapped(ifaces)
 	if err == nil {
-		l.base = &hotplugBase{d: d, ifaces: ifaces, k: k, state: after}
+		l.startHotplug(ctx, d, ifaces, k, after)
 		l.recordEndpoints(after)
 	}
 	switch {

@@ -1,9 +1,22 @@
 package agent
 
 // Reports and events: what the loop tells the controller.
+//
+// Events are numbered (the hello's event_epoch, chosen at start, then a
+// sequence) and kept until the controller acknowledges them
+// (EventsRecorded: in the audit log). What is not acknowledged when a
+// stream ends is sent again, in order, on the next one, to whichever
+// replica; the controller records an event it has already once. At most
+// maxPending are kept: beyond, the oldest is dropped, logged. A controller
+// older than acknowledgements sends none: what was sent to it is done, as
+// before them.
 
 import (
 	"context"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/mpfleet/mpfleet/internal/policy"
 	"github.com/mpfleet/mpfleet/internal/reconcile"
@@ -11,14 +24,85 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-func (l *loop) sendEvent(ev *pb.AgentEvent) {
-	if l.send(&pb.ConnectRequest{Kind: &pb.ConnectRequest_Event{Event: ev}}) {
-		return
+// eventLog numbers the agent's events and holds what the controller
+// acknowledged of them.
+type eventLog struct {
+	once  sync.Once
+	epoch uint64
+	next  uint64        // the last sequence given (the loop's)
+	acked atomic.Uint64 // the highest sequence acknowledged
+}
+
+// epochOf returns the epoch of this run's events: random, not zero.
+func (e *eventLog) epochOf() uint64 {
+	e.once.Do(func() {
+		for e.epoch == 0 {
+			e.epoch = rand.Uint64()
+		}
+	})
+	return e.epoch
+}
+
+// ack notes that the controller recorded every event up to seq.
+func (e *eventLog) ack(seq uint64) {
+	for {
+		old := e.acked.Load()
+		if seq <= old || e.acked.CompareAndSwap(old, seq) {
+			return
+		}
 	}
+}
+
+// pendingEvent is an event not acknowledged yet, and the session it was
+// last sent on (nil: not sent).
+type pendingEvent struct {
+	ev *pb.AgentEvent
+	on *session
+}
+
+// sendEvent numbers ev, keeps it until it is acknowledged, and sends it if
+// there is a session.
+func (l *loop) sendEvent(ev *pb.AgentEvent) {
+	l.a.evlog.next++
+	ev.Sequence = l.a.evlog.next
+	l.forgetAcked()
 	if len(l.pending) == maxPending {
+		if old := l.pending[0]; old.on == nil || old.on.acking.Load() {
+			l.log.Warn("too many events the controller has not acknowledged; the oldest is dropped, not recorded in the audit log",
+				"kind", old.ev.GetKind().String(), "sequence", old.ev.GetSequence(), "kept", maxPending)
+		}
 		l.pending = l.pending[1:]
 	}
-	l.pending = append(l.pending, ev)
+	l.pending = append(l.pending, l.sendPending(ev))
+}
+
+func (l *loop) sendPending(ev *pb.AgentEvent) pendingEvent {
+	p := pendingEvent{ev: ev}
+	if l.send(&pb.ConnectRequest{Kind: &pb.ConnectRequest_Event{Event: ev}}) {
+		p.on = l.sess
+	}
+	return p
+}
+
+// resendEvents sends the events not acknowledged again, in order, on a new
+// session; those sent on a session of a controller that acknowledges none
+// are done.
+func (l *loop) resendEvents() {
+	l.forgetAcked()
+	old := l.pending
+	l.pending = nil
+	for _, p := range old {
+		if p.on != nil && !p.on.acking.Load() {
+			continue
+		}
+		l.pending = append(l.pending, l.sendPending(p.ev))
+	}
+}
+
+// forgetAcked drops the events acknowledged.
+func (l *loop) forgetAcked() {
+	acked := l.a.evlog.acked.Load()
+	l.pending = slices.DeleteFunc(l.pending, func(p pendingEvent) bool { return p.ev.GetSequence() <= acked })
 }
 
 func (l *loop) event(kind pb.AgentEvent_Kind, d *pb.DesiredConfig, msg string, ops reconcile.Ops) {

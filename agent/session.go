@@ -43,6 +43,10 @@ type session struct {
 	done chan struct{}
 	// helloFacts are the facts the hello carried.
 	helloFacts *pb.HostFacts
+	// acking: the controller acknowledges events on this stream
+	// (EventsRecorded); one that does not is older than that, and what was
+	// sent to it is not sent again.
+	acking atomic.Bool
 
 	mu sync.Mutex // serialises Send
 }
@@ -242,6 +246,7 @@ func (a *Agent) dial(ctx context.Context, t target) (*session, error) {
 func (a *Agent) hello(ctx context.Context) *pb.AgentHello {
 	h := &pb.AgentHello{
 		HostId: a.opts.HostID, Labels: a.opts.Labels, AgentVersion: a.opts.Version, DryRun: a.opts.DryRun,
+		EventEpoch: a.evlog.epochOf(),
 	}
 	if ap := a.applied.Load(); ap != nil {
 		h.AppliedGroup, h.AppliedRevision = ap.group, ap.revision
@@ -273,6 +278,9 @@ func (a *Agent) receive(s *session) (bool, *pb.Drain, error) {
 		case *pb.ConnectResponse_Desired:
 			got = true
 			a.offerDesired(k.Desired)
+		case *pb.ConnectResponse_EventsRecorded:
+			s.acking.Store(true)
+			a.evlog.ack(k.EventsRecorded.GetSequence())
 		case *pb.ConnectResponse_Confirmed:
 			select {
 			case a.confirmC <- k.Confirmed.GetNonce():

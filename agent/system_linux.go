@@ -250,93 +250,6 @@ func (s *NetlinkSystem) Health(ctx context.Context) (*pb.MptcpHealth, error) {
 	return HealthFrom(conns, ctrs, time.Now()), nil
 }
 
-// Watch implements System with rtnetlink address and link subscriptions.
-// Each subscription starts with a dump of what exists, so that a caller that
-// watches again after a break hears of what changed in between.
-func (s *NetlinkSystem) Watch(ctx context.Context, notify func(Change)) error {
-	var nsp *netns.NsHandle
-	if s.ns >= 0 {
-		h := s.ns
-		nsp = &h
-	}
-	done := make(chan struct{})
-	errc := make(chan error, 2)
-	onErr := func(err error) {
-		select {
-		case errc <- err:
-		default:
-		}
-	}
-	addrC := make(chan netlink.AddrUpdate, 128)
-	linkC := make(chan netlink.LinkUpdate, 128)
-	if err := netlink.AddrSubscribeWithOptions(addrC, done, netlink.AddrSubscribeOptions{
-		Namespace: nsp, ErrorCallback: onErr, ReceiveBufferSize: 1 << 20, ListExisting: true,
-	}); err != nil {
-		close(done)
-		return fmt.Errorf("agent: subscribe to address changes: %w", err)
-	}
-	if err := netlink.LinkSubscribeWithOptions(linkC, done, netlink.LinkSubscribeOptions{
-		Namespace: nsp, ErrorCallback: onErr, ReceiveBufferSize: 1 << 20, ListExisting: true,
-	}); err != nil {
-		close(done)
-		drain(addrC, nil)
-		return fmt.Errorf("agent: subscribe to link changes: %w", err)
-	}
-	defer func() {
-		close(done)
-		drain(addrC, linkC)
-	}()
-	ended := func() error {
-		select {
-		case err := <-errc:
-			return fmt.Errorf("agent: rtnetlink subscription ended: %w", err)
-		default:
-			return errors.New("agent: rtnetlink subscription ended")
-		}
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case u, ok := <-addrC:
-			if !ok {
-				addrC = nil
-				return ended()
-			}
-			notify(addrChange(u))
-		case u, ok := <-linkC:
-			if !ok {
-				linkC = nil
-				return ended()
-			}
-			c := Change{Link: int(u.Index)}
-			if u.Link != nil {
-				a := u.Attrs()
-				c.Link = a.Index
-				c.Down = !linkUp(a)
-			}
-			if u.Header.Type == unix.RTM_DELLINK {
-				c.Down = true
-			}
-			notify(c)
-		}
-	}
-}
-
-// addrChange is the Change of an address update: Added is set for an
-// address that is new (or updated) and usable, not tentative.
-func addrChange(u netlink.AddrUpdate) Change {
-	c := Change{Link: u.LinkIndex, Addr: true}
-	if !u.NewAddr || u.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
-		return c
-	}
-	if ip, ok := netip.AddrFromSlice(u.LinkAddress.IP); ok {
-		bits, _ := u.LinkAddress.Mask.Size()
-		c.Added = netip.PrefixFrom(ip.Unmap(), bits)
-	}
-	return c
-}
-
 // Probe implements System: the route lookup on the namespace's rtnetlink
 // handle, then, if the route leaves by wantLink, one probe.Dial from a
 // socket made inside the namespace.
@@ -352,23 +265,6 @@ func (s *NetlinkSystem) Probe(ctx context.Context, src netip.Addr, wantLink int,
 	d := probe.Dial(ctx, s.ns, src, target, timeout)
 	r.DialErr, r.MPTCP, r.Latency = d.Err, d.MPTCP, d.Latency
 	return r
-}
-
-// drain reads the channels until the subscriptions close them, so that
-// their goroutines never block on a send.
-func drain(a chan netlink.AddrUpdate, l chan netlink.LinkUpdate) {
-	for a != nil || l != nil {
-		select {
-		case _, ok := <-a:
-			if !ok {
-				a = nil
-			}
-		case _, ok := <-l:
-			if !ok {
-				l = nil
-			}
-		}
-	}
 }
 
 var _ System = (*NetlinkSystem)(nil)

@@ -7,18 +7,72 @@ package controller
 import (
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/mpfleet/mpfleet/internal/policy"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"golang.org/x/time/rate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // hostLimits are the rate limits of one host, kept across its streams.
 type hostLimits struct {
-	events  *rate.Limiter // audit events
-	connect *rate.Limiter // new streams
+	events  *rate.Limiter  // audit events
+	connect *connectBudget // new streams
 	seen    time.Time
+}
+
+// connectBudget is a host's budget of new streams: a token bucket, like
+// rate.Limiter, that can also give a token back. A stream refused because
+// another stream holds the host (ALREADY_EXISTS: another replica's session,
+// or a live anonymous stream here) gives its token back: a host that moves
+// between replicas after a crash is refused until the dead replica's hold
+// expires, and must not be throttled for trying meanwhile.
+type connectBudget struct {
+	mu     sync.Mutex
+	tokens float64
+	last   time.Time
+}
+
+func newConnectBudget() *connectBudget { return &connectBudget{tokens: connectBurst} }
+
+// take takes a token at now, if there is one.
+func (b *connectBudget) take(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.last.IsZero() && now.After(b.last) {
+		b.tokens = min(connectBurst, b.tokens+float64(now.Sub(b.last))/float64(connectEvery))
+	}
+	if now.After(b.last) {
+		b.last = now
+	}
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
+
+// giveBack returns a token taken.
+func (b *connectBudget) giveBack() {
+	b.mu.Lock()
+	b.tokens = min(connectBurst, b.tokens+1)
+	b.mu.Unlock()
+}
+
+// allowConnect takes a token of host id's budget of new streams, and
+// reports whether there was one.
+func (h *hub) allowConnect(id string) bool { return h.limitsOf(id).connect.take(time.Now()) }
+
+// refused gives back the token of host id's stream when err refused it
+// because another stream holds the host, and returns err.
+func (h *hub) refused(id string, err error) error {
+	if status.Code(err) == codes.AlreadyExists {
+		h.limitsOf(id).connect.giveBack()
+	}
+	return err
 }
 
 // Per-host limits: events 5/s (bursts of 20); new streams 1 every 2 s
@@ -48,7 +102,7 @@ func (h *hub) limitsOf(id string) *hostLimits {
 				}
 			}
 		}
-		l = &hostLimits{events: rate.NewLimiter(eventRate, eventBurst), connect: rate.NewLimiter(rate.Every(connectEvery), connectBurst)}
+		l = &hostLimits{events: rate.NewLimiter(eventRate, eventBurst), connect: newConnectBudget()}
 		h.limits[id] = l
 	}
 	l.seen = time.Now()

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -164,65 +162,6 @@ func (s *hostService) WatchHosts(req *pb.WatchHostsRequest, stream pb.HostServic
 			return err
 		}
 	}
-}
-
-func (s *hostService) watch(ctx context.Context, stream pb.HostService_WatchHostsServer, f hostFilter,
-	sub *store.Subscription, groups map[string]*pb.Group, hosts map[string]*pb.Host, sessions map[string]string,
-	targets map[string]*pb.HostTargets) error {
-	// What the client was last sent, to send only real changes.
-	sent := map[string]*pb.Host{}
-	emit := func(id string) error {
-		h, ok := hosts[id]
-		var v *pb.Host
-		if ok {
-			v = hostView(h, sessions[id], groups, targets)
-		}
-		prev, had := sent[id]
-		switch {
-		case v != nil && f.match(v):
-			if had && proto.Equal(prev, v) {
-				return nil
-			}
-			sent[id] = v
-			return stream.Send(&pb.HostEvent{Type: pb.HostEvent_TYPE_UPSERT, Host: v})
-		case had:
-			delete(sent, id)
-			return stream.Send(&pb.HostEvent{Type: pb.HostEvent_TYPE_DELETED, Host: prev})
-		}
-		return nil
-	}
-	emitAll := func(ids []string) error {
-		for _, id := range ids {
-			if err := emit(id); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if err := emitAll(slices.Sorted(maps.Keys(hosts))); err != nil {
-		return err
-	}
-	if err := stream.Send(&pb.HostEvent{Type: pb.HostEvent_TYPE_SYNCED}); err != nil {
-		return err
-	}
-	return follow(ctx, sub, func(ev store.Event) error {
-		switch {
-		case ev.GroupID != "":
-			setOrDelete(groups, ev.GroupID, ev.Group, ev.Group == nil)
-		case ev.TargetsGroup != "":
-			setOrDelete(targets, ev.TargetsGroup, ev.Targets, ev.Targets == nil)
-		case ev.HostID != "":
-			setOrDelete(hosts, ev.HostID, ev.Host, ev.Host == nil)
-			return emit(ev.HostID)
-		case ev.SessionID != "":
-			setOrDelete(sessions, ev.SessionID, ev.Replica, ev.Replica == "")
-			return emit(ev.SessionID)
-		default:
-			return nil
-		}
-		// Membership and desired revisions may change for every host.
-		return emitAll(slices.Collect(maps.Keys(hosts)))
-	})
 }
 
 // hostTarget is the revision a host of group g should run, and its policy:

@@ -65,6 +65,9 @@ type hub struct {
 	sessions map[string]*session
 	groups   map[string]*pb.Group
 	targets  map[string]*pb.HostTargets
+	// prepared is under prepMu, not mu: a stream's sender takes its
+	// message while a reassign (under mu) still wakes the others.
+	prepMu   sync.Mutex
 	prepared map[string]*grpc.PreparedMsg // desired key → encoded message
 	lease    clientv3.LeaseID
 	ready    chan struct{}
@@ -169,10 +172,10 @@ func (h *hub) follow(ctx context.Context, sub *store.Subscription) error {
 			case ev.LabelsHost != "":
 				h.relabelLocked(ev.LabelsHost, ev.Labels, ev.Labels != nil)
 			case ev.GroupID != "":
-				putOrDelete(h.groups, ev.GroupID, ev.Group)
+				setOrDelete(h.groups, ev.GroupID, ev.Group, ev.Group == nil)
 				dirty = true
 			case ev.TargetsGroup != "":
-				putOrDelete(h.targets, ev.TargetsGroup, ev.Targets)
+				setOrDelete(h.targets, ev.TargetsGroup, ev.Targets, ev.Targets == nil)
 				dirty = true
 			}
 			// Reassign once the whole transaction is in: a policy change
@@ -249,7 +252,11 @@ func (h *hub) relabelLocked(id string, labels map[string]string, given bool) {
 // desiredFor returns the desired configuration of a host with labels, and
 // the key under which it is encoded once.
 func desiredFor(groups map[string]*pb.Group, targets map[string]*pb.HostTargets, hostID string, labels map[string]string) (string, *pb.DesiredConfig) {
-	ids := policy.Assign(groups, labels)
+	return desiredOf(groups, targets, hostID, policy.Assign(groups, labels))
+}
+
+// desiredOf is desiredFor of a host assigned to the groups ids.
+func desiredOf(groups map[string]*pb.Group, targets map[string]*pb.HostTargets, hostID string, ids []string) (string, *pb.DesiredConfig) {
 	switch len(ids) {
 	case 0:
 		return "unmanaged", &pb.DesiredConfig{Assignment: pb.DesiredConfig_ASSIGNMENT_UNMANAGED}
@@ -279,26 +286,52 @@ func desiredFor(groups map[string]*pb.Group, targets map[string]*pb.HostTargets,
 // sender picks up only the latest state when it gets to it.
 func (h *hub) reassignLocked() {
 	used := map[string]bool{}
+	same := map[string]desired{} // by assigned group: the same for each of its hosts
 	for _, s := range h.sessions {
-		key, d := desiredFor(h.groups, h.targets, s.id, s.labels)
+		key, d := h.desiredMemo(same, s)
 		used[key] = true
 		if s.setDesired(key, d) {
 			h.expectLocked(s, d)
 		}
 	}
+	h.prepMu.Lock()
 	for k := range h.prepared {
 		if !used[k] {
 			delete(h.prepared, k)
 		}
 	}
+	h.prepMu.Unlock()
 	clear(h.fresh)
+}
+
+// desired is a desired configuration and its key.
+type desired struct {
+	key string
+	d   *pb.DesiredConfig
+}
+
+// desiredMemo is desiredFor of session s, taken from same when another
+// host of its group had it in this reassign: every host of a group with no
+// host targets (no rollout) gets the same configuration, and a fleet's
+// reassign makes one, not one per host. Called with h.mu held.
+func (h *hub) desiredMemo(same map[string]desired, s *session) (string, *pb.DesiredConfig) {
+	ids := policy.Assign(h.groups, s.labels)
+	if len(ids) != 1 || h.targets[ids[0]] != nil {
+		return desiredOf(h.groups, h.targets, s.id, ids)
+	}
+	if m, ok := same[ids[0]]; ok {
+		return m.key, m.d
+	}
+	key, d := desiredOf(h.groups, h.targets, s.id, ids)
+	same[ids[0]] = desired{key, d}
+	return key, d
 }
 
 // prepare returns the encoded message for key, encoding it once (with the
 // codec of the first stream that needs it; the bytes are the same for all).
 func (h *hub) prepare(stream grpc.ServerStream, key string, d *pb.DesiredConfig) (*grpc.PreparedMsg, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	h.prepMu.Lock()
+	defer h.prepMu.Unlock()
 	if pm, ok := h.prepared[key]; ok {
 		return pm, nil
 	}
@@ -337,6 +370,8 @@ type session struct {
 
 	drainC    chan struct{} // closed: move the agent to another replica
 	drainOnce sync.Once
+
+	acks *eventAcks // of its events (hubaudit.go)
 
 	propRev   int64     // the revision whose propagation is timed (0: none), under mu
 	propStart time.Time // when it was committed
@@ -399,7 +434,7 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	if !caller.mayBeHost(id) {
 		return status.Errorf(codes.PermissionDenied, "%s may not speak for host %q (it is bound to %s)", caller.Actor, id, strings.Join(caller.Hosts, ", "))
 	}
-	if !h.limitsOf(id).connect.Allow() {
+	if !h.allowConnect(id) { // agentlimits.go
 		return status.Errorf(codes.ResourceExhausted, "host %q reconnects too often (more than %d in a burst, then one every %v); back off", id, connectBurst, connectEvery)
 	}
 	select {
@@ -420,6 +455,7 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 		notify:   make(chan struct{}, 1),
 		confirms: make(chan uint64, 16),
 		drainC:   make(chan struct{}),
+		acks:     newEventAcks(hello.GetEventEpoch()),
 		status: &pb.Host{
 			Name: store.HostName(id), Labels: labels, ReportedLabels: hello.GetLabels(), Facts: hello.GetFacts(),
 			AgentVersion: hello.GetAgentVersion(), AppliedRevision: hello.GetAppliedRevision(),
@@ -430,7 +466,7 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 		return invalid("hello", "makes a host status of %d bytes encoded; at most %d are stored (report fewer interfaces and addresses)", n, maxHostStatusSize)
 	}
 	if err := h.attach(ctx, s, caller, hello); err != nil {
-		return err
+		return h.refused(id, err) // agentlimits.go: ALREADY_EXISTS costs no reconnect
 	}
 	// When the stream ends, what is pending is written, unless the status
 	// could not be stored (the writer ended the stream).
@@ -480,14 +516,4 @@ type agentService struct {
 
 func (a *agentService) Connect(stream pb.AgentService_ConnectServer) error {
 	return a.h.connect(knownFieldsOnly{stream})
-}
-
-// putOrDelete sets m[k] to v, or deletes k when v is nil (the cache's
-// event for a deleted key).
-func putOrDelete[V any](m map[string]*V, k string, v *V) {
-	if v == nil {
-		delete(m, k)
-		return
-	}
-	m[k] = v
 }

@@ -25,15 +25,15 @@ type auditRecorder struct {
 	fails int
 }
 
-func (r *auditRecorder) AppendAudits(ctx context.Context, evs []*pb.AuditEvent) ([]*pb.AuditEvent, error) {
+func (r *auditRecorder) AppendAgentEvents(ctx context.Context, evs []store.AgentEvent) (int, error) {
 	r.mu.Lock()
 	r.calls = append(r.calls, len(evs))
 	fail := len(r.calls) <= r.fails
 	r.mu.Unlock()
 	if fail {
-		return nil, fmt.Errorf("append: %w", store.ErrUnavailable)
+		return 0, fmt.Errorf("append: %w", store.ErrUnavailable)
 	}
-	return r.st.AppendAudits(ctx, evs)
+	return r.st.AppendAgentEvents(ctx, evs)
 }
 
 // TestAuditAppender: agents' events are appended many to a transaction,
@@ -51,7 +51,11 @@ func TestAuditAppender(t *testing.T) {
 	a := newAuditAppender(rec, slog.New(slog.DiscardHandler))
 	for i := range each {
 		for h := range hosts {
-			a.add(&pb.AuditEvent{Actor: fmt.Sprintf("agent:h%d", h), Action: "agent.applied", Host: fmt.Sprintf("hosts/h%d", h), Reason: strconv.Itoa(i)})
+			ev := &pb.AuditEvent{Actor: fmt.Sprintf("agent:h%d", h), Action: "agent.applied", Host: fmt.Sprintf("hosts/h%d", h), Reason: strconv.Itoa(i)}
+			// h0 numbers no events (an older agent); the others do.
+			if err := a.add(context.Background(), queuedEvent{ev: store.AgentEvent{Host: fmt.Sprintf("h%d", h), Epoch: uint64(h), Seq: uint64(i + 1), Event: ev}}); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -92,13 +96,13 @@ func TestAuditAppender(t *testing.T) {
 	calls := rec.calls
 	rec.mu.Unlock()
 	for _, n := range calls {
-		if n > store.MaxAuditBatch {
-			t.Errorf("an append of %d events; at most %d", n, store.MaxAuditBatch)
+		if store.AgentEventsCost(n, hosts-1) > store.MaxAuditBatch {
+			t.Errorf("an append of %d events of %d numbered hosts; at most %d with the marks", n, hosts-1, store.MaxAuditBatch)
 		}
 	}
-	// 500 events: 5 batches of at most 120 once they all wait, plus the
-	// two failed attempts.
-	if len(calls) > rec.fails+hosts*each/store.MaxAuditBatch+1 {
+	// 500 events: 5 batches of at most 116 (and 4 marks) once they all
+	// wait, plus the two failed attempts.
+	if len(calls) > rec.fails+hosts*each/(store.MaxAuditBatch-hosts+1)+1 {
 		t.Errorf("%d appends for %d events: %v", len(calls), hosts*each, calls)
 	}
 }

@@ -1,15 +1,13 @@
 package controller
 
-// Host status: what an agent reports, stored; events of note, audited.
+// Host status: what an agent reports, stored (its events: hubaudit.go).
 
 import (
 	"context"
 	"slices"
 
-	"github.com/mpfleet/mpfleet/internal/store"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -65,26 +63,4 @@ func reportChange(prev, st *pb.Host) bool {
 // same says whether a and b are equal messages (at once when they are one).
 func same[M proto.Message](a, b M) bool {
 	return proto.Message(a) == proto.Message(b) || proto.Equal(a, b)
-}
-
-// recordEvent queues an agent's event for the audit log (hubaudit.go).
-func (h *hub) recordEvent(s *session, caller Caller, action string, result pb.AuditResult, ev *pb.AgentEvent) {
-	after, _ := anypb.New(ev)
-	resource := ev.GetGroup()
-	if resource == "" {
-		resource = store.HostName(s.id)
-	}
-	actor := caller.Actor // the authenticated identity, never a name the agent gives
-	if caller.Anonymous {
-		actor = "agent:" + s.id
-	}
-	a := &pb.AuditEvent{
-		Actor: actor, Action: action, Resource: resource, Host: store.HostName(s.id),
-		After: after, Result: result, PeerAddress: caller.Peer, RequestId: caller.RequestID,
-		Reason: ev.GetMessage(), StatusCode: "OK", Time: timestamppb.Now(),
-	}
-	if result == pb.AuditResult_AUDIT_RESULT_FAILURE {
-		a.StatusCode, a.Error = "FAILED", ev.GetMessage()
-	}
-	h.events.add(a) // the appender logs what it drops
 }

@@ -55,6 +55,10 @@ func (h *hub) sender(ctx context.Context, stream pb.AgentService_ConnectServer, 
 		case <-s.drainC:
 			return endDrain, nil
 		case <-s.notify:
+		case <-s.acks.ready:
+			if err := sendAcks(stream, s.acks); err != nil { // hubaudit.go
+				return endSend, err
+			}
 		case n := <-s.confirms:
 			if err := stream.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_Confirmed{Confirmed: &pb.Confirm{Nonce: n}}}); err != nil {
 				return endSend, err
@@ -93,21 +97,9 @@ func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer
 				return err
 			}
 		case *pb.ConnectRequest_Event:
-			ev := k.Event
-			a, ok := eventActions[ev.GetKind()]
-			if !ok {
-				h.log.Warn("agent sent an event of unknown kind; ignored", "host", s.id, "kind", ev.GetKind())
-				continue
+			if err := h.takeEvent(ctx, s, caller, k.Event, events); err != nil { // hubaudit.go
+				return err
 			}
-			if err := validateEvent(ev); err != nil {
-				h.log.Warn("agent sent an invalid event; dropped", "host", s.id, "err", err)
-				continue
-			}
-			if !events.Allow() {
-				h.log.Warn("agent event rate exceeded; event dropped", "host", s.id, "kind", ev.GetKind())
-				continue
-			}
-			h.recordEvent(s, caller, a.action, a.result, ev)
 		case *pb.ConnectRequest_Confirm:
 			select {
 			case s.confirms <- k.Confirm.GetNonce():

@@ -30,7 +30,9 @@ func follow(ctx context.Context, sub *store.Subscription, on func(store.Event) e
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			// The call's deadline or cancellation, as such: ending with OK
+			// would race the client's own deadline (grpcurl -max-time).
+			return status.FromContextError(ctx.Err()).Err()
 		case <-sub.Done():
 			return subEnded(sub)
 		case ev := <-sub.C():

@@ -5,6 +5,7 @@ package etcdtest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,16 +18,29 @@ import (
 	"go.uber.org/zap"
 )
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback TCP port that was free a moment ago, below
+// the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 and up
+// by default): a port the kernel handed out as ":0" could be given again,
+// as the source port of any process's outgoing connection, before etcd
+// binds it — under the load of a parallel test run it was.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 200 {
+		port := portLow + rand.IntN(portHigh-portLow)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free loopback port in [%d, %d)", portLow, portHigh)
+	return 0
 }
+
+// The range FreePort draws from: under the ephemeral ports, above the
+// well-known and registered ones mpfleet's programs use (7400-7402).
+const portLow, portHigh = 20000, 32000
 
 // URLs returns fresh loopback client and peer URLs.
 func URLs(t testing.TB) (client, peer string) {

@@ -88,12 +88,13 @@ func (p *Proc) spawn() {
 }
 
 // waitReady waits until the process answers a linearizable read: a member
-// of a cluster, once it has a leader and has caught up with it.
+// of a cluster, once it has a leader and has caught up with it. A parallel
+// test run on two loaded CPUs can take tens of seconds to elect.
 func (p *Proc) waitReady() {
 	p.t.Helper()
 	c := Client(p.t, []string{p.endpoint})
 	defer c.Close()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := c.Get(ctx, "health")

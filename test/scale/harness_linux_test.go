@@ -108,6 +108,7 @@ func startController(b *testing.B, bin, dir, etcd string) *controllerProc {
 		"--listen", c.addr, "--etcd-endpoints", etcd, "--data-dir", filepath.Join(dir, "controller"),
 		"--log-level", "warn",
 	}
+	c.args = append(c.args, strings.Fields(*controllerArgs)...)
 	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {

@@ -33,6 +33,7 @@ var (
 	stormLimit     = flag.Duration("storm-wait", 10*time.Minute, "longest the storm may take; past it the storm is reported as not recovered and the run goes on")
 	controllerBin  = flag.String("controller-bin", "", "controller binary (default: bin/mpfleet-controller of `make build`)")
 	loadgenBin     = flag.String("loadgen-bin", "", "mpfleet-loadgen binary (default: built from test/loadgen/cmd/mpfleet-loadgen)")
+	controllerArgs = flag.String("controller-args", "", "more controller flags, separated by spaces (e.g. \"--enable-pprof --metrics-listen 127.0.0.1:9464\" to profile it during the run)")
 )
 
 // groupID is the group every simulated agent falls in.

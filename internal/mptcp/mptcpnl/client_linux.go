@@ -236,7 +236,13 @@ func (c *client) addEndpoint(e mptcp.Endpoint) error {
 	if err != nil {
 		return &mptcp.OpError{Op: op, Err: err}
 	}
-	_, err = c.execute(op, cmdAddAddr, flagsMutate, attrs, func(errno unix.Errno) error {
+	_, err = c.execute(op, cmdAddAddr, flagsMutate, attrs, addErrors(e))
+	return err
+}
+
+// addErrors classes the kernel's errors for an ADD_ADDR request for e.
+func addErrors(e mptcp.Endpoint) func(unix.Errno) error {
+	return func(errno unix.Errno) error {
 		switch errno {
 		case unix.ERANGE:
 			return classed(fmt.Sprintf("%v (at most %d): %v", mptcp.ErrTooManyEndpoints, mptcp.MaxEndpoints, errno), errno, mptcp.ErrTooManyEndpoints)
@@ -246,8 +252,7 @@ func (c *client) addEndpoint(e mptcp.Endpoint) error {
 			return classed(fmt.Sprintf("id %d in use: %v", e.ID, errno), errno, mptcp.ErrEndpointExists)
 		}
 		return nil
-	})
-	return err
+	}
 }
 
 func (c *client) deleteEndpoint(id uint8) error {

@@ -141,7 +141,7 @@ func (x DesiredConfig_Assignment) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DesiredConfig_Assignment.Descriptor instead.
 func (DesiredConfig_Assignment) EnumDescriptor() ([]byte, []int) {
-	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{7, 0}
+	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{8, 0}
 }
 
 // ConnectRequest is one message from an agent on AgentService.Connect.
@@ -282,7 +282,13 @@ type AgentHello struct {
 	// Revision the agent applied last.
 	AppliedRevision int64 `protobuf:"varint,6,opt,name=applied_revision,json=appliedRevision,proto3" json:"applied_revision,omitempty"`
 	// Whether the agent runs with --dry-run.
-	DryRun        bool `protobuf:"varint,7,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,7,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Names this run of the agent's events: chosen at random when the agent
+	// starts, not zero. With AgentEvent.sequence it identifies an event, so
+	// that an event the agent sends again (to this replica or another) is
+	// recorded once. Zero: the agent numbers no events, and the controller
+	// acknowledges none (agents older than the field).
+	EventEpoch    uint64 `protobuf:"varint,8,opt,name=event_epoch,json=eventEpoch,proto3" json:"event_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -364,6 +370,13 @@ func (x *AgentHello) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *AgentHello) GetEventEpoch() uint64 {
+	if x != nil {
+		return x.EventEpoch
+	}
+	return 0
 }
 
 // AgentReport is a host's state after a reconcile.
@@ -505,7 +518,12 @@ type AgentEvent struct {
 	// Human-readable summary.
 	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
 	// Operations done (or undone).
-	Operations    []*PlanOperation `protobuf:"bytes,5,rep,name=operations,proto3" json:"operations,omitempty"`
+	Operations []*PlanOperation `protobuf:"bytes,5,rep,name=operations,proto3" json:"operations,omitempty"`
+	// 1, 2, 3, … in the order the agent's events happen, within
+	// AgentHello.event_epoch; zero when the epoch is. The agent keeps an event
+	// until a ConnectResponse.events_recorded covers its sequence, and sends
+	// the events it keeps again on its next stream.
+	Sequence      uint64 `protobuf:"varint,6,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -575,6 +593,13 @@ func (x *AgentEvent) GetOperations() []*PlanOperation {
 	return nil
 }
 
+func (x *AgentEvent) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
 // Confirm carries a nonce to be echoed.
 type Confirm struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -632,6 +657,7 @@ type ConnectResponse struct {
 	//	*ConnectResponse_Desired
 	//	*ConnectResponse_Confirmed
 	//	*ConnectResponse_Drain
+	//	*ConnectResponse_EventsRecorded
 	Kind          isConnectResponse_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -701,6 +727,15 @@ func (x *ConnectResponse) GetDrain() *Drain {
 	return nil
 }
 
+func (x *ConnectResponse) GetEventsRecorded() *EventsRecorded {
+	if x != nil {
+		if x, ok := x.Kind.(*ConnectResponse_EventsRecorded); ok {
+			return x.EventsRecorded
+		}
+	}
+	return nil
+}
+
 type isConnectResponse_Kind interface {
 	isConnectResponse_Kind()
 }
@@ -721,11 +756,73 @@ type ConnectResponse_Drain struct {
 	Drain *Drain `protobuf:"bytes,3,opt,name=drain,proto3,oneof"`
 }
 
+type ConnectResponse_EventsRecorded struct {
+	// The agent's events up to a sequence are recorded: sent at the start
+	// of a stream whose hello carries an event_epoch (sequence 0: this
+	// controller acknowledges events), and as events are recorded.
+	EventsRecorded *EventsRecorded `protobuf:"bytes,4,opt,name=events_recorded,json=eventsRecorded,proto3,oneof"`
+}
+
 func (*ConnectResponse_Desired) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Confirmed) isConnectResponse_Kind() {}
 
 func (*ConnectResponse_Drain) isConnectResponse_Kind() {}
+
+func (*ConnectResponse_EventsRecorded) isConnectResponse_Kind() {}
+
+// EventsRecorded acknowledges an agent's events: every event of the
+// stream's event_epoch with a sequence up to and including this one is in
+// the audit log, or was refused as invalid (the controller logs it) and
+// will never be. The agent forgets them. What it sent and was not
+// acknowledged when the stream ends it sends again on its next stream, to
+// whichever replica: the controller records an event it recorded already
+// once only. An agent that gets no EventsRecorded on a stream (a
+// controller older than the message) keeps nothing it sent on it.
+type EventsRecorded struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The highest sequence recorded; 0: none yet.
+	Sequence      uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsRecorded) Reset() {
+	*x = EventsRecorded{}
+	mi := &file_mpfleet_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsRecorded) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsRecorded) ProtoMessage() {}
+
+func (x *EventsRecorded) ProtoReflect() protoreflect.Message {
+	mi := &file_mpfleet_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsRecorded.ProtoReflect.Descriptor instead.
+func (*EventsRecorded) Descriptor() ([]byte, []int) {
+	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *EventsRecorded) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
 
 // Drain tells an agent that the controller replica serving its stream is
 // being stopped. The replica has already released the host's session, so
@@ -747,7 +844,7 @@ type Drain struct {
 
 func (x *Drain) Reset() {
 	*x = Drain{}
-	mi := &file_mpfleet_v1_agent_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +856,7 @@ func (x *Drain) String() string {
 func (*Drain) ProtoMessage() {}
 
 func (x *Drain) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_agent_proto_msgTypes[6]
+	mi := &file_mpfleet_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +869,7 @@ func (x *Drain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Drain.ProtoReflect.Descriptor instead.
 func (*Drain) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Drain) GetReason() string {
@@ -810,7 +907,7 @@ type DesiredConfig struct {
 
 func (x *DesiredConfig) Reset() {
 	*x = DesiredConfig{}
-	mi := &file_mpfleet_v1_agent_proto_msgTypes[7]
+	mi := &file_mpfleet_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +919,7 @@ func (x *DesiredConfig) String() string {
 func (*DesiredConfig) ProtoMessage() {}
 
 func (x *DesiredConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_mpfleet_v1_agent_proto_msgTypes[7]
+	mi := &file_mpfleet_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +932,7 @@ func (x *DesiredConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DesiredConfig.ProtoReflect.Descriptor instead.
 func (*DesiredConfig) Descriptor() ([]byte, []int) {
-	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_mpfleet_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DesiredConfig) GetAssignment() DesiredConfig_Assignment {
@@ -884,7 +981,7 @@ const file_mpfleet_v1_agent_proto_rawDesc = "" +
 	"\x06report\x18\x02 \x01(\v2\x17.mpfleet.v1.AgentReportH\x00R\x06report\x12.\n" +
 	"\x05event\x18\x03 \x01(\v2\x16.mpfleet.v1.AgentEventH\x00R\x05event\x12/\n" +
 	"\aconfirm\x18\x04 \x01(\v2\x13.mpfleet.v1.ConfirmH\x00R\aconfirmB\x06\n" +
-	"\x04kind\"\xd7\x02\n" +
+	"\x04kind\"\xf8\x02\n" +
 	"\n" +
 	"AgentHello\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12:\n" +
@@ -893,7 +990,9 @@ const file_mpfleet_v1_agent_proto_rawDesc = "" +
 	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\x12#\n" +
 	"\rapplied_group\x18\x05 \x01(\tR\fappliedGroup\x12)\n" +
 	"\x10applied_revision\x18\x06 \x01(\x03R\x0fappliedRevision\x12\x17\n" +
-	"\adry_run\x18\a \x01(\bR\x06dryRun\x1a9\n" +
+	"\adry_run\x18\a \x01(\bR\x06dryRun\x12\x1f\n" +
+	"\vevent_epoch\x18\b \x01(\x04R\n" +
+	"eventEpoch\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd1\x03\n" +
@@ -910,7 +1009,7 @@ const file_mpfleet_v1_agent_proto_rawDesc = "" +
 	"\x12excluded_addresses\x18\b \x03(\tR\x11excludedAddresses\x12+\n" +
 	"\x05facts\x18\t \x01(\v2\x15.mpfleet.v1.HostFactsR\x05facts\x123\n" +
 	"\bproblems\x18\n" +
-	" \x03(\v2\x17.mpfleet.v1.HostProblemR\bproblems\"\xce\x02\n" +
+	" \x03(\v2\x17.mpfleet.v1.HostProblemR\bproblems\"\xea\x02\n" +
 	"\n" +
 	"AgentEvent\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.mpfleet.v1.AgentEvent.KindR\x04kind\x12\x14\n" +
@@ -919,7 +1018,8 @@ const file_mpfleet_v1_agent_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x129\n" +
 	"\n" +
 	"operations\x18\x05 \x03(\v2\x19.mpfleet.v1.PlanOperationR\n" +
-	"operations\"\x87\x01\n" +
+	"operations\x12\x1a\n" +
+	"\bsequence\x18\x06 \x01(\x04R\bsequence\"\x87\x01\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fKIND_APPLIED\x10\x01\x12\x17\n" +
@@ -928,12 +1028,15 @@ const file_mpfleet_v1_agent_proto_rawDesc = "" +
 	"\x10KIND_ROLLED_BACK\x10\x04\x12\x11\n" +
 	"\rKIND_RESTORED\x10\x05\"\x1f\n" +
 	"\aConfirm\x12\x14\n" +
-	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\xb0\x01\n" +
+	"\x05nonce\x18\x01 \x01(\x04R\x05nonce\"\xf7\x01\n" +
 	"\x0fConnectResponse\x125\n" +
 	"\adesired\x18\x01 \x01(\v2\x19.mpfleet.v1.DesiredConfigH\x00R\adesired\x123\n" +
 	"\tconfirmed\x18\x02 \x01(\v2\x13.mpfleet.v1.ConfirmH\x00R\tconfirmed\x12)\n" +
-	"\x05drain\x18\x03 \x01(\v2\x11.mpfleet.v1.DrainH\x00R\x05drainB\x06\n" +
-	"\x04kind\"e\n" +
+	"\x05drain\x18\x03 \x01(\v2\x11.mpfleet.v1.DrainH\x00R\x05drain\x12E\n" +
+	"\x0fevents_recorded\x18\x04 \x01(\v2\x1a.mpfleet.v1.EventsRecordedH\x00R\x0eeventsRecordedB\x06\n" +
+	"\x04kind\",\n" +
+	"\x0eEventsRecorded\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\"e\n" +
 	"\x05Drain\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12D\n" +
 	"\x10reconnect_within\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0freconnectWithin\"\xe0\x02\n" +
@@ -967,7 +1070,7 @@ func file_mpfleet_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_mpfleet_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_mpfleet_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_mpfleet_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_mpfleet_v1_agent_proto_goTypes = []any{
 	(AgentEvent_Kind)(0),          // 0: mpfleet.v1.AgentEvent.Kind
 	(DesiredConfig_Assignment)(0), // 1: mpfleet.v1.DesiredConfig.Assignment
@@ -977,46 +1080,48 @@ var file_mpfleet_v1_agent_proto_goTypes = []any{
 	(*AgentEvent)(nil),            // 5: mpfleet.v1.AgentEvent
 	(*Confirm)(nil),               // 6: mpfleet.v1.Confirm
 	(*ConnectResponse)(nil),       // 7: mpfleet.v1.ConnectResponse
-	(*Drain)(nil),                 // 8: mpfleet.v1.Drain
-	(*DesiredConfig)(nil),         // 9: mpfleet.v1.DesiredConfig
-	nil,                           // 10: mpfleet.v1.AgentHello.LabelsEntry
-	(*HostFacts)(nil),             // 11: mpfleet.v1.HostFacts
-	(SyncState)(0),                // 12: mpfleet.v1.SyncState
-	(*AppliedState)(nil),          // 13: mpfleet.v1.AppliedState
-	(*MptcpHealth)(nil),           // 14: mpfleet.v1.MptcpHealth
-	(*PlanOperation)(nil),         // 15: mpfleet.v1.PlanOperation
-	(*HostProblem)(nil),           // 16: mpfleet.v1.HostProblem
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
-	(*MultipathPolicy)(nil),       // 18: mpfleet.v1.MultipathPolicy
+	(*EventsRecorded)(nil),        // 8: mpfleet.v1.EventsRecorded
+	(*Drain)(nil),                 // 9: mpfleet.v1.Drain
+	(*DesiredConfig)(nil),         // 10: mpfleet.v1.DesiredConfig
+	nil,                           // 11: mpfleet.v1.AgentHello.LabelsEntry
+	(*HostFacts)(nil),             // 12: mpfleet.v1.HostFacts
+	(SyncState)(0),                // 13: mpfleet.v1.SyncState
+	(*AppliedState)(nil),          // 14: mpfleet.v1.AppliedState
+	(*MptcpHealth)(nil),           // 15: mpfleet.v1.MptcpHealth
+	(*PlanOperation)(nil),         // 16: mpfleet.v1.PlanOperation
+	(*HostProblem)(nil),           // 17: mpfleet.v1.HostProblem
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
+	(*MultipathPolicy)(nil),       // 19: mpfleet.v1.MultipathPolicy
 }
 var file_mpfleet_v1_agent_proto_depIdxs = []int32{
 	3,  // 0: mpfleet.v1.ConnectRequest.hello:type_name -> mpfleet.v1.AgentHello
 	4,  // 1: mpfleet.v1.ConnectRequest.report:type_name -> mpfleet.v1.AgentReport
 	5,  // 2: mpfleet.v1.ConnectRequest.event:type_name -> mpfleet.v1.AgentEvent
 	6,  // 3: mpfleet.v1.ConnectRequest.confirm:type_name -> mpfleet.v1.Confirm
-	10, // 4: mpfleet.v1.AgentHello.labels:type_name -> mpfleet.v1.AgentHello.LabelsEntry
-	11, // 5: mpfleet.v1.AgentHello.facts:type_name -> mpfleet.v1.HostFacts
-	12, // 6: mpfleet.v1.AgentReport.sync_state:type_name -> mpfleet.v1.SyncState
-	13, // 7: mpfleet.v1.AgentReport.applied:type_name -> mpfleet.v1.AppliedState
-	14, // 8: mpfleet.v1.AgentReport.health:type_name -> mpfleet.v1.MptcpHealth
-	15, // 9: mpfleet.v1.AgentReport.last_plan:type_name -> mpfleet.v1.PlanOperation
-	11, // 10: mpfleet.v1.AgentReport.facts:type_name -> mpfleet.v1.HostFacts
-	16, // 11: mpfleet.v1.AgentReport.problems:type_name -> mpfleet.v1.HostProblem
+	11, // 4: mpfleet.v1.AgentHello.labels:type_name -> mpfleet.v1.AgentHello.LabelsEntry
+	12, // 5: mpfleet.v1.AgentHello.facts:type_name -> mpfleet.v1.HostFacts
+	13, // 6: mpfleet.v1.AgentReport.sync_state:type_name -> mpfleet.v1.SyncState
+	14, // 7: mpfleet.v1.AgentReport.applied:type_name -> mpfleet.v1.AppliedState
+	15, // 8: mpfleet.v1.AgentReport.health:type_name -> mpfleet.v1.MptcpHealth
+	16, // 9: mpfleet.v1.AgentReport.last_plan:type_name -> mpfleet.v1.PlanOperation
+	12, // 10: mpfleet.v1.AgentReport.facts:type_name -> mpfleet.v1.HostFacts
+	17, // 11: mpfleet.v1.AgentReport.problems:type_name -> mpfleet.v1.HostProblem
 	0,  // 12: mpfleet.v1.AgentEvent.kind:type_name -> mpfleet.v1.AgentEvent.Kind
-	15, // 13: mpfleet.v1.AgentEvent.operations:type_name -> mpfleet.v1.PlanOperation
-	9,  // 14: mpfleet.v1.ConnectResponse.desired:type_name -> mpfleet.v1.DesiredConfig
+	16, // 13: mpfleet.v1.AgentEvent.operations:type_name -> mpfleet.v1.PlanOperation
+	10, // 14: mpfleet.v1.ConnectResponse.desired:type_name -> mpfleet.v1.DesiredConfig
 	6,  // 15: mpfleet.v1.ConnectResponse.confirmed:type_name -> mpfleet.v1.Confirm
-	8,  // 16: mpfleet.v1.ConnectResponse.drain:type_name -> mpfleet.v1.Drain
-	17, // 17: mpfleet.v1.Drain.reconnect_within:type_name -> google.protobuf.Duration
-	1,  // 18: mpfleet.v1.DesiredConfig.assignment:type_name -> mpfleet.v1.DesiredConfig.Assignment
-	18, // 19: mpfleet.v1.DesiredConfig.policy:type_name -> mpfleet.v1.MultipathPolicy
-	2,  // 20: mpfleet.v1.AgentService.Connect:input_type -> mpfleet.v1.ConnectRequest
-	7,  // 21: mpfleet.v1.AgentService.Connect:output_type -> mpfleet.v1.ConnectResponse
-	21, // [21:22] is the sub-list for method output_type
-	20, // [20:21] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	9,  // 16: mpfleet.v1.ConnectResponse.drain:type_name -> mpfleet.v1.Drain
+	8,  // 17: mpfleet.v1.ConnectResponse.events_recorded:type_name -> mpfleet.v1.EventsRecorded
+	18, // 18: mpfleet.v1.Drain.reconnect_within:type_name -> google.protobuf.Duration
+	1,  // 19: mpfleet.v1.DesiredConfig.assignment:type_name -> mpfleet.v1.DesiredConfig.Assignment
+	19, // 20: mpfleet.v1.DesiredConfig.policy:type_name -> mpfleet.v1.MultipathPolicy
+	2,  // 21: mpfleet.v1.AgentService.Connect:input_type -> mpfleet.v1.ConnectRequest
+	7,  // 22: mpfleet.v1.AgentService.Connect:output_type -> mpfleet.v1.ConnectResponse
+	22, // [22:23] is the sub-list for method output_type
+	21, // [21:22] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_mpfleet_v1_agent_proto_init() }
@@ -1036,6 +1141,7 @@ func file_mpfleet_v1_agent_proto_init() {
 		(*ConnectResponse_Desired)(nil),
 		(*ConnectResponse_Confirmed)(nil),
 		(*ConnectResponse_Drain)(nil),
+		(*ConnectResponse_EventsRecorded)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1043,7 +1149,7 @@ func file_mpfleet_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mpfleet_v1_agent_proto_rawDesc), len(file_mpfleet_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
