@@ -9,7 +9,6 @@ import (
 	"unsafe"
 
 	"github.com/mdlayher/genetlink"
-	"github.com/mdlayher/netlink"
 	"github.com/mpfleet/mpfleet/internal/mptcp"
 	"golang.org/x/sys/unix"
 )
@@ -32,23 +31,19 @@ type adder struct {
 }
 
 func dialAdder(opts *DialOptions) (*adder, error) {
-	c, err := genetlink.Dial(&netlink.Config{NetNS: opts.NetNS})
-	if err != nil {
-		return nil, &mptcp.OpError{Op: "mptcp dial generic netlink", Err: err}
-	}
-	f, err := getFamily(c)
-	if err != nil {
-		_ = c.Close()
-		return nil, err
-	}
-	raw, err := c.SyscallConn()
-	if err != nil {
-		_ = c.Close()
-		return nil, &mptcp.OpError{Op: "mptcp dial generic netlink", Err: err}
-	}
-	a := &adder{c: c, raw: raw, family: f, req: make([]byte, 0, addReqMaxSize), resp: make([]byte, 4096)}
-	a.write, a.read = a.writeFD, a.readFD
-	return a, nil
+	return dialWith(opts, "mptcp dial generic netlink", func(c *genetlink.Conn) (*adder, error) {
+		f, err := getFamily(c)
+		if err != nil {
+			return nil, err
+		}
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return nil, &mptcp.OpError{Op: "mptcp dial generic netlink", Err: err}
+		}
+		a := &adder{c: c, raw: raw, family: f, req: make([]byte, 0, addReqMaxSize), resp: make([]byte, 4096)}
+		a.write, a.read = a.writeFD, a.readFD
+		return a, nil
+	})
 }
 
 func (a *adder) add(e mptcp.Endpoint) error {

@@ -364,22 +364,36 @@ type eventConn struct {
 }
 
 func dialEvents(opts *DialOptions) (*eventConn, error) {
+	return dialWith(opts, "mptcp dial events", func(c *genetlink.Conn) (*eventConn, error) {
+		ec, err := initEventConn(c)
+		if err != nil {
+			return nil, err
+		}
+		// A burst of connections makes a burst of events: give them room.
+		_ = c.SetReadBuffer(1 << 20)
+		if err := c.JoinGroup(ec.group); err != nil {
+			return nil, kernelError("mptcp join multicast group "+eventsGroup, err, nil)
+		}
+		return ec, nil
+	})
+}
+
+// dialWith opens a generic netlink socket in the namespace opts names and
+// finishes with init what is made on it; the socket is closed when init
+// fails. op names a failure to open it.
+func dialWith[T any](opts *DialOptions, op string, init func(*genetlink.Conn) (T, error)) (T, error) {
 	c, err := genetlink.Dial(&netlink.Config{NetNS: opts.NetNS})
 	if err != nil {
-		return nil, &mptcp.OpError{Op: "mptcp dial events", Err: err}
+		var zero T
+		return zero, &mptcp.OpError{Op: op, Err: err}
 	}
-	ec, err := initEventConn(c)
+	v, err := init(c)
 	if err != nil {
 		_ = c.Close()
-		return nil, err
+		var zero T
+		return zero, err
 	}
-	// A burst of connections makes a burst of events: give them room.
-	_ = c.SetReadBuffer(1 << 20)
-	if err := c.JoinGroup(ec.group); err != nil {
-		_ = c.Close()
-		return nil, kernelError("mptcp join multicast group "+eventsGroup, err, nil)
-	}
-	return ec, nil
+	return v, nil
 }
 
 // initEventConn looks the family and its events group up on c, without
