@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mpfleet/mpfleet/internal/transport"
 	"github.com/mpfleet/mpfleet/internal/wait"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc"
@@ -199,7 +200,7 @@ func (a *Agent) dial(ctx context.Context, t target) (*session, error) {
 		grpc.WithUserAgent("mpfleet-agent/" + a.opts.Version),
 	}
 	if a.opts.Token != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: a.opts.Token, secure: a.opts.Credentials != nil}))
+		opts = append(opts, grpc.WithPerRPCCredentials(transport.Bearer{Token: a.opts.Token, Secure: a.opts.Credentials != nil}))
 	}
 	conn, err := grpc.NewClient("passthrough:///"+t.entry, opts...)
 	if err != nil {
@@ -291,15 +292,3 @@ func (a *Agent) receive(s *session) (bool, *pb.Drain, error) {
 		}
 	}
 }
-
-// bearer sends a bearer token with every call.
-type bearer struct {
-	token  string
-	secure bool
-}
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + b.token}, nil
-}
-
-func (b bearer) RequireTransportSecurity() bool { return b.secure }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/mpfleet/mpfleet/internal/transport"
 	"github.com/mpfleet/mpfleet/test/lab"
 )
 
@@ -31,7 +32,7 @@ func (f *Fleet) CAPool() (*x509.CertPool, error) {
 // (TLS with the fleet's CA and the bearer token), dialled from inside the
 // namespace of h. The caller closes it.
 func (f *Fleet) OperatorConn(h lab.Host) (*grpc.ClientConn, error) {
-	return f.conn(h, nil, grpc.WithPerRPCCredentials(bearer(f.PKI.Token)))
+	return f.conn(h, nil, grpc.WithPerRPCCredentials(transport.Bearer{Token: f.PKI.Token, Secure: true}))
 }
 
 // AgentConn opens a gRPC connection to the controller with the agent
@@ -71,12 +72,3 @@ func (f *Fleet) conn(h lab.Host, certs []tls.Certificate, opts ...grpc.DialOptio
 		grpc.WithContextDialer(dial),
 	}, opts...)...)
 }
-
-// bearer sends a bearer token with every call.
-type bearer string
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
-}
-
-func (bearer) RequireTransportSecurity() bool { return true }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/mpfleet/mpfleet/internal/transport"
 	"github.com/mpfleet/mpfleet/internal/wait"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc"
@@ -82,7 +83,7 @@ func (a *hubAgent) session(ctx context.Context, release func()) (bool, error) {
 	opts := []grpc.DialOption{creds, grpc.WithKeepaliveParams(keepaliveParams), grpc.WithUserAgent("mpfleet-agent/" + Version)}
 	if cfg.Token != nil {
 		if tok := cfg.Token(a.id); tok != "" {
-			opts = append(opts, grpc.WithPerRPCCredentials(bearer{token: tok, secure: cfg.Credentials != nil}))
+			opts = append(opts, grpc.WithPerRPCCredentials(transport.Bearer{Token: tok, Secure: cfg.Credentials != nil}))
 		}
 	}
 	conn, err := grpc.NewClient("passthrough:///"+cfg.Controller, opts...)
@@ -272,15 +273,3 @@ func (a *hubAgent) report(stream pb.AgentService_ConnectClient, periodic bool) e
 	}
 	return stream.Send(&pb.ConnectRequest{Kind: &pb.ConnectRequest_Report{Report: r}})
 }
-
-// bearer sends a bearer token with every call.
-type bearer struct {
-	token  string
-	secure bool
-}
-
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + b.token}, nil
-}
-
-func (b bearer) RequireTransportSecurity() bool { return b.secure }
