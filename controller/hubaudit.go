@@ -244,6 +244,9 @@ func (a *auditAppender) appendNext(ctx context.Context) bool {
 // highest sequence queued, recorded and passed over (invalid), and sent.
 type eventAcks struct {
 	epoch uint64 // the hello's event_epoch; 0: nothing is acknowledged
+	// throttled: the stream's events went over its rate, which is logged
+	// once a stream (the receiving goroutine's alone).
+	throttled bool
 
 	mu                     sync.Mutex
 	queued, stored, passed uint64
@@ -348,7 +351,10 @@ func (h *hub) takeEvent(ctx context.Context, s *session, caller Caller, ev *pb.A
 		return nil
 	}
 	if !lim.Allow() {
-		h.log.Warn("agent event rate exceeded; reading its stream slower", "host", s.id, "kind", ev.GetKind())
+		if !s.acks.throttled {
+			s.acks.throttled = true
+			h.log.Warn("agent event rate exceeded; reading its stream slower (logged once a stream)", "host", s.id, "kind", ev.GetKind())
+		}
 		if err := lim.Wait(ctx); err != nil {
 			return err
 		}

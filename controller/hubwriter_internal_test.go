@@ -185,3 +185,37 @@ func TestShallowHost(t *testing.T) {
 		t.Errorf("shallowHost(h) = %v, want %v", c, h)
 	}
 }
+
+// TestSamePathState: samePathState tells two paths apart by every field but
+// the check time and the probe latency (a field added to PathStatus and not
+// to samePathState fails here).
+func TestSamePathState(t *testing.T) {
+	base := &pb.PathStatus{}
+	fields := base.ProtoReflect().Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		other := &pb.PathStatus{}
+		m := other.ProtoReflect()
+		switch {
+		case fd.Kind() == protoreflect.MessageKind:
+			m.Mutable(fd)
+		case fd.Kind() == protoreflect.StringKind:
+			m.Set(fd, protoreflect.ValueOfString("x"))
+		case fd.Kind() == protoreflect.Uint32Kind:
+			m.Set(fd, protoreflect.ValueOfUint32(7))
+		case fd.Kind() == protoreflect.EnumKind:
+			m.Set(fd, protoreflect.ValueOfEnum(1))
+		default:
+			t.Fatalf("field %s of kind %v: teach this test to set it", fd.Name(), fd.Kind())
+		}
+		ignored := fd.Name() == "last_check_time" || fd.Name() == "probe_latency"
+		if got := samePathState(base, other); got != ignored {
+			t.Errorf("a path differing only in %s: same = %v, want %v", fd.Name(), got, ignored)
+		}
+	}
+	withUnknown := &pb.PathStatus{}
+	withUnknown.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 999, protowire.VarintType), 1))
+	if samePathState(base, withUnknown) {
+		t.Error("a path differing only in unknown fields: same")
+	}
+}

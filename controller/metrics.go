@@ -9,7 +9,6 @@ package controller
 // is its own.
 
 import (
-	"cmp"
 	"strings"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
@@ -191,7 +190,7 @@ func (f *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	latest := map[string]*pb.Rollout{}
 	for _, r := range cache.Rollouts() {
 		id := strings.TrimPrefix(r.GetGroup(), "groups/")
-		if l, ok := latest[id]; !ok || cmp.Or(r.GetCreateTime().AsTime().Compare(l.GetCreateTime().AsTime()), strings.Compare(l.GetName(), r.GetName())) > 0 {
+		if l, ok := latest[id]; !ok || rolloutOrder(r, l) < 0 {
 			latest[id] = r
 		}
 	}

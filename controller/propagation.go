@@ -30,7 +30,7 @@ type revCommit struct {
 // noteCommitLocked remembers the commit time of a group's new policy
 // revision seen in ev, for the reassignment that follows (h.mu held).
 func (h *hub) noteCommitLocked(ev store.Event) {
-	if ev.GroupID == "" || ev.Group == nil {
+	if h.c.metrics == nil || ev.GroupID == "" || ev.Group == nil {
 		return
 	}
 	if prev, ok := h.groups[ev.GroupID]; ok && prev.GetPolicyRevision() >= ev.Group.GetPolicyRevision() {
@@ -45,6 +45,9 @@ func (h *hub) noteCommitLocked(ev store.Event) {
 // expectLocked starts timing the propagation of d to s, whose desired
 // configuration a change just set to d (h.mu held).
 func (h *hub) expectLocked(s *session, d *pb.DesiredConfig) {
+	if h.c.metrics == nil {
+		return // nothing observes it
+	}
 	start := time.Now()
 	rev := d.GetRevision()
 	if c, ok := h.fresh[strings.TrimPrefix(d.GetGroup(), "groups/")]; ok && c.rev == rev && c.at.Before(start) {

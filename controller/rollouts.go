@@ -329,9 +329,7 @@ func (s *rolloutService) ListRollouts(_ context.Context, req *pb.ListRolloutsReq
 			all = append(all, r)
 		}
 	}
-	slices.SortFunc(all, func(a, b *pb.Rollout) int {
-		return cmp.Or(b.GetCreateTime().AsTime().Compare(a.GetCreateTime().AsTime()), strings.Compare(a.GetName(), b.GetName()))
-	})
+	slices.SortFunc(all, rolloutOrder)
 	resp := &pb.ListRolloutsResponse{}
 	if off < len(all) {
 		end := min(off+n, len(all))
@@ -462,4 +460,10 @@ func (s *rolloutService) WatchRollout(req *pb.WatchRolloutRequest, stream pb.Rol
 			return err
 		}
 	}
+}
+
+// rolloutOrder is the order rollouts are listed in: the newest first, by
+// name among those created at once.
+func rolloutOrder(a, b *pb.Rollout) int {
+	return cmp.Or(b.GetCreateTime().AsTime().Compare(a.GetCreateTime().AsTime()), strings.Compare(a.GetName(), b.GetName()))
 }

@@ -27,8 +27,7 @@ type setting struct {
 	source string // for errors: "config NAME" or the environment variable
 	file   bool   // from the config file
 	text   string
-	items  []string
-	list   bool
+	items  []string // a list's items (non-nil for a list, also an empty one)
 }
 
 func (s setting) apply(fs *pflag.FlagSet) error {
@@ -41,7 +40,7 @@ func (s setting) apply(fs *pflag.FlagSet) error {
 		}
 		return fmt.Errorf("%s: %w", s.source, err)
 	}
-	if s.list {
+	if s.items != nil {
 		if err := s.flag.Value.(pflag.SliceValue).Replace(s.items); err != nil {
 			return fmt.Errorf("%s: %w", s.source, err)
 		}
@@ -76,7 +75,7 @@ func fileSetting(f *pflag.Flag, v any) (s setting, ok bool, err error) {
 				return s, false, fmt.Errorf("%s[%d]: %w", s.source, i, err)
 			}
 		}
-		s.text, s.list = csvJoin(s.items), true
+		s.text = csvJoin(s.items)
 		return s, true, nil
 	}
 	if m, isMap := v.(map[string]any); isMap && (isMapKind(typ) || isText(typ)) {

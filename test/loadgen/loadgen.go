@@ -221,8 +221,7 @@ func (f *Fleet) backoff(n int) time.Duration {
 
 // address returns agent i's address in 198.18.0.0/15.
 func (f *Fleet) address(i int) netip.Addr {
+	// 198.18.0.0/15: the first two bytes are 198 and 18 or 19.
 	n := uint32(f.cfg.First+i+1) % (1 << 17)
-	base := netip.MustParseAddr("198.18.0.0").As4()
-	v := uint32(base[0])<<24 | uint32(base[1])<<16 | n
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	return netip.AddrFrom4([4]byte{198, byte(18 + n>>16), byte(n >> 8), byte(n)})
 }
