@@ -15,11 +15,19 @@ import (
 // network namespace netnsFD (as from /run/netns/NAME; 0 is the caller's),
 // each with an mptcpnl.EndpointAdder of its own for the fast path
 // (hotplug.go).
-func NetlinkKernels(netnsFD int) KernelOpener {
+func NetlinkKernels(netnsFD int) KernelOpener { return netlinkKernels(netnsFD, true) }
+
+// netlinkKernels is NetlinkKernels, with the fast path's adder only when
+// fastPath is set: --cleanup and --dry-run, which never take the fast path,
+// open no socket for it.
+func netlinkKernels(netnsFD int, fastPath bool) KernelOpener {
 	return func(rng route.Range) (reconcile.Kernel, error) {
 		k, err := nlkernel.Open(&nlkernel.Options{NetNS: netnsFD, Range: rng})
 		if err != nil {
 			return nil, err
+		}
+		if !fastPath {
+			return k, nil
 		}
 		add, err := mptcpnl.DialEndpointAdder(&mptcpnl.DialOptions{NetNS: netnsFD})
 		if err != nil {

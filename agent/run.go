@@ -103,7 +103,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if f.Cleanup {
-		return Cleanup(ctx, CleanupOptions{StateDir: f.StateDir, Kernel: NetlinkKernels(0), Out: stdout})
+		return Cleanup(ctx, CleanupOptions{StateDir: f.StateDir, Kernel: netlinkKernels(0, false), Out: stdout})
 	}
 	if f.HostID == "" {
 		h, err := os.Hostname()
@@ -149,7 +149,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		HostID: f.HostID, Labels: f.Labels, Controller: f.Controller, Credentials: creds, Token: f.Token,
 		StateDir: f.StateDir, DryRun: f.DryRun,
 		ResyncInterval: f.ResyncInterval, ConfirmTimeout: f.ConfirmTimeout, ReportInterval: f.ReportInterval,
-		Kernel: NetlinkKernels(0), System: sys, Logger: log, Metrics: reg,
+		Kernel: netlinkKernels(0, !f.DryRun), System: sys, Logger: log, Metrics: reg,
 	})
 	if err != nil {
 		return err

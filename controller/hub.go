@@ -470,7 +470,12 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	}
 	// When the stream ends, what is pending is written, unless the status
 	// could not be stored (the writer ended the stream).
-	defer func() { h.detach(ctx, s, !s.writeFailed.Load()) }()
+	handedOff := false // handOff detached s already
+	defer func() {
+		if !handedOff {
+			h.detach(ctx, s, !s.writeFailed.Load())
+		}
+	}()
 	h.log.Info("agent connected", "host", id, "peer", caller.Peer)
 
 	serve <- served{ctx: sctx, s: s}
@@ -480,9 +485,8 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	}
 	cancel()
 	if why == endDrain {
-		stopped := make(chan error, 1)
-		stopped <- nil // the sender (this goroutine) has stopped
-		err = h.handOff(ctx, stream, s, stopped, !s.writeFailed.Load())
+		handedOff = true
+		err = h.handOff(ctx, stream, s, !s.writeFailed.Load())
 	}
 	h.log.Info("agent disconnected", "host", id, "err", err)
 	return err

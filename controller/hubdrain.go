@@ -25,11 +25,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// drainSendWait bounds the wait for a stream's sender to stop before the
-// drain goes out on the stream: a sender stuck on an agent that does not
-// read is not waited for (the agent gets no Drain, only the stream's end).
-const drainSendWait = 2 * time.Second
-
 // drainJitter is the window within which a drained agent reconnects, at a
 // random moment, to spread each batch.
 const drainJitter = 100 * time.Millisecond
@@ -121,25 +116,13 @@ func (h *hub) otherReplicas() (int, error) {
 	return n, nil
 }
 
-// handOff ends the stream of session s, which the drain told to move: once
-// its sender has stopped (sendErr) — so that nothing else sends on the
-// stream — it writes what is pending (with flush), releases the host, sends
+// handOff ends the stream of session s, which the drain told to move, once
+// its sender (the caller) has stopped, so that nothing else sends on the
+// stream: it writes what is pending (with flush), releases the host, sends
 // Drain, and returns the status that ends the stream.
-func (h *hub) handOff(ctx context.Context, stream pb.AgentService_ConnectServer, s *session, sendErr <-chan error, flush bool) error {
+func (h *hub) handOff(ctx context.Context, stream pb.AgentService_ConnectServer, s *session, flush bool) error {
 	gone := status.Errorf(codes.Unavailable, "controller replica %q is shutting down; connect to another replica", h.opts.Replica)
-	t := time.NewTimer(drainSendWait)
-	defer t.Stop()
-	usable := false // the stream can take the drain message
-	select {
-	case err := <-sendErr:
-		usable = err == nil // else a send failed: the stream is broken
-	case <-t.C:
-		h.log.Warn("drain: the stream's sender did not stop; ending the stream without a drain message", "host", s.id)
-	}
 	h.detach(ctx, s, flush)
-	if !usable {
-		return gone
-	}
 	d := &pb.Drain{
 		Reason:          fmt.Sprintf("controller replica %q is shutting down", h.opts.Replica),
 		ReconnectWithin: durationpb.New(drainJitter),
