@@ -13,6 +13,7 @@ import (
 	"github.com/mpfleet/mpfleet/internal/etcdtest"
 	"github.com/mpfleet/mpfleet/internal/metrics"
 	"github.com/mpfleet/mpfleet/internal/nstest"
+	"github.com/mpfleet/mpfleet/internal/store"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/grpc/codes"
@@ -131,7 +132,9 @@ func serveMetrics(t *testing.T, reg *metrics.Server) string {
 func TestMetricsController(t *testing.T) {
 	_, cli := etcdtest.Embedded(t)
 	reg := metrics.NewRegistry("mpfleet-controller")
-	cli.KV = controller.InstrumentKV(cli.KV, reg)
+	guard := store.NewGuard(0)
+	controller.ObserveEtcd(guard, reg)
+	cli.KV = guard.KV(cli.KV)
 	e := startOn(t, cli, controller.Options{Metrics: reg})
 	srv, err := metrics.Listen(metrics.Options{Addr: "127.0.0.1:0", Gatherer: reg, Ready: e.ctl.Ready})
 	if err != nil {

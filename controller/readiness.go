@@ -10,8 +10,8 @@ import (
 	"sync/atomic"
 
 	"github.com/mpfleet/mpfleet/internal/metrics"
+	"github.com/mpfleet/mpfleet/internal/store"
 	"github.com/prometheus/client_golang/prometheus"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Ready says whether the controller is ready to serve, as /readyz does: nil
@@ -95,12 +95,12 @@ func (m *monitor) registerer() prometheus.Registerer {
 	return m.reg
 }
 
-// kv instruments the store's KV (unchanged without a monitor).
-func (m *monitor) kv(kv clientv3.KV) clientv3.KV {
-	if m == nil {
-		return kv
+// observe times and counts the requests of the store's guard (nothing
+// without a monitor).
+func (m *monitor) observe(g *store.Guard) {
+	if m != nil {
+		ObserveEtcd(g, m.reg)
 	}
-	return InstrumentKV(kv, m.reg)
 }
 
 // follow makes /readyz follow c.

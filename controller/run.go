@@ -114,7 +114,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// Every request of the store is bounded and fails at once while the
 	// health monitor knows etcd to be unreachable.
 	guard := store.NewGuard(f.EtcdReqTimeout)
-	cli.KV = mon.kv(guard.KV(cli.KV))
+	mon.observe(guard)
+	cli.KV = guard.KV(cli.KV)
 	st := store.New(cli, f.EtcdPrefix, store.WithAuditKey(auditKey))
 	if err := keyAuditChain(ctx, st, log); err != nil {
 		return err

@@ -32,6 +32,7 @@ import (
 // affected.
 type Guard struct {
 	timeout time.Duration
+	observe Observer // set before the guard's KV is used; nil: none
 
 	mu   sync.RWMutex
 	down error
@@ -40,6 +41,16 @@ type Guard struct {
 // NewGuard returns a guard that gives every KV request at most timeout
 // (0: no limit but the caller's).
 func NewGuard(timeout time.Duration) *Guard { return &Guard{timeout: timeout} }
+
+// Observer is told of every request of a guarded KV once it ended: its
+// operation (get, put, delete, txn, compact or do), its caller's context,
+// how long it took and how it ended (a request the guard failed at once
+// included).
+type Observer func(ctx context.Context, op string, took time.Duration, err error)
+
+// Observe makes f the guard's observer. Call it before the guard's KV is
+// used.
+func (g *Guard) Observe(f Observer) { g.observe = f }
 
 // Timeout returns the limit of one request.
 func (g *Guard) Timeout() time.Duration { return g.timeout }
@@ -132,36 +143,38 @@ type guardKV struct {
 }
 
 // guarded runs one request of a guardKV through its guard.
-func guarded[R any](ctx context.Context, g *Guard, bounded bool, call func(context.Context) (R, error)) (R, error) {
-	ctx, end, err := g.begin(ctx, bounded)
-	if err != nil {
-		var zero R
-		return zero, err
+func guarded[R any](ctx context.Context, g *Guard, op string, bounded bool, call func(context.Context) (R, error)) (resp R, err error) {
+	if g.observe != nil {
+		defer func(start time.Time) { g.observe(ctx, op, time.Since(start), err) }(time.Now())
 	}
-	resp, err := call(ctx)
+	rctx, end, err := g.begin(ctx, bounded)
+	if err != nil {
+		return resp, err
+	}
+	resp, err = call(rctx)
 	return resp, end(err)
 }
 
 func (k *guardKV) Put(ctx context.Context, key, val string, opts ...clientv3.OpOption) (*clientv3.PutResponse, error) {
-	return guarded(ctx, k.g, true, func(ctx context.Context) (*clientv3.PutResponse, error) { return k.kv.Put(ctx, key, val, opts...) })
+	return guarded(ctx, k.g, "put", true, func(ctx context.Context) (*clientv3.PutResponse, error) { return k.kv.Put(ctx, key, val, opts...) })
 }
 
 func (k *guardKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	return guarded(ctx, k.g, true, func(ctx context.Context) (*clientv3.GetResponse, error) { return k.kv.Get(ctx, key, opts...) })
+	return guarded(ctx, k.g, "get", true, func(ctx context.Context) (*clientv3.GetResponse, error) { return k.kv.Get(ctx, key, opts...) })
 }
 
 func (k *guardKV) Delete(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.DeleteResponse, error) {
-	return guarded(ctx, k.g, true, func(ctx context.Context) (*clientv3.DeleteResponse, error) { return k.kv.Delete(ctx, key, opts...) })
+	return guarded(ctx, k.g, "delete", true, func(ctx context.Context) (*clientv3.DeleteResponse, error) { return k.kv.Delete(ctx, key, opts...) })
 }
 
 // Compact is not bounded: a physical compaction of a large history takes
 // its time, and only maintenance calls it.
 func (k *guardKV) Compact(ctx context.Context, rev int64, opts ...clientv3.CompactOption) (*clientv3.CompactResponse, error) {
-	return guarded(ctx, k.g, false, func(ctx context.Context) (*clientv3.CompactResponse, error) { return k.kv.Compact(ctx, rev, opts...) })
+	return guarded(ctx, k.g, "compact", false, func(ctx context.Context) (*clientv3.CompactResponse, error) { return k.kv.Compact(ctx, rev, opts...) })
 }
 
 func (k *guardKV) Do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
-	return guarded(ctx, k.g, true, func(ctx context.Context) (clientv3.OpResponse, error) { return k.kv.Do(ctx, op) })
+	return guarded(ctx, k.g, "do", true, func(ctx context.Context) (clientv3.OpResponse, error) { return k.kv.Do(ctx, op) })
 }
 
 // Txn collects the transaction and sends it, bounded, on Commit.
@@ -190,7 +203,7 @@ func (t *guardTxn) Else(ops ...clientv3.Op) clientv3.Txn {
 }
 
 func (t *guardTxn) Commit() (*clientv3.TxnResponse, error) {
-	return guarded(t.ctx, t.k.g, true, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+	return guarded(t.ctx, t.k.g, "txn", true, func(ctx context.Context) (*clientv3.TxnResponse, error) {
 		return t.k.kv.Txn(ctx).If(t.cmps...).Then(t.then...).Else(t.els...).Commit()
 	})
 }
