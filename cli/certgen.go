@@ -176,9 +176,10 @@ type outFile struct {
 }
 
 // writeFiles writes files, none of which may exist unless force. Nothing is
-// written when one is refused. Each is written to a temporary file and
-// renamed into place, so that a key has its mode from the start and a
-// forced overwrite also corrects the mode.
+// written when one is refused. Each is written to a temporary file beside
+// it, with its mode from the start (a forced overwrite also corrects the
+// mode), and the files are renamed into place only once all are written: a
+// failure to write one leaves the files that were there as they were.
 func writeFiles(files []outFile, force bool) error {
 	if !force {
 		for _, f := range files {
@@ -189,34 +190,46 @@ func writeFiles(files []outFile, force bool) error {
 			}
 		}
 	}
-	for _, f := range files {
-		if err := writeOutFile(f); err != nil {
+	tmps := make([]string, len(files))
+	defer func() {
+		for _, t := range tmps {
+			if t != "" {
+				_ = os.Remove(t)
+			}
+		}
+	}()
+	for i, f := range files {
+		tmp, err := writeTempFile(f)
+		tmps[i] = tmp
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.path, err)
+		}
+	}
+	for i, f := range files {
+		if err := os.Rename(tmps[i], f.path); err != nil {
 			return err
 		}
+		tmps[i] = ""
 	}
 	return nil
 }
 
-func writeOutFile(f outFile) error {
+// writeTempFile writes f's data, synced, with f's mode, to a new temporary file
+// beside f.path, and returns its name (also on an error, when it was made).
+func writeTempFile(f outFile) (string, error) {
 	tmp, err := os.CreateTemp(filepath.Dir(f.path), "."+filepath.Base(f.path)+".*")
 	if err != nil {
-		return err
+		return "", err
 	}
-	defer func() { _ = os.Remove(tmp.Name()) }() // after the rename, nothing is there
-	if err := tmp.Chmod(f.mode); err != nil {
-		_ = tmp.Close()
-		return err
+	err = tmp.Chmod(f.mode)
+	if err == nil {
+		_, err = tmp.Write(f.data)
 	}
-	if _, err := tmp.Write(f.data); err != nil {
-		_ = tmp.Close()
-		return err
+	if err == nil {
+		err = tmp.Sync()
 	}
-	if err := tmp.Sync(); err != nil {
-		_ = tmp.Close()
-		return err
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), f.path)
+	return tmp.Name(), err
 }

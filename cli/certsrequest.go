@@ -89,7 +89,8 @@ its own from cert-manager, as the init container of the agent DaemonSet
   4. it checks that the certificate is for its key, names NODE, is valid
      now and verifies with the CA of status.ca as a client certificate, and
      writes DIR/tls.key, DIR/tls.crt and DIR/ca.crt (mode 0640: the owner's
-     and the group's), each replaced whole; on any error it writes nothing.
+     and the group's), each replaced whole, all three renamed into place
+     only once all are written: a failed request or write changes nothing.
 
 It talks to the API server as the pod's service account, found as
 client-go finds it in a pod (KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT,
@@ -198,7 +199,7 @@ func (a *app) certsRequest(ctx context.Context, o certsRequestOptions, timeout t
 		{filepath.Join(o.dir, requestCertFile), certPEM, requestFileMode},
 		{filepath.Join(o.dir, requestCAFile), caPEM, requestFileMode},
 	}
-	if err := writeAllOrNothing(files); err != nil {
+	if err := writeFiles(files, true); err != nil {
 		return err
 	}
 	a.printf("wrote %s, %s and %s: certificate for host %s from %s/%s, valid until %s\n",
@@ -439,45 +440,4 @@ func encodeCertsPEM(certs []*x509.Certificate) []byte {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	return out
-}
-
-// writeAllOrNothing writes every file to a temporary file beside it, with
-// its mode from the start, and renames them into place only once all are
-// written: an error leaves the files that were there as they were.
-func writeAllOrNothing(files []outFile) error {
-	tmps := make([]string, len(files))
-	defer func() {
-		for _, t := range tmps {
-			if t != "" {
-				_ = os.Remove(t)
-			}
-		}
-	}()
-	for i, f := range files {
-		tmp, err := os.CreateTemp(filepath.Dir(f.path), "."+filepath.Base(f.path)+".*")
-		if err != nil {
-			return err
-		}
-		tmps[i] = tmp.Name()
-		err = tmp.Chmod(f.mode)
-		if err == nil {
-			_, err = tmp.Write(f.data)
-		}
-		if err == nil {
-			err = tmp.Sync()
-		}
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", f.path, err)
-		}
-	}
-	for i, f := range files {
-		if err := os.Rename(tmps[i], f.path); err != nil {
-			return err
-		}
-		tmps[i] = ""
-	}
-	return nil
 }
