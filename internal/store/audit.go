@@ -150,10 +150,7 @@ func (s *Store) AppendAudits(ctx context.Context, evs []*pb.AuditEvent) ([]*pb.A
 	}
 	out := make([]*pb.AuditEvent, len(evs))
 	for i, ev := range evs {
-		out[i] = proto.Clone(ev).(*pb.AuditEvent)
-		if out[i].Time == nil {
-			out[i].Time = timestamppb.New(s.now())
-		}
+		out[i] = s.stamped(ev)
 	}
 	what := "append audit event"
 	if len(evs) > 1 {
@@ -457,4 +454,13 @@ func (s *Store) AuditKeyID() string {
 		return ""
 	}
 	return s.key.ID()
+}
+
+// stamped returns a copy of ev to append, its time now if it has none.
+func (s *Store) stamped(ev *pb.AuditEvent) *pb.AuditEvent {
+	c := proto.Clone(ev).(*pb.AuditEvent)
+	if c.Time == nil {
+		c.Time = timestamppb.New(s.now())
+	}
+	return c
 }

@@ -20,8 +20,6 @@ import (
 
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // maxMarkEpochs is how many epochs (runs of an agent) a host's mark keeps:
@@ -62,10 +60,7 @@ func (s *Store) AppendAgentEvents(ctx context.Context, evs []AgentEvent) (int, e
 	}
 	out := make([]*pb.AuditEvent, len(evs))
 	for i, e := range evs {
-		out[i] = proto.Clone(e.Event).(*pb.AuditEvent)
-		if out[i].Time == nil {
-			out[i].Time = timestamppb.New(s.now())
-		}
+		out[i] = s.stamped(e.Event)
 	}
 	ids := slices.Sorted(maps.Keys(hosts))
 	appended := 0
