@@ -160,7 +160,7 @@ func (a *Agent) drainPause(d *pb.Drain) time.Duration {
 	if w := d.GetReconnectWithin().AsDuration(); w > 0 {
 		within = min(w, a.opts.BackoffMax)
 	}
-	return time.Duration(rand.Int64N(int64(within) + 1))
+	return backoff(0, within, within)
 }
 
 // dial opens a session to target t: a new client connection (so that the
