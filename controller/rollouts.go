@@ -355,17 +355,53 @@ func (s *rolloutService) transition(ctx context.Context, name, etag, reason, act
 		return nil, toStatus(err)
 	}
 	m := meta(ctx, reason)
+	// Without an etag the caller wants the transition whatever the rollout
+	// is at: when the engine moved it between the read and the write, read
+	// it again (a few times) rather than answer ABORTED.
+	for attempt := 1; ; attempt++ {
+		out, err := s.transitionOnce(ctx, id, etag, action, m, fn)
+		switch {
+		case err == nil:
+			return out.r, s.c.written(ctx, action, out.name, reason, out.rev, nil)
+		case out.r != nil && etag == "" && attempt < maxTransitionAttempts && errors.Is(err, store.ErrConflict):
+			// The write found the rollout changed since the read.
+			continue
+		case out.audit:
+			return nil, s.c.written(ctx, action, out.name, reason, 0, err)
+		default:
+			return nil, toStatus(err)
+		}
+	}
+}
+
+// maxTransitionAttempts bounds the reads again of a transition without an
+// etag whose rollout changed under it.
+const maxTransitionAttempts = 5
+
+// transitioned is a transition: the rollout's name, the rollout as
+// written and the store revision of the write; audit says a failure is one
+// to record (the transition or its write failed, not the read).
+type transitioned struct {
+	name  string
+	r     *pb.Rollout
+	rev   int64
+	audit bool
+}
+
+// transitionOnce reads the rollout, applies fn and writes the result if the
+// rollout did not change meanwhile (store.ErrConflict when it did).
+func (s *rolloutService) transitionOnce(ctx context.Context, id, etag, action string, m store.Meta,
+	fn func(r *pb.Rollout, actor string) (rollout.Result, error)) (transitioned, error) {
 	r, rRev, err := s.c.store.GetRollout(ctx, id)
 	if err != nil {
-		return nil, toStatus(err)
+		return transitioned{}, err
 	}
 	if etag != "" && etag != r.GetEtag() {
-		return nil, toStatus(fmt.Errorf("rollout %q (etag %s, stored %s): %w", id, etag, r.GetEtag(), store.ErrConflict))
+		return transitioned{}, fmt.Errorf("rollout %q (etag %s, stored %s): %w", id, etag, r.GetEtag(), store.ErrConflict)
 	}
 	res, err := fn(proto.CloneOf(r), m.Actor)
 	if err != nil {
-		s.c.auditFailure(ctx, action, r.GetName(), reason, err)
-		return nil, toStatus(err)
+		return transitioned{name: r.GetName(), audit: true}, err
 	}
 	gid := strings.TrimPrefix(r.GetGroup(), "groups/")
 	w := store.RolloutWrite{RolloutID: id, Rollout: res.Rollout, RolloutRev: rRev, Group: gid, TargetsRev: store.NoCompare,
@@ -374,15 +410,12 @@ func (s *rolloutService) transition(ctx context.Context, name, etag, reason, act
 	if len(res.Targets) > 0 || res.Done {
 		t, _, err := s.c.store.GetTargets(ctx, gid)
 		if err != nil {
-			return nil, toStatus(err)
+			return transitioned{}, err
 		}
 		w.Targets = applyTargets(t, res)
 	}
 	rev, err := s.c.store.WriteRollout(ctx, w)
-	if err := s.c.written(ctx, action, r.GetName(), reason, rev, err); err != nil {
-		return nil, err
-	}
-	return res.Rollout, nil
+	return transitioned{name: r.GetName(), r: res.Rollout, rev: rev, audit: true}, err
 }
 
 func (s *rolloutService) PauseRollout(ctx context.Context, req *pb.PauseRolloutRequest) (*pb.Rollout, error) {
