@@ -370,8 +370,14 @@ func (s *fakeSystem) Watch(ctx context.Context, notify func(Change)) error {
 
 // setInterfaces replaces the interfaces and announces changes.
 func (s *fakeSystem) setInterfaces(ifaces []*pb.Interface, changes ...Change) {
+	// A copy: the caller may change its interfaces for the next call while
+	// the agent reads these.
+	own := make([]*pb.Interface, len(ifaces))
+	for i, ifc := range ifaces {
+		own[i] = proto.CloneOf(ifc)
+	}
 	s.mu.Lock()
-	s.facts.Interfaces = ifaces
+	s.facts.Interfaces = own
 	n := s.notify
 	s.mu.Unlock()
 	for _, c := range changes {
