@@ -84,8 +84,17 @@ type storm struct {
 	err      string        // why it did not recover, if it did not
 }
 
-func row(cells ...string) string {
-	return fmt.Sprintf("%-44s %-40s %s", cells[0], cells[1], cells[2])
+// row renders a label and its cells, each but the last padded.
+func row(label string, cells ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-44s", label)
+	for i, c := range cells {
+		if i < len(cells)-1 {
+			c = fmt.Sprintf("%-40s", c)
+		}
+		b.WriteString(" " + c)
+	}
+	return b.String()
 }
 
 func latencies(d dist) string {
@@ -95,14 +104,27 @@ func latencies(d dist) string {
 	return fmt.Sprintf("p50 %.0f ms, p99 %.0f ms, max %.0f ms", ms(d.pct(.5)), ms(d.pct(.99)), ms(d.max()))
 }
 
-// table renders the figures of a run.
-func table(n int, hub, base *side, st *storm, notes []string) string {
+// table renders the figures of a run; the floor's column only if it was
+// asked for.
+func table(n int, hub, base *side, st *storm, fl *floorRun, notes []string) string {
 	var b strings.Builder
 	cell := func(s *side, f func(*side) string) string {
 		if s == nil {
 			return "not run"
 		}
 		return f(s)
+	}
+	// line renders a row of f's figure for every side.
+	line := func(label string, f func(*side) string) {
+		cells := []string{cell(hub, f), cell(base, f)}
+		if *doFloor {
+			var s *side
+			if fl != nil {
+				s = fl.s
+			}
+			cells = append(cells, cell(s, f))
+		}
+		fmt.Fprintln(&b, row(label, cells...))
 	}
 	// measured and memory wrap a cell of a figure measured over the K
 	// changes, or with the N agents connected: "—" until it is (an
@@ -124,44 +146,32 @@ func table(n int, hub, base *side, st *storm, notes []string) string {
 		}
 	}
 	fmt.Fprintln(&b)
-	fmt.Fprintln(&b, row("", "hub (controller)", "every agent watching etcd"))
-	fmt.Fprintln(&b, row("change → all N hold it",
-		cell(hub, func(s *side) string { return latencies(s.all) }),
-		cell(base, func(s *side) string { return latencies(s.all) })))
-	fmt.Fprintln(&b, row("change call → each agent holds it",
-		cell(hub, func(s *side) string { return latencies(s.agent) }),
-		cell(base, func(s *side) string { return latencies(s.agent) })))
-	fmt.Fprintln(&b, row("change → all N statuses stored",
-		cell(hub, func(s *side) string { return latencies(s.settle) }),
-		cell(base, func(s *side) string { return latencies(s.settle) })))
-	fmt.Fprintln(&b, row("the change call itself (UpdateGroup / put)",
-		cell(hub, func(s *side) string { return latencies(s.call) }),
-		cell(base, func(s *side) string { return latencies(s.call) })))
-	fmt.Fprintln(&b, row("memory per agent",
-		cell(hub, memory(func(s *side) string { return fmt.Sprintf("%.1f KB %s RSS", s.kbPerAgent(n), s.server) })),
-		cell(base, memory(func(s *side) string { return fmt.Sprintf("%.1f KB %s RSS", s.kbPerAgent(n), s.server) }))))
-	fmt.Fprintln(&b, row("  RSS idle → with N agents",
-		cell(hub, memory(func(s *side) string { return fmt.Sprintf("%d → %d KB", s.idleKB, s.loadedKB) })),
-		cell(base, memory(func(s *side) string { return fmt.Sprintf("%d → %d KB", s.idleKB, s.loadedKB) }))))
-	fmt.Fprintln(&b, row("CPU per change (less background)",
-		cell(hub, measured(func(s *side) string {
-			return fmt.Sprintf("%.0f ms %s (%.0f ms)", ms(s.cpuPerChange()), s.server, ms(s.cpuNet()))
-		})),
-		cell(base, measured(func(s *side) string {
-			return fmt.Sprintf("%.0f ms %s (%.0f ms)", ms(s.cpuPerChange()), s.server, ms(s.cpuNet()))
-		}))))
-	fmt.Fprintln(&b, row("  background CPU, N connected, no change",
-		cell(hub, measured(func(s *side) string { return fmt.Sprintf("%.1f%% of a core", 100*s.background) })),
-		cell(base, measured(func(s *side) string { return fmt.Sprintf("%.1f%% of a core", 100*s.background) }))))
-	fmt.Fprintln(&b, row("etcd writes per change",
-		cell(hub, measured(func(s *side) string { return fmt.Sprintf("%.0f", float64(s.writes)/float64(max(s.changes, 1))) })),
-		cell(base, measured(func(s *side) string { return fmt.Sprintf("%.0f", float64(s.writes)/float64(max(s.changes, 1))) }))))
-	fmt.Fprintln(&b, row("N agents connect from cold",
-		cell(hub, memory(func(s *side) string { return s.connect.Round(time.Millisecond).String() })),
-		cell(base, memory(func(s *side) string { return s.connect.Round(time.Millisecond).String() }))))
-	fmt.Fprintln(&b, row("  loadgen RSS, N agents",
-		cell(hub, memory(func(s *side) string { return fmt.Sprintf("%d KB", s.loadgenKB) })),
-		cell(base, memory(func(s *side) string { return fmt.Sprintf("%d KB", s.loadgenKB) }))))
+	header := []string{"hub (controller)", "every agent watching etcd"}
+	if *doFloor {
+		header = append(header, "grpc-go floor (mpfleet-floor)")
+	}
+	fmt.Fprintln(&b, row("", header...))
+	line("change → all N hold it", func(s *side) string { return latencies(s.all) })
+	line("change call → each agent holds it", func(s *side) string { return latencies(s.agent) })
+	line("change → all N statuses stored", func(s *side) string { return latencies(s.settle) })
+	line("the change call itself (UpdateGroup / put)", func(s *side) string { return latencies(s.call) })
+	line("memory per agent", memory(func(s *side) string { return fmt.Sprintf("%.1f KB %s RSS", s.kbPerAgent(n), s.server) }))
+	line("  RSS idle → with N agents", memory(func(s *side) string { return fmt.Sprintf("%d → %d KB", s.idleKB, s.loadedKB) }))
+	for _, r := range floorRows(n, fl) {
+		fmt.Fprintln(&b, r)
+	}
+	line("CPU per change (less background)", measured(func(s *side) string {
+		return fmt.Sprintf("%.0f ms %s (%.0f ms)", ms(s.cpuPerChange()), s.server, ms(s.cpuNet()))
+	}))
+	line("  background CPU, N connected, no change", measured(func(s *side) string { return fmt.Sprintf("%.1f%% of a core", 100*s.background) }))
+	line("etcd writes per change", measured(func(s *side) string {
+		if s.server == "mpfleet-floor" {
+			return "— (no etcd)"
+		}
+		return fmt.Sprintf("%.0f", float64(s.writes)/float64(max(s.changes, 1)))
+	}))
+	line("N agents connect from cold", memory(func(s *side) string { return s.connect.Round(time.Millisecond).String() }))
+	line("  loadgen RSS, N agents", memory(func(s *side) string { return fmt.Sprintf("%d KB", s.loadgenKB) }))
 	switch {
 	case st != nil && st.err != "":
 		fmt.Fprintln(&b, row("reconnect storm ("+st.signal+", restart)",
@@ -185,8 +195,13 @@ func table(n int, hub, base *side, st *storm, notes []string) string {
 }
 
 // report reports the figures as benchmark metrics.
-func report(b *testing.B, n int, hub, base *side, st *storm) {
-	for _, s := range []*side{hub, base} {
+func report(b *testing.B, n int, hub, base *side, st *storm, fl *floorRun) {
+	sides := []*side{hub, base}
+	if fl != nil {
+		sides = append(sides, fl.s)
+		reportFloor(b, n, fl)
+	}
+	for _, s := range sides {
 		if s == nil {
 			continue
 		}
@@ -195,9 +210,12 @@ func report(b *testing.B, n int, hub, base *side, st *storm) {
 		b.ReportMetric(ms(s.all.pct(.99)), p+"p99-ms")
 		b.ReportMetric(ms(s.all.max()), p+"max-ms")
 		b.ReportMetric(ms(s.agent.pct(.99)), p+"agent-p99-ms")
-		b.ReportMetric(ms(s.settle.pct(.5)), p+"stored-p50-ms")
 		b.ReportMetric(s.kbPerAgent(n), p+"KB-rss/agent")
 		b.ReportMetric(ms(s.cpuPerChange()), p+"cpu-ms/change")
+		if fl != nil && s == fl.s {
+			continue // no statuses, no etcd
+		}
+		b.ReportMetric(ms(s.settle.pct(.5)), p+"stored-p50-ms")
 		b.ReportMetric(float64(s.writes)/float64(max(s.changes, 1)), p+"writes/change")
 	}
 	if st != nil && st.err == "" {

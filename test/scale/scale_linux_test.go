@@ -66,6 +66,13 @@ func BenchmarkScale(b *testing.B) {
 	}
 	dir := b.TempDir()
 	ctlBin, lgBin := binaries(b, dir)
+	if !*doHub && !*doBaseline && !*doFloor {
+		b.Fatal("-hub=false, -baseline=false and no -floor: nothing to measure")
+	}
+	var flBin string
+	if *doFloor {
+		flBin = floorBinary(b, dir)
+	}
 	notes := []string{fmt.Sprintf("N=%d agents in %d loadgen process(es), K=%d changes a side, health reports every %v, confirm=%v, events=%v, silent=%v, %d CPUs (GOMAXPROCS %d)",
 		n, *loadgens, *changes, *reportInterval, *confirm, *events, *silent, runtime.NumCPU(), runtime.GOMAXPROCS(0))}
 
@@ -79,13 +86,18 @@ func BenchmarkScale(b *testing.B) {
 			if st := res.storm; st != nil && st.err == "" && st.duration == 0 {
 				st.err = "not finished"
 			}
-			fmt.Print(table(n, res.hub, res.base, res.storm, append(notes, "INCOMPLETE: the run stopped early; what it measured so far:")))
+			fmt.Print(table(n, res.hub, res.base, res.storm, res.floor, append(notes, "INCOMPLETE: the run stopped early; what it measured so far:")))
 		}
 	}()
 	b.ResetTimer()
-	runHub(b, dir, ctlBin, lgBin, etcdBin, n, res)
+	if *doHub {
+		runHub(b, dir, ctlBin, lgBin, etcdBin, n, res)
+	}
 	if *doBaseline {
 		runBaseline(b, dir, lgBin, etcdBin, n, res)
+	}
+	if *doFloor {
+		runFloor(b, dir, lgBin, flBin, n, res)
 	}
 	b.StopTimer()
 	complete = true
@@ -99,14 +111,16 @@ func BenchmarkScale(b *testing.B) {
 	}
 	// Printed, not logged: the testing package keeps 10 lines of a
 	// benchmark's log.
-	fmt.Print(table(n, hub, base, st, notes))
-	report(b, n, hub, base, st)
+	notes = append(notes, floorNotes(res.floor)...)
+	fmt.Print(table(n, hub, base, st, res.floor, notes))
+	report(b, n, hub, base, st, res.floor)
 }
 
 // results are what a run measured, filled in as it goes.
 type results struct {
 	hub, base *side
 	storm     *storm
+	floor     *floorRun
 }
 
 // runHub runs the hub side: an etcd process, the controller binary on it,
