@@ -122,6 +122,8 @@ func (c *Controller) NewServer(opts ServerOptions) (*grpc.Server, *health.Server
 		// fan-out to 10,000 agents writes to all their connections at once
 		// (docs/scaling.md has what an agent costs).
 		grpc.WriteBufferSize(16 << 10),
+		// An agent stream's context, which the hub ends (hubsend.go).
+		grpc.InTapHandle(agentStreamTap),
 	}
 	if opts.creds != nil && opts.creds.serverTLS() != nil {
 		sopts = append(sopts, grpc.Creds(credentials.NewTLS(opts.creds.serverTLS())))

@@ -65,7 +65,7 @@ type hub struct {
 	sessions map[string]*session
 	groups   map[string]*pb.Group
 	targets  map[string]*pb.HostTargets
-	// prepared is under prepMu, not mu: a stream's sender takes its
+	// prepared is under prepMu, not mu: a sender takes a stream's
 	// message while a reassign (under mu) still wakes the others.
 	prepMu   sync.Mutex
 	prepared map[string]*grpc.PreparedMsg // desired key → encoded message
@@ -76,6 +76,7 @@ type hub struct {
 	encodes atomic.Int64 // desired messages encoded (for tests and metrics)
 	reports atomic.Int64 // agent reports taken in (for tests and metrics)
 
+	sends  *sendPool      // the agent streams' shared senders (hubsend.go)
 	writes *hostWriter    // statuses, claims and releases, batched (hubbatch.go)
 	events *auditAppender // agent events, batched (hubaudit.go)
 
@@ -121,6 +122,7 @@ func newHub(c *Controller, opts HubOptions) *hub {
 		unhealthy: func() bool { st, _ := c.sh.current(); return st != storeOK },
 	})
 	h.events = newAuditAppender(c.store, h.log)
+	h.sends = newSendPool(h)
 	return h
 }
 
@@ -210,7 +212,7 @@ func (h *hub) closeAll() {
 	defer h.mu.Unlock()
 	h.closing = true
 	for _, s := range h.sessions {
-		s.cancel()
+		s.end(errShuttingDown)
 	}
 }
 
@@ -347,9 +349,9 @@ func (h *hub) prepare(stream grpc.ServerStream, key string, d *pb.DesiredConfig)
 // session is one connected agent.
 type session struct {
 	id        string
-	labels    map[string]string // the labels that choose its group
-	cancel    context.CancelFunc
-	end       context.CancelCauseFunc // ends the stream with a status
+	labels    map[string]string       // the labels that choose its group
+	end       context.CancelCauseFunc // ends the stream with a cause (hubsend.go)
+	sends     *sendPool               // nil: nothing is sent (tests)
 	peer      string
 	anonymous bool              // no authentication: the agent's labels choose
 	bound     map[string]string // labels bound in its credential
@@ -357,8 +359,6 @@ type session struct {
 	mu         sync.Mutex
 	desiredKey string
 	desired    *pb.DesiredConfig
-	notify     chan struct{} // cap 1: the desired configuration changed
-	confirms   chan uint64
 	status     *pb.Host // the newest, in memory
 	gen        uint64   // changes of status so far
 	promptGen  uint64   // the last change to write at once (not counters only)
@@ -368,8 +368,17 @@ type session struct {
 	ws          writeState  // the writer's, under its lock
 	writeFailed atomic.Bool // its status could not be stored: the writer ended the stream
 
-	drainC    chan struct{} // closed: move the agent to another replica
-	drainOnce sync.Once
+	// The sends (hubsend.go), under mu.
+	stream    pb.AgentService_ConnectServer // its stream (nil in tests)
+	served    bool                          // attached: sends may start
+	sentKey   string                        // the desired key sent last
+	confirms  []uint64                      // confirm echoes to send
+	queued    bool                          // in the senders' queue
+	sending   bool                          // a send is under way
+	stopped   bool                          // no send starts any more
+	idle      chan struct{}                 // closed once the send under way is done (stopSends)
+	left      bool                          // its stream ended, or the drain hands it off (leave)
+	handedOff chan struct{}                 // closed once the drain has handed it off
 
 	acks *eventAcks // of its events (hubaudit.go)
 
@@ -384,49 +393,33 @@ func (s *session) setDesired(key string, d *pb.DesiredConfig) bool {
 	changed := key != s.desiredKey
 	s.desiredKey, s.desired = key, d
 	s.mu.Unlock()
-	if changed {
-		select {
-		case s.notify <- struct{}{}:
-		default:
-		}
+	if changed && s.sends != nil {
+		s.sends.kick(s)
 	}
 	return changed
 }
 
-// connect serves one agent's stream.
+// connect serves one agent's stream. Its goroutine receives: the hello,
+// then the reports and events; the shared senders send (hubsend.go).
 func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	ctx := stream.Context()
 	caller := callerFrom(ctx)
-	// One goroutine receives: the hello, then (once the stream is served)
-	// the reports and events; this one sends. (Two per stream, not three:
-	// at fleet size a goroutine's stack is a good part of what an agent
-	// costs the controller.)
-	first := make(chan *pb.ConnectRequest, 1)
-	recvErr := make(chan error, 1)
-	serve := make(chan served, 1) // closed without a value: not served
-	defer close(serve)
-	go func() {
-		m, err := stream.Recv()
-		if err != nil {
-			recvErr <- err
-			return
-		}
-		first <- m
-		if sv, ok := <-serve; ok {
-			recvErr <- h.receiver(sv.ctx, stream, sv.s, caller)
-		}
-	}()
-	var hello *pb.AgentHello
-	select {
-	case m := <-first:
-		hello = m.GetHello()
-	case err := <-recvErr:
-		return err
-	case <-time.After(h.opts.HelloTimeout):
-		return status.Error(codes.DeadlineExceeded, "no hello within "+h.opts.HelloTimeout.String())
-	case <-ctx.Done():
-		return ctx.Err()
+	e, ok := newStreamEnder(ctx) // hubsend.go
+	if !ok {
+		return status.Error(codes.Internal, "agent stream without its end (the server lacks agentStreamTap)")
 	}
+	// The stream's context (on which Recv waits) ends with the context the
+	// interceptors made of it: a revoked credential ends that one.
+	defer context.AfterFunc(ctx, func() { e.end(context.Cause(ctx)) })()
+	noHello := time.AfterFunc(h.opts.HelloTimeout, func() {
+		e.end(status.Error(codes.DeadlineExceeded, "no hello within "+h.opts.HelloTimeout.String()))
+	})
+	m, err := stream.Recv()
+	noHello.Stop()
+	if err != nil {
+		return endReason(ctx, e, err)
+	}
+	hello := m.GetHello()
 	if err := validateHello(hello); err != nil {
 		return toStatus(err)
 	}
@@ -446,70 +439,76 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 		return err
 	}
 
-	sctx, end := context.WithCancelCause(ctx)
-	defer end(nil)
-	cancel := func() { end(nil) }
 	labels := h.labelsOf(id, caller, hello.GetLabels())
 	s := &session{
-		id: id, labels: labels, cancel: cancel, end: end, peer: caller.Peer, anonymous: caller.Anonymous, bound: caller.Labels,
-		notify:   make(chan struct{}, 1),
-		confirms: make(chan uint64, 16),
-		drainC:   make(chan struct{}),
-		acks:     newEventAcks(hello.GetEventEpoch()),
+		id: id, labels: labels, end: e.end, sends: h.sends, stream: stream,
+		peer: caller.Peer, anonymous: caller.Anonymous, bound: caller.Labels,
 		status: &pb.Host{
 			Name: store.HostName(id), Labels: labels, ReportedLabels: hello.GetLabels(), Facts: hello.GetFacts(),
 			AgentVersion: hello.GetAgentVersion(), AppliedRevision: hello.GetAppliedRevision(),
 			DryRun: hello.GetDryRun(), LastSeenTime: timestamppb.Now(),
 		},
 	}
+	s.acks = newEventAcks(hello.GetEventEpoch(), func() { h.sends.kick(s) })
 	if n := proto.Size(s.status); n > maxHostStatusSize {
 		return invalid("hello", "makes a host status of %d bytes encoded; at most %d are stored (report fewer interfaces and addresses)", n, maxHostStatusSize)
 	}
 	if err := h.attach(ctx, s, caller, hello); err != nil {
 		return h.refused(id, err) // agentlimits.go: ALREADY_EXISTS costs no reconnect
 	}
-	// When the stream ends, what is pending is written, unless the status
-	// could not be stored (the writer ended the stream).
-	handedOff := false // handOff detached s already
-	defer func() {
-		if !handedOff {
-			h.detach(ctx, s, !s.writeFailed.Load())
-		}
-	}()
+	defer h.leave(ctx, s)
 	h.log.Info("agent connected", "host", id, "peer", caller.Peer)
 
-	serve <- served{ctx: sctx, s: s}
-	why, err := h.sender(sctx, stream, s, recvErr)
-	if why == endContext {
-		err = h.endReason(ctx, sctx)
-	}
-	cancel()
-	if why == endDrain {
-		handedOff = true
-		err = h.handOff(ctx, stream, s, !s.writeFailed.Load())
-	}
+	h.sends.serve(s)
+	err = h.receiver(ctx, stream, s, caller)
+	h.leave(ctx, s)
+	err = endReason(ctx, e, err)
 	h.log.Info("agent disconnected", "host", id, "err", err)
 	return err
 }
 
-// endReason says why the stream of a session ended by its context: the
-// agent left, the controller shuts down, a cause given (a status write
-// failed, another replica took the host over), or a newer stream of the
-// same host replaced it.
-func (h *hub) endReason(ctx, sctx context.Context) error {
-	h.mu.Lock()
-	closing := h.closing
-	h.mu.Unlock()
-	var st interface{ GRPCStatus() *status.Status }
-	switch cause := context.Cause(sctx); {
+// leave ends the hold of s on its host once its stream ends: its sends
+// stop, and what is pending is written (unless the status could not be
+// stored: the writer ended the stream), the host released — or, when the
+// drain hands the agent off (hubdrain.go), it waits until that is done.
+func (h *hub) leave(ctx context.Context, s *session) {
+	s.mu.Lock()
+	if s.left {
+		done := s.handedOff
+		s.mu.Unlock()
+		if done != nil {
+			<-done
+		}
+		return
+	}
+	s.left = true
+	s.mu.Unlock()
+	<-s.stopSends()
+	h.detach(ctx, s, !s.writeFailed.Load())
+}
+
+// Why the hub ends a stream that is not failing.
+var (
+	errShuttingDown = status.Error(codes.Unavailable, "controller shutting down")
+	errReplaced     = status.Error(codes.Aborted, "replaced by a newer connection of the same host")
+)
+
+// endReason is what the handler of a stream returns once its receive
+// ended with recvErr: the cause the stream was ended with (a failed send's
+// error, or the status written), else recvErr — or the context's error if
+// the stream ended by its context (the agent left, its credential was
+// revoked).
+func endReason(ctx context.Context, e *streamEnder, recvErr error) error {
+	var se *sendError
+	switch why := e.cause(); {
+	case errors.As(why, &se):
+		return se.err
+	case why != nil && status.Code(why) != codes.Unknown:
+		return why
 	case ctx.Err() != nil:
 		return ctx.Err()
-	case closing:
-		return status.Error(codes.Unavailable, "controller shutting down")
-	case errors.As(cause, &st):
-		return cause
 	default:
-		return status.Error(codes.Aborted, "replaced by a newer connection of the same host")
+		return recvErr
 	}
 }
 

@@ -252,24 +252,23 @@ type eventAcks struct {
 	queued, stored, passed uint64
 	sent                   uint64
 	announced              bool
-	ready                  chan struct{} // cap 1: something to send
+	wake                   func() // something to send: queues the stream for a sender
 }
 
 // newEventAcks returns the acknowledgements of a stream whose hello gave
 // epoch: a first one, sequence 0, tells the agent that this controller
-// acknowledges.
-func newEventAcks(epoch uint64) *eventAcks {
-	e := &eventAcks{epoch: epoch, ready: make(chan struct{}, 1)}
+// acknowledges. wake is called whenever there is something to send.
+func newEventAcks(epoch uint64, wake func()) *eventAcks {
+	e := &eventAcks{epoch: epoch, wake: wake}
 	if epoch != 0 {
-		e.ready <- struct{}{}
+		e.signal()
 	}
 	return e
 }
 
 func (e *eventAcks) signal() {
-	select {
-	case e.ready <- struct{}{}:
-	default:
+	if e.wake != nil {
+		e.wake()
 	}
 }
 
@@ -321,12 +320,8 @@ func (e *eventAcks) due() (uint64, bool) {
 	return 0, false
 }
 
-// sendAcks sends the stream's due acknowledgement, if any.
-func sendAcks(stream pb.AgentService_ConnectServer, e *eventAcks) error {
-	n, ok := e.due()
-	if !ok {
-		return nil
-	}
+// sendAck acknowledges the agent's events up to sequence n.
+func sendAck(stream pb.AgentService_ConnectServer, n uint64) error {
 	return stream.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_EventsRecorded{EventsRecorded: &pb.EventsRecorded{Sequence: n}}})
 }
 

@@ -33,7 +33,7 @@ func TestEventAcksDue(t *testing.T) {
 		{"no epoch: nothing", 0, []step{{"queue", 0, -1}, {"record", 0, -1}, {"pass", 0, -1}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEventAcks(tc.epoch)
+			e := newEventAcks(tc.epoch, nil)
 			for i, s := range tc.steps {
 				switch s.op {
 				case "queue":
@@ -81,7 +81,13 @@ func TestAuditAppenderBackpressure(t *testing.T) {
 	g := &gatedStore{st: st, gate: make(chan struct{})}
 	a := newAuditAppender(g, slog.New(slog.DiscardHandler))
 	a.maxEvents = 2
-	acks := newEventAcks(9)
+	ready := make(chan struct{}, 1) // what the stream's sender would be woken by
+	acks := newEventAcks(9, func() {
+		select {
+		case ready <- struct{}{}:
+		default:
+		}
+	})
 	ev := func(seq uint64) queuedEvent {
 		return queuedEvent{ev: store.AgentEvent{Host: "h1", Epoch: 9, Seq: seq, Event: &pb.AuditEvent{Actor: "agent:h1", Action: "agent.applied", Host: "hosts/h1"}}, acks: acks}
 	}
@@ -110,7 +116,7 @@ func TestAuditAppenderBackpressure(t *testing.T) {
 	select {
 	case err := <-added:
 		t.Fatalf("add returned (%v) with the queue full", err)
-	case <-acks.ready: // the announcement, sequence 0
+	case <-ready: // the announcement, sequence 0
 		if n, ok := acks.due(); !ok || n != 0 {
 			t.Fatalf("first acknowledgement %d, %v; want the announcement, 0", n, ok)
 		}
@@ -122,7 +128,7 @@ func TestAuditAppenderBackpressure(t *testing.T) {
 	deadline := time.After(20 * time.Second)
 	for {
 		select {
-		case <-acks.ready:
+		case <-ready:
 		case <-deadline:
 			t.Fatal("events 1-3 not acknowledged within 20s")
 		}

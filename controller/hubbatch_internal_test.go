@@ -125,7 +125,7 @@ func startWriter(t *testing.T, opts writerOptions) (*hostWriter, *recorder, *cli
 // the returned context.
 func testSession(id string) (*session, context.Context) {
 	ctx, end := context.WithCancelCause(context.Background())
-	return &session{id: id, end: end, cancel: func() { end(nil) }}, ctx
+	return &session{id: id, end: end}, ctx
 }
 
 // setPrompt makes st the newest status of s, a change to write at once.

@@ -4,7 +4,7 @@ package controller
 // replicas, paced, rather than dropping them all at once: it refuses new
 // streams (its health is already NOT_SERVING, so load balancers move away),
 // then tells its agents to move, DrainRate per second. For each, it stops
-// the stream's sender, writes what is pending, releases the host's
+// the stream's sends, writes what is pending, releases the host's
 // session key — so that another replica accepts the agent at once — and
 // only then sends Drain and ends the stream. It returns once every agent
 // has gone, or DrainTimeout has passed (the streams still open are ended
@@ -28,12 +28,6 @@ import (
 // drainJitter is the window within which a drained agent reconnects, at a
 // random moment, to spread each batch.
 const drainJitter = 100 * time.Millisecond
-
-// drain tells the session's stream to move its agent; the stream's own
-// goroutine does it (handOff).
-func (s *session) drain() {
-	s.drainOnce.Do(func() { close(s.drainC) })
-}
 
 // drain refuses new agent streams and moves the agents of this replica to
 // others, paced at DrainRate, until all have gone or DrainTimeout passed.
@@ -71,7 +65,7 @@ func (h *hub) drain() (moved, left int) {
 			due = int(f)
 		}
 		for ; moved < due; moved++ {
-			list[moved].drain()
+			go h.handOff(list[moved])
 		}
 		if moved == len(list) {
 			break
@@ -116,21 +110,34 @@ func (h *hub) otherReplicas() (int, error) {
 	return n, nil
 }
 
-// handOff ends the stream of session s, which the drain told to move, once
-// its sender (the caller) has stopped, so that nothing else sends on the
-// stream: it writes what is pending (with flush), releases the host, sends
-// Drain, and returns the status that ends the stream.
-func (h *hub) handOff(ctx context.Context, stream pb.AgentService_ConnectServer, s *session, flush bool) error {
-	gone := status.Errorf(codes.Unavailable, "controller replica %q is shutting down; connect to another replica", h.opts.Replica)
-	h.detach(ctx, s, flush)
+// handOff moves the agent of session s to another replica, unless its
+// stream has ended already: it stops the sends on the stream, writes what
+// is pending (unless the status could not be stored), releases the host,
+// then sends Drain and ends the stream with UNAVAILABLE. The stream's
+// handler waits for it (leave).
+func (h *hub) handOff(s *session) {
+	s.mu.Lock()
+	if s.left {
+		s.mu.Unlock()
+		return
+	}
+	s.left = true
+	done := make(chan struct{})
+	s.handedOff = done
+	stream := s.stream
+	s.mu.Unlock()
+	defer close(done)
+	<-s.stopSends()
+	h.detach(context.Background(), s, !s.writeFailed.Load())
 	d := &pb.Drain{
 		Reason:          fmt.Sprintf("controller replica %q is shutting down", h.opts.Replica),
 		ReconnectWithin: durationpb.New(drainJitter),
 	}
 	if err := stream.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_Drain{Drain: d}}); err != nil {
-		return err
+		s.end(&sendError{err})
+		return
 	}
-	return gone
+	s.end(status.Errorf(codes.Unavailable, "controller replica %q is shutting down; connect to another replica", h.opts.Replica))
 }
 
 // checkDrainFlags refuses a drain that cannot be done, by flag name.

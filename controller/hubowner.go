@@ -135,7 +135,7 @@ func (h *hub) attach(ctx context.Context, s *session, caller Caller, hello *pb.A
 	h.mu.Unlock()
 	if old != nil {
 		h.writes.forget(old)
-		old.cancel() // the host's own credential reconnects: the newest wins
+		old.end(errReplaced) // the host's own credential reconnects: the newest wins
 	}
 	if renewed != lease {
 		// The lease was replaced since the claim, and the sessions to

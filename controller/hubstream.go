@@ -1,7 +1,7 @@
 package controller
 
-// One agent's stream: the sender of its desired configuration and the
-// receiver of what it reports.
+// One agent's stream: the receiver of what it reports. (What goes to the
+// agent is sent by the shared senders: hubsend.go.)
 
 import (
 	"context"
@@ -12,60 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
-
-// served is what the receiver of a stream gets once the stream is served.
-type served struct {
-	ctx context.Context
-	s   *session
-}
-
-// Why a stream's sender returned.
-const (
-	endReceiver = iota // the receiver ended (with the error returned)
-	endSend            // a send failed (the error returned)
-	endContext         // the stream's context ended
-	endDrain           // the drain tells the agent to move
-)
-
-// sender sends the latest desired configuration whenever it changes, and
-// confirm echoes, until the receiver ends (recvErr), a send fails, ctx
-// ends or the drain tells the agent to move. It returns why, and the
-// receiver's or the send's error.
-func (h *hub) sender(ctx context.Context, stream pb.AgentService_ConnectServer, s *session, recvErr <-chan error) (int, error) {
-	sent := ""
-	for {
-		s.mu.Lock()
-		key, d := s.desiredKey, s.desired
-		s.mu.Unlock()
-		if key != sent {
-			pm, err := h.prepare(stream, key, d)
-			if err != nil {
-				return endSend, err
-			}
-			if err := stream.SendMsg(pm); err != nil {
-				return endSend, err
-			}
-			sent = key
-		}
-		select {
-		case <-ctx.Done():
-			return endContext, nil
-		case err := <-recvErr:
-			return endReceiver, err
-		case <-s.drainC:
-			return endDrain, nil
-		case <-s.notify:
-		case <-s.acks.ready:
-			if err := sendAcks(stream, s.acks); err != nil { // hubaudit.go
-				return endSend, err
-			}
-		case n := <-s.confirms:
-			if err := stream.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_Confirmed{Confirmed: &pb.Confirm{Nonce: n}}}); err != nil {
-				return endSend, err
-			}
-		}
-	}
-}
 
 var eventActions = map[pb.AgentEvent_Kind]struct {
 	action string
@@ -101,9 +47,8 @@ func (h *hub) receiver(ctx context.Context, stream pb.AgentService_ConnectServer
 				return err
 			}
 		case *pb.ConnectRequest_Confirm:
-			select {
-			case s.confirms <- k.Confirm.GetNonce():
-			default: // the agent is flooding confirms; it will retry
+			if s.queueConfirm(k.Confirm.GetNonce()) { // else the agent is flooding confirms; it will retry
+				h.sends.kick(s)
 			}
 		case *pb.ConnectRequest_Hello:
 			return status.Error(codes.InvalidArgument, "hello may only be the first message")

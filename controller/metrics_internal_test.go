@@ -97,8 +97,8 @@ func TestMetricsPropagationStart(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	c := New(st, store.NewCache(st, nil), Options{Metrics: reg})
 	h := c.hub
-	s := &session{id: "h1", labels: map[string]string{"role": "web"}, notify: make(chan struct{}, 1), status: &pb.Host{}}
-	other := &session{id: "h2", labels: map[string]string{"role": "web"}, notify: make(chan struct{}, 1), status: &pb.Host{AppliedRevision: 1}}
+	s := &session{id: "h1", labels: map[string]string{"role": "web"}, status: &pb.Host{}}
+	other := &session{id: "h2", labels: map[string]string{"role": "web"}, status: &pb.Host{AppliedRevision: 1}}
 	h.sessions[s.id], h.sessions[other.id] = s, other
 	committed := time.Now().Add(-5 * time.Second)
 	g := &pb.Group{Name: "groups/web", Selector: &pb.Selector{MatchLabels: map[string]string{"role": "web"}},
