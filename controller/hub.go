@@ -50,6 +50,9 @@ type HubOptions struct {
 	// DrainTimeout bounds the drain; the streams still open then are ended
 	// (default 30s).
 	DrainTimeout time.Duration
+	// SendTimeout bounds a send on an agent stream: an agent that does not
+	// read its stream for this long has it ended (default 30s; hubsend.go).
+	SendTimeout time.Duration
 }
 
 // hub is the controller side of AgentService: it holds the agents' streams,
@@ -108,6 +111,9 @@ func newHub(c *Controller, opts HubOptions) *hub {
 	if opts.DrainTimeout == 0 {
 		opts.DrainTimeout = 30 * time.Second
 	}
+	if opts.SendTimeout == 0 {
+		opts.SendTimeout = sendTimeout
+	}
 	h := &hub{
 		c: c, opts: opts, log: c.log.With("component", "hub"),
 		sessions: map[string]*session{},
@@ -122,7 +128,7 @@ func newHub(c *Controller, opts HubOptions) *hub {
 		unhealthy: func() bool { st, _ := c.sh.current(); return st != storeOK },
 	})
 	h.events = newAuditAppender(c.store, h.log)
-	h.sends = newSendPool(h)
+	h.sends = newSendPool(h, opts.SendTimeout)
 	return h
 }
 

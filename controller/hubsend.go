@@ -34,10 +34,15 @@ import (
 	"google.golang.org/grpc/tap"
 )
 
-// sendTimeout bounds one send on an agent stream: longer means the agent
-// has not read its stream for long (gRPC flow control holds a send once
-// ≈ 64 KiB wait unread).
-const sendTimeout = 30 * time.Second
+// A send on an agent stream that has not returned after slowSend (the
+// agent does not read its stream: gRPC flow control holds a send once
+// ≈ 64 KiB wait unread) gives its sender's place to another, so that slow
+// agents do not hold up the others; after HubOptions.SendTimeout (default
+// sendTimeout) it ends that stream.
+const (
+	slowSend    = time.Second
+	sendTimeout = 30 * time.Second
+)
 
 // maxConfirms is how many confirm echoes a stream queues; past it the agent
 // is flooding confirms, and those are dropped (it retries).
@@ -116,16 +121,28 @@ func agentStreamTap(ctx context.Context, info *tap.Info) (context.Context, error
 
 // sendPool is the hub's shared senders.
 type sendPool struct {
-	h   *hub
-	max int // senders at most
+	h       *hub
+	max     int           // senders at most, besides those held by slow sends
+	timeout time.Duration // a send longer than this ends its stream
 
-	mu      sync.Mutex
-	queue   []*session // with something to send, each at most once (session.queued)
-	senders int        // running
+	mu       sync.Mutex
+	queue    []*session // with something to send, each at most once (session.queued)
+	senders  int        // running and counted toward max
+	running  map[*sender]struct{}
+	watching bool // the watchdog runs
 }
 
-func newSendPool(h *hub) *sendPool {
-	return &sendPool{h: h, max: max(8, 4*runtime.GOMAXPROCS(0))}
+// sender is one of the pool's goroutines; its fields are under the pool's
+// lock.
+type sender struct {
+	s     *session  // sending now (nil: between sends)
+	since time.Time // the send's start
+	slow  bool      // its send is slow: not counted toward max
+	ended bool      // its stream was ended for it
+}
+
+func newSendPool(h *hub, timeout time.Duration) *sendPool {
+	return &sendPool{h: h, max: max(8, 4*runtime.GOMAXPROCS(0)), timeout: timeout, running: map[*sender]struct{}{}}
 }
 
 // kick queues s for a sender: its desired configuration changed, a confirm
@@ -140,30 +157,43 @@ func (p *sendPool) kick(s *session) {
 	s.mu.Unlock()
 	p.mu.Lock()
 	p.queue = append(p.queue, s)
-	start := p.senders < p.max
-	if start {
-		p.senders++
-	}
+	p.startLocked()
 	p.mu.Unlock()
-	if start {
-		go p.run()
+}
+
+// startLocked starts a sender if one may start and there is work, and the
+// watchdog with the first sender.
+func (p *sendPool) startLocked() {
+	if len(p.queue) == 0 || p.senders >= p.max {
+		return
+	}
+	p.senders++
+	w := &sender{}
+	p.running[w] = struct{}{}
+	go p.run(w)
+	if !p.watching {
+		p.watching = true
+		go p.watch()
 	}
 }
 
-// run sends for the queued sessions until none is left.
-func (p *sendPool) run() {
-	var current atomic.Pointer[session] // the session sending, for the timer
-	t := time.AfterFunc(time.Hour, func() {
-		if s := current.Load(); s != nil {
-			s.end(status.Errorf(codes.DeadlineExceeded, "agent %q did not read its stream for %v", s.id, sendTimeout))
-		}
-	})
-	t.Stop()
-	defer t.Stop()
+// run sends for the queued sessions until none is left, or until its
+// slow send made it one too many.
+func (p *sendPool) run(w *sender) {
 	for {
 		p.mu.Lock()
+		if w.slow { // its slow send returned: back in the count, or gone
+			if p.senders >= p.max {
+				delete(p.running, w)
+				p.mu.Unlock()
+				return
+			}
+			w.slow = false
+			p.senders++
+		}
 		if len(p.queue) == 0 {
 			p.senders--
+			delete(p.running, w)
 			p.queue = nil // do not keep a fleet-sized array while idle
 			p.mu.Unlock()
 			return
@@ -173,13 +203,50 @@ func (p *sendPool) run() {
 		p.queue = p.queue[1:]
 		p.mu.Unlock()
 		p.h.flush(s, func(send func() error) error {
-			current.Store(s)
-			t.Reset(sendTimeout)
+			p.mu.Lock()
+			w.s, w.since, w.ended = s, time.Now(), false
+			p.mu.Unlock()
 			err := send()
-			t.Stop()
-			current.Store(nil)
+			p.mu.Lock()
+			w.s = nil
+			p.mu.Unlock()
 			return err
 		})
+	}
+}
+
+// watch looks at the senders' sends while any sender runs: a slow send
+// gives its place to another sender, and one past the timeout ends its
+// stream (which ends the send).
+func (p *sendPool) watch() {
+	tick := time.NewTicker(slowSend / 4)
+	defer tick.Stop()
+	for range tick.C {
+		p.mu.Lock()
+		if len(p.running) == 0 {
+			p.watching = false
+			p.mu.Unlock()
+			return
+		}
+		now := time.Now()
+		var end []*session
+		for w := range p.running {
+			switch d := now.Sub(w.since); {
+			case w.s == nil:
+			case d >= p.timeout && !w.ended:
+				w.ended = true
+				end = append(end, w.s)
+			case d >= slowSend && !w.slow:
+				w.slow = true
+				p.senders--
+				p.startLocked()
+			}
+		}
+		p.mu.Unlock()
+		for _, s := range end {
+			p.h.log.Warn("agent does not read its stream; ending it", "host", s.id, "send held for", p.timeout)
+			s.end(status.Errorf(codes.DeadlineExceeded, "agent %q did not read its stream for %v", s.id, p.timeout))
+		}
 	}
 }
 
