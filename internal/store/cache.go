@@ -132,7 +132,7 @@ func (c *Cache) list(ctx context.Context) (int64, error) {
 			rev = resp.Header.Revision
 		}
 		for _, kv := range resp.Kvs {
-			if _, err := k.apply(&st, strings.TrimPrefix(string(kv.Key), prefix), kv, false); err != nil {
+			if _, err := k.apply(c.s, &st, strings.TrimPrefix(string(kv.Key), prefix), kv, false); err != nil {
 				c.log.Error("skipping corrupt "+k.what, "key", string(kv.Key), "err", err)
 			}
 		}
@@ -226,7 +226,7 @@ func (c *Cache) change(e *clientv3.Event) (ev Event, ok bool) {
 	}
 	for _, k := range cacheKinds {
 		if id, ok := strings.CutPrefix(key, k.prefix(c.s)); ok {
-			ev, err := k.apply(&c.cacheState, id, e.Kv, del)
+			ev, err := k.apply(c.s, &c.cacheState, id, e.Kv, del)
 			if err != nil {
 				c.log.Error("skipping corrupt "+k.what, "key", key, "err", err)
 			}

@@ -49,15 +49,26 @@ type HostResult struct {
 // and returns each write's outcome. An error means that nothing was written.
 func (s *Store) WriteHosts(ctx context.Context, replica string, ws []HostWrite) ([]HostResult, error) {
 	ops := make([]clientv3.Op, len(ws))
+	values := make([]string, len(ws)) // the statuses encoded
 	for i, w := range ws {
-		op, err := s.hostWriteOp(replica, w)
+		op, v, err := s.hostWriteOp(replica, w)
 		if err != nil {
 			return nil, err
 		}
-		ops[i] = op
+		ops[i], values[i] = op, v
+	}
+	// Recorded before the commit: the watch may bring a write back before
+	// the commit returns.
+	for i, w := range ws {
+		if w.Status != nil {
+			s.written.put(w.ID, values[i], w.Status)
+		}
 	}
 	resp, err := s.c.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
+		for i, w := range ws {
+			s.written.drop(w.ID, values[i])
+		}
 		if len(ws) == 1 {
 			return nil, fmt.Errorf("write host %q: %w", ws[0].ID, err)
 		}
@@ -68,33 +79,39 @@ func (s *Store) WriteHosts(ctx context.Context, replica string, ws []HostWrite) 
 		if w.Claim {
 			res[i].Holder, res[i].Err = claimOutcome(w.ID, replica, resp.Responses[i].GetResponseTxn())
 		}
+		if res[i].Err != nil {
+			s.written.drop(w.ID, values[i]) // not written
+		}
 	}
 	return res, nil
 }
 
-// hostWriteOp is the operation of one host's write.
-func (s *Store) hostWriteOp(replica string, w HostWrite) (clientv3.Op, error) {
+// hostWriteOp is the operation of one host's write, and the status it
+// puts, encoded.
+func (s *Store) hostWriteOp(replica string, w HostWrite) (clientv3.Op, string, error) {
 	hk, sk := s.hostKey(w.ID), s.sessionKey(w.ID)
 	var puts []clientv3.Op
+	var val string
 	if w.Status != nil {
-		puts = append(puts, clientv3.OpPut(hk, encode(w.Status)))
+		val = encode(w.Status)
+		puts = append(puts, clientv3.OpPut(hk, val))
 	}
 	holds := []clientv3.Cmp{clientv3.Compare(clientv3.Value(sk), "=", replica)}
 	switch {
 	case w.Claim && w.Release:
-		return clientv3.Op{}, fmt.Errorf("host %q: a write cannot both claim and release the session: %w", w.ID, ErrFailedPrecondition)
+		return clientv3.Op{}, "", fmt.Errorf("host %q: a write cannot both claim and release the session: %w", w.ID, ErrFailedPrecondition)
 	case w.Claim:
 		// Free, or held by this replica already (under an older lease):
 		// claim it; else read who holds it.
 		then := append([]clientv3.Op{clientv3.OpPut(sk, replica, clientv3.WithLease(w.Lease))}, puts...)
 		return clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(sk), "=", 0)}, then,
-			[]clientv3.Op{clientv3.OpTxn(holds, then, []clientv3.Op{clientv3.OpGet(sk)})}), nil
+			[]clientv3.Op{clientv3.OpTxn(holds, then, []clientv3.Op{clientv3.OpGet(sk)})}), val, nil
 	case w.Release:
-		return clientv3.OpTxn(holds, append(puts, clientv3.OpDelete(sk)), puts), nil
+		return clientv3.OpTxn(holds, append(puts, clientv3.OpDelete(sk)), puts), val, nil
 	case w.Status != nil:
-		return puts[0], nil
+		return puts[0], val, nil
 	}
-	return clientv3.Op{}, fmt.Errorf("host %q: nothing to write: %w", w.ID, ErrFailedPrecondition)
+	return clientv3.Op{}, "", fmt.Errorf("host %q: nothing to write: %w", w.ID, ErrFailedPrecondition)
 }
 
 // claimOutcome reads the outcome of a claim from its nested transaction's

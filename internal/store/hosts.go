@@ -82,6 +82,7 @@ func (s *Store) DeleteHost(ctx context.Context, id string, m Meta) (int64, error
 	if err != nil {
 		return 0, err
 	}
+	s.written.forget(id)
 	return tr.Header.Revision, nil
 }
 

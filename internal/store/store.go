@@ -36,6 +36,8 @@ type Store struct {
 	prefix string
 	now    func() time.Time
 	key    *audit.Key
+
+	written hostIntern // statuses written, for the cache (hostintern.go)
 }
 
 // Option configures a Store.
