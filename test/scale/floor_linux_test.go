@@ -28,19 +28,13 @@ var (
 	floorBin = flag.String("floor-bin", "", "mpfleet-floor binary (default: built from test/scale/cmd/mpfleet-floor)")
 )
 
-// floorRun is what the floor side measured: a side like the others, and
-// the Go runtime's figures and the kernel's TCP memory before the agents
-// came and with all of them connected.
+// floorRun is what the floor side measured: a side like the others (its
+// Go runtime's figures in s.rt), and the kernel's TCP memory before the
+// agents came and with all of them connected.
 type floorRun struct {
 	s                  *side
-	idle, loaded       floor.Runtime
 	tcpIdle, tcpLoaded int64 // KiB, /proc/net/sockstat, every process's
 	bytes              int   // the encoded ConnectResponse
-}
-
-// perAgent returns (loaded − idle) / n of a runtime figure.
-func (f *floorRun) perAgent(n int, fig func(floor.Runtime) uint64) float64 {
-	return (float64(fig(f.loaded)) - float64(fig(f.idle))) / float64(n)
 }
 
 // floorProc is an mpfleet-floor process.
@@ -104,7 +98,7 @@ func runFloor(b *testing.B, dir, lgBin, bin string, n int, res *results) {
 	ctx := context.Background()
 	fp := startFloor(b, bin, dir)
 	pid := fp.p.pid()
-	fr := &floorRun{s: &side{name: "floor", server: "mpfleet-floor", changes: *changes}}
+	fr := &floorRun{s: &side{name: "floor", server: "mpfleet-floor", changes: *changes, rt: &runtimeSplit{}}}
 	res.floor = fr
 	s := fr.s
 	group := "groups/" + groupID
@@ -126,7 +120,7 @@ func runFloor(b *testing.B, dir, lgBin, bin string, n int, res *results) {
 	}
 	fanout(1, 2) // what each agent gets on its hello
 	s.idleKB = medianRSS(b, pid)
-	fr.idle = fp.runtime(b)
+	s.rt.idle = fp.runtime(b)
 	fr.tcpIdle = tcpMemKB(b)
 
 	args := []string{"--controller", fp.addr, "--labels", "role=scale", "--report-interval", reportInterval.String()}
@@ -152,10 +146,10 @@ func runFloor(b *testing.B, dir, lgBin, bin string, n int, res *results) {
 	s.connect = time.Since(start)
 	s.loadgenKB = loadgensRSS(b, lgs)
 	s.loadedKB = medianRSS(b, pid)
-	fr.loaded = fp.runtime(b)
+	s.rt.loaded = fp.runtime(b)
 	fr.tcpLoaded = tcpMemKB(b)
-	if fr.loaded.Streams != n {
-		b.Fatalf("floor: %d streams with every agent served; want %d", fr.loaded.Streams, n)
+	if s.rt.loaded.Streams != n {
+		b.Fatalf("floor: %d streams with every agent served; want %d", s.rt.loaded.Streams, n)
 	}
 	s.background = background(b, pid)
 
@@ -209,21 +203,13 @@ func tcpMemKB(b *testing.B) int64 {
 	return 0
 }
 
-// floorRows are the table's rows of the floor's own figures.
+// floorRows are the table's rows of the floor's own figures (its Go
+// runtime's are runtimeRows).
 func floorRows(n int, fr *floorRun) []string {
 	if fr == nil || fr.s.loadedKB == 0 {
 		return nil
 	}
-	kb := func(fig func(floor.Runtime) uint64) float64 { return fr.perAgent(n, fig) / 1024 }
 	return []string{
-		row("  Go runtime per agent (after a GC)", "—", "—", fmt.Sprintf("%.2f goroutines, %.1f KB stacks, %.1f KB heap live",
-			fr.perAgent(n, func(r floor.Runtime) uint64 { return r.Goroutines }),
-			kb(func(r floor.Runtime) uint64 { return r.Stacks }),
-			kb(func(r floor.Runtime) uint64 { return r.HeapLive }))),
-		row("    heap in use, runtime total per agent", "—", "—", fmt.Sprintf("%.1f KB in use, %.1f KB metadata, %.1f KB total mapped",
-			kb(func(r floor.Runtime) uint64 { return r.HeapInUse() }),
-			kb(func(r floor.Runtime) uint64 { return r.Metadata }),
-			kb(func(r floor.Runtime) uint64 { return r.Total }))),
 		row("  kernel TCP buffers per agent (both ends)", "—", "—", fmt.Sprintf("%.1f KB (sockstat, %d → %d KB)",
 			float64(fr.tcpLoaded-fr.tcpIdle)/float64(n), fr.tcpIdle, fr.tcpLoaded)),
 	}
@@ -237,16 +223,4 @@ func floorNotes(fr *floorRun) []string {
 	return []string{
 		fmt.Sprintf("grpc-go floor: mpfleet-floor with the controller's transport options; the change is POST /fanout (one PreparedMsg, %d bytes, sent from 4×GOMAXPROCS goroutines);", fr.bytes),
 		"  its change → all N is from the trigger (the POST) to the last receipt, its change call the POST until every send returned; Go runtime figures per agent are (with N − idle) / N after a forced GC."}
-}
-
-// reportFloor reports the floor's own figures as benchmark metrics.
-func reportFloor(b *testing.B, n int, fr *floorRun) {
-	if fr.s.loadedKB == 0 {
-		return
-	}
-	b.ReportMetric(fr.perAgent(n, func(r floor.Runtime) uint64 { return r.Goroutines }), "floor-goroutines/agent")
-	b.ReportMetric(fr.perAgent(n, func(r floor.Runtime) uint64 { return r.Stacks })/1024, "floor-KB-stack/agent")
-	b.ReportMetric(fr.perAgent(n, func(r floor.Runtime) uint64 { return r.HeapLive })/1024, "floor-KB-heap-live/agent")
-	b.ReportMetric(fr.perAgent(n, func(r floor.Runtime) uint64 { return r.HeapInUse() })/1024, "floor-KB-heap-inuse/agent")
-	b.ReportMetric(fr.perAgent(n, func(r floor.Runtime) uint64 { return r.Total })/1024, "floor-KB-go-total/agent")
 }

@@ -99,6 +99,8 @@ type controllerProc struct {
 	args []string
 	p    *proc
 	conn *grpc.ClientConn
+	// metrics reads its /metrics and /debug/pprof/ (--metrics-listen).
+	metrics *metricsClient
 }
 
 func startController(b *testing.B, bin, dir, etcd string) *controllerProc {
@@ -108,7 +110,7 @@ func startController(b *testing.B, bin, dir, etcd string) *controllerProc {
 		"--listen", c.addr, "--etcd-endpoints", etcd, "--data-dir", filepath.Join(dir, "controller"),
 		"--log-level", "warn",
 	}
-	c.args = append(c.args, strings.Fields(*controllerArgs)...)
+	c.args, c.metrics = withMetrics(b, append(c.args, strings.Fields(*controllerArgs)...))
 	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {

@@ -53,6 +53,8 @@ type side struct {
 	background float64 // CPU seconds per second
 	// writes is the etcd revisions the changes made.
 	writes int64
+	// rt is the server's Go runtime figures, if it has them (etcd: not).
+	rt *runtimeSplit
 }
 
 // kbPerAgent is the server's RSS per agent; NaN if not measured.
@@ -157,6 +159,9 @@ func table(n int, hub, base *side, st *storm, fl *floorRun, notes []string) stri
 	line("the change call itself (UpdateGroup / put)", func(s *side) string { return latencies(s.call) })
 	line("memory per agent", memory(func(s *side) string { return fmt.Sprintf("%.1f KB %s RSS", s.kbPerAgent(n), s.server) }))
 	line("  RSS idle → with N agents", memory(func(s *side) string { return fmt.Sprintf("%d → %d KB", s.idleKB, s.loadedKB) }))
+	for _, r := range runtimeRows(n, hub, fl) {
+		line(r.label, r.cell)
+	}
 	for _, r := range floorRows(n, fl) {
 		fmt.Fprintln(&b, r)
 	}
@@ -199,12 +204,12 @@ func report(b *testing.B, n int, hub, base *side, st *storm, fl *floorRun) {
 	sides := []*side{hub, base}
 	if fl != nil {
 		sides = append(sides, fl.s)
-		reportFloor(b, n, fl)
 	}
 	for _, s := range sides {
 		if s == nil {
 			continue
 		}
+		reportRuntime(b, n, s)
 		p := s.name + "-"
 		b.ReportMetric(ms(s.all.pct(.5)), p+"p50-ms")
 		b.ReportMetric(ms(s.all.pct(.99)), p+"p99-ms")

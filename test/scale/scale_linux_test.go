@@ -111,6 +111,7 @@ func BenchmarkScale(b *testing.B) {
 	}
 	// Printed, not logged: the testing package keeps 10 lines of a
 	// benchmark's log.
+	notes = append(notes, hubRuntimeNotes(hub)...)
 	notes = append(notes, floorNotes(res.floor)...)
 	fmt.Print(table(n, hub, base, st, res.floor, notes))
 	report(b, n, hub, base, st, res.floor)
@@ -141,6 +142,7 @@ func runHub(b *testing.B, dir, ctlBin, lgBin, etcdBin string, n int, res *result
 	s := &side{name: "hub", server: "controller", changes: *changes}
 	res.hub = s
 	s.idleKB = medianRSS(b, ctl.p.pid())
+	s.rt = &runtimeSplit{idle: ctl.runtime()}
 
 	args := []string{"--controller", ctl.addr, "--labels", "role=scale", "--report-interval", reportInterval.String()}
 	if *confirm {
@@ -170,6 +172,10 @@ func runHub(b *testing.B, dir, ctlBin, lgBin, etcdBin string, n int, res *result
 	s.connect = time.Since(start)
 	s.loadgenKB = loadgensRSS(b, lgs)
 	s.loadedKB = medianRSS(b, ctl.p.pid())
+	s.rt.loaded = ctl.runtime()
+	if s.rt.loaded.Streams != n {
+		b.Fatalf("hub: %d agent streams (mpfleet_controller_agents_connected) with every agent served; want %d", s.rt.loaded.Streams, n)
+	}
 	s.background = background(b, ctl.p.pid())
 
 	rev0 := etcdRevision(b, ecli)
