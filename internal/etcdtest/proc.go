@@ -27,6 +27,14 @@ type Proc struct {
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
+	run *running // of cmd
+}
+
+// running is one run of the process: done is closed once it has exited,
+// with err its exit.
+type running struct {
+	done chan struct{}
+	err  error
 }
 
 // StartProc starts an etcd process from bin on loopback and waits until it
@@ -60,8 +68,8 @@ func (p *Proc) Kill() {
 		return
 	}
 	_ = p.cmd.Process.Kill()
-	_ = p.cmd.Wait()
-	p.cmd = nil
+	<-p.run.done
+	p.cmd, p.run = nil, nil
 }
 
 // Start starts the process (again, after Kill) and waits until it serves.
@@ -84,14 +92,24 @@ func (p *Proc) spawn() {
 	if err := cmd.Start(); err != nil {
 		p.t.Fatalf("start etcd: %v", err)
 	}
-	p.cmd = cmd
+	r := &running{done: make(chan struct{})}
+	go func() {
+		r.err = cmd.Wait()
+		close(r.done)
+	}()
+	p.cmd, p.run = cmd, r
 }
 
 // waitReady waits until the process answers a linearizable read: a member
 // of a cluster, once it has a leader and has caught up with it. A parallel
-// test run on two loaded CPUs can take tens of seconds to elect.
+// test run on two loaded CPUs can take tens of seconds to elect. A process
+// that exits meanwhile (a port taken, a bad flag: its log is on stderr)
+// fails the test at once.
 func (p *Proc) waitReady() {
 	p.t.Helper()
+	p.mu.Lock()
+	r := p.run
+	p.mu.Unlock()
 	c := Client(p.t, []string{p.endpoint})
 	defer c.Close()
 	deadline := time.Now().Add(60 * time.Second)
@@ -105,6 +123,10 @@ func (p *Proc) waitReady() {
 		if time.Now().After(deadline) {
 			p.t.Fatalf("etcd process at %s not ready: %v", p.endpoint, err)
 		}
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-r.done:
+			p.t.Fatalf("etcd process at %s exited before it served: %v", p.endpoint, r.err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
