@@ -3,10 +3,12 @@ package controller_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/mpfleet/mpfleet/controller"
 	pb "github.com/mpfleet/mpfleet/proto/mpfleet/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -463,5 +465,24 @@ func waitHostWithin(t *testing.T, e *env, name string, d time.Duration, cond fun
 			t.Fatalf("host %s: condition not met within %v: %v (err %v)", name, d, h, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAgentStreamEndsWithItsStatus: a stream the hub ends from outside its
+// handler — here, no hello in time — ends with the status the hub gave,
+// not the CANCELED grpc-go sends when a context ends a receive (the hub
+// writes the status through the transport stream first: hubsend.go).
+func TestAgentStreamEndsWithItsStatus(t *testing.T) {
+	e := startWith(t, controller.Options{Hub: controller.HubOptions{HelloTimeout: time.Second}})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stream, err := e.agents.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	st := wantCode(t, err, codes.DeadlineExceeded)
+	if !strings.Contains(st.Message(), "no hello within 1s") {
+		t.Errorf("stream ended with %q, want it to say no hello came within 1s", st.Message())
 	}
 }
