@@ -591,7 +591,7 @@ func (p *pair) carries(t *testing.T, conn net.Conn, what string, since time.Time
 		bulk(t, conn, 4<<20)
 	}
 	if sent := p.txBytes(t, 1) - tx; sent < 1<<20 {
-		t.Fatalf("%s: link 1 sent %d bytes within 5 s", what, sent)
+		t.Fatalf("%s: link 1 sent %d bytes within 5 s (now %d subflows beside the first, %d joins answered so far)", what, sent, p.subflows(t, addrPort(conn.LocalAddr())), p.joins(t))
 	}
 	t.Logf("%s: link 1 carries data again %v after its return", what, time.Since(since))
 }
