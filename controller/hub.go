@@ -50,9 +50,6 @@ type HubOptions struct {
 	// DrainTimeout bounds the drain; the streams still open then are ended
 	// (default 30s).
 	DrainTimeout time.Duration
-	// SendTimeout bounds a send on an agent stream: an agent that does not
-	// read its stream for this long has it ended (default 30s; hubsend.go).
-	SendTimeout time.Duration
 }
 
 // hub is the controller side of AgentService: it holds the agents' streams,
@@ -111,9 +108,6 @@ func newHub(c *Controller, opts HubOptions) *hub {
 	if opts.DrainTimeout == 0 {
 		opts.DrainTimeout = 30 * time.Second
 	}
-	if opts.SendTimeout == 0 {
-		opts.SendTimeout = sendTimeout
-	}
 	h := &hub{
 		c: c, opts: opts, log: c.log.With("component", "hub"),
 		sessions: map[string]*session{},
@@ -128,7 +122,7 @@ func newHub(c *Controller, opts HubOptions) *hub {
 		unhealthy: func() bool { st, _ := c.sh.current(); return st != storeOK },
 	})
 	h.events = newAuditAppender(c.store, h.log)
-	h.sends = newSendPool(h, opts.SendTimeout)
+	h.sends = newSendPool(h)
 	return h
 }
 
@@ -473,22 +467,37 @@ func (h *hub) connect(stream pb.AgentService_ConnectServer) error {
 	return err
 }
 
-// leave ends the hold of s on its host once its stream ends: its sends
-// stop, and what is pending is written (unless the status could not be
-// stored: the writer ended the stream), the host released — or, when the
-// drain hands the agent off (hubdrain.go), it waits until that is done.
+// leave ends the hold of s on its host once its stream ends — or, when the
+// drain hands the agent off (hubdrain.go), waits until that is done.
 func (h *hub) leave(ctx context.Context, s *session) {
+	if s.startLeaving(nil) {
+		h.letGo(ctx, s)
+	}
+}
+
+// startLeaving marks s as leaving, by its stream's end (handedOff nil) or
+// by the drain's hand-off (closed once done), and reports whether the
+// caller is the first. A stream's end that comes second waits for the
+// hand-off under way.
+func (s *session) startLeaving(handedOff chan struct{}) bool {
 	s.mu.Lock()
 	if s.left {
-		done := s.handedOff
+		wait := s.handedOff
 		s.mu.Unlock()
-		if done != nil {
-			<-done
+		if wait != nil && handedOff == nil {
+			<-wait
 		}
-		return
+		return false
 	}
-	s.left = true
+	s.left, s.handedOff = true, handedOff
 	s.mu.Unlock()
+	return true
+}
+
+// letGo stops the sends of s, writes what is pending of its status (unless
+// it could not be stored: the writer ended the stream) and releases its
+// host.
+func (h *hub) letGo(ctx context.Context, s *session) {
 	<-s.stopSends()
 	h.detach(ctx, s, !s.writeFailed.Load())
 }
@@ -509,7 +518,7 @@ func endReason(ctx context.Context, e *streamEnder, recvErr error) error {
 	switch why := e.cause(); {
 	case errors.As(why, &se):
 		return se.err
-	case why != nil && status.Code(why) != codes.Unknown:
+	case isStatus(why):
 		return why
 	case ctx.Err() != nil:
 		return ctx.Err()

@@ -116,24 +116,17 @@ func (h *hub) otherReplicas() (int, error) {
 // then sends Drain and ends the stream with UNAVAILABLE. The stream's
 // handler waits for it (leave).
 func (h *hub) handOff(s *session) {
-	s.mu.Lock()
-	if s.left {
-		s.mu.Unlock()
+	done := make(chan struct{})
+	if !s.startLeaving(done) {
 		return
 	}
-	s.left = true
-	done := make(chan struct{})
-	s.handedOff = done
-	stream := s.stream
-	s.mu.Unlock()
 	defer close(done)
-	<-s.stopSends()
-	h.detach(context.Background(), s, !s.writeFailed.Load())
+	h.letGo(context.Background(), s)
 	d := &pb.Drain{
 		Reason:          fmt.Sprintf("controller replica %q is shutting down", h.opts.Replica),
 		ReconnectWithin: durationpb.New(drainJitter),
 	}
-	if err := stream.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_Drain{Drain: d}}); err != nil {
+	if err := s.stream.Send(&pb.ConnectResponse{Kind: &pb.ConnectResponse_Drain{Drain: d}}); err != nil {
 		s.end(&sendError{err})
 		return
 	}

@@ -37,8 +37,7 @@ import (
 // A send on an agent stream that has not returned after slowSend (the
 // agent does not read its stream: gRPC flow control holds a send once
 // ≈ 64 KiB wait unread) gives its sender's place to another, so that slow
-// agents do not hold up the others; after HubOptions.SendTimeout (default
-// sendTimeout) it ends that stream.
+// agents do not hold up the others; after sendTimeout it ends that stream.
 const (
 	slowSend    = time.Second
 	sendTimeout = 30 * time.Second
@@ -89,10 +88,16 @@ func (e *streamEnder) end(cause error) {
 	if !e.why.CompareAndSwap(nil, &cause) {
 		return
 	}
-	if st, ok := status.FromError(cause); ok && e.w != nil {
-		_ = e.w.WriteStatus(st) // fails only when the stream has ended already
+	if isStatus(cause) && e.w != nil {
+		_ = e.w.WriteStatus(status.Convert(cause)) // fails only when the stream has ended already
 	}
 	e.cancel(cause)
+}
+
+// isStatus says whether err is a gRPC status (what a stream can end with).
+func isStatus(err error) bool {
+	_, ok := status.FromError(err)
+	return ok && err != nil
 }
 
 // cause returns the cause the stream was ended with, nil if none.
@@ -141,8 +146,8 @@ type sender struct {
 	ended bool      // its stream was ended for it
 }
 
-func newSendPool(h *hub, timeout time.Duration) *sendPool {
-	return &sendPool{h: h, max: max(8, 4*runtime.GOMAXPROCS(0)), timeout: timeout, running: map[*sender]struct{}{}}
+func newSendPool(h *hub) *sendPool {
+	return &sendPool{h: h, max: max(8, 4*runtime.GOMAXPROCS(0)), timeout: sendTimeout, running: map[*sender]struct{}{}}
 }
 
 // kick queues s for a sender: its desired configuration changed, a confirm

@@ -45,8 +45,8 @@ func (d *deafStream) Send(m *pb.ConnectResponse) error {
 func TestSendPoolSlowAgents(t *testing.T) {
 	h := &hub{log: slog.New(slog.DiscardHandler)}
 	const timeout = 4 * time.Second
-	p := newSendPool(h, timeout)
-	p.max = 2
+	p := newSendPool(h)
+	p.max, p.timeout = 2, timeout
 	h.sends = p
 	entered := make(chan string, 16)
 	type ended struct {

@@ -123,18 +123,8 @@ func runFloor(b *testing.B, dir, lgBin, bin string, n int, res *results) {
 	s.rt.idle = fp.runtime(b)
 	fr.tcpIdle = tcpMemKB(b)
 
-	args := []string{"--controller", fp.addr, "--labels", "role=scale", "--report-interval", reportInterval.String()}
-	if *confirm {
-		args = append(args, "--confirm")
-	}
-	if *events {
-		args = append(args, "--events")
-	}
-	if *silent {
-		args = append(args, "--silent")
-	}
 	start := time.Now()
-	lgs := startLoadgens(b, lgBin, dir, n, *loadgens, args...)
+	lgs := startLoadgens(b, lgBin, dir, n, *loadgens, loadgenArgs(fp.addr)...)
 	wctx, cancel := context.WithTimeout(ctx, *waitLimit)
 	defer cancel()
 	if _, err := waitRevision(wctx, lgs, group, 1); err != nil {

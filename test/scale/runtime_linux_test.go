@@ -197,23 +197,7 @@ func (m *metricsClient) runtime(ctx context.Context) (floor.Runtime, error) {
 }
 
 func (m *metricsClient) get(ctx context.Context, path string, w io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, m.url+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := m.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(b)))
-	}
-	if _, err := io.Copy(w, resp.Body); err != nil {
-		return fmt.Errorf("GET %s: %w", path, err)
-	}
-	return nil
+	return floor.Request(ctx, m.client, http.MethodGet, m.url+path, nil, w)
 }
 
 // runtimeFromMetrics returns the Go runtime's figures of a controller's

@@ -124,6 +124,22 @@ type results struct {
 	floor     *floorRun
 }
 
+// loadgenArgs are the loadgens' flags for a server at addr: the run's
+// reporting (-report-interval, -confirm, -events, -silent).
+func loadgenArgs(addr string) []string {
+	args := []string{"--controller", addr, "--labels", "role=scale", "--report-interval", reportInterval.String()}
+	if *confirm {
+		args = append(args, "--confirm")
+	}
+	if *events {
+		args = append(args, "--events")
+	}
+	if *silent {
+		args = append(args, "--silent")
+	}
+	return args
+}
+
 // runHub runs the hub side: an etcd process, the controller binary on it,
 // the loadgens; then the changes and the storm.
 func runHub(b *testing.B, dir, ctlBin, lgBin, etcdBin string, n int, res *results) {
@@ -144,18 +160,8 @@ func runHub(b *testing.B, dir, ctlBin, lgBin, etcdBin string, n int, res *result
 	s.idleKB = medianRSS(b, ctl.p.pid())
 	s.rt = &runtimeSplit{idle: ctl.runtime()}
 
-	args := []string{"--controller", ctl.addr, "--labels", "role=scale", "--report-interval", reportInterval.String()}
-	if *confirm {
-		args = append(args, "--confirm")
-	}
-	if *events {
-		args = append(args, "--events")
-	}
-	if *silent {
-		args = append(args, "--silent")
-	}
 	start := time.Now()
-	lgs := startLoadgens(b, lgBin, dir, n, *loadgens, args...)
+	lgs := startLoadgens(b, lgBin, dir, n, *loadgens, loadgenArgs(ctl.addr)...)
 	wctx, cancel := context.WithTimeout(ctx, *waitLimit)
 	defer cancel()
 	if _, err := waitRevision(wctx, lgs, g.GetName(), g.GetPolicyRevision()); err != nil {

@@ -184,18 +184,31 @@ func (c Client) Runtime(ctx context.Context) (Runtime, error) {
 }
 
 func (c Client) do(ctx context.Context, method, path string, body []byte, out any) error {
-	req, err := http.NewRequestWithContext(ctx, method, c.URL+path, bytes.NewReader(body))
+	var answer bytes.Buffer
+	if err := Request(ctx, http.DefaultClient, method, c.URL+path, body, &answer); err != nil {
+		return err
+	}
+	return json.Unmarshal(answer.Bytes(), out)
+}
+
+// Request sends method url with body (nil: none) through c and copies the
+// answer's body to w; an answer other than 200 OK is an error naming it.
+func Request(ctx context.Context, c *http.Client, method, url string, body []byte, w io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
+		return fmt.Errorf("%s %s: %s: %s", method, url, resp.Status, strings.TrimSpace(string(b)))
 	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("%s %s: %w", method, url, err)
+	}
+	return nil
 }
